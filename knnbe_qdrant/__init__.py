@@ -1,0 +1,56 @@
+"""knnbe-qdrant: map job-posting text to ESCO skills with kNNBE on Qdrant.
+
+kNNBE interpolates a bi-encoder score with a k-nearest-neighbour vote over a memory bank of labelled sentences:
+score = lam * b + (1 - lam) * v. See `SkillMapper` to map, `build_store` to build.
+"""
+
+from ._build import build_store
+from ._config import default_store_path, open_store
+from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
+from ._encoder import DEFAULT_MODEL, Encoder
+from ._errors import (
+    InputFileError,
+    InvalidInputError,
+    KnnbeError,
+    ModelMismatchError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreNotFoundError,
+)
+from ._mapper import MODES, SkillMapper
+from ._results import Evidence, SentenceResult, SkillMatch
+from ._scoring import ScoringParams
+from .store import EdgeStore, QdrantClientStore, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MEMORY_SOURCES",
+    "DEFAULT_MODEL",
+    "MODES",
+    "EdgeStore",
+    "Encoder",
+    "Evidence",
+    "InputFileError",
+    "InvalidInputError",
+    "KnnbeError",
+    "LabelledSentence",
+    "ModelMismatchError",
+    "QdrantClientStore",
+    "ScoringParams",
+    "SentenceResult",
+    "Skill",
+    "SkillMapper",
+    "SkillMatch",
+    "Store",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "build_store",
+    "default_memory",
+    "default_store_path",
+    "load_taxonomy",
+    "open_store",
+]

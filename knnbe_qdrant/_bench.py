@@ -1,0 +1,138 @@
+"""`knnbe-qdrant bench`: throughput of kNNBE against the bi-encoder alone, on the same encoder, side by side."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import _schema as S
+from ._data import skillskape_sentences
+from ._mapper import SkillMapper
+
+
+def _time_to_first_result(path: str | None, url: str | None, api_key: str | None, prefix: str | None) -> float:
+    """Wall time of a fresh `knnbe-qdrant map` process: imports, store open, model load, one sentence mapped."""
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "map", "--json", "--top", "3"]
+    for flag, value in (("--store", path), ("--url", url), ("--api-key", api_key), ("--prefix", prefix)):
+        if value:
+            cmd += [flag, value]
+    cmd.append("Experience with Python and SQL databases.")
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _pipeline(mapper: SkillMapper, sentences: list[str], batch_size: int, mode: str) -> tuple[float, float]:
+    """(encode seconds, Qdrant + scoring seconds) of mapping every sentence, batch by batch, end to end."""
+    encode = query = 0.0
+    for start in range(0, len(sentences), batch_size):
+        batch = sentences[start : start + batch_size]
+        t0 = time.perf_counter()
+        vectors = mapper.encoder.encode(batch, batch_size=batch_size)
+        t1 = time.perf_counter()
+        mapper.map_vectors(batch, vectors, mode=mode)
+        t2 = time.perf_counter()
+        encode += t1 - t0
+        query += t2 - t1
+    return encode, query
+
+
+def _hnsw_agreement(mapper: SkillMapper, sentences: list[str]) -> tuple[float, float]:
+    """(recall of the k memory neighbours, share of identical top-10 skills) of HNSW search against exact search."""
+    vectors = mapper.encoder.encode(sentences)
+    where = {S.F_TENANT: [S.GLOBAL_TENANT]}
+    k = mapper.params.k
+    approx = mapper.store.query_batch(S.MEMORY, vectors, k, where=where, payload=False, hnsw_ef=mapper.hnsw_ef)
+    exact = mapper.store.query_batch(S.MEMORY, vectors, k, where=where, payload=False, exact=True)
+    recall = statistics.mean(len({h.id for h in a} & {h.id for h in e}) / max(len(e), 1) for a, e in zip(approx, exact))
+    fast = mapper.map_vectors(sentences, vectors)
+    mapper.exact = True
+    try:
+        slow = mapper.map_vectors(sentences, vectors)
+    finally:
+        mapper.exact = False
+    same = statistics.mean(
+        len({s.id for s in f.skills} & {s.id for s in e.skills}) / max(len(e.skills), 1) for f, e in zip(fast, slow)
+    )
+    return recall, same
+
+
+def run_bench(
+    path: str | None = None,
+    *,
+    n_sentences: int = 512,
+    repeats: int = 3,
+    batch_size: int = 64,
+    url: str | None = None,
+    api_key: str | None = None,
+    prefix: str | None = None,
+) -> dict[str, Any]:
+    sentences = [text for text, _ in skillskape_sentences("dev")][:n_sentences]
+    first_result_s = _time_to_first_result(path, url, api_key, prefix)  # before we open: Edge allows one process
+    with SkillMapper.open(path, url=url, api_key=api_key, prefix=prefix) as mapper:
+        manifest = mapper.store.manifest
+        _pipeline(mapper, sentences[:batch_size], batch_size, "knnbe")  # warm-up: caches, lazy init
+        runs: dict[str, list[tuple[float, float]]] = {"bi-encoder": [], "knnbe": []}
+        for _ in range(repeats):
+            for mode in runs:  # interleaved, so both modes see the same machine conditions
+                runs[mode].append(_pipeline(mapper, sentences, batch_size, mode))
+        recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
+
+    def median(mode: str, part: int | None = None) -> float:
+        return statistics.median(sum(r) if part is None else r[part] for r in runs[mode])
+
+    n = len(sentences)
+    encode_ms = statistics.median([r[0] for rs in runs.values() for r in rs]) / n * 1000
+    qdrant_ms = median("knnbe", 1) / n * 1000
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}",
+        "backend": mapper.store.backend,
+        "model": manifest.model,
+        "skills": manifest.counts.get(S.SKILLS),
+        "memory": manifest.counts.get(S.MEMORY),
+        "sentences": n,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "k": mapper.params.k,
+        "n_candidates": mapper.params.n_candidates,
+        "hnsw_ef": mapper.hnsw_ef,
+        "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
+        "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
+        "knnbe_vs_bi_encoder": round(median("bi-encoder") / median("knnbe"), 3),
+        "encode_ms_per_sentence": round(encode_ms, 3),
+        "qdrant_ms_per_sentence": round(qdrant_ms, 3),
+        "bi_encoder_qdrant_ms_per_sentence": round(median("bi-encoder", 1) / n * 1000, 3),
+        "qdrant_share_of_encode": round(qdrant_ms / encode_ms, 4),
+        "hnsw_memory_recall_at_k": round(recall, 4),
+        "hnsw_top10_same_as_exact": round(same_top10, 4),
+        "start_to_first_result_s": round(first_result_s, 2),
+        "build_seconds": manifest.build_seconds,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+_TARGETS = {
+    "knnbe_vs_bi_encoder": ("≥ 0.9", lambda v: v >= 0.9),
+    "qdrant_share_of_encode": ("≤ 0.05", lambda v: v <= 0.05),
+    "start_to_first_result_s": ("< 5", lambda v: v < 5),
+    "build_seconds": ("< 600", lambda v: v is not None and v < 600),
+}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [("measure", "value", "target", "")]
+    for key, value in report.items():
+        target, ok = _TARGETS.get(key, ("", None))
+        verdict = "" if ok is None else ("ok" if ok(value) else "MISSED")
+        rows.append((key, str(value), target, verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

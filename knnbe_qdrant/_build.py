@@ -1,0 +1,129 @@
+"""Filling a store: skills and labelled sentences in, points out. Resumable and idempotent by construction:
+point ids are deterministic, and points already stored are neither re-encoded nor rewritten."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from . import _schema as S
+from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
+from ._encoder import Encoder
+from ._errors import StoreError
+from ._schema import Manifest
+from .store.base import Store
+
+SKILL_TEXTS: dict[str, Callable[[Skill], str]] = {
+    "label": lambda s: s.label,
+    "label_description": lambda s: f"{s.label}. {s.description}" if s.description else s.label,
+}
+_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class _Item:
+    id: str
+    text: str
+    payload: dict[str, Any]
+
+
+def skill_payload(skill: Skill, tenant: str) -> dict[str, Any]:
+    return {
+        S.F_TENANT: tenant,
+        S.F_SKILL_ID: skill.id,
+        S.F_LABEL: skill.label,
+        S.F_ALT_LABELS: list(skill.alt_labels),
+        S.F_DESCRIPTION: skill.description,
+        "skill_type": skill.skill_type,
+        S.F_TAXONOMY: skill.taxonomy,
+        S.F_TAXONOMY_VERSION: skill.taxonomy_version,
+    }
+
+
+def memory_payload(sentence: LabelledSentence, tenant: str, created_at: str) -> dict[str, Any]:
+    return {
+        S.F_TENANT: tenant,
+        S.F_TEXT: sentence.text,
+        S.F_SKILL_ID: sentence.skill_id,
+        S.F_SOURCE: sentence.source,
+        S.F_CREATED_AT: created_at,
+    }
+
+
+def upsert_missing(
+    store: Store, collection: str, items: Sequence[_Item], encoder: Encoder, *, progress: bool, desc: str
+) -> int:
+    """Encode and store the items whose point is not stored yet; each distinct text is encoded once.
+
+    Returns how many points were written.
+    """
+    # Sorting by length makes the encoder's batches pad little; the order of upserts does not matter.
+    items = sorted(items, key=lambda it: len(it.text))
+    written = 0
+    with tqdm(total=len(items), desc=desc, unit="pt", disable=not progress, smoothing=0.05) as bar:
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            stored = {r.id for r in store.retrieve(collection, [it.id for it in chunk], payload=False)}
+            todo = [it for it in chunk if it.id not in stored]
+            if todo:
+                texts = list(dict.fromkeys(it.text for it in todo))
+                vectors = encoder.encode(texts)
+                row = {t: i for i, t in enumerate(texts)}
+                store.upsert(
+                    collection,
+                    [it.id for it in todo],
+                    vectors[[row[it.text] for it in todo]],
+                    [it.payload for it in todo],
+                )
+                written += len(todo)
+            bar.update(len(chunk))
+    return written
+
+
+def build_store(
+    store: Store,
+    encoder: Encoder,
+    *,
+    skills: Sequence[Skill] | None = None,
+    memory: Sequence[LabelledSentence] | None = None,
+    memory_sources: Sequence[str] = DEFAULT_MEMORY_SOURCES,
+    skill_text: str = "label",
+    tenant: str = S.GLOBAL_TENANT,
+    progress: bool = True,
+) -> Manifest:
+    """Build (or finish building) a store: skills from the taxonomy, memory from the given labelled sentences.
+
+    Defaults: the shipped ESCO v1.1.0 skills, and memory from `memory_sources`.
+    """
+    started = time.perf_counter()
+    skills = list(skills) if skills is not None else load_taxonomy()
+    memory = list(memory) if memory is not None else default_memory(skills, memory_sources)
+    to_text = SKILL_TEXTS[skill_text]
+    store.initialize(
+        encoder.name,
+        encoder.dimension,
+        skill_text=skill_text,
+        sources={"taxonomy": f"{skills[0].taxonomy} {skills[0].taxonomy_version}", "memory": ",".join(
+            dict.fromkeys(m.source for m in memory))},
+    )
+    manifest = store.manifest
+    if manifest.skill_text != skill_text:
+        raise StoreError(
+            f"{store.describe()} embeds skills as {manifest.skill_text!r}, not {skill_text!r}; "
+            "build a new store to change how skills are embedded"
+        )
+    now = S.utc_now()
+    skill_items = [_Item(S.skill_point_id(tenant, s.id), to_text(s), skill_payload(s, tenant)) for s in skills]
+    memory_items = [
+        _Item(S.memory_point_id(tenant, m.skill_id, m.text), m.text, memory_payload(m, tenant, now)) for m in memory
+    ]
+    upsert_missing(store, S.SKILLS, skill_items, encoder, progress=progress, desc="skills")
+    upsert_missing(store, S.MEMORY, memory_items, encoder, progress=progress, desc="memory")
+    if progress:
+        print("building the HNSW indexes ...", flush=True)
+    store.optimize()
+    counts = {c: store.count(c) for c in S.COLLECTIONS}
+    return store.mark_ready(counts=counts, build_seconds=round(time.perf_counter() - started, 1))

@@ -1,0 +1,41 @@
+"""Where the store is: explicit arguments first, then the environment, then the per-user default directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .store import EdgeStore, QdrantClientStore, Store
+from .store.client import DEFAULT_PREFIX
+
+ENV_STORE = "KNNBE_STORE"
+ENV_URL = "QDRANT_URL"
+ENV_API_KEY = "QDRANT_API_KEY"
+ENV_PREFIX = "KNNBE_PREFIX"
+
+
+def default_store_path() -> Path:
+    if os.environ.get(ENV_STORE):
+        return Path(os.environ[ENV_STORE]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "knnbe-qdrant" / "store"
+
+
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    prefix: str | None = None,
+    create: bool = False,
+) -> Store:
+    """A Qdrant server when a URL is given (argument or QDRANT_URL), else the embedded store at `path`
+    (argument, KNNBE_STORE, or ~/.local/share/knnbe-qdrant/store)."""
+    url = url or (os.environ.get(ENV_URL) if path is None else None)
+    if url:
+        return QdrantClientStore.connect(
+            url,
+            api_key=api_key or os.environ.get(ENV_API_KEY),
+            prefix=prefix or os.environ.get(ENV_PREFIX) or DEFAULT_PREFIX,
+        )
+    return EdgeStore(path if path is not None else default_store_path(), create=create)

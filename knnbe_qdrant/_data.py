@@ -1,0 +1,151 @@
+"""The shipped taxonomy and memory sources, and readers for user files. Every read error names file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from ._errors import InputFileError
+
+TAXONOMY = "ESCO"
+TAXONOMY_VERSION = "v1.1.0"
+_ESCO_FILE = "esco_v1.1.0_skills_en.jsonl.gz"
+
+# Memory sources shipped with the package, in the order they are stored.
+ESCO_ALT_LABELS = "esco_alt_labels"
+ESCO_DESCRIPTIONS = "esco_descriptions"
+SKILLSKAPE_TRAIN = "skillskape_train"
+DEFAULT_MEMORY_SOURCES = (ESCO_ALT_LABELS, ESCO_DESCRIPTIONS, SKILLSKAPE_TRAIN)
+
+
+@dataclass(frozen=True)
+class Skill:
+    id: str
+    label: str
+    alt_labels: tuple[str, ...] = ()
+    description: str = ""
+    skill_type: str = ""
+    taxonomy: str = TAXONOMY
+    taxonomy_version: str = TAXONOMY_VERSION
+
+
+@dataclass(frozen=True)
+class LabelledSentence:
+    text: str
+    skill_id: str
+    source: str
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("knnbe_qdrant") / "data" / name))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file, plain or gzipped."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputFileError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise InputFileError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+                yield line_no, obj
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
+    """The shipped ESCO skills, or a JSONL file of skills with at least `id` and `label` per line."""
+    path = Path(path) if path else _data_file(_ESCO_FILE)
+    skills: list[Skill] = []
+    seen: set[str] = set()
+    for line_no, row in iter_jsonl(path):
+        for key in ("id", "label"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise InputFileError(f"{path}:{line_no}: field {key!r} is missing or empty")
+        if row["id"] in seen:
+            raise InputFileError(f"{path}:{line_no}: duplicate skill id {row['id']!r}")
+        seen.add(row["id"])
+        alts = row.get("alt_labels") or []
+        if not isinstance(alts, list) or not all(isinstance(a, str) for a in alts):
+            raise InputFileError(f"{path}:{line_no}: field 'alt_labels' must be a list of strings")
+        skills.append(
+            Skill(
+                id=row["id"].strip(),
+                label=row["label"].strip(),
+                alt_labels=tuple(a.strip() for a in alts if a.strip()),
+                description=str(row.get("description") or "").strip(),
+                skill_type=str(row.get("skill_type") or ""),
+                taxonomy=str(row.get("taxonomy") or TAXONOMY),
+                taxonomy_version=str(row.get("taxonomy_version") or TAXONOMY_VERSION),
+            )
+        )
+    if not skills:
+        raise InputFileError(f"{path}: no skills in file")
+    return skills
+
+
+def skillskape_sentences(split: str) -> Iterator[tuple[str, list[str]]]:
+    """(sentence, ESCO URIs) from the shipped SkillSkape split; sentences SkillSkape labels UNK have no URIs."""
+    for _, row in iter_jsonl(_data_file(f"skillskape_{split}.jsonl.gz")):
+        yield row["text"], list(row["skills"])
+
+
+def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEMORY_SOURCES) -> list[LabelledSentence]:
+    """The labelled sentences of the default memory bank, restricted to skills in `skills`, without duplicates."""
+    known = {s.id for s in skills}
+    out: list[LabelledSentence] = []
+    for source in sources:
+        if source == ESCO_ALT_LABELS:
+            out += [LabelledSentence(a, s.id, source) for s in skills for a in s.alt_labels]
+        elif source == ESCO_DESCRIPTIONS:
+            out += [LabelledSentence(s.description, s.id, source) for s in skills if s.description]
+        elif source == SKILLSKAPE_TRAIN:
+            out += [
+                LabelledSentence(text, uri, source)
+                for text, uris in skillskape_sentences("train")
+                for uri in uris
+                if uri in known
+            ]
+        else:
+            raise ValueError(f"unknown memory source {source!r}; known: {DEFAULT_MEMORY_SOURCES}")
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for item in out:
+        key = (item.text, item.skill_id)
+        if item.text.strip() and key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """Sentences of a text file, one per line; blank lines are skipped (documented), bad encodings are errors."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return sentences_from_bytes(raw, str(path))
+
+
+def sentences_from_bytes(raw: bytes, origin: str) -> list[str]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise InputFileError(f"{origin}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

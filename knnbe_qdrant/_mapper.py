@@ -1,0 +1,195 @@
+"""Orchestration, one way: texts -> vectors -> one query per collection -> scores -> results."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from . import _schema as S
+from ._config import open_store
+from ._encoder import Encoder, canonical_model_name
+from ._errors import InvalidInputError
+from ._results import Evidence, SentenceResult, SkillMatch
+from ._scoring import ScoringParams, score_candidates, union_candidates
+from .store.base import Store
+
+MODES = ("knnbe", "bi-encoder", "knn")
+DEFAULT_HNSW_EF = 128
+
+
+def validate_sentences(sentences: Sequence[str]) -> list[str]:
+    if isinstance(sentences, str):
+        raise InvalidInputError("map() takes a list of sentences, not one string")
+    out = []
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str):
+            raise InvalidInputError(f"sentence #{i} is a {type(s).__name__}, not a string")
+        if not s.strip():
+            raise InvalidInputError(f"sentence #{i} is empty or whitespace only")
+        out.append(s.strip())
+    return out
+
+
+class SkillMapper:
+    """Maps sentences to skills with kNNBE over a store's `skills` and `memory` collections."""
+
+    def __init__(
+        self,
+        store: Store,
+        encoder: Encoder,
+        params: ScoringParams | None = None,
+        *,
+        exact: bool = False,
+        hnsw_ef: int | None = DEFAULT_HNSW_EF,
+    ) -> None:
+        store.check_ready()
+        store.check_model(encoder.name, encoder.dimension)
+        self.store = store
+        self.encoder = encoder
+        self.params = params or ScoringParams()
+        self.exact = exact
+        self.hnsw_ef = hnsw_ef
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        model: str | None = None,
+        params: ScoringParams | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        prefix: str | None = None,
+        exact: bool = False,
+        device: str | None = None,
+    ) -> "SkillMapper":
+        """Open a built store (see `open_store` for how it is located) with the model it was built with.
+
+        Naming another `model` than the store's is refused with ModelMismatchError before the model is loaded.
+        """
+        store = open_store(path, url=url, api_key=api_key, prefix=prefix)
+        try:
+            manifest = store.check_ready()
+            if model is not None:
+                store.check_model(canonical_model_name(model), None)
+            return cls(store, Encoder(manifest.model, device=device), params, exact=exact)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "SkillMapper":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(
+        self,
+        sentences: Sequence[str],
+        *,
+        top: int = 10,
+        mode: str = "knnbe",
+        tenant: str | None = None,
+        batch_size: int = 256,
+    ) -> list[SentenceResult]:
+        """Each sentence's `top` skills, best first. Sentences must be non-empty strings."""
+        texts = validate_sentences(sentences)
+        results: list[SentenceResult] = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            results += self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
+        return results
+
+    def map_vectors(
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        top: int = 10,
+        mode: str = "knnbe",
+        tenant: str | None = None,
+    ) -> list[SentenceResult]:
+        """Score already-encoded sentences: one query to `skills`, one to `memory`, at most one retrieve."""
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
+        if top < 1:
+            raise InvalidInputError(f"top must be >= 1, got {top}")
+        if len(texts) == 0:
+            return []
+        p = self.params
+        visible = [S.GLOBAL_TENANT] + ([tenant] if tenant and tenant != S.GLOBAL_TENANT else [])
+        where = {S.F_TENANT: visible}
+        search = dict(where=where, exact=self.exact, hnsw_ef=self.hnsw_ef)
+        n_skills = max(p.n_candidates, top)
+        skill_hits = self.store.query_batch(S.SKILLS, vectors, n_skills, payload=[S.F_SKILL_ID, S.F_LABEL], **search)
+        if mode == "bi-encoder":
+            neighbours: list[list] = [[] for _ in texts]
+        else:
+            neighbours = self.store.query_batch(S.MEMORY, vectors, p.k, payload=[S.F_SKILL_ID, S.F_TEXT], **search)
+
+        # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call.
+        top_ids = [{h.payload[S.F_SKILL_ID] for h in hits} for hits in skill_hits]
+        missing = sorted(
+            {h.payload[S.F_SKILL_ID] for hits, seen in zip(neighbours, top_ids) for h in hits} - set().union(*top_ids)
+        )
+        extra = self._skill_vectors(missing, visible)
+
+        params = replace(p, lam=0.0) if mode == "knn" else p
+        results = []
+        for text, vec, hits, nbrs in zip(texts, vectors, skill_hits, neighbours):
+            label = {h.payload[S.F_SKILL_ID]: h.payload[S.F_LABEL] for h in hits}
+            bi = {h.payload[S.F_SKILL_ID]: h.score for h in hits}
+            candidates, votes_for = union_candidates(
+                [h.payload[S.F_SKILL_ID] for h in hits], [h.payload[S.F_SKILL_ID] for h in nbrs]
+            )
+            b = np.empty(len(candidates))
+            for i, sid in enumerate(candidates):
+                if sid in bi:
+                    b[i] = bi[sid]
+                elif sid in extra:
+                    label[sid], skill_vec = extra[sid]
+                    b[i] = float(np.dot(vec, skill_vec))
+                else:
+                    b[i] = np.nan  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
+            sims = np.array([h.score for h in nbrs])
+            scored = score_candidates(np.nan_to_num(b, nan=-np.inf), sims, votes_for, params)
+            matches = []
+            for i in scored.order:
+                if len(matches) == top:
+                    break
+                if np.isnan(b[i]):
+                    continue
+                evidence = [
+                    Evidence(nbrs[j].payload[S.F_TEXT], float(sims[j])) for j in np.flatnonzero(votes_for == i)
+                ]
+                matches.append(
+                    SkillMatch(
+                        id=candidates[i],
+                        label=label[candidates[i]],
+                        score=float(scored.score[i]),
+                        bi_encoder=float(scored.bi_encoder[i]),
+                        knn=float(scored.knn[i]),
+                        evidence=evidence,
+                    )
+                )
+            results.append(SentenceResult(text=text, skills=matches))
+        return results
+
+    def _skill_vectors(self, skill_ids: Sequence[str], tenants: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+        if not skill_ids:
+            return {}
+        ids = [S.skill_point_id(t, sid) for t in tenants for sid in skill_ids]
+        records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=[S.F_SKILL_ID, S.F_LABEL, S.F_TENANT])
+        # A tenant's own version of a skill wins over the global one.
+        records.sort(key=lambda r: r.payload.get(S.F_TENANT) != S.GLOBAL_TENANT)
+        out = {}
+        for r in records:
+            v = r.vector / (np.linalg.norm(r.vector) or 1.0)
+            out[r.payload[S.F_SKILL_ID]] = (r.payload[S.F_LABEL], v)
+        return out

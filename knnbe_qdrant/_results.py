@@ -1,0 +1,34 @@
+"""What mapping returns: per sentence, its skills ranked, each with its score parts and the neighbours that voted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A memory sentence among the k nearest neighbours that voted for the skill."""
+
+    text: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class SkillMatch:
+    id: str
+    label: str
+    score: float
+    bi_encoder: float
+    knn: float
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SentenceResult:
+    text: str
+    skills: list[SkillMatch]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` line format: {"text", "skills": [{"id", "label", "score", "bi_encoder", "knn", "evidence"}]}."""
+        return asdict(self)

@@ -1,0 +1,75 @@
+"""What the collections hold: names, payload fields, deterministic point ids, and the store manifest."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SKILLS = "skills"
+MEMORY = "memory"
+COLLECTIONS = (SKILLS, MEMORY)
+
+GLOBAL_TENANT = "_global"
+"""Tenant value of the shared layer (ESCO and the default memory) that every tenant sees."""
+
+# Payload fields. Skills: one point per skill. Memory: one point per (sentence, skill) pair.
+F_TENANT = "tenant"
+F_SKILL_ID = "skill_id"
+F_LABEL = "label"
+F_ALT_LABELS = "alt_labels"
+F_DESCRIPTION = "description"
+F_TAXONOMY = "taxonomy"
+F_TAXONOMY_VERSION = "taxonomy_version"
+F_TEXT = "text"
+F_SOURCE = "source"
+F_CREATED_AT = "created_at"
+
+# Keyword payload indexes each collection gets; the tenant one is marked is_tenant (Qdrant's multitenancy advice).
+KEYWORD_INDEXES = {SKILLS: (F_TENANT, F_SKILL_ID), MEMORY: (F_TENANT, F_SKILL_ID, F_SOURCE)}
+TENANT_INDEX = F_TENANT
+
+# A fixed namespace: the same content key gives the same point id on every machine, forever.
+_NAMESPACE = uuid.UUID("5b0f6f3c-3f0e-4c3a-9a4e-6b6e6e4b7145")
+
+
+def skill_point_id(tenant: str, skill_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, json.dumps([SKILLS, tenant, skill_id])))
+
+
+def memory_point_id(tenant: str, skill_id: str, text: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, json.dumps([MEMORY, tenant, skill_id, text])))
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Manifest:
+    """What a store was built with. Written before the first point and marked "ready" after the last one, so a
+    half-built store is recognisable; opening with another model than `model`/`dimension` is refused."""
+
+    model: str
+    dimension: int
+    schema_version: int = SCHEMA_VERSION
+    distance: str = "cosine"
+    state: str = "building"
+    skill_text: str = "label"
+    sources: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    build_seconds: float | None = None
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,169 @@
+"""The small interface every backend implements, and the lifecycle logic they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+from .._errors import ModelMismatchError, StoreCorruptError
+from .._schema import SCHEMA_VERSION, Manifest, utc_now
+
+Where = Mapping[str, Union[str, Sequence[str]]]
+"""A conjunctive filter: payload field -> the value (or any of the values) it must hold."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+class Store(ABC):
+    """Two collections (skills, memory) plus a manifest, behind calls that batch by design.
+
+    Every read takes an optional `where` filter; the mapper always passes the visible tenants, which the tenant
+    payload index answers cheaply on both backends.
+    """
+
+    backend: str = "abstract"
+
+    # ---- lifecycle shared by every backend -------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        manifest = self._read_manifest()
+        if manifest is None:
+            raise StoreCorruptError(f"{self.describe()} has no manifest: it is not a knnbe-qdrant store")
+        return manifest
+
+    def exists(self) -> bool:
+        return self._read_manifest() is not None
+
+    def initialize(self, model: str, dimension: int, **manifest_fields: Any) -> Manifest:
+        """Create the collections for `model`, or resume a store begun with the same model. Idempotent."""
+        existing = self._read_manifest()
+        if existing is not None:
+            self.check_model(model, dimension, existing)
+            existing.state = "building"
+            existing.updated_at = utc_now()
+            self._write_manifest(existing)
+            self._create_collections(dimension)  # no-op where they exist: a crash may have come before them
+            return existing
+        manifest = Manifest(model=model, dimension=dimension, **manifest_fields)
+        # Manifest first, marked "building": a crash from here on leaves a store that says it is unfinished.
+        self._write_manifest(manifest)
+        self._create_collections(dimension)
+        return manifest
+
+    def mark_ready(self, **updates: Any) -> Manifest:
+        manifest = self.manifest
+        for key, value in updates.items():
+            setattr(manifest, key, value)
+        manifest.state = "ready"
+        manifest.updated_at = utc_now()
+        self._write_manifest(manifest)
+        return manifest
+
+    def check_model(self, model: str, dimension: int | None, manifest: Manifest | None = None) -> None:
+        m = manifest or self.manifest
+        if m.schema_version != SCHEMA_VERSION:
+            raise StoreCorruptError(
+                f"{self.describe()} has schema version {m.schema_version}; this knnbe-qdrant reads {SCHEMA_VERSION}"
+            )
+        if m.model != model or (dimension is not None and m.dimension != dimension):
+            raise ModelMismatchError(
+                f"{self.describe()} was built with model {m.model!r} ({m.dimension}-d); refusing to use it with "
+                f"{model!r}" + (f" ({dimension}-d)" if dimension is not None else "")
+                + ". Open it with the same model, or build a new store for the other model."
+            )
+
+    def check_ready(self) -> Manifest:
+        m = self.manifest
+        if m.state != "ready":
+            raise StoreCorruptError(
+                f"{self.describe()} is half-built (state {m.state!r}): run `knnbe-qdrant build` again to finish it "
+                "(already stored points are kept and not re-encoded)"
+            )
+        return m
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- what each backend implements --------------------------------------------------------------------------
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this store lives, for messages."""
+
+    @abstractmethod
+    def _read_manifest(self) -> Manifest | None: ...
+
+    @abstractmethod
+    def _write_manifest(self, manifest: Manifest) -> None: ...
+
+    @abstractmethod
+    def _create_collections(self, dimension: int) -> None:
+        """Create both collections and their payload indexes where missing."""
+
+    @abstractmethod
+    def upsert(
+        self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        """Insert or replace points; returns once they are durable."""
+
+    @abstractmethod
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
+    ) -> list[Record]:
+        """The points among `ids` that exist, in no particular order."""
+
+    @abstractmethod
+    def query_batch(
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        *,
+        where: Where | None = None,
+        payload: bool | Sequence[str] = True,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """Nearest points to each vector, best first, in one round trip for the whole batch."""
+
+    @abstractmethod
+    def scroll(
+        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+    ) -> Iterator[Record]: ...
+
+    @abstractmethod
+    def count(self, collection: str, *, where: Where | None = None) -> int: ...
+
+    def optimize(self) -> None:
+        """Build indexes after a bulk load, where the backend does this explicitly."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete this store's collections and manifest (nothing else); `initialize` may then start afresh."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def as_values(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)

@@ -1,0 +1,189 @@
+"""qdrant-client backend: a Qdrant server (the production path) or qdrant-client's local mode (small data, tests).
+
+Collections are named with a prefix so the plugin never touches a team's other collections: <prefix>skills,
+<prefix>memory, and <prefix>meta, a vectorless collection holding the manifest.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .base import Hit, Record, Store, Where, as_values
+
+DEFAULT_PREFIX = "knnbe_"
+META = "meta"
+_MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))
+_UPSERT_CHUNK = 256
+
+
+def _filter(where: Where | None) -> models.Filter | None:
+    if not where:
+        return None
+    conditions: list[models.Condition] = []
+    for key, value in where.items():
+        values = as_values(value)
+        match = models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=values)
+        conditions.append(models.FieldCondition(key=key, match=match))
+    return models.Filter(must=conditions)
+
+
+def _with_payload(payload: bool | Sequence[str]) -> bool | list[str]:
+    return payload if isinstance(payload, bool) else list(payload)
+
+
+class QdrantClientStore(Store):
+    def __init__(self, client: QdrantClient, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._local = client._client.__class__.__name__ == "QdrantLocal"  # local mode: the pure-Python engine
+        self.backend = "qdrant-local" if self._local else "qdrant"
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        path: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: int | None = None,
+        prefer_grpc: bool = False,
+    ) -> "QdrantClientStore":
+        """`url` for a server; `path` (a directory, or ":memory:") for qdrant-client's local mode."""
+        if path is not None:
+            client = QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
+        else:
+            client = QdrantClient(url=url, api_key=api_key, timeout=timeout, prefer_grpc=prefer_grpc)
+        return cls(client, prefix=prefix)
+
+    def describe(self) -> str:
+        where = "qdrant-client local mode" if self._local else "the Qdrant server"
+        return f"{where} (collections {self.prefix}*)"
+
+    def name(self, collection: str) -> str:
+        return f"{self.prefix}{collection}"
+
+    # ---- manifest -----------------------------------------------------------------------------------------------
+    def _read_manifest(self) -> Manifest | None:
+        if not self.client.collection_exists(self.name(META)):
+            return None
+        records = self.client.retrieve(self.name(META), [_MANIFEST_ID], with_payload=True)
+        return Manifest.from_dict(records[0].payload or {}) if records else None
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        if not self.client.collection_exists(self.name(META)):
+            self.client.create_collection(self.name(META), vectors_config={})
+        self.client.upsert(
+            self.name(META),
+            points=[models.PointStruct(id=_MANIFEST_ID, vector={}, payload=manifest.__dict__.copy())],
+            wait=True,
+        )
+
+    def _create_collections(self, dimension: int) -> None:
+        for collection in COLLECTIONS:
+            name = self.name(collection)
+            if not self.client.collection_exists(name):
+                self.client.create_collection(
+                    name, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+                )
+            for field in KEYWORD_INDEXES[collection]:
+                schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == TENANT_INDEX)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
+                    self.client.create_payload_index(name, field, field_schema=schema, wait=True)
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def upsert(
+        self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        for start in range(0, len(ids), _UPSERT_CHUNK):
+            end = start + _UPSERT_CHUNK
+            self.client.upsert(
+                self.name(collection),
+                points=models.Batch(
+                    ids=list(ids[start:end]),
+                    vectors=np.asarray(vectors[start:end], dtype=np.float32).tolist(),
+                    payloads=list(payloads[start:end]),
+                ),
+                wait=True,
+            )
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        self.client.delete(self.name(collection), points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
+    ) -> list[Record]:
+        if not ids:
+            return []
+        records = self.client.retrieve(
+            self.name(collection), list(ids), with_payload=_with_payload(payload), with_vectors=with_vectors
+        )
+        return [
+            Record(
+                id=str(r.id),
+                payload=dict(r.payload or {}),
+                vector=np.asarray(r.vector, dtype=np.float32) if with_vectors else None,
+            )
+            for r in records
+        ]
+
+    def query_batch(
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        *,
+        where: Where | None = None,
+        payload: bool | Sequence[str] = True,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]:
+        if len(vectors) == 0:
+            return []
+        flt = _filter(where)
+        params = models.SearchParams(exact=exact, hnsw_ef=hnsw_ef)
+        requests = [
+            models.QueryRequest(
+                query=v.tolist(), limit=limit, filter=flt, with_payload=_with_payload(payload), params=params
+            )
+            for v in vectors
+        ]
+        with warnings.catch_warnings():
+            if self._local:  # local mode always searches exactly and says so on every call
+                warnings.simplefilter("ignore")
+            responses = self.client.query_batch_points(self.name(collection), requests=requests)
+        return [
+            [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in r.points]
+            for r in responses
+        ]
+
+    def scroll(
+        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+    ) -> Iterator[Record]:
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.name(collection), scroll_filter=_filter(where), limit=batch, offset=offset,
+                with_payload=_with_payload(payload), with_vectors=False,
+            )
+            for r in records:
+                yield Record(id=str(r.id), payload=dict(r.payload or {}))
+            if offset is None:
+                return
+
+    def count(self, collection: str, *, where: Where | None = None) -> int:
+        return int(self.client.count(self.name(collection), count_filter=_filter(where), exact=True).count)
+
+    def drop(self) -> None:
+        for collection in (*COLLECTIONS, META):
+            self.client.delete_collection(self.name(collection))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,229 @@
+"""Embedded backend: Qdrant's own engine in-process (Qdrant Edge), one shard per collection, in one directory.
+
+Layout: <root>/manifest.json, <root>/skills/, <root>/memory/. Writes go through Edge's write-ahead log, so an
+acknowledged upsert survives a crash. Edge holds an exclusive lock on each shard's WAL: one process at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import qdrant_edge as qe
+
+from .._errors import StoreCorruptError, StoreLockedError, StoreNotFoundError
+from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .base import Hit, Record, Store, Where, as_values
+
+MANIFEST_FILE = "manifest.json"
+_UPSERT_CHUNK = 1024
+
+
+def _filter(where: Where | None) -> qe.Filter | None:
+    if not where:
+        return None
+    conditions = []
+    for key, value in where.items():
+        values = as_values(value)
+        match = qe.MatchValue(value=values[0]) if len(values) == 1 else qe.MatchAny(any=values)
+        conditions.append(qe.FieldCondition(key=key, match=match))
+    return qe.Filter(must=conditions)
+
+
+def _with_payload(payload: bool | Sequence[str]) -> bool | list[str]:
+    return payload if isinstance(payload, bool) else list(payload)
+
+
+class EdgeStore(Store):
+    backend = "embedded"
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.path = Path(path).expanduser()
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._lock = threading.RLock()  # one shard update at a time from this process's threads
+        if not self.path.exists():
+            if not create:
+                raise StoreNotFoundError(f"no store at {self.path}: run `knnbe-qdrant build` to create one")
+            self.path.mkdir(parents=True)
+        elif not self.path.is_dir():
+            raise StoreCorruptError(f"{self.path} is a file, not a store directory")
+        has_manifest = (self.path / MANIFEST_FILE).exists()
+        if not has_manifest:
+            if not create:
+                raise StoreCorruptError(f"{self.path} is not a knnbe-qdrant store (no {MANIFEST_FILE})")
+            if any(self.path.iterdir()):
+                raise StoreCorruptError(
+                    f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
+                )
+        for name in COLLECTIONS:
+            if (self.path / name).exists():
+                self._shards[name] = self._load_shard(name)
+        if has_manifest and not create and len(self._shards) != len(COLLECTIONS):
+            self.close()
+            raise StoreCorruptError(f"{self.path} is missing collections {sorted(set(COLLECTIONS) - set(self._shards))}"
+                                    ": the build stopped early; run `knnbe-qdrant build` again to finish it")
+
+    def describe(self) -> str:
+        return f"the embedded store at {self.path}"
+
+    def _load_shard(self, name: str) -> qe.EdgeShard:
+        try:
+            return qe.EdgeShard.load(str(self.path / name))
+        except Exception as exc:  # Edge raises a bare Exception whose text says what failed
+            text = str(exc)
+            if "WouldBlock" in text or "lock" in text.lower():
+                self.close()
+                raise StoreLockedError(
+                    f"{self.describe()} is open in another process; the embedded store allows one process at a time "
+                    "(close the other one, or share a Qdrant server between processes)"
+                ) from exc
+            self.close()
+            raise StoreCorruptError(f"{self.describe()}: cannot load collection {name!r}: {text}") from exc
+
+    # ---- manifest -----------------------------------------------------------------------------------------------
+    def _read_manifest(self) -> Manifest | None:
+        file = self.path / MANIFEST_FILE
+        if not file.exists():
+            return None
+        try:
+            return Manifest.from_dict(json.loads(file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise StoreCorruptError(f"{file} is damaged: {exc}") from exc
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        # Write-then-rename, with fsyncs: readers see the old manifest or the new one, never half of one.
+        file = self.path / MANIFEST_FILE
+        tmp = file.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _create_collections(self, dimension: int) -> None:
+        with self._lock:
+            for name in COLLECTIONS:
+                if name in self._shards:
+                    continue
+                config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine))
+                shard = qe.EdgeShard.create(str(self.path / name), config)
+                for field in KEYWORD_INDEXES[name]:
+                    params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
+                    shard.update(qe.UpdateOperation.create_field_index(field, params))
+                self._shards[name] = shard
+
+    def _shard(self, collection: str) -> qe.EdgeShard:
+        try:
+            return self._shards[collection]
+        except KeyError:
+            raise StoreCorruptError(f"{self.describe()} has no collection {collection!r}") from None
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def upsert(
+        self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        shard = self._shard(collection)
+        with self._lock:
+            for start in range(0, len(ids), _UPSERT_CHUNK):
+                end = start + _UPSERT_CHUNK
+                points = [
+                    qe.Point(id=pid, vector=vec, payload=pl)
+                    for pid, vec, pl in zip(ids[start:end], vectors[start:end], payloads[start:end])
+                ]
+                shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        with self._lock:
+            self._shard(collection).update(qe.UpdateOperation.delete_points(list(ids)))
+
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
+    ) -> list[Record]:
+        if not ids:
+            return []
+        records = self._shard(collection).retrieve(
+            list(ids), with_payload=_with_payload(payload), with_vector=with_vectors
+        )
+        return [
+            Record(
+                id=str(r.id),
+                payload=dict(r.payload or {}),
+                vector=np.asarray(r.vector, dtype=np.float32) if with_vectors else None,
+            )
+            for r in records
+        ]
+
+    def query_batch(
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        *,
+        where: Where | None = None,
+        payload: bool | Sequence[str] = True,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]:
+        if len(vectors) == 0:
+            return []
+        flt = _filter(where)
+        params = qe.SearchParams(exact=exact, hnsw_ef=hnsw_ef)
+        with_payload = _with_payload(payload)
+        requests = [
+            qe.QueryRequest(
+                limit=limit, query=qe.Query.Nearest(v.tolist()), filter=flt, with_payload=with_payload, params=params
+            )
+            for v in vectors
+        ]
+        results = self._shard(collection).query_batch(qe.QueryBatchRequest(requests))
+        return [[Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in r] for r in results]
+
+    def scroll(
+        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+    ) -> Iterator[Record]:
+        shard = self._shard(collection)
+        offset = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=batch, filter=_filter(where), with_payload=_with_payload(payload),
+                    with_vector=False,
+                )
+            )
+            for r in records:
+                yield Record(id=str(r.id), payload=dict(r.payload or {}))
+            if offset is None:
+                return
+
+    def count(self, collection: str, *, where: Where | None = None) -> int:
+        return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=_filter(where))))
+
+    def optimize(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.optimize()
+
+    def drop(self) -> None:
+        self.close()
+        # The constructor refused any non-empty directory without a manifest, so this only ever removes a store.
+        shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+            self._shards.clear()

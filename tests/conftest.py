@@ -1,0 +1,69 @@
+"""Shared fixtures: the real bundled MiniLM, a small real slice of ESCO, and stores on every backend."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from knnbe_qdrant import EdgeStore, Encoder, QdrantClientStore, build_store, default_memory, load_taxonomy
+
+# Skills the tests' sentences are about, so the slice is small (fast) yet the answers are meaningful.
+ANCHOR_LABELS = {
+    "Python (computer programming)", "SQL", "PostgreSQL", "JavaScript", "Java (computer programming)",
+    "manage staff", "provide nursing care", "lead a team", "communicate with customers", "English",
+    "German", "develop software prototype", "use databases", "cook meals", "clean rooms",
+}
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return Encoder()
+
+
+@pytest.fixture(scope="session")
+def small_skills():
+    skills = load_taxonomy()
+    anchors = [s for s in skills if s.label in ANCHOR_LABELS]
+    assert len(anchors) == len(ANCHOR_LABELS), "an anchor label is not in ESCO v1.1.0"
+    return anchors + [s for s in skills[:250] if s.label not in ANCHOR_LABELS]
+
+
+@pytest.fixture(scope="session")
+def small_memory(small_skills):
+    return default_memory(small_skills)
+
+
+def make_store(backend: str, path) -> "EdgeStore | QdrantClientStore":
+    if backend == "embedded":
+        return EdgeStore(path, create=True)
+    if backend == "qdrant-local":
+        return QdrantClientStore.connect(path=":memory:", prefix="test_")
+    if backend == "qdrant":
+        # The same suite against a real server: QDRANT_URL=http://localhost:6333 scripts/test.sh
+        store = QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
+                                          prefix=f"knnbe_test_{os.getpid()}_{path.name}_")
+        return store
+    raise ValueError(backend)
+
+
+BACKENDS = ["embedded", "qdrant-local"] + (["qdrant"] if os.environ.get("QDRANT_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_store(request, tmp_path):
+    store = make_store(request.param, tmp_path / "store")
+    yield store
+    try:
+        store.drop()
+    except Exception:
+        store.close()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def built_store(request, tmp_path_factory, encoder, small_skills, small_memory):
+    """A small store built from real ESCO skills and memory, once per backend per test session."""
+    store = make_store(request.param, tmp_path_factory.mktemp(request.param) / "store")
+    build_store(store, encoder, skills=small_skills, memory=small_memory, progress=False)
+    yield store
+    store.close()

@@ -1,0 +1,111 @@
+"""The kNNBE contract on hand-computed examples (numbers worked out on paper, in the comments)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from knnbe_qdrant import InvalidInputError, ScoringParams
+from knnbe_qdrant._scoring import interpolate, knn_vote, neighbour_weights, score_candidates, union_candidates
+
+
+def test_softmax_weights_two_neighbours():
+    # (0.9 - 0.9) / 0.1 = 0 and (0.8 - 0.9) / 0.1 = -1  ->  [1, e^-1] / (1 + e^-1)
+    w = neighbour_weights(np.array([0.9, 0.8]), tau=0.1)
+    e = math.exp(-1)
+    assert w == pytest.approx([1 / (1 + e), e / (1 + e)], abs=1e-12)
+    assert w == pytest.approx([0.7310585786, 0.2689414214], abs=1e-9)
+
+
+def test_knn_vote_sums_weights_per_label():
+    # z = [0, -1, -2] -> e = [1, 0.36788, 0.13534], sum 1.50321
+    # w = [0.66524, 0.24473, 0.09003]; skill 0 gets w0 + w2 = 0.755272, skill 1 gets 0.244728, skill 2 nothing.
+    v = knn_vote(np.array([0.9, 0.8, 0.7]), np.array([0, 1, 0]), n_candidates=3, tau=0.1)
+    assert v == pytest.approx([0.7552715, 0.2447285, 0.0], abs=1e-6)
+
+
+def test_score_interpolates_and_vote_can_overturn_the_bi_encoder():
+    # b = [0.6, 0.7]; v = [0.755272, 0.244728] (as above); lam = 0.5
+    # score0 = 0.3 + 0.377636 = 0.677636; score1 = 0.35 + 0.122364 = 0.472364 -> skill 0 first despite lower b.
+    params = ScoringParams(lam=0.5, k=3, tau=0.1)
+    s = score_candidates(np.array([0.6, 0.7]), np.array([0.9, 0.8, 0.7]), np.array([0, 1, 0]), params)
+    assert s.score == pytest.approx([0.6776358, 0.4723642], abs=1e-6)
+    assert list(s.order) == [0, 1]
+    assert s.knn == pytest.approx([0.7552715, 0.2447285], abs=1e-6)
+
+
+def test_lambda_extremes():
+    b, v = np.array([0.2, 0.9]), np.array([0.8, 0.1])
+    assert interpolate(b, v, 1.0) == pytest.approx(b)
+    assert interpolate(b, v, 0.0) == pytest.approx(v)
+    assert interpolate(b, v, 0.25) == pytest.approx([0.25 * 0.2 + 0.75 * 0.8, 0.25 * 0.9 + 0.75 * 0.1])
+
+
+def test_candidates_are_top_n_then_knn_only_skills_in_first_seen_order():
+    candidates, labels = union_candidates(["a", "b"], ["c", "a", "c", "d"])
+    assert candidates == ["a", "b", "c", "d"]
+    assert list(labels) == [2, 0, 2, 3]
+
+
+def test_knn_only_candidate_is_scored_with_the_b_it_is_given():
+    # Candidate 2 ("c") came only from the kNN side, with its exact b = 0.4 (never 0).
+    # One neighbour votes for it: v = 1; score = 0.5 * 0.4 + 0.5 * 1 = 0.7.
+    params = ScoringParams(lam=0.5, k=1, tau=0.05)
+    s = score_candidates(np.array([0.5, 0.45, 0.4]), np.array([0.8]), np.array([2]), params)
+    assert s.score == pytest.approx([0.25, 0.225, 0.7])
+    assert s.bi_encoder[2] == pytest.approx(0.4)
+    assert list(s.order) == [2, 0, 1]
+
+
+def test_ties_break_on_higher_bi_encoder_then_index():
+    # scores: 0.5*0.4 + 0.5*0.6 = 0.5 and 0.5*0.6 + 0.5*0.4 = 0.5 -> tie, higher b (index 1) first.
+    params = ScoringParams(lam=0.5, k=2, tau=1.0, aggregation="uniform")
+    s = score_candidates(np.array([0.4, 0.6, 0.1]), np.array([0.3, 0.3]), np.array([0, 0]), params)
+    assert s.knn == pytest.approx([1.0, 0.0, 0.0])
+    params = ScoringParams(lam=0.5, k=2, tau=1.0, aggregation="uniform")
+    s = score_candidates(np.array([0.4, 0.6]), np.array([0.3, 0.3]), np.array([0, 1]), params)
+    # v = [0.5, 0.5]; scores = [0.45, 0.55]
+    assert s.score == pytest.approx([0.45, 0.55])
+    s = score_candidates(np.array([0.5, 0.5]), np.array([0.3, 0.3]), np.array([1, 0]), params)
+    assert list(s.order) == [0, 1]  # identical score and b: lower index first
+
+
+def test_uniform_aggregation_ignores_similarity():
+    v = knn_vote(np.array([0.99, 0.1, 0.1, 0.1]), np.array([0, 1, 1, 1]), 2, tau=0.01, aggregation="uniform")
+    assert v == pytest.approx([0.25, 0.75])
+
+
+def test_no_neighbours_means_no_vote():
+    v = knn_vote(np.array([]), np.array([], dtype=int), 3, tau=0.05)
+    assert v == pytest.approx([0, 0, 0])
+
+
+def test_tiny_tau_stays_finite_and_picks_the_nearest():
+    w = neighbour_weights(np.array([0.91, 0.9, -0.5]), tau=1e-6)
+    assert np.all(np.isfinite(w))
+    assert w == pytest.approx([1.0, 0.0, 0.0])
+
+
+@given(
+    sims=st.lists(st.floats(-1, 1), min_size=1, max_size=80),
+    tau=st.floats(1e-4, 10),
+    n_labels=st.integers(1, 10),
+)
+def test_votes_are_a_distribution_over_labels(sims, tau, n_labels):
+    sims = np.array(sims)
+    labels = np.arange(len(sims)) % n_labels
+    v = knn_vote(sims, labels, n_labels, tau)
+    assert np.all(v >= 0)
+    assert v.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"k": 0}, "k"), ({"tau": 0}, "tau"),
+     ({"n_candidates": 0}, "n_candidates"), ({"aggregation": "max"}, "aggregation")],
+)
+def test_bad_parameters_are_named(kwargs, field):
+    with pytest.raises(InvalidInputError, match=field):
+        ScoringParams(**kwargs)
