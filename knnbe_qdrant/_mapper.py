@@ -18,6 +18,13 @@ from .store.base import Store
 
 MODES = ("knnbe", "bi-encoder", "knn")
 DEFAULT_HNSW_EF = 128
+# Memory holds the same text under several skills, so neighbours often tie; fetching a few past k and cutting with
+# a fixed tie-break makes the k voters the same on every backend instead of whichever tied point an engine saw first.
+_TIE_MARGIN = 8
+
+
+def nearest(hits: list, k: int) -> list:
+    return sorted(hits, key=lambda h: (-round(h.score, 6), h.id))[:k]
 
 
 def validate_sentences(sentences: Sequence[str]) -> list[str]:
@@ -131,7 +138,10 @@ class SkillMapper:
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
         else:
-            neighbours = self.store.query_batch(S.MEMORY, vectors, p.k, payload=[S.F_SKILL_ID, S.F_TEXT], **search)
+            fetched = self.store.query_batch(
+                S.MEMORY, vectors, p.k + _TIE_MARGIN, payload=[S.F_SKILL_ID, S.F_TEXT], **search
+            )
+            neighbours = [nearest(hits, p.k) for hits in fetched]
 
         # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call.
         top_ids = [{h.payload[S.F_SKILL_ID] for h in hits} for hits in skill_hits]
@@ -140,7 +150,7 @@ class SkillMapper:
         )
         extra = self._skill_vectors(missing, visible)
 
-        params = replace(p, lam=0.0) if mode == "knn" else p
+        params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         results = []
         for text, vec, hits, nbrs in zip(texts, vectors, skill_hits, neighbours):
             label = {h.payload[S.F_SKILL_ID]: h.payload[S.F_LABEL] for h in hits}
@@ -148,7 +158,8 @@ class SkillMapper:
             candidates, votes_for = union_candidates(
                 [h.payload[S.F_SKILL_ID] for h in hits], [h.payload[S.F_SKILL_ID] for h in nbrs]
             )
-            b = np.empty(len(candidates))
+            b = np.zeros(len(candidates))
+            hidden = np.zeros(len(candidates), dtype=bool)
             for i, sid in enumerate(candidates):
                 if sid in bi:
                     b[i] = bi[sid]
@@ -156,14 +167,14 @@ class SkillMapper:
                     label[sid], skill_vec = extra[sid]
                     b[i] = float(np.dot(vec, skill_vec))
                 else:
-                    b[i] = np.nan  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
+                    hidden[i] = True  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
             sims = np.array([h.score for h in nbrs])
-            scored = score_candidates(np.nan_to_num(b, nan=-np.inf), sims, votes_for, params)
+            scored = score_candidates(b, sims, votes_for, params)
             matches = []
             for i in scored.order:
                 if len(matches) == top:
                     break
-                if np.isnan(b[i]):
+                if hidden[i]:
                     continue
                 evidence = [
                     Evidence(nbrs[j].payload[S.F_TEXT], float(sims[j])) for j in np.flatnonzero(votes_for == i)

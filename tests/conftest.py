@@ -11,8 +11,8 @@ from knnbe_qdrant import EdgeStore, Encoder, QdrantClientStore, build_store, def
 # Skills the tests' sentences are about, so the slice is small (fast) yet the answers are meaningful.
 ANCHOR_LABELS = {
     "Python (computer programming)", "SQL", "PostgreSQL", "JavaScript", "Java (computer programming)",
-    "manage staff", "provide nursing care", "lead a team", "communicate with customers", "English",
-    "German", "develop software prototype", "use databases", "cook meals", "clean rooms",
+    "manage staff", "implement nursing care", "plan nursing care", "lead a team", "communicate with customers", "English",
+    "German", "develop software prototype", "use databases", "cook meat dishes", "cook fish", "clean rooms",
 }
 
 
@@ -60,10 +60,18 @@ def empty_store(request, tmp_path):
         store.close()
 
 
+@pytest.fixture(scope="session")
+def built_stores(tmp_path_factory, encoder, small_skills, small_memory):
+    """A small store built from real ESCO skills and memory on each backend, once per test session."""
+    stores = {}
+    for backend in BACKENDS:
+        stores[backend] = make_store(backend, tmp_path_factory.mktemp(backend) / "store")
+        build_store(stores[backend], encoder, skills=small_skills, memory=small_memory, progress=False)
+    yield stores
+    for store in stores.values():
+        store.close()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def built_store(request, tmp_path_factory, encoder, small_skills, small_memory):
-    """A small store built from real ESCO skills and memory, once per backend per test session."""
-    store = make_store(request.param, tmp_path_factory.mktemp(request.param) / "store")
-    build_store(store, encoder, skills=small_skills, memory=small_memory, progress=False)
-    yield store
-    store.close()
+def built_store(request, built_stores):
+    return built_stores[request.param]

@@ -1,0 +1,174 @@
+"""The `knnbe-qdrant` command as a user runs it: real processes, a real (small) embedded store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL_BUILD = ["--memory-sources", "esco_alt_labels,esco_descriptions", "--no-progress"]
+
+
+def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict | None = None):
+    cmd = [sys.executable, "-m", "knnbe_qdrant", *map(str, args)]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("QDRANT_URL", None)
+    if store is not None:
+        full_env["KNNBE_STORE"] = str(store)
+    return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def taxonomy(tmp_path_factory, small_skills):
+    path = tmp_path_factory.mktemp("taxonomy") / "skills.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for s in small_skills[:120]:
+            f.write(json.dumps({"id": s.id, "label": s.label, "alt_labels": list(s.alt_labels),
+                                "description": s.description}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, taxonomy):
+    path = tmp_path_factory.mktemp("cli") / "store"
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"store ready" in r.stdout
+    return path
+
+
+def test_map_arguments_prints_a_table(store):
+    r = run("map", "--top", "3", "Experience writing SQL queries", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    assert "Experience writing SQL queries" in out
+    assert "SQL" in out
+    assert len([line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]) == 3
+
+
+def test_map_json_has_the_documented_shape(store):
+    r = run("--version", store=store)
+    assert r.returncode == 0
+    r = run("map", "--json", "--top", "4", "Fluent English is required", "Programming in Python", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, ["Fluent English is required", "Programming in Python"]):
+        obj = json.loads(line)
+        assert obj["text"] == text
+        assert len(obj["skills"]) == 4
+        for s in obj["skills"]:
+            assert set(s) == {"id", "label", "score", "bi_encoder", "knn", "evidence"}
+            assert s["id"].startswith("http://data.europa.eu/esco/skill/")
+            assert all(set(e) == {"text", "similarity"} for e in s["evidence"])
+        scores = [s["score"] for s in obj["skills"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_map_reads_a_file_and_stdin_skipping_blank_lines(store, tmp_path):
+    f = tmp_path / "sentences.txt"
+    f.write_text("Programming in Python\n\n   \nFluent English is required\n", encoding="utf-8")
+    from_file = run("map", "--json", "--file", f, store=store)
+    from_stdin = run("map", "--json", stdin=f.read_bytes(), store=store)
+    assert from_file.returncode == 0 and from_stdin.returncode == 0, from_file.stderr.decode()
+    assert len(from_file.stdout.splitlines()) == 2
+    assert from_file.stdout == from_stdin.stdout
+
+
+def test_store_flag_overrides_environment(store, tmp_path):
+    r = run("map", "--store", store, "--json", "Programming in Python", store=tmp_path / "elsewhere")
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["map", "   "], b"", "argument 1 is an empty sentence"),
+        (["map"], b"\n  \n", "no sentences in standard input"),
+        (["map", "--top", "0", "x"], b"", "--top must be >= 1"),
+    ],
+)
+def test_bad_sentences_exit_2_with_a_clear_message(store, args, stdin, message):
+    r = run(*args, stdin=stdin, store=store)
+    assert r.returncode == 2
+    assert message in r.stderr.decode()
+
+
+def test_non_utf8_file_names_the_line(store, tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("first line\nsecond line caf\xe9\n".encode("latin-1"))
+    r = run("map", "--file", f, store=store)
+    assert r.returncode == 1
+    assert f"{f}:2: not UTF-8" in r.stderr.decode()
+    r = run("map", "--file", tmp_path / "missing.txt", store=store)
+    assert r.returncode == 1 and "cannot read" in r.stderr.decode()
+
+
+def test_paths_that_are_not_stores_are_refused(tmp_path):
+    r = run("map", "x", store=tmp_path / "nothing-here")
+    assert r.returncode == 1 and "no store at" in r.stderr.decode() and "knnbe-qdrant build" in r.stderr.decode()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    r = run("map", "x", store=tmp_path / "foreign")
+    assert r.returncode == 1 and "not a knnbe-qdrant store" in r.stderr.decode()
+    r = run("build", "--force", "--no-progress", store=tmp_path / "foreign")
+    assert r.returncode == 1 and "refusing" in r.stderr.decode()
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+
+def test_half_built_store_is_reported_then_finished_by_build(tmp_path, taxonomy):
+    path = tmp_path / "half"
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    assert r.returncode == 0
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["state"] = "building"  # what a build killed before its end leaves behind
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    r = run("map", "x", store=path)
+    assert r.returncode == 1 and "half-built" in r.stderr.decode()
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert run("map", "Programming in Python", store=path).returncode == 0
+
+
+def test_damaged_manifest_is_reported(tmp_path, store):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    (copy / "manifest.json").write_text("{not json")
+    r = run("map", "x", store=copy)
+    assert r.returncode == 1 and "damaged" in r.stderr.decode()
+
+
+def test_bad_taxonomy_names_the_line_and_leaves_the_store_alone(store, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x1", "label": "ok"}\n{"id": "x2"}\n', encoding="utf-8")
+    before = (store / "manifest.json").read_text()
+    r = run("build", "--taxonomy", bad, "--force", "--no-progress", store=store)
+    assert r.returncode == 1
+    assert f"{bad}:2: field 'label' is missing" in r.stderr.decode()
+    assert (store / "manifest.json").read_text() == before
+    assert run("map", "Programming in Python", store=store).returncode == 0
+
+
+def test_another_model_is_refused_before_loading_it(store):
+    from knnbe_qdrant import ModelMismatchError, SkillMapper
+
+    with pytest.raises(ModelMismatchError, match="all-mpnet-base-v2"):
+        SkillMapper.open(store, model="sentence-transformers/all-mpnet-base-v2")
+
+
+def test_second_process_gets_a_clear_lock_error(store):
+    from knnbe_qdrant import EdgeStore
+
+    held = EdgeStore(store)
+    try:
+        r = run("map", "x", store=store)
+        assert r.returncode == 1
+        assert "open in another process" in r.stderr.decode()
+    finally:
+        held.close()

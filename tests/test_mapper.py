@@ -1,0 +1,169 @@
+"""kNNBE mapping end to end, with the real bundled MiniLM, on a small real slice of ESCO, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knnbe_qdrant import (
+    InvalidInputError,
+    ModelMismatchError,
+    ScoringParams,
+    SkillMapper,
+    build_store,
+)
+from knnbe_qdrant._schema import MEMORY, SKILLS
+
+SENTENCES = [
+    "Strong programming skills in Python and experience writing SQL queries.",
+    "You will provide nursing care to patients on the ward.",
+    "Fluent English and German are required.",
+    "Prepare and cook fish and meat dishes for our guests.",
+]
+
+
+@pytest.fixture(scope="module")
+def mappers(built_store, encoder):
+    return SkillMapper(built_store, encoder, exact=True)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_results_are_ranked_and_follow_the_formula(mappers):
+    params = mappers.params
+    for result in mappers.map(SENTENCES, top=10):
+        assert len(result.skills) == 10
+        scores = [s.score for s in result.skills]
+        assert scores == sorted(scores, reverse=True)
+        for s in result.skills:
+            assert s.score == pytest.approx(params.lam * s.bi_encoder + (1 - params.lam) * s.knn, abs=1e-9)
+            assert 0.0 <= s.knn <= 1.0
+        assert sum(s.knn for s in result.skills) <= 1.0 + 1e-9
+
+
+def test_expected_skills_come_first(mappers):
+    top3 = [[s.label for s in r.skills[:3]] for r in mappers.map(SENTENCES, top=3)]
+    assert "Python (computer programming)" in top3[0] or "SQL" in top3[0]
+    assert {"implement nursing care", "plan nursing care"} & set(top3[1])
+    assert {"English", "German"} & set(top3[2])
+    assert {"cook meat dishes", "cook fish"} & set(top3[3])
+
+
+def test_every_bi_encoder_part_is_the_exact_cosine_even_for_knn_only_skills(mappers, encoder, small_skills):
+    labels = {s.id: s.label for s in small_skills}
+    [result] = mappers.map([SENTENCES[0]], top=60)
+    x = encoder.encode([SENTENCES[0]])[0]
+    skill_vectors = encoder.encode([labels[s.id] for s in result.skills])
+    for s, v in zip(result.skills, skill_vectors):
+        assert s.bi_encoder == pytest.approx(cosine(x, v), abs=1e-4)
+        assert s.bi_encoder != 0.0
+
+
+def test_evidence_are_the_neighbours_that_voted(mappers, encoder, small_memory):
+    labelled = {(m.text, m.skill_id) for m in small_memory}
+    [result] = mappers.map([SENTENCES[1]], top=5)
+    x = encoder.encode([SENTENCES[1]])[0]
+    voted = [s for s in result.skills if s.knn > 0]
+    assert voted, "no skill got a vote"
+    for s in voted:
+        assert s.evidence
+        for e in s.evidence:
+            assert (e.text, s.id) in labelled
+        e = s.evidence[0]
+        assert e.similarity == pytest.approx(cosine(x, encoder.encode([e.text])[0]), abs=1e-4)
+    for s in result.skills:
+        assert (s.knn > 0) == bool(s.evidence)
+
+
+def test_modes_share_the_bi_encoder_part(mappers):
+    knnbe = mappers.map(SENTENCES[:2], mode="knnbe", top=50)
+    bi = mappers.map(SENTENCES[:2], mode="bi-encoder", top=10)
+    knn = mappers.map(SENTENCES[:2], mode="knn", top=10)
+    for kr, br, nr in zip(knnbe, bi, knn):
+        b_of = {s.id: s.bi_encoder for s in kr.skills}
+        assert all(s.knn == 0.0 and s.score == s.bi_encoder and not s.evidence for s in br.skills)
+        assert [s.bi_encoder for s in br.skills] == sorted((s.bi_encoder for s in br.skills), reverse=True)
+        for s in br.skills:
+            if s.id in b_of:
+                assert s.bi_encoder == pytest.approx(b_of[s.id], abs=1e-6)
+        assert all(s.score == pytest.approx(s.knn) for s in nr.skills)
+
+
+def test_one_query_per_collection_per_batch(built_store, encoder):
+    calls: list[tuple[str, str, int]] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            attr = getattr(built_store, name)
+            if name in ("query_batch", "retrieve"):
+                def counted(collection, arg, *a, **kw):
+                    calls.append((name, collection, len(arg)))
+                    return attr(collection, arg, *a, **kw)
+                return counted
+            return attr
+
+    mapper = SkillMapper(Counting(), encoder, ScoringParams(n_candidates=5), exact=True)
+    sentences = SENTENCES * 5
+    mapper.map(sentences, batch_size=len(sentences))
+    queries = [c for c in calls if c[0] == "query_batch"]
+    assert sorted(c[1] for c in queries) == [MEMORY, SKILLS]
+    assert all(c[2] == len(sentences) for c in queries)
+    assert len([c for c in calls if c[0] == "retrieve"]) <= 1
+
+
+def test_knn_only_candidates_get_exact_b(built_store, encoder, small_skills):
+    """With N = 1 the bi-encoder side contributes one candidate, so the others come from the vote alone."""
+    mapper = SkillMapper(built_store, encoder, ScoringParams(n_candidates=1), exact=True)
+    [result] = mapper.map([SENTENCES[1]], top=5)
+    assert len(result.skills) > 1
+    labels = {s.id: s.label for s in small_skills}
+    x = encoder.encode([SENTENCES[1]])[0]
+    for s in result.skills[1:]:
+        assert s.bi_encoder == pytest.approx(cosine(x, encoder.encode([labels[s.id]])[0]), abs=1e-4)
+
+
+def test_bad_sentences_are_refused_by_position(mappers):
+    with pytest.raises(InvalidInputError, match="#1 is empty"):
+        mappers.map(["fine", "   "])
+    with pytest.raises(InvalidInputError, match="not one string"):
+        mappers.map("a single string")
+    with pytest.raises(InvalidInputError, match="mode"):
+        mappers.map(["fine"], mode="rerank")
+    assert mappers.map([]) == []
+
+
+def test_another_model_is_refused(built_store, encoder):
+    with pytest.raises(ModelMismatchError, match="all-MiniLM-L6-v2"):
+        built_store.check_model("sentence-transformers/all-mpnet-base-v2", 768)
+
+
+def test_rebuild_is_idempotent_and_encodes_nothing(built_store, encoder, small_skills, small_memory):
+    before = {c: built_store.count(c) for c in (SKILLS, MEMORY)}
+    encoded: list[int] = []
+
+    class CountingEncoder:
+        name, dimension = encoder.name, encoder.dimension
+
+        def encode(self, texts, **kw):
+            encoded.append(len(texts))
+            return encoder.encode(texts, **kw)
+
+    manifest = build_store(built_store, CountingEncoder(), skills=small_skills, memory=small_memory, progress=False)
+    assert manifest.state == "ready"
+    assert {c: built_store.count(c) for c in (SKILLS, MEMORY)} == before
+    assert encoded == []
+
+
+def test_backends_agree_on_top10_with_exact_search(built_stores, encoder):
+    results = {b: SkillMapper(store, encoder, exact=True).map(SENTENCES, top=10) for b, store in built_stores.items()}
+    reference = results.pop("embedded")
+    assert results, "only one backend ran"
+    for backend, other in results.items():
+        for a, b in zip(reference, other):
+            assert [s.id for s in a.skills] == [s.id for s in b.skills], backend
+            for sa, sb in zip(a.skills, b.skills):
+                assert sa.score == pytest.approx(sb.score, abs=1e-5)
+                assert sa.bi_encoder == pytest.approx(sb.bi_encoder, abs=1e-5)
+                assert sa.knn == pytest.approx(sb.knn, abs=1e-5)
