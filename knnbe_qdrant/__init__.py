@@ -21,9 +21,17 @@ from ._errors import (
 from ._mapper import MODES, SkillMapper
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams
-from .store import EdgeStore, QdrantClientStore, Store
+from .store import EdgeStore, Store
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "QdrantClientStore":  # imported on first use: qdrant-client is slow to import
+        from .store.client import QdrantClientStore
+
+        return QdrantClientStore
+    raise AttributeError(name)
 
 __all__ = [
     "DEFAULT_MEMORY_SOURCES",

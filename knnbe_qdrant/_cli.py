@@ -11,13 +11,14 @@ from typing import Sequence
 from ._errors import InvalidInputError, KnnbeError
 
 
-def _store_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("where the store is")
-    g.add_argument("--store", metavar="PATH", help="embedded store directory (env KNNBE_STORE; "
+def _store_args(p: argparse.ArgumentParser, default: object = None) -> None:
+    g = p.add_argument_group("where the store is (before or after the command)")
+    g.add_argument("--store", metavar="PATH", default=default, help="embedded store directory (env KNNBE_STORE; "
                    "default ~/.local/share/knnbe-qdrant/store)")
-    g.add_argument("--url", help="Qdrant server URL instead of the embedded store (env QDRANT_URL)")
-    g.add_argument("--api-key", help="Qdrant API key (env QDRANT_API_KEY)")
-    g.add_argument("--prefix", help="collection name prefix on a server (env KNNBE_PREFIX; default knnbe_)")
+    g.add_argument("--url", default=default, help="Qdrant server URL instead of the embedded store (env QDRANT_URL)")
+    g.add_argument("--api-key", default=default, help="Qdrant API key (env QDRANT_API_KEY)")
+    g.add_argument("--prefix", default=default,
+                   help="collection name prefix on a server (env KNNBE_PREFIX; default knnbe_)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="knnbe-qdrant", description="Map job-posting text to ESCO skills with kNNBE on Qdrant."
     )
     parser.add_argument("--version", action="version", version=f"knnbe-qdrant {__version__}")
+    _store_args(parser)
+    # Also accepted after the command; SUPPRESS keeps a value given before it from being reset to None.
     common = argparse.ArgumentParser(add_help=False)
-    _store_args(common)
+    _store_args(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", parents=[common], help="build (or finish building) the store from ESCO and the memory")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .store import EdgeStore, QdrantClientStore, Store
-from .store.client import DEFAULT_PREFIX
+from .store import EdgeStore, Store
+
+DEFAULT_PREFIX = "knnbe_"
 
 ENV_STORE = "KNNBE_STORE"
 ENV_URL = "QDRANT_URL"
@@ -33,6 +34,8 @@ def open_store(
     (argument, KNNBE_STORE, or ~/.local/share/knnbe-qdrant/store)."""
     url = url or (os.environ.get(ENV_URL) if path is None else None)
     if url:
+        from .store.client import QdrantClientStore
+
         return QdrantClientStore.connect(
             url,
             api_key=api_key or os.environ.get(ENV_API_KEY),

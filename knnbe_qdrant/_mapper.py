@@ -14,17 +14,24 @@ from ._encoder import Encoder, canonical_model_name
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
-from .store.base import Store
+from .store.base import Hit, Store
 
 MODES = ("knnbe", "bi-encoder", "knn")
 DEFAULT_HNSW_EF = 128
 # Memory holds the same text under several skills, so neighbours often tie; fetching a few past k and cutting with
 # a fixed tie-break makes the k voters the same on every backend instead of whichever tied point an engine saw first.
 _TIE_MARGIN = 8
+_TIE = 1e-6
 
 
-def nearest(hits: list, k: int) -> list:
-    return sorted(hits, key=lambda h: (-round(h.score, 6), h.id))[:k]
+def nearest(hits: list[Hit], k: int) -> list[Hit]:
+    """The k best hits (already sorted by score); points tied at the cut are taken in (skill id, text) order."""
+    if len(hits) <= k or hits[k].score < hits[k - 1].score - _TIE:
+        return hits[:k]
+    cut = hits[k - 1].score
+    head = [h for h in hits if h.score > cut + _TIE]
+    tied = sorted((h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT]))
+    return head + tied[: k - len(head)]
 
 
 def validate_sentences(sentences: Sequence[str]) -> list[str]:

@@ -15,11 +15,24 @@ Where = Mapping[str, Union[str, Sequence[str]]]
 """A conjunctive filter: payload field -> the value (or any of the values) it must hold."""
 
 
-@dataclass(frozen=True)
 class Hit:
-    id: str
-    score: float
-    payload: dict[str, Any]
+    """One search result. Mapping reads thousands per batch, so this stays a slotted object whose `id` is turned
+    into a string only when someone asks for it."""
+
+    __slots__ = ("_id", "score", "payload")
+
+    def __init__(self, id: Any, score: float, payload: dict[str, Any]) -> None:
+        self._id = id
+        self.score = score
+        self.payload = payload
+
+    @property
+    def id(self) -> str:
+        raw = self._id
+        return str(getattr(raw, "id", raw))  # a backend may hand over its native point and let us read the id late
+
+    def __repr__(self) -> str:
+        return f"Hit(id={self.id!r}, score={self.score!r}, payload={self.payload!r})"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient, models
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, Where, as_values
 
-DEFAULT_PREFIX = "knnbe_"
+from .._config import DEFAULT_PREFIX
 META = "meta"
 _MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))
 _UPSERT_CHUNK = 256
@@ -160,7 +160,7 @@ class QdrantClientStore(Store):
                 warnings.simplefilter("ignore")
             responses = self.client.query_batch_points(self.name(collection), requests=requests)
         return [
-            [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in r.points]
+            [Hit(p.id, p.score, p.payload or {}) for p in r.points]
             for r in responses
         ]
 

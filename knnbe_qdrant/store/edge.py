@@ -115,7 +115,15 @@ class EdgeStore(Store):
             for name in COLLECTIONS:
                 if name in self._shards:
                     continue
-                config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine))
+                config = qe.EdgeConfig(
+                    vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+                    # Measured on the full ESCO memory (README, Performance): int8 vectors in RAM for the HNSW walk
+                    # and payload kept in RAM cut a kNN query by about a quarter at the same recall.
+                    quantization_config=qe.ScalarQuantizationConfig(
+                        type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
+                    ),
+                    payload_memory=qe.Memory.Cached,
+                )
                 shard = qe.EdgeShard.create(str(self.path / name), config)
                 for field in KEYWORD_INDEXES[name]:
                     params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
@@ -177,7 +185,8 @@ class EdgeStore(Store):
         if len(vectors) == 0:
             return []
         flt = _filter(where)
-        params = qe.SearchParams(exact=exact, hnsw_ef=hnsw_ef)
+        # Rescoring the int8 candidates with the original vectors keeps every returned score an exact cosine.
+        params = qe.SearchParams(exact=exact, hnsw_ef=hnsw_ef, quantization=qe.QuantizationSearchParams(rescore=True))
         with_payload = _with_payload(payload)
         requests = [
             qe.QueryRequest(
@@ -186,7 +195,8 @@ class EdgeStore(Store):
             for v in vectors
         ]
         results = self._shard(collection).query_batch(qe.QueryBatchRequest(requests))
-        return [[Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in r] for r in results]
+        # Reading p.id would build a uuid.UUID per point (a third of the conversion cost): Hit reads it on demand.
+        return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
 
     def scroll(
         self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
