@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", parents=[common], help="measure throughput and Qdrant overhead; prints a table")
     be.add_argument("--sentences", type=int, default=512, help="how many SkillSkape dev sentences (default 512)")
     be.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
-    be.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    be.add_argument("--batch-size", type=int, default=256, help="sentences per map call (default 256, as `map`)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
 
     return parser

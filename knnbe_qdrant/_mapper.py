@@ -140,7 +140,7 @@ class SkillMapper:
         visible = [S.GLOBAL_TENANT] + ([tenant] if tenant and tenant != S.GLOBAL_TENANT else [])
         where = {S.F_TENANT: visible}
         search = dict(where=where, exact=self.exact, hnsw_ef=self.hnsw_ef)
-        n_skills = max(p.n_candidates, top)
+        n_skills = max(p.n_candidates or top, top)
         skill_hits = self.store.query_batch(S.SKILLS, vectors, n_skills, payload=[S.F_SKILL_ID, S.F_LABEL], **search)
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
@@ -150,46 +150,50 @@ class SkillMapper:
             )
             neighbours = [nearest(hits, p.k) for hits in fetched]
 
-        # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call.
-        top_ids = [{h.payload[S.F_SKILL_ID] for h in hits} for hits in skill_hits]
+        # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call, and score
+        # them against every sentence of the batch with one matrix product.
+        top_ids = [[h.payload[S.F_SKILL_ID] for h in hits] for hits in skill_hits]
+        # Per sentence: a skill in one sentence's top-N may be kNN-only in another's.
         missing = sorted(
-            {h.payload[S.F_SKILL_ID] for hits, seen in zip(neighbours, top_ids) for h in hits} - set().union(*top_ids)
+            set().union(*({h.payload[S.F_SKILL_ID] for h in nbrs} - set(ids) for ids, nbrs in zip(top_ids, neighbours)))
         )
-        extra = self._skill_vectors(missing, visible)
+        extra_labels, extra_vectors = self._skill_vectors(missing, visible)
+        extra_row = {sid: i for i, sid in enumerate(extra_labels)}
+        extra_b = vectors @ extra_vectors.T if extra_labels else None
 
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         results = []
-        for text, vec, hits, nbrs in zip(texts, vectors, skill_hits, neighbours):
-            label = {h.payload[S.F_SKILL_ID]: h.payload[S.F_LABEL] for h in hits}
-            bi = {h.payload[S.F_SKILL_ID]: h.score for h in hits}
-            candidates, votes_for = union_candidates(
-                [h.payload[S.F_SKILL_ID] for h in hits], [h.payload[S.F_SKILL_ID] for h in nbrs]
-            )
+        for row, (text, hits, ids, nbrs) in enumerate(zip(texts, skill_hits, top_ids, neighbours)):
+            candidates, votes_for = union_candidates(ids, [h.payload[S.F_SKILL_ID] for h in nbrs])
+            # union_candidates keeps the skills query's hits first, in order: their b is the engine's score.
             b = np.zeros(len(candidates))
+            b[: len(hits)] = [h.score for h in hits]
+            labels = [h.payload[S.F_LABEL] for h in hits]
             hidden = np.zeros(len(candidates), dtype=bool)
-            for i, sid in enumerate(candidates):
-                if sid in bi:
-                    b[i] = bi[sid]
-                elif sid in extra:
-                    label[sid], skill_vec = extra[sid]
-                    b[i] = float(np.dot(vec, skill_vec))
+            for i in range(len(hits), len(candidates)):
+                j = extra_row.get(candidates[i])
+                if j is None:  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
+                    hidden[i] = True
+                    labels.append("")
                 else:
-                    hidden[i] = True  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
-            sims = np.array([h.score for h in nbrs])
-            scored = score_candidates(b, sims, votes_for, params)
+                    b[i] = extra_b[row, j]
+                    labels.append(extra_labels[candidates[i]])
+            sims = [h.score for h in nbrs]
+            scored = score_candidates(b, np.array(sims), votes_for, params)
+            voters: dict[int, list[int]] = {}
+            for j, i in enumerate(votes_for.tolist()):
+                voters.setdefault(i, []).append(j)
             matches = []
-            for i in scored.order:
+            for i in scored.order.tolist():
                 if len(matches) == top:
                     break
                 if hidden[i]:
                     continue
-                evidence = [
-                    Evidence(nbrs[j].payload[S.F_TEXT], float(sims[j])) for j in np.flatnonzero(votes_for == i)
-                ]
+                evidence = [Evidence(nbrs[j].payload[S.F_TEXT], sims[j]) for j in voters.get(i, ())]
                 matches.append(
                     SkillMatch(
                         id=candidates[i],
-                        label=label[candidates[i]],
+                        label=labels[i],
                         score=float(scored.score[i]),
                         bi_encoder=float(scored.bi_encoder[i]),
                         knn=float(scored.knn[i]),
@@ -199,15 +203,17 @@ class SkillMapper:
             results.append(SentenceResult(text=text, skills=matches))
         return results
 
-    def _skill_vectors(self, skill_ids: Sequence[str], tenants: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    def _skill_vectors(self, skill_ids: Sequence[str], tenants: Sequence[str]) -> tuple[dict[str, str], np.ndarray]:
+        """Labels and unit vectors of the given skills, as {skill id: label} and a matrix in the same order."""
         if not skill_ids:
-            return {}
+            return {}, np.zeros((0, 0), dtype=np.float32)
         ids = [S.skill_point_id(t, sid) for t in tenants for sid in skill_ids]
         records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=[S.F_SKILL_ID, S.F_LABEL, S.F_TENANT])
-        # A tenant's own version of a skill wins over the global one.
+        # A tenant's own version of a skill wins over the global one: sorted last, it overwrites.
         records.sort(key=lambda r: r.payload.get(S.F_TENANT) != S.GLOBAL_TENANT)
-        out = {}
-        for r in records:
-            v = r.vector / (np.linalg.norm(r.vector) or 1.0)
-            out[r.payload[S.F_SKILL_ID]] = (r.payload[S.F_LABEL], v)
-        return out
+        found = {r.payload[S.F_SKILL_ID]: r for r in records}
+        if not found:
+            return {}, np.zeros((0, 0), dtype=np.float32)
+        matrix = np.stack([found[sid].vector for sid in found])
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return {sid: r.payload[S.F_LABEL] for sid, r in found.items()}, matrix

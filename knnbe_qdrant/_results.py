@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Evidence:
     """A memory sentence among the k nearest neighbours that voted for the skill."""
 
@@ -14,7 +14,7 @@ class Evidence:
     similarity: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SkillMatch:
     id: str
     label: str
@@ -24,7 +24,7 @@ class SkillMatch:
     evidence: list[Evidence] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SentenceResult:
     text: str
     skills: list[SkillMatch]

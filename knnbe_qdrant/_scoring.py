@@ -33,8 +33,10 @@ class ScoringParams:
     """Number of memory neighbours that vote."""
     tau: float = 0.05
     """Softmax temperature of the vote; smaller concentrates the vote on the closest neighbours."""
-    n_candidates: int = 50
-    """N: how many skills the bi-encoder side contributes as candidates."""
+    n_candidates: int | None = None
+    """N: how many skills the bi-encoder side contributes as candidates; None means N = the number of results asked
+    for, which already gives the exact top results: a skill outside the top-N by b that no neighbour votes for
+    scores lam * b, no more than any of the N skills above it, so it can never outrank them."""
     aggregation: str = "softmax"
     """How neighbours are weighed: "softmax" (the contract above) or "uniform" (each neighbour 1/k)."""
 
@@ -45,7 +47,7 @@ class ScoringParams:
             raise InvalidInputError(f"k must be >= 1, got {self.k}")
         if not self.tau > 0.0:
             raise InvalidInputError(f"tau must be > 0, got {self.tau}")
-        if self.n_candidates < 1:
+        if self.n_candidates is not None and self.n_candidates < 1:
             raise InvalidInputError(f"n_candidates must be >= 1, got {self.n_candidates}")
         if self.aggregation not in AGGREGATIONS:
             raise InvalidInputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")

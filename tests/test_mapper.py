@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -51,14 +53,28 @@ def test_expected_skills_come_first(mappers):
     assert {"cook meat dishes", "cook fish"} & set(top3[3])
 
 
-def test_every_bi_encoder_part_is_the_exact_cosine_even_for_knn_only_skills(mappers, encoder, small_skills):
+def test_knn_only_skills_are_found_and_get_their_exact_bi_encoder_score(mappers, encoder, small_skills):
     labels = {s.id: s.label for s in small_skills}
-    [result] = mappers.map([SENTENCES[0]], top=60)
-    x = encoder.encode([SENTENCES[0]])[0]
-    skill_vectors = encoder.encode([labels[s.id] for s in result.skills])
-    for s, v in zip(result.skills, skill_vectors):
-        assert s.bi_encoder == pytest.approx(cosine(x, v), abs=1e-4)
-        assert s.bi_encoder != 0.0
+    for sentence, top in itertools.product(SENTENCES, (2, 5, 10)):
+        [result] = mappers.map([sentence], top=top)
+        [bi_only] = mappers.map([sentence], top=top, mode="bi-encoder")
+        knn_only = [s for s in result.skills if s.id not in {b.id for b in bi_only.skills}]
+        x = encoder.encode([sentence])[0]
+        vectors = encoder.encode([labels[s.id] for s in result.skills])
+        for s, v in zip(result.skills, vectors):
+            assert s.bi_encoder == pytest.approx(cosine(x, v), abs=1e-4)
+        if knn_only:
+            break
+    assert knn_only, "no sentence had a skill found by the kNN vote alone"
+    assert all(s.knn > 0 and s.bi_encoder != 0.0 for s in knn_only)
+
+
+def test_default_candidate_count_gives_the_same_top_as_many_more_candidates(built_store, encoder):
+    default = SkillMapper(built_store, encoder, exact=True).map(SENTENCES, top=10)
+    wide = SkillMapper(built_store, encoder, ScoringParams(n_candidates=200), exact=True).map(SENTENCES, top=10)
+    for a, b in zip(default, wide):
+        assert [s.id for s in a.skills] == [s.id for s in b.skills]
+        assert [s.score for s in a.skills] == pytest.approx([s.score for s in b.skills])
 
 
 def test_evidence_are_the_neighbours_that_voted(mappers, encoder, small_memory):
@@ -113,15 +129,12 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     assert len([c for c in calls if c[0] == "retrieve"]) <= 1
 
 
-def test_knn_only_candidates_get_exact_b(built_store, encoder, small_skills):
-    """With N = 1 the bi-encoder side contributes one candidate, so the others come from the vote alone."""
-    mapper = SkillMapper(built_store, encoder, ScoringParams(n_candidates=1), exact=True)
-    [result] = mapper.map([SENTENCES[1]], top=5)
-    assert len(result.skills) > 1
-    labels = {s.id: s.label for s in small_skills}
-    x = encoder.encode([SENTENCES[1]])[0]
-    for s in result.skills[1:]:
-        assert s.bi_encoder == pytest.approx(cosine(x, encoder.encode([labels[s.id]])[0]), abs=1e-4)
+def test_a_batch_gives_what_each_sentence_gives_alone(mappers):
+    together = mappers.map(SENTENCES, top=10)
+    for sentence, batched in zip(SENTENCES, together):
+        [alone] = mappers.map([sentence], top=10)
+        assert [s.id for s in alone.skills] == [s.id for s in batched.skills]
+        assert [s.score for s in alone.skills] == pytest.approx([s.score for s in batched.skills], abs=1e-6)
 
 
 def test_bad_sentences_are_refused_by_position(mappers):
