@@ -1,0 +1,59 @@
+"""The full product path on the shipped data: build all of ESCO and the default memory, map, bench.
+
+Slow (minutes): run with `scripts/test.sh --slow`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, store):
+    env = {**os.environ, "KNNBE_STORE": str(store)}
+    env.pop("QDRANT_URL", None)
+    return subprocess.run([sys.executable, "-m", "knnbe_qdrant", *map(str, args)], capture_output=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("full") / "store"
+    r = cli("build", "--no-progress", store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["state"] == "ready"
+    assert manifest["counts"] == {"skills": 13891, "memory": 127054}
+    return path
+
+
+def test_sample_posting_maps_to_the_expected_skills(store):
+    r = cli("map", "--json", "--top", "5", "--file", ROOT / "examples" / "job_posting.txt", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    results = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert len(results) == 5
+    labels = {obj["text"][:20]: [s["label"] for s in obj["skills"]] for obj in results}
+    assert "Python (computer programming)" in labels["You will design and "]
+    assert {"English", "German"} & set(labels["Fluency in English i"])
+
+
+def test_rebuild_finds_everything_stored(store):
+    r = cli("build", "--no-progress", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "127054 memory sentences" in r.stdout.decode()
+
+
+def test_bench_reports_the_documented_fields(store):
+    r = cli("bench", "--json", "--sentences", "256", "--repeats", "1", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads(r.stdout)
+    for key in ("bi_encoder_sentences_per_s", "knnbe_sentences_per_s", "encode_ms_per_sentence",
+                "qdrant_ms_per_sentence"):
+        assert report[key] > 0
+    assert report["memory"] == 127054
+    assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0
