@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    ev = sub.add_parser("eval", parents=[common], help="RP@5, RP@10 and MRR on a benchmark file")
+    ev.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSONL ({sentence, labels, uris}) or span CSV "
+                    "(sentence,span,sub_span,label)")
+    ev.add_argument("--mode", default="knnbe", choices=["knnbe", "bi-encoder", "knn", "all"],
+                    help="scoring to evaluate; 'all' compares the three on the same encodings (default knnbe)")
+    ev.add_argument("--depth", type=int, default=100, help="ranking depth for MRR (default 100)")
+    ev.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
+
     be = sub.add_parser("bench", parents=[common], help="measure throughput and Qdrant overhead; prints a table")
     be.add_argument("--sentences", type=int, default=512, help="how many SkillSkape dev sentences (default 512)")
     be.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
@@ -165,7 +174,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": _cmd_build, "map": _cmd_map, "bench": _cmd_bench}
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ._evaluate import format_report, run_eval, to_json
+    from ._mapper import MODES, SkillMapper
+
+    modes = MODES if args.mode == "all" else (args.mode,)
+    with SkillMapper.open(args.store, exact=args.exact, **_open_kwargs(args)) as mapper:
+        for path in args.files:
+            report = run_eval(mapper, path, modes, depth=args.depth)
+            print(to_json(report) if args.json else format_report(path, report), flush=True)
+    return 0
+
+
+COMMANDS = {"build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

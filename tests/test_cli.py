@@ -172,3 +172,44 @@ def test_second_process_gets_a_clear_lock_error(store):
         assert "open in another process" in r.stderr.decode()
     finally:
         held.close()
+
+
+def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(store, tmp_path, small_skills):
+    python = next(s for s in small_skills if s.label == "Python (computer programming)")
+    english = next(s for s in small_skills if s.label == "English")
+    jsonl = tmp_path / "bench.jsonl"
+    jsonl.write_text(
+        json.dumps({"sentence": "Programming in Python", "labels": [python.label], "uris": [python.id]}) + "\n"
+        + json.dumps({"sentence": "Fluent English is required", "labels": ["English", "Klingon"],
+                      "uris": [english.id, None]}) + "\n",
+        encoding="utf-8",
+    )
+    csv_file = tmp_path / "bench.csv"
+    csv_file.write_text(
+        "sentence,span,sub_span,label\n"
+        "Programming in Python,Python,,Python (computer programming)\n"
+        "Programming in Python,Programming,,UNDERSPECIFIED\n"
+        "Fluent English is required,English,,English\n"
+        "Fluent English is required,Fluent,,Klingon\n"
+        "Nothing to see here,here,,LABEL NOT PRESENT\n",
+        encoding="utf-8",
+    )
+    outputs = []
+    for f in (jsonl, csv_file):
+        r = run("eval", "--json", f, store=store)
+        assert r.returncode == 0, r.stderr.decode()
+        outputs.append(json.loads(r.stdout))
+    assert outputs[0] == outputs[1]
+    report = outputs[0]
+    assert report["n"] == 2 and report["unknown_gold"] == 1
+    # Python is found first (RP@5 = 1); English is found but Klingon never can be (RP@5 <= 1/2).
+    assert 0.5 < report["rp@5"] <= 0.75
+    assert all(0.0 <= report[k] <= 1.0 for k in ("rp@5", "rp@10", "mrr"))
+
+
+def test_eval_names_the_bad_line(store, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sentence": "ok", "labels": ["English"]}\n{"sentence": "no labels"}\n', encoding="utf-8")
+    r = run("eval", bad, store=store)
+    assert r.returncode == 1
+    assert f"{bad}:2: field 'labels'" in r.stderr.decode()
