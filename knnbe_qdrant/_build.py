@@ -4,8 +4,9 @@ point ids are deterministic, and points already stored are neither re-encoded no
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class SkillMapper:
         prefix: str | None = None,
         exact: bool = False,
         device: str | None = None,
-    ) -> "SkillMapper":
+    ) -> SkillMapper:
         """Open a built store (see `open_store` for how it is located) with the model it was built with.
 
         Naming another `model` than the store's is refused with ModelMismatchError before the model is loaded.
@@ -97,7 +97,7 @@ class SkillMapper:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "SkillMapper":
+    def __enter__(self) -> SkillMapper:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,7 +6,7 @@ RP@K (R-precision at K) = |gold ∩ top-K| / min(K, |gold|);  MRR = mean of 1 / 
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 
 def rp_at_k(ranking: Sequence[str], gold: Collection[str], k: int) -> float:

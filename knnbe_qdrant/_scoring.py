@@ -13,8 +13,8 @@ found only through the kNN side must be given its exact b by the caller, never 0
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 

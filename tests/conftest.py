@@ -34,7 +34,7 @@ def small_memory(small_skills):
     return default_memory(small_skills)
 
 
-def make_store(backend: str, path) -> "EdgeStore | QdrantClientStore":
+def make_store(backend: str, path) -> EdgeStore | QdrantClientStore:
     if backend == "embedded":
         return EdgeStore(path, create=True)
     if backend == "qdrant-local":

@@ -26,9 +26,8 @@ def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict 
 def taxonomy(tmp_path_factory, small_skills):
     path = tmp_path_factory.mktemp("taxonomy") / "skills.jsonl"
     with open(path, "w", encoding="utf-8") as f:
-        for s in small_skills[:120]:
-            f.write(json.dumps({"id": s.id, "label": s.label, "alt_labels": list(s.alt_labels),
-                                "description": s.description}) + "\n")
+        f.writelines(json.dumps({"id": s.id, "label": s.label, "alt_labels": list(s.alt_labels),
+                                "description": s.description}) + "\n" for s in small_skills[:120])
     return path
 
 

@@ -100,3 +100,11 @@ def test_drop_then_reinitialize_starts_empty(store):
     assert not store.exists()
     store.initialize("test-model", DIM)
     assert store.count(SKILLS) == 0
+
+
+def test_an_empty_location_is_not_a_store(empty_store):
+    from knnbe_qdrant import StoreNotFoundError
+
+    assert not empty_store.exists()
+    with pytest.raises(StoreNotFoundError, match="knnbe-qdrant build"):
+        empty_store.check_ready()

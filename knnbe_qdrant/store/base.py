@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
-from .._errors import ModelMismatchError, StoreCorruptError
+from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import SCHEMA_VERSION, Manifest, utc_now
 
-Where = Mapping[str, Union[str, Sequence[str]]]
+Where = Mapping[str, str | Sequence[str]]
 """A conjunctive filter: payload field -> the value (or any of the values) it must hold."""
 
 
@@ -19,7 +20,7 @@ class Hit:
     """One search result. Mapping reads thousands per batch, so this stays a slotted object whose `id` is turned
     into a string only when someone asks for it."""
 
-    __slots__ = ("_id", "score", "payload")
+    __slots__ = ("_id", "payload", "score")
 
     def __init__(self, id: Any, score: float, payload: dict[str, Any]) -> None:
         self._id = id
@@ -56,7 +57,7 @@ class Store(ABC):
     def manifest(self) -> Manifest:
         manifest = self._read_manifest()
         if manifest is None:
-            raise StoreCorruptError(f"{self.describe()} has no manifest: it is not a knnbe-qdrant store")
+            raise StoreNotFoundError(f"no store in {self.describe()}: run `knnbe-qdrant build` to create one")
         return manifest
 
     def exists(self) -> bool:
@@ -109,7 +110,7 @@ class Store(ABC):
             )
         return m
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,3 +181,26 @@ class Store(ABC):
 
 def as_values(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
+
+
+def build_filter(where: Where | None, api: Any) -> Any:
+    """`where` as a Qdrant filter, built with `api`: qdrant_edge or qdrant_client.models, which name the filter
+    classes and their fields alike."""
+    if not where:
+        return None
+    conditions = []
+    for key, value in where.items():
+        values = as_values(value)
+        match = api.MatchValue(value=values[0]) if len(values) == 1 else api.MatchAny(any=values)
+        conditions.append(api.FieldCondition(key=key, match=match))
+    return api.Filter(must=conditions)
+
+
+def payload_selector(payload: bool | Sequence[str]) -> bool | list[str]:
+    return payload if isinstance(payload, bool) else list(payload)
+
+
+def to_record(point: Any, with_vectors: bool) -> Record:
+    """A backend's retrieved point (anything with id, payload, vector) as a Record."""
+    vector = np.asarray(point.vector, dtype=np.float32) if with_vectors else None
+    return Record(id=str(point.id), payload=dict(point.payload or {}), vector=vector)

@@ -8,33 +8,23 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, Where, as_values
-
 from .._config import DEFAULT_PREFIX
+from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .base import Hit, Record, Store, Where, build_filter, payload_selector, to_record
+
 META = "meta"
 _MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))
 _UPSERT_CHUNK = 256
 
 
-def _filter(where: Where | None) -> models.Filter | None:
-    if not where:
-        return None
-    conditions: list[models.Condition] = []
-    for key, value in where.items():
-        values = as_values(value)
-        match = models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=values)
-        conditions.append(models.FieldCondition(key=key, match=match))
-    return models.Filter(must=conditions)
 
 
-def _with_payload(payload: bool | Sequence[str]) -> bool | list[str]:
-    return payload if isinstance(payload, bool) else list(payload)
 
 
 class QdrantClientStore(Store):
@@ -54,7 +44,7 @@ class QdrantClientStore(Store):
         prefix: str = DEFAULT_PREFIX,
         timeout: int | None = None,
         prefer_grpc: bool = False,
-    ) -> "QdrantClientStore":
+    ) -> QdrantClientStore:
         """`url` for a server; `path` (a directory, or ":memory:") for qdrant-client's local mode."""
         if path is not None:
             client = QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
@@ -123,16 +113,9 @@ class QdrantClientStore(Store):
         if not ids:
             return []
         records = self.client.retrieve(
-            self.name(collection), list(ids), with_payload=_with_payload(payload), with_vectors=with_vectors
+            self.name(collection), list(ids), with_payload=payload_selector(payload), with_vectors=with_vectors
         )
-        return [
-            Record(
-                id=str(r.id),
-                payload=dict(r.payload or {}),
-                vector=np.asarray(r.vector, dtype=np.float32) if with_vectors else None,
-            )
-            for r in records
-        ]
+        return [to_record(r, with_vectors) for r in records]
 
     def query_batch(
         self,
@@ -147,11 +130,11 @@ class QdrantClientStore(Store):
     ) -> list[list[Hit]]:
         if len(vectors) == 0:
             return []
-        flt = _filter(where)
+        flt = build_filter(where, models)
         params = models.SearchParams(exact=exact, hnsw_ef=hnsw_ef)
         requests = [
             models.QueryRequest(
-                query=v.tolist(), limit=limit, filter=flt, with_payload=_with_payload(payload), params=params
+                query=v.tolist(), limit=limit, filter=flt, with_payload=payload_selector(payload), params=params
             )
             for v in vectors
         ]
@@ -170,16 +153,16 @@ class QdrantClientStore(Store):
         offset = None
         while True:
             records, offset = self.client.scroll(
-                self.name(collection), scroll_filter=_filter(where), limit=batch, offset=offset,
-                with_payload=_with_payload(payload), with_vectors=False,
+                self.name(collection), scroll_filter=build_filter(where, models), limit=batch, offset=offset,
+                with_payload=payload_selector(payload), with_vectors=False,
             )
             for r in records:
-                yield Record(id=str(r.id), payload=dict(r.payload or {}))
+                yield to_record(r, with_vectors=False)
             if offset is None:
                 return
 
     def count(self, collection: str, *, where: Where | None = None) -> int:
-        return int(self.client.count(self.name(collection), count_filter=_filter(where), exact=True).count)
+        return int(self.client.count(self.name(collection), count_filter=build_filter(where, models), exact=True).count)
 
     def drop(self) -> None:
         for collection in (*COLLECTIONS, META):

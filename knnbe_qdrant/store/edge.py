@@ -10,33 +10,23 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
 from .._errors import StoreCorruptError, StoreLockedError, StoreNotFoundError
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, Where, as_values
+from .base import Hit, Record, Store, Where, build_filter, payload_selector, to_record
 
 MANIFEST_FILE = "manifest.json"
 _UPSERT_CHUNK = 1024
 
 
-def _filter(where: Where | None) -> qe.Filter | None:
-    if not where:
-        return None
-    conditions = []
-    for key, value in where.items():
-        values = as_values(value)
-        match = qe.MatchValue(value=values[0]) if len(values) == 1 else qe.MatchAny(any=values)
-        conditions.append(qe.FieldCondition(key=key, match=match))
-    return qe.Filter(must=conditions)
 
 
-def _with_payload(payload: bool | Sequence[str]) -> bool | list[str]:
-    return payload if isinstance(payload, bool) else list(payload)
 
 
 class EdgeStore(Store):
@@ -163,16 +153,9 @@ class EdgeStore(Store):
         if not ids:
             return []
         records = self._shard(collection).retrieve(
-            list(ids), with_payload=_with_payload(payload), with_vector=with_vectors
+            list(ids), with_payload=payload_selector(payload), with_vector=with_vectors
         )
-        return [
-            Record(
-                id=str(r.id),
-                payload=dict(r.payload or {}),
-                vector=np.asarray(r.vector, dtype=np.float32) if with_vectors else None,
-            )
-            for r in records
-        ]
+        return [to_record(r, with_vectors) for r in records]
 
     def query_batch(
         self,
@@ -187,10 +170,10 @@ class EdgeStore(Store):
     ) -> list[list[Hit]]:
         if len(vectors) == 0:
             return []
-        flt = _filter(where)
+        flt = build_filter(where, qe)
         # Rescoring the int8 candidates with the original vectors keeps every returned score an exact cosine.
         params = qe.SearchParams(exact=exact, hnsw_ef=hnsw_ef, quantization=qe.QuantizationSearchParams(rescore=True))
-        with_payload = _with_payload(payload)
+        with_payload = payload_selector(payload)
         requests = [
             qe.QueryRequest(
                 limit=limit, query=qe.Query.Nearest(v.tolist()), filter=flt, with_payload=with_payload, params=params
@@ -209,17 +192,17 @@ class EdgeStore(Store):
         while True:
             records, offset = shard.scroll(
                 qe.ScrollRequest(
-                    offset=offset, limit=batch, filter=_filter(where), with_payload=_with_payload(payload),
+                    offset=offset, limit=batch, filter=build_filter(where, qe), with_payload=payload_selector(payload),
                     with_vector=False,
                 )
             )
             for r in records:
-                yield Record(id=str(r.id), payload=dict(r.payload or {}))
+                yield to_record(r, with_vectors=False)
             if offset is None:
                 return
 
     def count(self, collection: str, *, where: Where | None = None) -> int:
-        return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=_filter(where))))
+        return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=build_filter(where, qe))))
 
     def optimize(self) -> None:
         with self._lock:
