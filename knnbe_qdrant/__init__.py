@@ -6,6 +6,7 @@ score = lam * b + (1 - lam) * v. See `SkillMapper` to map, `build_store` to buil
 
 from ._build import build_store
 from ._config import default_store_path, open_store
+from ._curation import Curator, ImportReport
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
 from ._encoder import DEFAULT_MODEL, Encoder
 from ._errors import (
@@ -13,6 +14,7 @@ from ._errors import (
     InvalidInputError,
     KnnbeError,
     ModelMismatchError,
+    NotFoundError,
     StoreCorruptError,
     StoreError,
     StoreLockedError,
@@ -34,7 +36,10 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 __all__ = [
+    "Curator",
     "DEFAULT_MEMORY_SOURCES",
+    "ImportReport",
+    "NotFoundError",
     "DEFAULT_MODEL",
     "MODES",
     "EdgeStore",

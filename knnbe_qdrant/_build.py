@@ -31,8 +31,14 @@ class _Item:
     payload: dict[str, Any]
 
 
+BUILDER = "knnbe-qdrant build"
+
+
 def skill_payload(skill: Skill, tenant: str) -> dict[str, Any]:
     return {
+        S.F_CREATED_BY: BUILDER,
+        S.F_CREATED_AT: S.utc_now(),
+        S.F_SOURCE: "taxonomy",
         S.F_TENANT: tenant,
         S.F_SKILL_ID: skill.id,
         S.F_LABEL: skill.label,
@@ -51,6 +57,7 @@ def memory_payload(sentence: LabelledSentence, tenant: str, created_at: str) -> 
         S.F_SKILL_ID: sentence.skill_id,
         S.F_SOURCE: sentence.source,
         S.F_CREATED_AT: created_at,
+        S.F_CREATED_BY: BUILDER,
     }
 
 

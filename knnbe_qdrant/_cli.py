@@ -65,6 +65,62 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
 
+    mem = sub.add_parser("memory", help="curate the memory: add, remove, relabel, list, import, export")
+    msub = mem.add_subparsers(dest="action", required=True)
+    tenant_help = "the tenant whose layer is edited (default: the global layer)"
+
+    def curation(parser_, name, help_):
+        p = parser_.add_parser(name, parents=[common], help=help_)
+        p.add_argument("--tenant", help=tenant_help)
+        p.add_argument("--user", help="who makes the change, for provenance (env KNNBE_USER; default: login name)")
+        return p
+
+    p = curation(msub, "add", "add a labelled sentence")
+    p.add_argument("--skill", required=True, help="skill id or exact preferred label")
+    p.add_argument("--text", required=True)
+    p.add_argument("--source", default="curator")
+    p = curation(msub, "remove", "remove a sentence (a tenant hides a global one for itself)")
+    p.add_argument("--skill", required=True)
+    p.add_argument("--text", required=True)
+    p = curation(msub, "relabel", "move a sentence to another skill (no re-encoding)")
+    p.add_argument("--skill", required=True, help="its skill now")
+    p.add_argument("--text", required=True)
+    p.add_argument("--to", required=True, help="its new skill")
+    p = curation(msub, "list", "the sentences of a skill, with provenance")
+    p.add_argument("--skill", help="skill id or exact preferred label (default: all; can be long)")
+    p.add_argument("--own", action="store_true", help="only the tenant's own sentences")
+    p.add_argument("--json", action="store_true")
+    p = curation(msub, "import", "add the labelled sentences of a JSONL or CSV file (text, skill[, source])")
+    p.add_argument("file")
+    p.add_argument("--source", help="source recorded for rows without one (default: import:FILENAME)")
+    p.add_argument("--no-progress", action="store_true")
+    p = curation(msub, "export", "write the tenant's own sentences to JSONL (or CSV by suffix)")
+    p.add_argument("file")
+    p.add_argument("--skill")
+
+    sk = sub.add_parser("skill", help="curate skills: add, update, retire, list")
+    ssub = sk.add_subparsers(dest="action", required=True)
+    p = curation(ssub, "add", "add a skill the taxonomy lacks")
+    p.add_argument("--id", required=True, dest="skill_id")
+    p.add_argument("--label", required=True)
+    p.add_argument("--description", default="")
+    p = curation(ssub, "update", "change a skill's label or description (a new label re-encodes that skill)")
+    p.add_argument("skill", help="skill id or exact preferred label")
+    p.add_argument("--label")
+    p.add_argument("--description")
+    p = curation(ssub, "retire", "never return a skill again (a tenant hides a global skill for itself)")
+    p.add_argument("skill")
+    p = curation(ssub, "list", "skills visible to the tenant")
+    p.add_argument("--own", action="store_true", help="only the tenant's own skills")
+    p.add_argument("--json", action="store_true")
+
+    te = sub.add_parser("tenant", help="list or delete tenants")
+    tsub = te.add_subparsers(dest="action", required=True)
+    p = tsub.add_parser("list", parents=[common], help="tenants and their own point counts")
+    p.add_argument("--json", action="store_true")
+    p = tsub.add_parser("delete", parents=[common], help="remove exactly this tenant's data")
+    p.add_argument("tenant")
+
     be = sub.add_parser("bench", parents=[common], help="measure throughput and Qdrant overhead; prints a table")
     be.add_argument("--sentences", type=int, default=512, help="how many SkillSkape dev sentences (default 512)")
     be.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
@@ -186,7 +242,89 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench}
+def _curator(args: argparse.Namespace):
+    from ._config import open_store
+    from ._curation import Curator
+
+    store = open_store(args.store, **_open_kwargs(args))
+    try:
+        return Curator(store, user=getattr(args, "user", None))
+    except BaseException:
+        store.close()
+        raise
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    curator = _curator(args)
+    with curator.store:
+        t = args.tenant
+        if args.action == "add":
+            added = curator.add_sentence(args.text, args.skill, tenant=t, source=args.source)
+            print("added" if added else "already stored")
+        elif args.action == "remove":
+            print(curator.remove_sentence(args.text, args.skill, tenant=t))
+        elif args.action == "relabel":
+            curator.relabel(args.text, args.skill, args.to, tenant=t)
+            print("relabelled")
+        elif args.action == "list":
+            for p in curator.list_memory(args.skill, tenant=t, own_only=args.own):
+                if args.json:
+                    print(json.dumps(p, ensure_ascii=False))
+                else:
+                    print(f"{p.get('skill_id')}\t{p.get('tenant')}\t{p.get('source')}\t{p.get('created_by', '')}\t"
+                          f"{p.get('created_at', '')}\t{p.get('text')}")
+        elif args.action == "import":
+            report = curator.import_file(args.file, tenant=t, source=args.source, progress=not args.no_progress)
+            for error in report.errors:
+                print(error, file=sys.stderr)
+            print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
+            return 1 if report.errors else 0
+        elif args.action == "export":
+            print(f"wrote {curator.export(args.file, tenant=t, skill=args.skill)} sentences to {args.file}")
+    return 0
+
+
+def _cmd_skill(args: argparse.Namespace) -> int:
+    curator = _curator(args)
+    with curator.store:
+        t = args.tenant
+        if args.action == "add":
+            curator.add_skill(args.skill_id, args.label, description=args.description, tenant=t)
+            print(f"added {args.skill_id}")
+        elif args.action == "update":
+            curator.update_skill(args.skill, label=args.label, description=args.description, tenant=t)
+            print("updated")
+        elif args.action == "retire":
+            print(curator.retire_skill(args.skill, tenant=t))
+        elif args.action == "list":
+            for p in curator.list_skills(tenant=t, own_only=args.own):
+                if args.json:
+                    print(json.dumps(p, ensure_ascii=False))
+                else:
+                    print(f"{p['skill_id']}\t{p['tenant']}\t{p['label']}")
+    return 0
+
+
+def _cmd_tenant(args: argparse.Namespace) -> int:
+    curator = _curator(args)
+    with curator.store:
+        if args.action == "list":
+            tenants = curator.tenants()
+            if args.json:
+                print(json.dumps(tenants))
+            else:
+                for name, counts in tenants.items():
+                    print(f"{name}\tskills {counts['skills']}\tmemory {counts['memory']}")
+        else:
+            curator.delete_tenant(args.tenant)
+            print(f"deleted tenant {args.tenant}")
+    return 0
+
+
+COMMANDS = {
+    "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
+    "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,3 +33,7 @@ class ModelMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the embedded store open for writing."""
+
+
+class NotFoundError(KnnbeError, LookupError):
+    """The skill or sentence named does not exist, or is not visible to this tenant."""

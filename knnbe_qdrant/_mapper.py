@@ -14,6 +14,7 @@ from ._encoder import Encoder, canonical_model_name
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
+from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
 from .store.base import Hit, Store
 
 MODES = ("knnbe", "bi-encoder", "knn")
@@ -137,16 +138,17 @@ class SkillMapper:
         if len(texts) == 0:
             return []
         p = self.params
-        visible = [S.GLOBAL_TENANT] + ([tenant] if tenant and tenant != S.GLOBAL_TENANT else [])
-        where = {S.F_TENANT: visible}
-        search = dict(where=where, exact=self.exact, hnsw_ef=self.hnsw_ef)
+        search = dict(exact=self.exact, hnsw_ef=self.hnsw_ef)
         n_skills = max(p.n_candidates or top, top)
-        skill_hits = self.store.query_batch(S.SKILLS, vectors, n_skills, payload=[S.F_SKILL_ID, S.F_LABEL], **search)
+        skill_hits = self.store.query_batch(
+            S.SKILLS, vectors, n_skills, where=visible_skills(tenant), payload=[S.F_SKILL_ID, S.F_LABEL], **search
+        )
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
         else:
             fetched = self.store.query_batch(
-                S.MEMORY, vectors, p.k + _TIE_MARGIN, payload=[S.F_SKILL_ID, S.F_TEXT], **search
+                S.MEMORY, vectors, p.k + _TIE_MARGIN, where=visible_memory(tenant), payload=[S.F_SKILL_ID, S.F_TEXT],
+                **search,
             )
             neighbours = [nearest(hits, p.k) for hits in fetched]
 
@@ -157,7 +159,7 @@ class SkillMapper:
         missing = sorted(
             set().union(*({h.payload[S.F_SKILL_ID] for h in nbrs} - set(ids) for ids, nbrs in zip(top_ids, neighbours)))
         )
-        extra_labels, extra_vectors = self._skill_vectors(missing, visible)
+        extra_labels, extra_vectors = self._skill_vectors(missing, tenant)
         extra_row = {sid: i for i, sid in enumerate(extra_labels)}
         extra_b = vectors @ extra_vectors.T if extra_labels else None
 
@@ -203,15 +205,15 @@ class SkillMapper:
             results.append(SentenceResult(text=text, skills=matches))
         return results
 
-    def _skill_vectors(self, skill_ids: Sequence[str], tenants: Sequence[str]) -> tuple[dict[str, str], np.ndarray]:
-        """Labels and unit vectors of the given skills, as {skill id: label} and a matrix in the same order."""
+    def _skill_vectors(self, skill_ids: Sequence[str], tenant: str | None) -> tuple[dict[str, str], np.ndarray]:
+        """Labels and unit vectors of the given skills that `tenant` may see, as {skill id: label} and a matrix in
+        the same order. Skills it may not see (another tenant's, retired, hidden) are simply absent."""
         if not skill_ids:
             return {}, np.zeros((0, 0), dtype=np.float32)
-        ids = [S.skill_point_id(t, sid) for t in tenants for sid in skill_ids]
-        records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=[S.F_SKILL_ID, S.F_LABEL, S.F_TENANT])
-        # A tenant's own version of a skill wins over the global one: sorted last, it overwrites.
-        records.sort(key=lambda r: r.payload.get(S.F_TENANT) != S.GLOBAL_TENANT)
-        found = {r.payload[S.F_SKILL_ID]: r for r in records}
+        ids = [S.skill_point_id(t, sid) for t in layers(tenant) for sid in skill_ids]
+        fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS, S.F_HIDDEN_FOR]
+        records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=fields)
+        found = {r.payload[S.F_SKILL_ID]: r for r in records if skill_is_visible(r.payload, tenant)}
         if not found:
             return {}, np.zeros((0, 0), dtype=np.float32)
         matrix = np.stack([found[sid].vector for sid in found])

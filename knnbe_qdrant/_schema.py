@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from ._errors import InvalidInputError
 
 SCHEMA_VERSION = 1
 
@@ -28,9 +31,21 @@ F_TAXONOMY_VERSION = "taxonomy_version"
 F_TEXT = "text"
 F_SOURCE = "source"
 F_CREATED_AT = "created_at"
+F_CREATED_BY = "created_by"
+F_UPDATED_AT = "updated_at"
+F_STATUS = "status"
+RETIRED = "retired"
+"""A skill whose status is "retired" is never returned, for anyone; its memory sentences no longer vote for it.
+(A keyword, not a boolean: Qdrant Edge 0.9's Python binding does not match boolean payload values.)"""
+F_HIDDEN_FOR = "hidden_for"
+"""Tenants that hid this global skill or sentence for themselves; everyone else still sees it."""
 
 # Keyword payload indexes each collection gets; the tenant one is marked is_tenant (Qdrant's multitenancy advice).
-KEYWORD_INDEXES = {SKILLS: (F_TENANT, F_SKILL_ID), MEMORY: (F_TENANT, F_SKILL_ID, F_SOURCE)}
+KEYWORD_INDEXES = {
+    SKILLS: (F_TENANT, F_SKILL_ID, F_LABEL, F_HIDDEN_FOR, F_STATUS),
+    MEMORY: (F_TENANT, F_SKILL_ID, F_SOURCE, F_HIDDEN_FOR),
+}
+
 TENANT_INDEX = F_TENANT
 
 # A fixed namespace: the same content key gives the same point id on every machine, forever.
@@ -43,6 +58,16 @@ def skill_point_id(tenant: str, skill_id: str) -> str:
 
 def memory_point_id(tenant: str, skill_id: str, text: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, json.dumps([MEMORY, tenant, skill_id, text])))
+
+
+def check_tenant(tenant: str) -> str:
+    """Tenant names are plain identifiers; the global layer's reserved name is not one of them."""
+    if not isinstance(tenant, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", tenant):
+        raise InvalidInputError(
+            f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting "
+            "with '_' or another sign)"
+        )
+    return tenant
 
 
 def utc_now() -> str:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 import numpy as np
 
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import SCHEMA_VERSION, Manifest, utc_now
 
-Where = Mapping[str, str | Sequence[str]]
-"""A conjunctive filter: payload field -> the value (or any of the values) it must hold."""
+Value = Union[str, bool, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Where:
+    """A filter: every `must` field holds the value (or one of the values); no `must_not` field does.
+
+    A plain mapping stands for `Where(must=mapping)`.
+    """
+
+    must: Mapping[str, Value] = field(default_factory=dict)
+    must_not: Mapping[str, Value] = field(default_factory=dict)
 
 
 class Hit:
@@ -168,6 +178,18 @@ class Store(ABC):
     @abstractmethod
     def count(self, collection: str, *, where: Where | None = None) -> int: ...
 
+    @abstractmethod
+    def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set these payload fields (others are kept) on the given points; returns once durable."""
+
+    @abstractmethod
+    def delete_where(self, collection: str, where: Where) -> None:
+        """Delete every point matching `where`; returns once durable."""
+
+    @abstractmethod
+    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+        """Each value of a keyword field and how many points hold it (a facet)."""
+
     def optimize(self) -> None:
         """Build indexes after a bulk load, where the backend does this explicitly."""
 
@@ -179,21 +201,27 @@ class Store(ABC):
     def close(self) -> None: ...
 
 
-def as_values(value: str | Sequence[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+def as_values(value: Value) -> list:
+    return [value] if isinstance(value, (str, bool)) else list(value)
 
 
-def build_filter(where: Where | None, api: Any) -> Any:
+def build_filter(where: Where | Mapping[str, Value] | None, api: Any) -> Any:
     """`where` as a Qdrant filter, built with `api`: qdrant_edge or qdrant_client.models, which name the filter
     classes and their fields alike."""
     if not where:
         return None
-    conditions = []
-    for key, value in where.items():
-        values = as_values(value)
-        match = api.MatchValue(value=values[0]) if len(values) == 1 else api.MatchAny(any=values)
-        conditions.append(api.FieldCondition(key=key, match=match))
-    return api.Filter(must=conditions)
+    if not isinstance(where, Where):
+        where = Where(must=where)
+
+    def conditions(fields: Mapping[str, Value]) -> list:
+        out = []
+        for key, value in fields.items():
+            values = as_values(value)
+            match = api.MatchValue(value=values[0]) if len(values) == 1 else api.MatchAny(any=values)
+            out.append(api.FieldCondition(key=key, match=match))
+        return out
+
+    return api.Filter(must=conditions(where.must) or None, must_not=conditions(where.must_not) or None)
 
 
 def payload_selector(payload: bool | Sequence[str]) -> bool | list[str]:

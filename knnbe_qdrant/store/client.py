@@ -82,8 +82,11 @@ class QdrantClientStore(Store):
                 self.client.create_collection(
                     name, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE)
                 )
-            for field in KEYWORD_INDEXES[collection]:
-                schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == TENANT_INDEX)
+            schemas = [
+                (f, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=f == TENANT_INDEX))
+                for f in KEYWORD_INDEXES[collection]
+            ]
+            for field, schema in schemas:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
                     self.client.create_payload_index(name, field, field_schema=schema, wait=True)
@@ -163,6 +166,23 @@ class QdrantClientStore(Store):
 
     def count(self, collection: str, *, where: Where | None = None) -> int:
         return int(self.client.count(self.name(collection), count_filter=build_filter(where, models), exact=True).count)
+
+    def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            self.client.set_payload(
+                self.name(collection), payload=payload, points=models.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def delete_where(self, collection: str, where: Where) -> None:
+        self.client.delete(
+            self.name(collection), points_selector=models.FilterSelector(filter=build_filter(where, models)), wait=True
+        )
+
+    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+        response = self.client.facet(
+            self.name(collection), key=field, facet_filter=build_filter(where, models), limit=1_000_000, exact=True
+        )
+        return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
     def drop(self) -> None:
         for collection in (*COLLECTIONS, META):

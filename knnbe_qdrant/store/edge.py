@@ -204,6 +204,21 @@ class EdgeStore(Store):
     def count(self, collection: str, *, where: Where | None = None) -> int:
         return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=build_filter(where, qe))))
 
+    def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            with self._lock:
+                self._shard(collection).update(qe.UpdateOperation.set_payload(list(ids), payload))
+
+    def delete_where(self, collection: str, where: Where) -> None:
+        with self._lock:
+            self._shard(collection).update(qe.UpdateOperation.delete_points_by_filter(build_filter(where, qe)))
+
+    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+        response = self._shard(collection).facet(
+            qe.FacetRequest(key=field, limit=1_000_000, exact=True, filter=build_filter(where, qe))
+        )
+        return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
+
     def optimize(self) -> None:
         with self._lock:
             for shard in self._shards.values():

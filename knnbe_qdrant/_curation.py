@@ -1,0 +1,336 @@
+"""Live curation of skills and memory, per tenant: plain upserts and payload edits, visible to the next `map`.
+
+Who sees what is in _tenancy. A tenant edits only its own layer; on the global layer it can only hide a skill or a
+sentence for itself (its name goes into the point's `hidden_for`), which changes nothing for anyone else.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _schema as S
+from ._build import _Item, memory_payload, skill_payload, upsert_missing
+from ._data import LabelledSentence, Skill, iter_jsonl
+from ._encoder import Encoder
+from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
+from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
+from .store.base import Record, Store, Where
+
+ENV_USER = "KNNBE_USER"
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    already_stored: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _own(tenant: str | None) -> str:
+    return S.GLOBAL_TENANT if tenant in (None, S.GLOBAL_TENANT) else S.check_tenant(tenant)
+
+
+class Curator:
+    """Skills and memory edits on a store. `encoder` must be the store's model (it is checked); it is loaded on
+    first need when not given."""
+
+    def __init__(self, store: Store, encoder: Encoder | None = None, *, user: str | None = None) -> None:
+        store.check_ready()
+        if encoder is not None:
+            store.check_model(encoder.name, encoder.dimension)
+        self.store = store
+        self._encoder = encoder
+        self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
+        self._hide_lock = threading.Lock()  # hidden_for is read-modify-write
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self.store.manifest.model)
+        return self._encoder
+
+    # ---- skills ---------------------------------------------------------------------------------------------
+    def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:
+        """The payload of the skill `ref` names for this tenant: a skill id, else an exact preferred label."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise InvalidInputError("a skill must be named by its id or its exact preferred label")
+        ref = ref.strip()
+        where = Where(must={S.F_TENANT: layers(tenant)})
+        for key in (S.F_SKILL_ID, S.F_LABEL):
+            found = [
+                r.payload for r in self.store.scroll(S.SKILLS, where=Where({**where.must, key: ref}), batch=16)
+                if include_retired or skill_is_visible(r.payload, tenant)
+            ]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                ids = ", ".join(sorted(p[S.F_SKILL_ID] for p in found))
+                raise InvalidInputError(f"{ref!r} names several skills ({ids}): use the skill id")
+        who = f"tenant {tenant!r}" if tenant else "the global layer"
+        raise NotFoundError(f"no skill {ref!r} (by id or exact preferred label) visible to {who}")
+
+    def add_skill(
+        self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        """A skill the taxonomy lacks, in the tenant's own layer (or the global one)."""
+        owner = _own(tenant)
+        if not skill_id or not skill_id.strip():
+            raise InvalidInputError("a new skill needs an id")
+        if not label or not label.strip():
+            raise InvalidInputError("a new skill needs a label")
+        clash = self.store.count(S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill_id.strip()})
+        if clash:
+            raise InvalidInputError(f"skill id {skill_id!r} already exists for this tenant: use `skill update`")
+        skill = Skill(id=skill_id.strip(), label=label.strip(), alt_labels=alt_labels, description=description.strip(),
+                      taxonomy="custom", taxonomy_version="")
+        payload = {**skill_payload(skill, owner), **self._provenance("curator")}
+        self._write_skill(owner, skill.id, skill.label, payload)
+        return payload
+
+    def update_skill(
+        self, ref: str, *, label: str | None = None, description: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else."""
+        payload = self._own_skill(ref, tenant, "update")
+        changes: dict[str, Any] = {S.F_UPDATED_AT: S.utc_now()}
+        if description is not None:
+            changes[S.F_DESCRIPTION] = description.strip()
+        if label is not None and label.strip() and label.strip() != payload[S.F_LABEL]:
+            self._write_skill(payload[S.F_TENANT], payload[S.F_SKILL_ID], label.strip(),
+                              {**payload, **changes, S.F_LABEL: label.strip()})
+        else:
+            self.store.set_payload(S.SKILLS, [S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])], changes)
+        return {**payload, **changes, **({S.F_LABEL: label.strip()} if label and label.strip() else {})}
+
+    def retire_skill(self, ref: str, *, tenant: str | None = None) -> str:
+        """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant.
+
+        Returns "retired" or "hidden"."""
+        payload = self.resolve_skill(ref, tenant)
+        if payload[S.F_TENANT] == _own(tenant):
+            point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
+            self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.RETIRED, S.F_UPDATED_AT: S.utc_now()})
+            return "retired"
+        self._hide(S.SKILLS, S.skill_point_id(S.GLOBAL_TENANT, payload[S.F_SKILL_ID]), _own(tenant))
+        return "hidden"
+
+    def list_skills(self, *, tenant: str | None = None, own_only: bool = False) -> Iterator[dict[str, Any]]:
+        where = visible_skills(tenant)
+        if own_only:
+            where = Where(must={S.F_TENANT: _own(tenant)}, must_not=where.must_not)
+        for r in self.store.scroll(S.SKILLS, where=where):
+            yield r.payload
+
+    # ---- memory ---------------------------------------------------------------------------------------------
+    def add_sentence(self, text: str, skill: str, *, tenant: str | None = None, source: str = "curator") -> bool:
+        """Teach the memory that `text` expresses `skill`. Returns False when it was already stored."""
+        text = self._check_text(text)
+        skill_id = self.resolve_skill(skill, tenant)[S.F_SKILL_ID]
+        owner = _own(tenant)
+        point = S.memory_point_id(owner, skill_id, text)
+        if self.store.retrieve(S.MEMORY, [point], payload=False):
+            return False
+        payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
+                   **self._provenance(source)}
+        self.store.upsert(S.MEMORY, [point], self.encoder.encode([text]), [payload])
+        return True
+
+    def remove_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
+        """Remove a sentence of one's own layer, or hide a global one for this tenant. Returns "removed"/"hidden"."""
+        text = self._check_text(text)
+        skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
+        owner = _own(tenant)
+        own_point = S.memory_point_id(owner, skill_id, text)
+        if self.store.retrieve(S.MEMORY, [own_point], payload=False):
+            self.store.delete(S.MEMORY, [own_point])
+            return "removed"
+        global_point = S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
+        if owner != S.GLOBAL_TENANT and self.store.retrieve(S.MEMORY, [global_point], payload=False):
+            self._hide(S.MEMORY, global_point, owner)
+            return "hidden"
+        raise NotFoundError(f"no memory sentence {text!r} labelled {skill_id!r} visible to this tenant")
+
+    def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> None:
+        """Move a sentence to another skill, reusing its stored vector (no re-encoding). A tenant relabelling a
+        global sentence hides the global one and gets its own copy under the new skill."""
+        text = self._check_text(text)
+        old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
+        new_id = self.resolve_skill(new_skill, tenant)[S.F_SKILL_ID]
+        owner = _own(tenant)
+        source_point = None
+        for layer in (owner, S.GLOBAL_TENANT):
+            found = self.store.retrieve(S.MEMORY, [S.memory_point_id(layer, old_id, text)], with_vectors=True)
+            if found and (layer == owner or owner not in (found[0].payload.get(S.F_HIDDEN_FOR) or ())):
+                source_point = found[0]
+                break
+        if source_point is None:
+            raise NotFoundError(f"no memory sentence {text!r} labelled {old_id!r} visible to this tenant")
+        payload = {k: v for k, v in source_point.payload.items() if k != S.F_HIDDEN_FOR}
+        payload.update({S.F_TENANT: owner, S.F_SKILL_ID: new_id, S.F_UPDATED_AT: S.utc_now(),
+                        "relabelled_by": self.user, "relabelled_from": old_id})
+        # New point first, then the old one goes: a crash in between leaves both, never neither.
+        self.store.upsert(S.MEMORY, [S.memory_point_id(owner, new_id, text)], source_point.vector[None, :], [payload])
+        if source_point.payload[S.F_TENANT] == owner:
+            if old_id != new_id:
+                self.store.delete(S.MEMORY, [source_point.id])
+        else:
+            self._hide(S.MEMORY, source_point.id, owner)
+
+    def list_memory(self, skill: str | None = None, *, tenant: str | None = None,
+                    own_only: bool = False) -> Iterator[dict[str, Any]]:
+        where = visible_memory(tenant)
+        must = dict(where.must)
+        if own_only:
+            must[S.F_TENANT] = _own(tenant)
+        if skill is not None:
+            must[S.F_SKILL_ID] = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
+        for r in self.store.scroll(S.MEMORY, where=Where(must=must, must_not=where.must_not)):
+            yield r.payload
+
+    def import_file(self, path: str | Path, *, tenant: str | None = None, source: str | None = None,
+                    progress: bool = False) -> ImportReport:
+        """Store the labelled sentences of a JSONL or CSV file (`text`, `skill`, optional `source`).
+
+        Every bad row is reported by line number and stored not at all; every good row is stored. Re-running an
+        import (after a crash, say) stores only what is missing: point ids are deterministic."""
+        report = ImportReport()
+        owner = _own(tenant)
+        default_source = source or f"import:{Path(path).name}"
+        resolved: dict[str, str | Exception] = {}
+        items: dict[str, _Item] = {}
+        now = S.utc_now()
+        for line_no, row in _read_labelled(path):
+            text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
+            if not text:
+                report.errors.append(f"{path}:{line_no}: empty 'text'")
+                continue
+            if not ref:
+                report.errors.append(f"{path}:{line_no}: empty 'skill'")
+                continue
+            if ref not in resolved:
+                try:
+                    resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
+                except KnnbeError as exc:
+                    resolved[ref] = exc
+            skill_id = resolved[ref]
+            if isinstance(skill_id, Exception):
+                report.errors.append(f"{path}:{line_no}: {skill_id}")
+                continue
+            row_source = (row.get("source") or "").strip() or default_source
+            sentence = LabelledSentence(text, skill_id, row_source)
+            point = S.memory_point_id(owner, skill_id, text)
+            payload = {**memory_payload(sentence, owner, now), **self._provenance(row_source)}
+            items[point] = _Item(point, text, payload)
+        written = upsert_missing(self.store, S.MEMORY, list(items.values()), self.encoder, progress=progress,
+                                 desc="import")
+        report.stored, report.already_stored = written, len(items) - written
+        return report
+
+    def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
+        """Write the tenant's own sentences (the global layer's without a tenant) as JSONL, or CSV by suffix."""
+        rows = [
+            {"text": p[S.F_TEXT], "skill": p[S.F_SKILL_ID], "source": p.get(S.F_SOURCE, "")}
+            for p in self.list_memory(skill, tenant=tenant, own_only=True)
+        ]
+        path = Path(path)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            if path.suffix.lower() == ".csv":
+                writer = csv.DictWriter(f, fieldnames=["text", "skill", "source"])
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return len(rows)
+
+    # ---- tenants --------------------------------------------------------------------------------------------
+    def tenants(self) -> dict[str, dict[str, int]]:
+        """Each tenant with its own points per collection and how many global points it hid."""
+        out: dict[str, dict[str, int]] = {}
+
+        def entry(tenant: str) -> dict[str, int]:
+            return out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})
+
+        for collection in S.COLLECTIONS:
+            for tenant, n in self.store.distinct(collection, S.F_TENANT).items():
+                if tenant != S.GLOBAL_TENANT:
+                    entry(tenant)[collection] = n
+            for tenant, n in self.store.distinct(collection, S.F_HIDDEN_FOR).items():
+                entry(tenant)["hidden"] += n
+        return dict(sorted(out.items()))
+
+    def delete_tenant(self, tenant: str) -> None:
+        """Remove exactly this tenant's data: its skills, its sentences, and its marks on hidden global points."""
+        tenant = S.check_tenant(tenant)
+        for collection in S.COLLECTIONS:
+            self.store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
+            marked = list(self.store.scroll(collection, where={S.F_HIDDEN_FOR: tenant}, payload=[S.F_HIDDEN_FOR]))
+            for record in marked:
+                self._unhide(collection, record, tenant)
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+    def _provenance(self, source: str) -> dict[str, Any]:
+        return {S.F_CREATED_BY: self.user, S.F_CREATED_AT: S.utc_now(), S.F_SOURCE: source}
+
+    @staticmethod
+    def _check_text(text: str) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError("a memory sentence must not be empty")
+        return text.strip()
+
+    def _write_skill(self, owner: str, skill_id: str, label: str, payload: dict[str, Any]) -> None:
+        vector = self.encoder.encode([label])  # a skill is embedded by its label (manifest skill_text "label")
+        self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill_id)], vector, [payload])
+
+    def _own_skill(self, ref: str, tenant: str | None, action: str) -> dict[str, Any]:
+        payload = self.resolve_skill(ref, tenant)
+        if payload[S.F_TENANT] != _own(tenant):
+            raise InvalidInputError(
+                f"skill {ref!r} belongs to the global layer: a tenant cannot {action} it (retire it to hide it for "
+                "yourself, then add your own)"
+            )
+        return payload
+
+    def _hide(self, collection: str, point: str, tenant: str) -> None:
+        with self._hide_lock:
+            [record] = self.store.retrieve(collection, [point], payload=[S.F_HIDDEN_FOR])
+            hidden = list(record.payload.get(S.F_HIDDEN_FOR) or [])
+            if tenant not in hidden:
+                self.store.set_payload(collection, [point], {S.F_HIDDEN_FOR: sorted(hidden + [tenant])})
+
+    def _unhide(self, collection: str, record: Record, tenant: str) -> None:
+        with self._hide_lock:
+            [current] = self.store.retrieve(collection, [record.id], payload=[S.F_HIDDEN_FOR])
+            hidden = [t for t in current.payload.get(S.F_HIDDEN_FOR) or [] if t != tenant]
+            self.store.set_payload(collection, [record.id], {S.F_HIDDEN_FOR: hidden})
+
+
+def _read_labelled(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSONL or CSV file of labelled sentences; the format is told by the first byte."""
+    path = Path(path)
+    try:
+        first = path.read_bytes()[:1]
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if first == b"{":
+        yield from iter_jsonl(path)
+        return
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"text", "skill"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputFileError(f"{path}:1: header must name 'text' and 'skill' (missing {sorted(missing)})")
+            for row in reader:
+                yield reader.line_num, row
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None

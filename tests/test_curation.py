@@ -1,0 +1,190 @@
+"""Live curation and tenants, on every backend, with the real model on a small real slice of ESCO."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper, build_store
+from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
+from tests.conftest import BACKENDS, make_store
+
+QDRANT = "Python (computer programming)"
+NEW_SKILL_SENTENCES = [
+    "Operate and tune Qdrant vector database clusters in production.",
+    "Design collections, payload indexes and HNSW settings for a vector search engine.",
+    "Experience running vector similarity search services such as Qdrant or Milvus.",
+    "Monitor recall and latency of approximate nearest neighbour indexes.",
+    "Manage snapshots, sharding and replication of a vector database.",
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request, tmp_path_factory, encoder, small_skills):
+    skills = small_skills[:60]
+    from knnbe_qdrant import default_memory
+
+    s = make_store(request.param, tmp_path_factory.mktemp(f"curation-{request.param}") / "store")
+    build_store(s, encoder, skills=skills, memory=default_memory(skills), progress=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def curator(store, encoder):
+    c = Curator(store, encoder, user="alice")
+    yield c
+    for tenant in c.tenants():
+        c.delete_tenant(tenant)
+
+
+@pytest.fixture
+def mapper(store, encoder):
+    return SkillMapper(store, encoder, exact=True)
+
+
+def ids(result):
+    return [s.id for s in result.skills]
+
+
+def test_unseen_skill_is_learnt_from_five_sentences_without_rebuild(curator, mapper, encoder):
+    sentence = "You will administer our Qdrant vector database and its HNSW indexes."
+    assert "custom:vector-db-admin" not in ids(mapper.map([sentence], top=3)[0])
+    calls = []
+    original = encoder.encode
+    encoder.encode = lambda texts, **kw: (calls.append(len(texts)), original(texts, **kw))[1]
+    try:
+        curator.add_skill("custom:vector-db-admin", "administer vector databases", tenant="acme")
+        for text in NEW_SKILL_SENTENCES:
+            assert curator.add_sentence(text, "custom:vector-db-admin", tenant="acme")
+    finally:
+        encoder.encode = original
+    assert calls == [1] * 6  # the skill's label and each new sentence, nothing else re-encoded
+    top3 = mapper.map([sentence], top=3, tenant="acme")[0]
+    assert "custom:vector-db-admin" in ids(top3)
+    match = next(s for s in top3.skills if s.id == "custom:vector-db-admin")
+    assert {e.text for e in match.evidence} <= set(NEW_SKILL_SENTENCES) and match.evidence
+    # Another tenant and the global layer do not see it.
+    assert "custom:vector-db-admin" not in ids(mapper.map([sentence], top=50, tenant="other")[0])
+    assert "custom:vector-db-admin" not in ids(mapper.map([sentence], top=50)[0])
+
+
+def test_added_sentence_has_provenance_and_votes_at_once(curator, mapper):
+    text = "Scripting data pipelines in Python is part of the daily work."
+    assert curator.add_sentence(text, QDRANT, tenant="acme", source="review-2026-11")
+    assert not curator.add_sentence(text, QDRANT, tenant="acme")  # idempotent
+    [row] = [p for p in curator.list_memory(QDRANT, tenant="acme", own_only=True)]
+    assert row["created_by"] == "alice" and row["source"] == "review-2026-11" and row["created_at"]
+    assert row["tenant"] == "acme"
+    result = mapper.map([text], top=3, tenant="acme")[0]
+    python = next(s for s in result.skills if s.label == QDRANT)
+    assert text in {e.text for e in python.evidence}
+    assert text not in {e.text for s in mapper.map([text], top=10)[0].skills for e in s.evidence}
+
+
+def test_retired_skill_is_never_returned(curator, mapper, store):
+    curator.add_skill("custom:retire-me", "retire me skill", tenant="acme")
+    curator.add_sentence("retire me skill sentence", "custom:retire-me", tenant="acme")
+    assert "custom:retire-me" in ids(mapper.map(["retire me skill"], top=3, tenant="acme")[0])
+    assert curator.retire_skill("custom:retire-me", tenant="acme") == "retired"
+    assert "custom:retire-me" not in ids(mapper.map(["retire me skill"], top=50, tenant="acme")[0])
+    assert "custom:retire-me" not in {p["skill_id"] for p in curator.list_skills(tenant="acme")}
+    with pytest.raises(NotFoundError):
+        curator.add_sentence("another", "custom:retire-me", tenant="acme")
+
+
+def test_tenant_hides_a_global_skill_and_sentence_for_itself_only(curator, mapper, store):
+    sentence = "Strong programming skills in Python."
+    python_id = curator.resolve_skill(QDRANT)["skill_id"]
+    assert curator.retire_skill(QDRANT, tenant="acme") == "hidden"
+    assert python_id not in ids(mapper.map([sentence], top=50, tenant="acme")[0])
+    assert python_id in ids(mapper.map([sentence], top=3, tenant="other")[0])
+    assert python_id in ids(mapper.map([sentence], top=3)[0])
+    alt = next(p for p in curator.list_memory(QDRANT) if p["source"] == "esco_alt_labels")
+    assert curator.remove_sentence(alt["text"], python_id, tenant="beta") == "hidden"
+    assert alt["text"] not in {p["text"] for p in curator.list_memory(QDRANT, tenant="beta")}
+    assert alt["text"] in {p["text"] for p in curator.list_memory(QDRANT, tenant="gamma")}
+    assert alt["text"] in {p["text"] for p in curator.list_memory(QDRANT)}
+
+
+def test_relabel_reuses_the_stored_vector(curator, store, encoder):
+    text = "Writing Python scripts for SQL reporting."
+    curator.add_sentence(text, QDRANT, tenant="acme")
+    before = store.retrieve(MEMORY, [memory_point_id("acme", curator.resolve_skill(QDRANT)["skill_id"], text)],
+                            with_vectors=True)[0]
+    calls = []
+    original = encoder.encode
+    encoder.encode = lambda texts, **kw: (calls.append(texts), original(texts, **kw))[1]
+    try:
+        curator.relabel(text, QDRANT, "SQL", tenant="acme")
+    finally:
+        encoder.encode = original
+    assert calls == []
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    [after] = store.retrieve(MEMORY, [memory_point_id("acme", sql, text)], with_vectors=True)
+    np.testing.assert_allclose(after.vector, before.vector, atol=1e-6)
+    assert after.payload["relabelled_from"] == curator.resolve_skill(QDRANT)["skill_id"]
+    assert not store.retrieve(MEMORY, [before.id])
+
+
+def test_import_reports_bad_rows_by_line_and_stores_the_good_ones(curator, tmp_path):
+    f = tmp_path / "labelled.csv"
+    f.write_text(
+        "text,skill,source\n"
+        "Building REST services in Python,Python (computer programming),hr-team\n"
+        ",SQL,\n"
+        "Querying relational databases,no such skill,\n"
+        "Writing SQL for analytics,SQL,\n",
+        encoding="utf-8",
+    )
+    report = curator.import_file(f, tenant="acme")
+    assert report.stored == 2 and report.already_stored == 0
+    assert report.errors[0] == f"{f}:3: empty 'text'"
+    assert report.errors[1].startswith(f"{f}:4: no skill 'no such skill'")
+    texts = {p["text"]: p for p in curator.list_memory(tenant="acme", own_only=True)}
+    assert set(texts) == {"Building REST services in Python", "Writing SQL for analytics"}
+    assert texts["Building REST services in Python"]["source"] == "hr-team"
+    assert texts["Writing SQL for analytics"]["source"] == "import:labelled.csv"
+    again = curator.import_file(f, tenant="acme")
+    assert (again.stored, again.already_stored) == (0, 2)
+
+
+def test_export_then_import_copies_a_tenant(curator, tmp_path):
+    curator.add_sentence("Python for test automation.", QDRANT, tenant="acme")
+    out = tmp_path / "acme.jsonl"
+    assert curator.export(out, tenant="acme") == 1
+    row = json.loads(out.read_text())
+    assert row["text"] == "Python for test automation." and row["source"] == "curator"
+    report = curator.import_file(out, tenant="copy")
+    assert report.stored == 1 and not report.errors
+
+
+def test_tenant_list_and_delete_remove_exactly_that_tenant(curator, store):
+    before_global = {c: store.count(c, where={"tenant": GLOBAL_TENANT}) for c in (SKILLS, MEMORY)}
+    curator.add_skill("custom:a", "skill of a", tenant="a")
+    curator.add_sentence("sentence of a", "custom:a", tenant="a")
+    curator.add_sentence("sentence of b", QDRANT, tenant="b")
+    curator.retire_skill("SQL", tenant="a")
+    curator.retire_skill("SQL", tenant="b")
+    assert curator.tenants() == {"a": {"skills": 1, "memory": 1, "hidden": 1},
+                                 "b": {"skills": 0, "memory": 1, "hidden": 1}}
+    curator.delete_tenant("a")
+    assert curator.tenants() == {"b": {"skills": 0, "memory": 1, "hidden": 1}}
+    [sql] = store.retrieve(SKILLS, [skill_point_id(GLOBAL_TENANT, curator.resolve_skill("SQL")["skill_id"])])
+    assert sql.payload["hidden_for"] == ["b"]
+    assert {c: store.count(c, where={"tenant": GLOBAL_TENANT}) for c in (SKILLS, MEMORY)} == before_global
+
+
+def test_bad_curation_input_is_refused(curator):
+    with pytest.raises(InvalidInputError, match="empty"):
+        curator.add_sentence("  ", QDRANT)
+    with pytest.raises(NotFoundError):
+        curator.add_sentence("text", "no such skill")
+    with pytest.raises(InvalidInputError, match="not a valid name"):
+        curator.add_sentence("text", QDRANT, tenant="../etc")
+    with pytest.raises(InvalidInputError, match="already exists"):
+        curator.add_skill(curator.resolve_skill("SQL")["skill_id"], "dup", tenant="acme")
+    with pytest.raises(InvalidInputError, match="global layer"):
+        curator.update_skill("SQL", label="x", tenant="acme")
