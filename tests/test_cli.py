@@ -212,3 +212,33 @@ def test_eval_names_the_bad_line(store, tmp_path):
     r = run("eval", bad, store=store)
     assert r.returncode == 1
     assert f"{bad}:2: field 'labels'" in r.stderr.decode()
+
+
+def test_curation_commands_end_to_end(store, tmp_path):
+    r = run("skill", "add", "--id", "custom:widgets", "--label", "widget assembly", "--tenant", "acme",
+            "--user", "carol", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    r = run("memory", "add", "--skill", "widget assembly", "--text", "Assemble widgets on the line", "--tenant", "acme",
+            store=store, env={"KNNBE_USER": "dave"})
+    assert r.returncode == 0 and b"added" in r.stdout, r.stderr.decode()
+    r = run("memory", "list", "--skill", "custom:widgets", "--tenant", "acme", "--json", store=store)
+    [row] = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert row["text"] == "Assemble widgets on the line" and row["created_by"] == "dave" and row["tenant"] == "acme"
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"text": "Widget quality checks", "skill": "custom:widgets"}\n{"text": "", "skill": "x"}\n',
+                   encoding="utf-8")
+    r = run("memory", "import", bad, "--tenant", "acme", "--no-progress", store=store)
+    assert r.returncode == 1
+    assert f"{bad}:2: empty 'text'" in r.stderr.decode()
+    assert b"stored 1, already stored 0, bad rows 1" in r.stdout
+    r = run("map", "--json", "--tenant", "acme", "--top", "3", "We assemble widgets", store=store)
+    assert "custom:widgets" in [s["id"] for s in json.loads(r.stdout)["skills"]]
+    r = run("map", "--json", "--top", "20", "We assemble widgets", store=store)
+    assert "custom:widgets" not in [s["id"] for s in json.loads(r.stdout)["skills"]]
+    r = run("tenant", "list", "--json", store=store)
+    assert json.loads(r.stdout)["acme"] == {"skills": 1, "memory": 2, "hidden": 0}
+    r = run("tenant", "delete", "acme", store=store)
+    assert r.returncode == 0
+    assert json.loads(run("tenant", "list", "--json", store=store).stdout) == {}
+    r = run("memory", "add", "--skill", "no such skill", "--text", "x", store=store)
+    assert r.returncode == 1 and b"no skill 'no such skill'" in r.stderr

@@ -38,7 +38,7 @@ def test_sample_posting_maps_to_the_expected_skills(store):
     results = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert len(results) == 5
     labels = {obj["text"][:20]: [s["label"] for s in obj["skills"]] for obj in results}
-    assert "Python (computer programming)" in labels["You will design and "]
+    assert "PostgreSQL" in labels["You will design and "]
     assert {"English", "German"} & set(labels["Fluency in English i"])
 
 
