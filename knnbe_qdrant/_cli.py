@@ -314,7 +314,7 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
                 print(json.dumps(tenants))
             else:
                 for name, counts in tenants.items():
-                    print(f"{name}\tskills {counts['skills']}\tmemory {counts['memory']}")
+                    print(f"{name}\tskills {counts['skills']}\tmemory {counts['memory']}\thidden {counts['hidden']}")
         else:
             curator.delete_tenant(args.tenant)
             print(f"deleted tenant {args.tenant}")
