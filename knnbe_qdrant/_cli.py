@@ -19,6 +19,9 @@ def _store_args(p: argparse.ArgumentParser, default: object = None) -> None:
     g.add_argument("--api-key", default=default, help="Qdrant API key (env QDRANT_API_KEY)")
     g.add_argument("--prefix", default=default,
                    help="collection name prefix on a server (env KNNBE_PREFIX; default knnbe_)")
+    g.add_argument("--timeout", type=int, default=default, help="server request timeout, seconds (env QDRANT_TIMEOUT)")
+    g.add_argument("--grpc", action="store_true", default=default if default is not None else False,
+                   help="prefer gRPC to REST on a server (env QDRANT_PREFER_GRPC)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("delete", parents=[common], help="remove exactly this tenant's data")
     p.add_argument("tenant")
 
+    stp = sub.add_parser("status", parents=[common], help="backend, collections and counts, model, schema version")
+    stp.add_argument("--json", action="store_true", help="one JSON object")
+
     be = sub.add_parser("bench", parents=[common], help="measure throughput and Qdrant overhead; prints a table")
     be.add_argument("--sentences", type=int, default=512, help="how many SkillSkape dev sentences (default 512)")
     be.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
@@ -131,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_kwargs(args: argparse.Namespace) -> dict:
-    return dict(url=args.url, api_key=args.api_key, prefix=args.prefix)
+    return dict(url=args.url, api_key=args.api_key, prefix=args.prefix, timeout=args.timeout,
+                prefer_grpc=args.grpc or None)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -321,7 +328,25 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ._config import open_store
+
+    with open_store(args.store, **_open_kwargs(args)) as store:
+        report = store.status()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            if key == "collections":
+                for name, n in value.items():
+                    print(f"{'collection ' + name:<22} {n} points")
+            else:
+                print(f"{key:<22} {value}")
+    return 0
+
+
 COMMANDS = {
+    "status": _cmd_status,
     "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
     "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,
 }

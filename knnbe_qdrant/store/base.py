@@ -10,7 +10,7 @@ from typing import Any, Union
 import numpy as np
 
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
-from .._schema import SCHEMA_VERSION, Manifest, utc_now
+from .._schema import COLLECTIONS, SCHEMA_VERSION, Manifest, utc_now
 
 Value = Union[str, bool, Sequence[str]]
 
@@ -119,6 +119,25 @@ class Store(ABC):
                 "(already stored points are kept and not re-encoded)"
             )
         return m
+
+    def collection_name(self, collection: str) -> str:
+        """The name the engine knows the collection by."""
+        return collection
+
+    def status(self) -> dict[str, Any]:
+        """What `knnbe-qdrant status` reports: backend, location, schema, model, state and point counts."""
+        m = self.manifest
+        return {
+            "backend": self.backend,
+            "location": self.describe(),
+            "schema_version": m.schema_version,
+            "model": m.model,
+            "dimension": m.dimension,
+            "state": m.state,
+            "collections": {self.collection_name(c): self.count(c) for c in COLLECTIONS},
+            "built_at": m.created_at,
+            "updated_at": m.updated_at,
+        }
 
     def __enter__(self) -> Store:
         return self

@@ -75,6 +75,8 @@ class QdrantClientStore(Store):
     def name(self, collection: str) -> str:
         return f"{self.prefix}{collection}"
 
+    collection_name = name
+
     # ---- manifest -----------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest | None:
         if not self._call(self.client.collection_exists, self.name(META)):
