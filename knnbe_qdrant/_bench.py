@@ -73,10 +73,11 @@ def run_bench(
     url: str | None = None,
     api_key: str | None = None,
     prefix: str | None = None,
+    **connection: Any,
 ) -> dict[str, Any]:
     sentences = [text for text, _ in skillskape_sentences("dev")][:n_sentences]
     first_result_s = _time_to_first_result(path, url, api_key, prefix)  # before we open: Edge allows one process
-    with SkillMapper.open(path, url=url, api_key=api_key, prefix=prefix) as mapper:
+    with SkillMapper.open(path, url=url, api_key=api_key, prefix=prefix, **connection) as mapper:
         manifest = mapper.store.manifest
         _pipeline(mapper, sentences[:batch_size], batch_size, "knnbe")  # warm-up: caches, lazy init
         runs: dict[str, list[tuple[float, float]]] = {"bi-encoder": [], "knnbe": []}

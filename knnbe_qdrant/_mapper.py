@@ -80,12 +80,14 @@ class SkillMapper:
         prefix: str | None = None,
         exact: bool = False,
         device: str | None = None,
+        timeout: int | None = None,
+        prefer_grpc: bool | None = None,
     ) -> SkillMapper:
         """Open a built store (see `open_store` for how it is located) with the model it was built with.
 
         Naming another `model` than the store's is refused with ModelMismatchError before the model is loaded.
         """
-        store = open_store(path, url=url, api_key=api_key, prefix=prefix)
+        store = open_store(path, url=url, api_key=api_key, prefix=prefix, timeout=timeout, prefer_grpc=prefer_grpc)
         try:
             manifest = store.check_ready()
             if model is not None:

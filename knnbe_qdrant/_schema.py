@@ -88,6 +88,12 @@ class Manifest:
     sources: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     build_seconds: float | None = None
+    generation: int = 1
+    """Which physical collections serve: bumped by a re-embedding migration, which keeps the previous ones."""
+    previous: dict[str, Any] | None = None
+    """model, dimension and generation before the last re-embedding, for `migrate --rollback`."""
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    """Migrations applied to this store, in order: {"id", "applied_at"}."""
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
 

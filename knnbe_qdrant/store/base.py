@@ -213,6 +213,18 @@ class Store(ABC):
         """Build indexes after a bulk load, where the backend does this explicitly."""
 
     @abstractmethod
+    def at_generation(self, generation: int) -> Store:
+        """A view of this store that addresses the physical collections of another generation (migrations)."""
+
+    @abstractmethod
+    def swap_to(self, generation: int, **manifest_updates: Any) -> None:
+        """Make `generation` the one that serves, atomically, and record it (and `manifest_updates`)."""
+
+    @abstractmethod
+    def drop_generation(self, generation: int) -> None:
+        """Delete the physical collections of a generation that does not serve."""
+
+    @abstractmethod
     def drop(self) -> None:
         """Delete this store's collections and manifest (nothing else); `initialize` may then start afresh."""
 

@@ -17,6 +17,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from .._config import DEFAULT_PREFIX
+from .._errors import StoreCorruptError
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, Where, build_filter, payload_selector, to_record
 from .retry import RetryPolicy, call_with_retries
@@ -37,6 +38,7 @@ class QdrantClientStore(Store):
         # nothing of the kind (each call is a request).
         self._guard = threading.RLock() if self._local else contextlib.nullcontext()
         self.retry = retry or RetryPolicy.from_env()
+        self._view_generation: int | None = None
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One client call: serialised in local mode, retried on transient faults against a server."""
@@ -73,9 +75,23 @@ class QdrantClientStore(Store):
         return f"{where} (collections {self.prefix}*)"
 
     def name(self, collection: str) -> str:
+        """The alias every call uses (or, in a migration's view of another generation, that physical collection)."""
+        if collection in COLLECTIONS and self._view_generation is not None:
+            return self.physical(collection, self._view_generation)
         return f"{self.prefix}{collection}"
 
-    collection_name = name
+    def physical(self, collection: str, generation: int) -> str:
+        return f"{self.prefix}{collection}_g{generation}"
+
+    def collection_name(self, collection: str) -> str:
+        return f"{self.name(collection)} -> {self.physical(collection, self.generation)}"
+
+    @property
+    def generation(self) -> int:
+        if self._view_generation is not None:
+            return self._view_generation
+        manifest = self._read_manifest()
+        return manifest.generation if manifest else 1
 
     # ---- manifest -----------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest | None:
@@ -95,8 +111,11 @@ class QdrantClientStore(Store):
         )
 
     def _create_collections(self, dimension: int) -> None:
+        """Physical collections <prefix><name>_g<generation> with their indexes, reached through the aliases
+        <prefix><name> (created where missing)."""
+        generation = self.generation
         for collection in COLLECTIONS:
-            name = self.name(collection)
+            name = self.physical(collection, generation)
             if not self._call(self.client.collection_exists, name):
                 self._call(
                     self.client.create_collection,
@@ -113,6 +132,12 @@ class QdrantClientStore(Store):
                     self._call(self.client.create_payload_index, name, field, field_schema=schema, wait=True)
 
     # ---- data ---------------------------------------------------------------------------------------------------
+            if self._view_generation is None and not self._alias_target(collection):
+                self._call(
+                    self.client.update_collection_aliases,
+                    change_aliases_operations=[self._create_alias(collection, generation)],
+                )
+
     def upsert(
         self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
@@ -230,9 +255,54 @@ class QdrantClientStore(Store):
         )
         return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
+    def _alias_target(self, collection: str) -> str | None:
+        alias = f"{self.prefix}{collection}"
+        for a in self._call(self.client.get_aliases).aliases:
+            if a.alias_name == alias:
+                return a.collection_name
+        return None
+
+    def _create_alias(self, collection: str, generation: int) -> models.CreateAliasOperation:
+        return models.CreateAliasOperation(
+            create_alias=models.CreateAlias(
+                collection_name=self.physical(collection, generation), alias_name=f"{self.prefix}{collection}"
+            )
+        )
+
+    def at_generation(self, generation: int) -> QdrantClientStore:
+        view = QdrantClientStore(self.client, prefix=self.prefix, retry=self.retry)
+        view._guard = self._guard
+        view._view_generation = generation
+        return view
+
+    def swap_to(self, generation: int, **manifest_updates: Any) -> None:
+        # One update_collection_aliases call re-points every alias at once: readers see the old generation or the
+        # new one, never a mix. The manifest follows; a crash in between is repaired by re-running the migration.
+        operations: list[Any] = []
+        for collection in COLLECTIONS:
+            if self._alias_target(collection):
+                alias = f"{self.prefix}{collection}"
+                operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+            operations.append(self._create_alias(collection, generation))
+        self._call(self.client.update_collection_aliases, change_aliases_operations=operations)
+        manifest = self.manifest
+        for key, value in manifest_updates.items():
+            setattr(manifest, key, value)
+        manifest.generation = generation
+        self._write_manifest(manifest)
+
+    def drop_generation(self, generation: int) -> None:
+        if generation == self.generation:
+            raise StoreCorruptError("refusing to drop the generation that serves")
+        for collection in COLLECTIONS:
+            self._call(self.client.delete_collection, self.physical(collection, generation))
+
     def drop(self) -> None:
-        for collection in (*COLLECTIONS, META):
-            self._call(self.client.delete_collection, self.name(collection))
+        mine = [f"{self.prefix}{c}_g" for c in COLLECTIONS]
+        for collection in self._call(self.client.get_collections).collections:
+            if any(collection.name.startswith(m) and collection.name[len(m):].isdigit() for m in mine):
+                self._call(self.client.delete_collection, collection.name)
+        self._call(self.client.delete_collection, self.name(META))
 
     def close(self) -> None:
         self.client.close()

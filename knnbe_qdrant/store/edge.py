@@ -32,8 +32,11 @@ _UPSERT_CHUNK = 1024
 class EdgeStore(Store):
     backend = "embedded"
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = False, generation: int | None = None
+    ) -> None:
         self.path = Path(path).expanduser()
+        self._fixed_generation = generation  # a view on another generation's shards, for migrations
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()  # one shard update at a time from this process's threads
         if not self.path.exists():
@@ -50,8 +53,9 @@ class EdgeStore(Store):
                 raise StoreCorruptError(
                     f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
                 )
+        self.generation = generation or (self._read_manifest().generation if has_manifest else 1)
         for name in COLLECTIONS:
-            if (self.path / name).exists():
+            if self._dir(name).exists():
                 self._shards[name] = self._load_shard(name)
         if has_manifest and not create and len(self._shards) != len(COLLECTIONS):
             self.close()
@@ -61,9 +65,15 @@ class EdgeStore(Store):
     def describe(self) -> str:
         return f"the embedded store at {self.path}"
 
+    def _dir(self, collection: str, generation: int | None = None) -> Path:
+        return self.path / f"{collection}_g{generation or self.generation}"
+
+    def collection_name(self, collection: str) -> str:
+        return self._dir(collection).name
+
     def _load_shard(self, name: str) -> qe.EdgeShard:
         try:
-            return qe.EdgeShard.load(str(self.path / name))
+            return qe.EdgeShard.load(str(self._dir(name)))
         except Exception as exc:  # Edge raises a bare Exception whose text says what failed
             text = str(exc)
             if "WouldBlock" in text or "lock" in text.lower():
@@ -117,7 +127,7 @@ class EdgeStore(Store):
                     # of a single query costs more in hand-offs than it gains (measured: -20% per kNN query).
                     max_search_threads=1,
                 )
-                shard = qe.EdgeShard.create(str(self.path / name), config)
+                shard = qe.EdgeShard.create(str(self._dir(name)), config)
                 for field in KEYWORD_INDEXES[name]:
                     params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
                     shard.update(qe.UpdateOperation.create_field_index(field, params))
@@ -223,6 +233,28 @@ class EdgeStore(Store):
         with self._lock:
             for shard in self._shards.values():
                 shard.optimize()
+
+    def at_generation(self, generation: int) -> EdgeStore:
+        return EdgeStore(self.path, create=True, generation=generation)
+
+    def swap_to(self, generation: int, **manifest_updates: Any) -> None:
+        # The manifest names the serving generation, and it is replaced atomically: that rename is the swap.
+        manifest = self.manifest
+        for key, value in manifest_updates.items():
+            setattr(manifest, key, value)
+        manifest.generation = generation
+        with self._lock:
+            self.close()
+            self._write_manifest(manifest)
+            self.generation = generation
+            for name in COLLECTIONS:
+                self._shards[name] = self._load_shard(name)
+
+    def drop_generation(self, generation: int) -> None:
+        if generation == self.generation:
+            raise StoreCorruptError("refusing to drop the generation that serves")
+        for name in COLLECTIONS:
+            shutil.rmtree(self._dir(name, generation), ignore_errors=True)
 
     def drop(self) -> None:
         self.close()
