@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("delete", parents=[common], help="remove exactly this tenant's data")
     p.add_argument("tenant")
 
+    mg = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations; change model; roll back")
+    mg.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
+    mg.add_argument("--model", help="re-embed everything with this model into new collections and swap to them")
+    mg.add_argument("--rollback", action="store_true", help="swap back to the collections served before the last "
+                    "re-embedding")
+    mg.add_argument("--no-progress", action="store_true")
+
     stp = sub.add_parser("status", parents=[common], help="backend, collections and counts, model, schema version")
     stp.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -328,6 +335,27 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrations
+    from ._config import open_store
+    from ._encoder import Encoder
+
+    with open_store(args.store, **_open_kwargs(args)) as store:
+        verb = "would do" if args.dry_run else "done"
+        if args.rollback:
+            steps = migrations.rollback(store, dry_run=args.dry_run)
+        else:
+            steps = migrations.migrate(store, dry_run=args.dry_run)
+            if args.model:
+                steps += migrations.reembed(store, Encoder(args.model), dry_run=args.dry_run,
+                                            progress=not args.no_progress)
+        for step in steps:
+            print(f"{verb}: {step}")
+        if not steps:
+            print(f"nothing to do: {store.describe()} is at schema version {store.manifest.schema_version}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from ._config import open_store
 
@@ -347,6 +375,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "status": _cmd_status,
+    "migrate": _cmd_migrate,
     "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
     "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,
 }

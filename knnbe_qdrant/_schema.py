@@ -11,7 +11,8 @@ from typing import Any
 
 from ._errors import InvalidInputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The number of the latest migration (knnbe_qdrant/migrations): a store below it needs `knnbe-qdrant migrate`."""
 
 SKILLS = "skills"
 MEMORY = "memory"
@@ -94,6 +95,8 @@ class Manifest:
     """model, dimension and generation before the last re-embedding, for `migrate --rollback`."""
     migrations: list[dict[str, Any]] = field(default_factory=list)
     """Migrations applied to this store, in order: {"id", "applied_at"}."""
+    pending_reembed: dict[str, Any] | None = None
+    """A re-embedding begun and not yet swapped in: {"model", "generation"}."""
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
 

@@ -83,7 +83,9 @@ class Store(ABC):
             self._write_manifest(existing)
             self._create_collections(dimension)  # no-op where they exist: a crash may have come before them
             return existing
-        manifest = Manifest(model=model, dimension=dimension, **manifest_fields)
+        from ..migrations import all_applied  # a new store is born at the latest schema
+
+        manifest = Manifest(model=model, dimension=dimension, migrations=all_applied(), **manifest_fields)
         # Manifest first, marked "building": a crash from here on leaves a store that says it is unfinished.
         self._write_manifest(manifest)
         self._create_collections(dimension)
@@ -100,9 +102,15 @@ class Store(ABC):
 
     def check_model(self, model: str, dimension: int | None, manifest: Manifest | None = None) -> None:
         m = manifest or self.manifest
-        if m.schema_version != SCHEMA_VERSION:
+        if m.schema_version > SCHEMA_VERSION:
             raise StoreCorruptError(
-                f"{self.describe()} has schema version {m.schema_version}; this knnbe-qdrant reads {SCHEMA_VERSION}"
+                f"{self.describe()} has schema version {m.schema_version}, newer than this knnbe-qdrant "
+                f"({SCHEMA_VERSION}): upgrade knnbe-qdrant"
+            )
+        if m.schema_version < SCHEMA_VERSION:
+            raise StoreCorruptError(
+                f"{self.describe()} has schema version {m.schema_version}; run `knnbe-qdrant migrate` to bring it "
+                f"to {SCHEMA_VERSION}"
             )
         if m.model != model or (dimension is not None and m.dimension != dimension):
             raise ModelMismatchError(
@@ -113,12 +121,22 @@ class Store(ABC):
 
     def check_ready(self) -> Manifest:
         m = self.manifest
+        if m.pending_reembed and not self._serves(m.generation):
+            raise StoreCorruptError(
+                f"{self.describe()}: a re-embedding to {m.pending_reembed.get('model')} stopped half-way; run "
+                f"`knnbe-qdrant migrate --model {m.pending_reembed.get('model')}` to finish it"
+            )
         if m.state != "ready":
             raise StoreCorruptError(
                 f"{self.describe()} is half-built (state {m.state!r}): run `knnbe-qdrant build` again to finish it "
                 "(already stored points are kept and not re-encoded)"
             )
         return m
+
+    def _serves(self, generation: int) -> bool:
+        """Whether the collections that answer queries are those of `generation` (aliases can disagree with the
+        manifest only after a crash in a swap)."""
+        return True
 
     def collection_name(self, collection: str) -> str:
         """The name the engine knows the collection by."""
@@ -135,6 +153,8 @@ class Store(ABC):
             "dimension": m.dimension,
             "state": m.state,
             "collections": {self.collection_name(c): self.count(c) for c in COLLECTIONS},
+            "generation": m.generation,
+            "migrations": [x["id"] for x in m.migrations],
             "built_at": m.created_at,
             "updated_at": m.updated_at,
         }

@@ -255,6 +255,9 @@ class QdrantClientStore(Store):
         )
         return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
+    def _serves(self, generation: int) -> bool:
+        return all(self._alias_target(c) == self.physical(c, generation) for c in COLLECTIONS)
+
     def _alias_target(self, collection: str) -> str | None:
         alias = f"{self.prefix}{collection}"
         for a in self._call(self.client.get_aliases).aliases:
@@ -305,4 +308,5 @@ class QdrantClientStore(Store):
         self._call(self.client.delete_collection, self.name(META))
 
     def close(self) -> None:
-        self.client.close()
+        if self._view_generation is None:  # a migration's view shares the client of the store it came from
+            self.client.close()

@@ -1,0 +1,144 @@
+"""Ordered, versioned migrations of a store's collections, and the model change (re-embedding) migration.
+
+Every migration is idempotent and records itself in the store's manifest (on a server: the `<prefix>meta`
+collection, i.e. in Qdrant itself) once done, so `knnbe-qdrant migrate` applies exactly what is pending and can be
+re-run after a crash half-way. A store built by this version starts with every migration applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .. import _schema as S
+from .._build import SKILL_TEXTS, _Item, upsert_missing
+from .._data import Skill
+from .._encoder import Encoder
+from .._errors import InvalidInputError, StoreError
+from ..store.base import Store, Where
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: str
+    description: str
+    apply: Callable[[Store], None]
+
+    @property
+    def version(self) -> int:
+        return int(self.id.split("_", 1)[0])
+
+
+def _collections_and_indexes(store: Store) -> None:
+    store._create_collections(store.manifest.dimension)  # creates only what is missing; indexes are idempotent
+
+
+def _skill_status(store: Store) -> None:
+    """Give every skill an explicit `status` ("active" unless retired), so filters need not rely on absence."""
+    store._create_collections(store.manifest.dimension)  # makes sure the `status` keyword index exists
+    missing = [r.id for r in store.scroll(S.SKILLS, payload=[S.F_STATUS]) if S.F_STATUS not in r.payload]
+    for start in range(0, len(missing), 1000):
+        store.set_payload(S.SKILLS, missing[start : start + 1000], {S.F_STATUS: "active"})
+
+
+MIGRATIONS: list[Migration] = [
+    Migration("0001_collections", "skills and memory collections with their payload indexes (tenant is_tenant, "
+              "skill_id, label, hidden_for, status, source), reached through aliases", _collections_and_indexes),
+    Migration("0002_skill_status", "payload field `status` on every skill: \"active\" unless retired",
+              _skill_status),
+]
+LATEST = MIGRATIONS[-1].version
+
+
+def all_applied() -> list[dict[str, Any]]:
+    """What a freshly built store records: it is created at the latest schema."""
+    now = S.utc_now()
+    return [{"id": m.id, "applied_at": now} for m in MIGRATIONS]
+
+
+def pending(store: Store) -> list[Migration]:
+    done = {m["id"] for m in store.manifest.migrations}
+    return [m for m in MIGRATIONS if m.id not in done]
+
+
+def migrate(store: Store, *, dry_run: bool = False) -> list[str]:
+    """Apply the pending migrations in order; returns their descriptions (with dry_run, only lists them)."""
+    todo = pending(store)
+    if not dry_run:
+        for migration in todo:
+            migration.apply(store)
+            manifest = store.manifest
+            manifest.migrations.append({"id": migration.id, "applied_at": S.utc_now()})
+            manifest.schema_version = max(manifest.schema_version, migration.version)
+            store._write_manifest(manifest)
+    return [f"{m.id}: {m.description}" for m in todo]
+
+
+def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: bool = True) -> list[str]:
+    """Move the store to another embedding model: re-encode every skill and sentence into a new generation of
+    collections, then swap to it atomically, keeping the old generation for `rollback`. Resumable: re-running
+    after a crash re-encodes only what the new generation lacks."""
+    manifest = store.manifest
+    if manifest.model == encoder.name and not manifest.pending_reembed:
+        raise InvalidInputError(f"the store already uses {encoder.name}")
+    pending_job = manifest.pending_reembed or {}
+    if pending_job and pending_job.get("model") != encoder.name:
+        raise StoreError(
+            f"an unfinished re-embedding to {pending_job.get('model')} is pending: finish it (migrate --model "
+            f"{pending_job.get('model')}) before starting another"
+        )
+    generation = pending_job.get("generation") or max(manifest.generation, (manifest.previous or {}).get(
+        "generation", 0)) + 1
+    plan = [
+        f"re-embed {store.count(S.SKILLS)} skills and {store.count(S.MEMORY)} memory sentences with {encoder.name} "
+        f"({encoder.dimension}-d) into generation {generation}",
+        f"swap the store from generation {manifest.generation} ({manifest.model}) to generation {generation}; keep "
+        f"generation {manifest.generation} for rollback",
+    ]
+    if dry_run:
+        return plan
+    manifest.pending_reembed = {"model": encoder.name, "generation": generation}
+    store._write_manifest(manifest)
+    target = store.at_generation(generation)
+    try:
+        target._create_collections(encoder.dimension)
+        to_text = SKILL_TEXTS[manifest.skill_text]
+        everything = Where()
+        for collection in S.COLLECTIONS:
+            items = []
+            for record in tqdm(store.scroll(collection, where=everything), desc=f"reading {collection}",
+                               disable=not progress, total=store.count(collection), unit="pt"):
+                p = record.payload
+                text = p[S.F_TEXT] if collection == S.MEMORY else to_text(
+                    Skill(id=p[S.F_SKILL_ID], label=p[S.F_LABEL], description=p.get(S.F_DESCRIPTION, ""))
+                )
+                items.append(_Item(record.id, text, p))
+            upsert_missing(target, collection, items, encoder, progress=progress, desc=f"re-embedding {collection}")
+        target.optimize()
+    finally:
+        target.close()
+    old = {"generation": manifest.generation, "model": manifest.model, "dimension": manifest.dimension}
+    store.swap_to(
+        generation, model=encoder.name, dimension=encoder.dimension, previous=old, pending_reembed=None,
+        migrations=[*manifest.migrations, {"id": f"reembed:{encoder.name}:g{generation}", "applied_at": S.utc_now()}],
+    )
+    return plan
+
+
+def rollback(store: Store, *, dry_run: bool = False) -> list[str]:
+    """Swap back to the generation (and model) served before the last re-embedding."""
+    manifest = store.manifest
+    if not manifest.previous:
+        raise StoreError(f"{store.describe()} has no previous generation to roll back to")
+    prev = manifest.previous
+    plan = [f"swap from generation {manifest.generation} ({manifest.model}) back to generation "
+            f"{prev['generation']} ({prev['model']})"]
+    if not dry_run:
+        current = {"generation": manifest.generation, "model": manifest.model, "dimension": manifest.dimension}
+        store.swap_to(prev["generation"], model=prev["model"], dimension=prev["dimension"], previous=current,
+                      migrations=[*manifest.migrations, {"id": f"rollback:g{prev['generation']}",
+                                                         "applied_at": S.utc_now()}])
+    return plan

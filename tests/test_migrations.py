@@ -1,0 +1,119 @@
+"""Migrations on every backend: pending schema steps, a model change by re-embedding into new collections with an
+atomic swap, rollback, and resuming after a crash half-way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptError, build_store, default_memory
+from knnbe_qdrant import migrations as M
+from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
+from tests.conftest import BACKENDS, make_store
+
+SENTENCE = ["Strong programming skills in Python."]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path, encoder, small_skills):
+    skills = small_skills[:25]
+    s = make_store(request.param, tmp_path / "store")
+    build_store(s, encoder, skills=skills, memory=default_memory(skills)[:300], progress=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def other_encoder(encoder):
+    """A second, real model: the bundled MiniLM run through sentence-transformers under another name would be the
+    same vectors, so the test uses a genuinely different local model directory (MiniLM with its pooling switched
+    to CLS), which changes every vector."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from knnbe_qdrant._encoder import local_model_dir
+
+    source = local_model_dir(encoder.name)
+    target = Path(tempfile.mkdtemp()) / "minilm-cls"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("onnx"))
+    pooling = json.loads((target / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return Encoder(str(target))
+
+
+def test_new_store_has_every_migration_applied(store):
+    assert store.manifest.schema_version == SCHEMA_VERSION
+    assert M.pending(store) == []
+    assert M.migrate(store) == []
+
+
+def test_old_schema_is_refused_until_migrated_and_migrate_is_idempotent(store, encoder):
+    manifest = store.manifest
+    manifest.schema_version, manifest.migrations = 1, manifest.migrations[:1]
+    store._write_manifest(manifest)
+    ids = [r.id for r in store.scroll(SKILLS, payload=False)][:5]
+    store.set_payload(SKILLS, ids, {"status": None})  # as a v1 store: no explicit status
+    with pytest.raises(StoreCorruptError, match="knnbe-qdrant migrate"):
+        SkillMapper(store, encoder)
+    assert M.migrate(store, dry_run=True) == [f"{M.MIGRATIONS[1].id}: {M.MIGRATIONS[1].description}"]
+    assert store.manifest.schema_version == 1  # a dry run changes nothing
+    assert len(M.migrate(store)) == 1
+    assert M.migrate(store) == []
+    assert all(r.payload.get("status") == "active" for r in store.retrieve(SKILLS, ids))
+    assert SkillMapper(store, encoder).map(SENTENCE)[0].skills
+
+
+def test_model_change_reembeds_swaps_atomically_and_rolls_back(store, encoder, other_encoder):
+    before = SkillMapper(store, encoder, exact=True).map(SENTENCE)[0]
+    counts = {c: store.count(c) for c in (SKILLS, MEMORY)}
+    plan = M.reembed(store, other_encoder, dry_run=True)
+    assert "generation 2" in plan[0] and store.manifest.generation == 1
+    M.reembed(store, other_encoder, progress=False)
+    m = store.manifest
+    assert (m.model, m.generation, m.previous["model"]) == (other_encoder.name, 2, encoder.name)
+    assert {c: store.count(c) for c in (SKILLS, MEMORY)} == counts
+    with pytest.raises(ModelMismatchError):
+        SkillMapper(store, encoder)  # the old model is refused: vectors are never mixed
+    after = SkillMapper(store, other_encoder, exact=True).map(SENTENCE)[0]
+    assert [s.score for s in after.skills] != pytest.approx([s.score for s in before.skills])
+    x = other_encoder.encode(SENTENCE)[0]
+    top = after.skills[0]
+    assert top.bi_encoder == pytest.approx(float(x @ other_encoder.encode([top.label])[0]), abs=1e-4)
+    M.rollback(store)
+    assert (store.manifest.model, store.manifest.generation) == (encoder.name, 1)
+    again = SkillMapper(store, encoder, exact=True).map(SENTENCE)[0]
+    assert [s.id for s in again.skills] == [s.id for s in before.skills]
+
+
+def test_reembedding_resumes_after_a_crash(store, encoder, other_encoder):
+    calls = {"n": 0}
+    original = other_encoder.encode
+
+    def crash_on_second_chunk(texts, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed half-way")
+        return original(texts, **kw)
+
+    other_encoder.encode = crash_on_second_chunk
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            M.reembed(store, other_encoder, progress=False)
+    finally:
+        other_encoder.encode = original
+    assert store.manifest.pending_reembed == {"model": other_encoder.name, "generation": 2}
+    assert store.manifest.model == encoder.name  # still serving the old generation, untouched
+    assert SkillMapper(store, encoder).map(SENTENCE)[0].skills
+    encoded: list[int] = []
+    other_encoder.encode = lambda texts, **kw: (encoded.append(len(texts)), original(texts, **kw))[1]
+    try:
+        M.reembed(store, other_encoder, progress=False)
+    finally:
+        other_encoder.encode = original
+    total = store.count(SKILLS) + len({r.payload["text"] for r in store.scroll(MEMORY, payload=["text"])})
+    assert sum(encoded) < total  # what was stored before the crash was not encoded again
+    assert store.manifest.model == other_encoder.name and store.manifest.pending_reembed is None
+    np.testing.assert_equal(store.count(SKILLS), 25)
