@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from . import _schema as S
 from ._build import _Item, memory_payload, skill_payload, upsert_missing
 from ._data import LabelledSentence, Skill, iter_jsonl
@@ -197,42 +199,54 @@ class Curator:
             yield r.payload
 
     def import_file(self, path: str | Path, *, tenant: str | None = None, source: str | None = None,
-                    progress: bool = False) -> ImportReport:
+                    progress: bool = False, chunk: int = 4096) -> ImportReport:
         """Store the labelled sentences of a JSONL or CSV file (`text`, `skill`, optional `source`).
 
-        Every bad row is reported by line number and stored not at all; every good row is stored. Re-running an
-        import (after a crash, say) stores only what is missing: point ids are deterministic."""
+        Streams the file in chunks (memory stays bounded whatever its size). Every bad row is reported by line
+        number and stored not at all; every good row is stored. Re-running an import (after it was killed, say)
+        stores only what is missing: point ids are deterministic, so nothing is duplicated or lost."""
         report = ImportReport()
         owner = _own(tenant)
         default_source = source or f"import:{Path(path).name}"
         resolved: dict[str, str | Exception] = {}
-        items: dict[str, _Item] = {}
+        batch: dict[str, _Item] = {}
         now = S.utc_now()
-        for line_no, row in _read_labelled(path):
-            text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
-            if not text:
-                report.errors.append(f"{path}:{line_no}: empty 'text'")
-                continue
-            if not ref:
-                report.errors.append(f"{path}:{line_no}: empty 'skill'")
-                continue
-            if ref not in resolved:
-                try:
-                    resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
-                except KnnbeError as exc:
-                    resolved[ref] = exc
-            skill_id = resolved[ref]
-            if isinstance(skill_id, Exception):
-                report.errors.append(f"{path}:{line_no}: {skill_id}")
-                continue
-            row_source = (row.get("source") or "").strip() or default_source
-            sentence = LabelledSentence(text, skill_id, row_source)
-            point = S.memory_point_id(owner, skill_id, text)
-            payload = {**memory_payload(sentence, owner, now), **self._provenance(row_source)}
-            items[point] = _Item(point, text, payload)
-        written = upsert_missing(self.store, S.MEMORY, list(items.values()), self.encoder, progress=progress,
-                                 desc="import")
-        report.stored, report.already_stored = written, len(items) - written
+
+        def flush() -> None:
+            written = upsert_missing(self.store, S.MEMORY, list(batch.values()), self.encoder, progress=False,
+                                     desc="import")
+            report.stored += written
+            report.already_stored += len(batch) - written
+            batch.clear()
+
+        with tqdm(desc="import", unit="row", disable=not progress) as bar:
+            for line_no, row in _read_labelled(path):
+                bar.update(1)
+                text, ref = str(row.get("text") or "").strip(), str(row.get("skill") or "").strip()
+                if not text:
+                    report.errors.append(f"{path}:{line_no}: empty 'text'")
+                    continue
+                if not ref:
+                    report.errors.append(f"{path}:{line_no}: empty 'skill'")
+                    continue
+                if ref not in resolved:
+                    try:
+                        resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
+                    except KnnbeError as exc:
+                        resolved[ref] = exc
+                skill_id = resolved[ref]
+                if isinstance(skill_id, Exception):
+                    report.errors.append(f"{path}:{line_no}: {skill_id}")
+                    continue
+                row_source = str(row.get("source") or "").strip() or default_source
+                point = S.memory_point_id(owner, skill_id, text)
+                payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
+                           **self._provenance(row_source)}
+                batch[point] = _Item(point, text, payload)
+                if len(batch) >= chunk:
+                    flush()
+            if batch:
+                flush()
         return report
 
     def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
