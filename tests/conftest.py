@@ -40,11 +40,28 @@ def make_store(backend: str, path) -> EdgeStore | QdrantClientStore:
     if backend == "qdrant-local":
         return QdrantClientStore.connect(path=":memory:", prefix="test_")
     if backend == "qdrant":
-        # The same suite against a real server: QDRANT_URL=http://localhost:6333 scripts/test.sh
+        # The same suites against a real server: QDRANT_URL=http://localhost:6333 QDRANT_API_KEY=... scripts/test.sh
+        # Each store gets its own prefix, so tests never touch anything else on that server; all are dropped at the
+        # end of the session.
         store = QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
-                                          prefix=f"knnbe_test_{os.getpid()}_{path.name}_")
+                                          prefix=f"knnbe_test_{os.getpid()}_{len(_SERVER_STORES)}_")
+        _SERVER_STORES.append(store)
         return store
     raise ValueError(backend)
+
+
+_SERVER_STORES: list = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_server_stores():
+    yield
+    for store in _SERVER_STORES:  # fixtures may have closed their client: reconnect with the same prefix
+        try:
+            QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
+                                      prefix=store.prefix).drop()
+        except Exception:  # the server went away: nothing left to clean
+            pass
 
 
 BACKENDS = ["embedded", "qdrant-local"] + (["qdrant"] if os.environ.get("QDRANT_URL") else [])
