@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import _schema as S
 from ._build import _Item, memory_payload, skill_payload, upsert_missing
-from ._data import LabelledSentence, Skill, iter_jsonl
+from ._data import LabelledSentence, Skill, iter_csv, iter_jsonl
 from ._encoder import Encoder
 from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
@@ -337,14 +337,5 @@ def _read_labelled(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if first == b"{":
         yield from iter_jsonl(path)
-        return
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"text", "skill"} - set(reader.fieldnames or [])
-            if missing:
-                raise InputFileError(f"{path}:1: header must name 'text' and 'skill' (missing {sorted(missing)})")
-            for row in reader:
-                yield reader.line_num, row
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    else:
+        yield from iter_csv(path, ("text", "skill"), "a labelled-sentence file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,6 +62,23 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 if not isinstance(obj, dict):
                     raise InputFileError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
                 yield line_no, obj
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def iter_csv(path: str | Path, required: Sequence[str], what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a UTF-8 CSV file whose header names at least the `required` columns."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(required) - set(reader.fieldnames or [])
+            if missing:
+                raise InputFileError(f"{path}:1: not {what}: the header lacks {sorted(missing)}")
+            for row in reader:
+                yield reader.line_num, row
     except UnicodeDecodeError as exc:
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _schema as S
+from ._data import iter_csv, iter_jsonl
 from ._errors import InputFileError
 from ._mapper import MODES, SkillMapper
 from ._metrics import evaluate
@@ -36,8 +36,6 @@ def read_benchmark(path: str | Path) -> list[GoldSentence]:
 
 
 def _read_jsonl(path: Path) -> list[GoldSentence]:
-    from ._data import iter_jsonl
-
     items = []
     for line_no, row in iter_jsonl(path):
         sentence, labels, uris = row.get("sentence"), row.get("labels"), row.get("uris")
@@ -55,22 +53,14 @@ def _read_jsonl(path: Path) -> list[GoldSentence]:
 
 def _read_span_csv(path: Path) -> list[GoldSentence]:
     grouped: dict[str, list[str]] = {}
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"sentence", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise InputFileError(f"{path}:1: not a benchmark file: no column(s) {sorted(missing)}")
-            for row in reader:
-                sentence = (row["sentence"] or "").strip()
-                if not sentence:
-                    raise InputFileError(f"{path}:{reader.line_num}: empty sentence")
-                labels = grouped.setdefault(sentence, [])
-                label = (row["label"] or "").strip()
-                if label and label not in NO_SKILL_LABELS and label not in labels:
-                    labels.append(label)
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for line_no, row in iter_csv(path, ("sentence", "label"), "a benchmark span file"):
+        sentence = (row["sentence"] or "").strip()
+        if not sentence:
+            raise InputFileError(f"{path}:{line_no}: empty sentence")
+        labels = grouped.setdefault(sentence, [])
+        label = (row["label"] or "").strip()
+        if label and label not in NO_SKILL_LABELS and label not in labels:
+            labels.append(label)
     return [GoldSentence(s, tuple(labels)) for s, labels in grouped.items() if labels]
 
 

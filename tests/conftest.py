@@ -50,6 +50,14 @@ def make_store(backend: str, path) -> EdgeStore | QdrantClientStore:
     raise ValueError(backend)
 
 
+def build_small(backend: str, directory, encoder, skills, memory=None):
+    """A store on `backend` in `directory`, built from these real skills and (by default) their default memory."""
+    store = make_store(backend, directory / "store")
+    build_store(store, encoder, skills=skills, memory=default_memory(skills) if memory is None else memory,
+                progress=False)
+    return store
+
+
 _SERVER_STORES: list = []
 
 
@@ -80,10 +88,7 @@ def empty_store(request, tmp_path):
 @pytest.fixture(scope="session")
 def built_stores(tmp_path_factory, encoder, small_skills, small_memory):
     """A small store built from real ESCO skills and memory on each backend, once per test session."""
-    stores = {}
-    for backend in BACKENDS:
-        stores[backend] = make_store(backend, tmp_path_factory.mktemp(backend) / "store")
-        build_store(stores[backend], encoder, skills=small_skills, memory=small_memory, progress=False)
+    stores = {b: build_small(b, tmp_path_factory.mktemp(b), encoder, small_skills, small_memory) for b in BACKENDS}
     yield stores
     for store in stores.values():
         store.close()

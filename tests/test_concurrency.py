@@ -6,16 +6,14 @@ import threading
 
 import pytest
 
-from knnbe_qdrant import Curator, SkillMapper, build_store, default_memory
+from knnbe_qdrant import Curator, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT
-from tests.conftest import BACKENDS, make_store
+from tests.conftest import BACKENDS, build_small
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def shared(request, tmp_path_factory, encoder, small_skills):
-    skills = small_skills[:40]
-    store = make_store(request.param, tmp_path_factory.mktemp(f"threads-{request.param}") / "store")
-    build_store(store, encoder, skills=skills, memory=default_memory(skills), progress=False)
+    store = build_small(request.param, tmp_path_factory.mktemp(f"threads-{request.param}"), encoder, small_skills[:40])
     yield store
     store.close()
 

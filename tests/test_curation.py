@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper, build_store
+from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
-from tests.conftest import BACKENDS, make_store
+from tests.conftest import BACKENDS, build_small
 
 QDRANT = "Python (computer programming)"
 NEW_SKILL_SENTENCES = [
@@ -23,11 +23,7 @@ NEW_SKILL_SENTENCES = [
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def store(request, tmp_path_factory, encoder, small_skills):
-    skills = small_skills[:60]
-    from knnbe_qdrant import default_memory
-
-    s = make_store(request.param, tmp_path_factory.mktemp(f"curation-{request.param}") / "store")
-    build_store(s, encoder, skills=skills, memory=default_memory(skills), progress=False)
+    s = build_small(request.param, tmp_path_factory.mktemp(f"curation-{request.param}"), encoder, small_skills[:60])
     yield s
     s.close()
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptError, build_store, default_memory
+from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptError, default_memory
 from knnbe_qdrant import migrations as M
 from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
-from tests.conftest import BACKENDS, make_store
+from tests.conftest import BACKENDS, build_small
 
 SENTENCE = ["Strong programming skills in Python."]
 
@@ -17,8 +17,7 @@ SENTENCE = ["Strong programming skills in Python."]
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path, encoder, small_skills):
     skills = small_skills[:25]
-    s = make_store(request.param, tmp_path / "store")
-    build_store(s, encoder, skills=skills, memory=default_memory(skills)[:300], progress=False)
+    s = build_small(request.param, tmp_path, encoder, skills, default_memory(skills)[:300])
     yield s
     s.close()
 

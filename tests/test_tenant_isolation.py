@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper, build_store, default_memory
+from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT
-from tests.conftest import BACKENDS, make_store
+from tests.conftest import BACKENDS, build_small
 
 PROBES = ["widget engineering with Python", "SQL databases and widgets", "team leadership for widget makers"]
 GLOBAL_SKILLS = ["Python (computer programming)", "SQL", "lead a team"]
@@ -29,9 +29,8 @@ operation = st.one_of(
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(request, tmp_path_factory, encoder, small_skills):
-    skills = small_skills[:40]
-    store = make_store(request.param, tmp_path_factory.mktemp(f"isolation-{request.param}") / "store")
-    build_store(store, encoder, skills=skills, memory=default_memory(skills), progress=False)
+    store = build_small(request.param, tmp_path_factory.mktemp(f"isolation-{request.param}"), encoder,
+                        small_skills[:40])
     curator = Curator(store, encoder, user="prop")
     mapper = SkillMapper(store, encoder, exact=True)
     probes = encoder.encode(PROBES)
