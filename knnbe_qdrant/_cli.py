@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    mp = sub.add_parser("map-postings", parents=[common], help="map whole postings (JSONL, CSV or Parquet) to skills")
+    mp.add_argument("source", metavar="IN", help="postings: .jsonl, .csv or .parquet with an id and a text field")
+    mp.add_argument("out", metavar="OUT", help="one record per posting: .jsonl (default) or .parquet")
+    mp.add_argument("--id-field", default="id")
+    mp.add_argument("--text-field", default="text")
+    mp.add_argument("--top", type=int, default=20, help="skills per posting (default 20)")
+    mp.add_argument("--sentence-top", type=int, default=10, help="skills kept per sentence (default 10)")
+    mp.add_argument("--tenant")
+    mp.add_argument("--no-progress", action="store_true")
+
     ev = sub.add_parser("eval", parents=[common], help="RP@5, RP@10 and MRR on a benchmark file")
     ev.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSONL ({sentence, labels, uris}) or span CSV "
                     "(sentence,span,sub_span,label)")
@@ -244,6 +254,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_map_postings(args: argparse.Namespace) -> int:
+    from ._mapper import SkillMapper
+    from ._postings import map_postings
+
+    with SkillMapper.open(args.store, **_open_kwargs(args)) as mapper:
+        report = map_postings(
+            mapper, args.source, args.out, id_field=args.id_field, text_field=args.text_field, top=args.top,
+            sentence_top=args.sentence_top, tenant=args.tenant, progress=not args.no_progress,
+            on_malformed=lambda message: print(f"skipped: {message}", file=sys.stderr),
+        )
+    print(f"wrote {report.written} postings ({report.sentences} sentences) to {args.out}; "
+          f"{report.skipped_already_done} already there; {len(report.malformed)} malformed skipped")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ._evaluate import format_report, run_eval, to_json
     from ._mapper import MODES, SkillMapper
@@ -376,6 +401,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 COMMANDS = {
     "status": _cmd_status,
     "migrate": _cmd_migrate,
+    "map-postings": _cmd_map_postings,
     "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
     "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,
 }

@@ -114,6 +114,7 @@ class EdgeStore(Store):
         with self._lock:
             for name in COLLECTIONS:
                 if name in self._shards:
+                    self._create_indexes(name)  # a store from an older schema may lack some
                     continue
                 config = qe.EdgeConfig(
                     vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
@@ -127,11 +128,16 @@ class EdgeStore(Store):
                     # of a single query costs more in hand-offs than it gains (measured: -20% per kNN query).
                     max_search_threads=1,
                 )
-                shard = qe.EdgeShard.create(str(self._dir(name)), config)
-                for field in KEYWORD_INDEXES[name]:
-                    params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
-                    shard.update(qe.UpdateOperation.create_field_index(field, params))
-                self._shards[name] = shard
+                self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), config)
+                self._create_indexes(name)
+
+    def _create_indexes(self, name: str) -> None:
+        shard = self._shards[name]
+        existing = set(shard.info().payload_schema)
+        for field in KEYWORD_INDEXES[name]:
+            if field not in existing:
+                params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
 
     def _shard(self, collection: str) -> qe.EdgeShard:
         try:
