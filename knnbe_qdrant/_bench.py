@@ -64,6 +64,34 @@ def _hnsw_agreement(mapper: SkillMapper, sentences: list[str]) -> tuple[float, f
     return recall, same
 
 
+def _latency_ms(mapper: SkillMapper, sentences: list[str], n: int = 50) -> tuple[float, float]:
+    """(p50, p95) of mapping one sentence at a time, encoding included: what an interactive caller waits."""
+    times = []
+    for sentence in sentences[:n]:
+        started = time.perf_counter()
+        mapper.map([sentence])
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+
+
+def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
+    """Sentences/s of each encoder runtime alone, on the same sentences, batches of 64."""
+    from ._encoder import Encoder
+
+    out = {}
+    for runtime in ("onnx", "torch"):
+        try:
+            encoder = Encoder(model, runtime=runtime)
+        except Exception:  # a model the ONNX runtime cannot run: report only what ran
+            continue
+        encoder.encode(sentences[:64])
+        started = time.perf_counter()
+        encoder.encode(sentences)
+        out[f"encode_{runtime}_sentences_per_s"] = round(len(sentences) / (time.perf_counter() - started), 1)
+    return out
+
+
 def run_bench(
     path: str | None = None,
     *,
@@ -85,6 +113,8 @@ def run_bench(
             for mode in runs:  # interleaved, so both modes see the same machine conditions
                 runs[mode].append(_pipeline(mapper, sentences, batch_size, mode))
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
+        p50, p95 = _latency_ms(mapper, sentences)
+    encoders = _encoder_throughput(manifest.model, sentences)
 
     def median(mode: str, part: int | None = None) -> float:
         return statistics.median(sum(r) if part is None else r[part] for r in runs[mode])
@@ -115,6 +145,9 @@ def run_bench(
         "qdrant_share_of_encode": round(qdrant_ms / encode_ms, 4),
         "hnsw_memory_recall_at_k": round(recall, 4),
         "hnsw_top10_same_as_exact": round(same_top10, 4),
+        "single_sentence_latency_p50_ms": round(p50, 2),
+        "single_sentence_latency_p95_ms": round(p95, 2),
+        **encoders,
         "start_to_first_result_s": round(first_result_s, 2),
         "build_seconds": manifest.build_seconds,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
