@@ -121,6 +121,24 @@ def _parquet_rows(path: Path, id_field: str, text_field: str) -> Iterator[tuple[
             yield f"row {row_no}", row
 
 
+def count_rows(path: str | Path) -> int | None:
+    """How many rows the input holds, for the progress bar's ETA: Parquet metadata, or a quick pass over the file
+    (reading is far cheaper than mapping). None when it cannot tell."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if path.suffix.lower() == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except Exception:  # unreadable here means unreadable in the real pass too, which reports it properly
+        return None
+
+
 def aggregate(posting: Posting, results: Sequence[SentenceResult], top: int) -> dict[str, Any]:
     """The output record of one posting (see the module docstring for the rule)."""
     skills: dict[str, dict[str, Any]] = {}
@@ -174,8 +192,9 @@ def map_postings(
     done = _already_written(journal)
     pending: list[tuple[Posting, list[str]]] = []
     n_pending = 0
+    total = count_rows(source) if progress else None
     with open(journal, "a", encoding="utf-8") as sink, tqdm(
-        desc="postings", unit="posting", disable=not progress, initial=0, smoothing=0.1
+        desc="postings", unit="posting", disable=not progress, total=total, smoothing=0.1
     ) as bar:
 
         def flush() -> None:
@@ -200,12 +219,14 @@ def map_postings(
         for item in read_postings(source, id_field, text_field):
             if isinstance(item, str):
                 report.malformed.append(item)
+                bar.update(1)
                 if on_malformed:
                     on_malformed(item)
                 continue
             valid += 1
             if valid <= done:
                 report.skipped_already_done += 1
+                bar.update(1)
                 continue
             sentences = split_sentences(item.text)  # none (punctuation only, say): written with no skills
             pending.append((item, sentences))

@@ -74,6 +74,8 @@ def migrate(store: Store, *, dry_run: bool = False) -> list[str]:
             manifest.migrations.append({"id": migration.id, "applied_at": S.utc_now()})
             manifest.schema_version = max(manifest.schema_version, migration.version)
             store._write_manifest(manifest)
+        if todo:
+            store.optimize()  # payload edits on every point leave segments to merge and re-index
     return [f"{m.id}: {m.description}" for m in todo]
 
 
