@@ -25,7 +25,9 @@ _CHUNK = 4096
 
 
 @dataclass(frozen=True)
-class _Item:
+class TextPoint:
+    """A point to store: its id, the text its vector is the embedding of, and its payload."""
+
     id: str
     text: str
     payload: dict[str, Any]
@@ -62,7 +64,7 @@ def memory_payload(sentence: LabelledSentence, tenant: str, created_at: str) -> 
 
 
 def upsert_missing(
-    store: Store, collection: str, items: Sequence[_Item], encoder: Encoder, *, progress: bool, desc: str
+    store: Store, collection: str, items: Sequence[TextPoint], encoder: Encoder, *, progress: bool, desc: str
 ) -> int:
     """Encode and store the items whose point is not stored yet; each distinct text is encoded once.
 
@@ -124,9 +126,9 @@ def build_store(
             "build a new store to change how skills are embedded"
         )
     now = S.utc_now()
-    skill_items = [_Item(S.skill_point_id(tenant, s.id), to_text(s), skill_payload(s, tenant)) for s in skills]
+    skill_items = [TextPoint(S.skill_point_id(tenant, s.id), to_text(s), skill_payload(s, tenant)) for s in skills]
     memory_items = [
-        _Item(S.memory_point_id(tenant, m.skill_id, m.text), m.text, memory_payload(m, tenant, now)) for m in memory
+        TextPoint(S.memory_point_id(tenant, m.skill_id, m.text), m.text, memory_payload(m, tenant, now)) for m in memory
     ]
     upsert_missing(store, S.SKILLS, skill_items, encoder, progress=progress, desc="skills")
     upsert_missing(store, S.MEMORY, memory_items, encoder, progress=progress, desc="memory")

@@ -19,7 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import _schema as S
-from ._build import _Item, memory_payload, skill_payload, upsert_missing
+from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
 from ._data import LabelledSentence, Skill, iter_csv, iter_jsonl
 from ._encoder import Encoder
 from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
@@ -209,7 +209,7 @@ class Curator:
         owner = _own(tenant)
         default_source = source or f"import:{Path(path).name}"
         resolved: dict[str, str | Exception] = {}
-        batch: dict[str, _Item] = {}
+        batch: dict[str, TextPoint] = {}
         now = S.utc_now()
 
         def flush() -> None:
@@ -242,7 +242,7 @@ class Curator:
                 point = S.memory_point_id(owner, skill_id, text)
                 payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
                            **self._provenance(row_source)}
-                batch[point] = _Item(point, text, payload)
+                batch[point] = TextPoint(point, text, payload)
                 if len(batch) >= chunk:
                     flush()
             if batch:

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import _schema as S
-from .._build import SKILL_TEXTS, _Item, upsert_missing
+from .._build import SKILL_TEXTS, TextPoint, upsert_missing
 from .._data import Skill
 from .._encoder import Encoder
 from .._errors import InvalidInputError, StoreError
@@ -117,7 +117,7 @@ def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: 
                 text = p[S.F_TEXT] if collection == S.MEMORY else to_text(
                     Skill(id=p[S.F_SKILL_ID], label=p[S.F_LABEL], description=p.get(S.F_DESCRIPTION, ""))
                 )
-                items.append(_Item(record.id, text, p))
+                items.append(TextPoint(record.id, text, p))
             upsert_missing(target, collection, items, encoder, progress=progress, desc=f"re-embedding {collection}")
         target.optimize()
     finally:
