@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--sentence-top", type=int, default=10, help="skills kept per sentence (default 10)")
     mp.add_argument("--tenant")
     mp.add_argument("--no-progress", action="store_true")
+    mp.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local' starts a local instance, or a cluster "
+                    "address ('auto', 'ray://head:10001'); needs the ray extra")
+    mp.add_argument("--ray-actors", type=int, default=2, help="mapper actors on Ray (default 2)")
 
     ev = sub.add_parser("eval", parents=[common], help="RP@5, RP@10 and MRR on a benchmark file")
     ev.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSONL ({sentence, labels, uris}) or span CSV "
@@ -255,15 +259,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_map_postings(args: argparse.Namespace) -> int:
+    from ._config import ENV_URL, default_store_path
     from ._mapper import SkillMapper
-    from ._postings import map_postings
+    from ._postings import LocalRunner, map_postings
 
-    with SkillMapper.open(args.store, **_open_kwargs(args)) as mapper:
+    if args.top < 1 or args.sentence_top < 1:
+        raise InvalidInputError("--top and --sentence-top must be >= 1")
+    if args.ray:
+        from ._distributed import RayRunner
+
+        url = args.url or (os.environ.get(ENV_URL) if args.store is None else None)
+        where = {**_open_kwargs(args), "url": url}
+        if not url:
+            where["path"] = str(args.store or default_store_path())
+        runner = RayRunner(args.ray, args.ray_actors, where, args.top, args.sentence_top, args.tenant)
+    else:
+        mapper = SkillMapper.open(args.store, **_open_kwargs(args))
+        runner = LocalRunner(mapper, args.top, args.sentence_top, args.tenant)
+    try:
         report = map_postings(
-            mapper, args.source, args.out, id_field=args.id_field, text_field=args.text_field, top=args.top,
-            sentence_top=args.sentence_top, tenant=args.tenant, progress=not args.no_progress,
+            runner, args.source, args.out, id_field=args.id_field, text_field=args.text_field,
+            progress=not args.no_progress,
             on_malformed=lambda message: print(f"skipped: {message}", file=sys.stderr),
         )
+    finally:
+        runner.close()
+        if not args.ray:
+            mapper.close()
     print(f"wrote {report.written} postings ({report.sentences} sentences) to {args.out}; "
           f"{report.skipped_already_done} already there; {len(report.malformed)} malformed skipped")
     return 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import InputFileError, InvalidInputError
+from ._errors import InputFileError
 from ._mapper import SkillMapper
 from ._results import SentenceResult
 
@@ -166,54 +166,89 @@ def _already_written(out: Path) -> int:
     return data[:keep].count(b"\n")
 
 
+Batch = list[tuple[Posting, list[str]]]
+
+
+def map_batch(mapper: SkillMapper, batch: Batch, top: int, sentence_top: int, tenant: str | None) -> list[dict]:
+    """The output records of a batch of (posting, its sentences): all sentences mapped in one call."""
+    texts = [s for _, sentences in batch for s in sentences]
+    results = mapper.map(texts, top=sentence_top, tenant=tenant, batch_size=max(len(texts), 1))
+    records, start = [], 0
+    for posting, sentences in batch:
+        records.append(aggregate(posting, results[start : start + len(sentences)], top))
+        start += len(sentences)
+    return records
+
+
+class LocalRunner:
+    """Maps each batch in this process, as it is submitted."""
+
+    max_in_flight = 1
+
+    def __init__(self, mapper: SkillMapper, top: int, sentence_top: int, tenant: str | None) -> None:
+        self.args = (mapper, top, sentence_top, tenant)
+
+    def submit(self, batch: Batch) -> list[dict]:
+        mapper, top, sentence_top, tenant = self.args
+        return map_batch(mapper, batch, top, sentence_top, tenant)
+
+    def result(self, handle: list[dict]) -> list[dict]:
+        return handle
+
+    def close(self) -> None:
+        pass
+
+
 def map_postings(
-    mapper: SkillMapper,
+    runner: LocalRunner | Any,
     source: str | Path,
     out: str | Path,
     *,
     id_field: str = "id",
     text_field: str = "text",
-    top: int = 20,
-    sentence_top: int = 10,
-    tenant: str | None = None,
     batch_sentences: int = 256,
     progress: bool = True,
     on_malformed: Any = None,
 ) -> PostingsReport:
     """Map every posting of `source` and write one JSON line per posting to `out` (or Parquet, for a .parquet
-    `out`: the lines are kept in `out`.partial.jsonl until the end, then converted)."""
+    `out`: the lines are kept in `out`.partial.jsonl until the end, then converted).
+
+    `runner` maps batches: a LocalRunner, or a RayRunner spreading them over Ray actors. Either way the postings
+    are read, checked and split here, and the records written here in input order, so the output is the same."""
+    from collections import deque
+
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if top < 1 or sentence_top < 1:
-        raise InvalidInputError("--top and --sentence-top must be >= 1")
     journal = out.with_name(out.name + ".partial.jsonl") if out.suffix.lower() == ".parquet" else out
     report = PostingsReport()
     done = _already_written(journal)
-    pending: list[tuple[Posting, list[str]]] = []
-    n_pending = 0
     total = count_rows(source) if progress else None
+    pending: Batch = []
+    n_pending = 0
+    in_flight: deque = deque()
     with open(journal, "a", encoding="utf-8") as sink, tqdm(
         desc="postings", unit="posting", disable=not progress, total=total, smoothing=0.1
     ) as bar:
 
-        def flush() -> None:
+        def submit() -> None:
             nonlocal n_pending
-            texts = [s for _, sentences in pending for s in sentences]
-            results = mapper.map(texts, top=sentence_top, tenant=tenant, batch_size=max(len(texts), 1))
-            start = 0
-            for posting, sentences in pending:
-                record = aggregate(posting, results[start : start + len(sentences)], top)
-                start += len(sentences)
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())  # what the next run counts as done is on disk
-            report.written += len(pending)
-            report.sentences += len(texts)
-            bar.update(len(pending))
-            bar.set_postfix(sentences_per_s=f"{report.sentences / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+            in_flight.append((runner.submit(list(pending)), len(pending), n_pending))
             pending.clear()
             n_pending = 0
+            drain(runner.max_in_flight - 1)
+
+        def drain(keep: int) -> None:
+            while len(in_flight) > keep:
+                handle, n_postings, n_sentences = in_flight.popleft()
+                for record in runner.result(handle):
+                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())  # what the next run counts as done is on disk
+                report.written += n_postings
+                report.sentences += n_sentences
+                bar.update(n_postings)
+                bar.set_postfix(sentences_per_s=f"{report.sentences / max(bar.format_dict['elapsed'], 1e-9):.0f}")
 
         valid = 0
         for item in read_postings(source, id_field, text_field):
@@ -232,9 +267,10 @@ def map_postings(
             pending.append((item, sentences))
             n_pending += len(sentences)
             if n_pending >= batch_sentences:
-                flush()
+                submit()
         if pending:
-            flush()
+            submit()
+        drain(0)
     if journal != out:
         _jsonl_to_parquet(journal, out)
         journal.unlink()

@@ -117,3 +117,13 @@ def test_missing_columns_are_named(store, tmp_path):
     src.write_text("id,content\n1,hello\n", encoding="utf-8")
     r = run("map-postings", src, tmp_path / "out.jsonl", "--no-progress", store=store)
     assert r.returncode == 1 and "lacks ['text']" in r.stderr.decode()
+
+
+def test_ray_gives_the_same_output_as_one_machine(store, postings_file, tmp_path):
+    local, distributed = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert run("map-postings", postings_file, local, "--no-progress", store=store).returncode == 0
+    r = run("map-postings", postings_file, distributed, "--no-progress", "--ray", "local", "--ray-actors", "2",
+            store=store)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert b"wrote 4 postings" in r.stdout
+    assert distributed.read_bytes() == local.read_bytes()
