@@ -212,11 +212,23 @@ def export_onnx(model_dir: Path, target: Path) -> float:
         tmp.unlink(missing_ok=True)
 
 
+def _cuda_present() -> bool:
+    """An NVIDIA driver on this machine (checked without importing torch, which costs seconds)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def _onnx_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 class Encoder:
     """Encodes texts to L2-normalised float32 vectors; `name` and `dimension` are what a store records.
 
     `runtime="auto"` uses ONNX Runtime when the model is on this machine and its pipeline allows (exporting it the
-    first time, which takes a few seconds), and sentence-transformers otherwise.
+    first time, which takes a few seconds), on the GPU when onnxruntime-gpu finds CUDA; on a CUDA machine whose
+    ONNX Runtime has no CUDA, and in every other case, sentence-transformers (which uses the GPU by itself).
     """
 
     def __init__(self, name_or_path: str | None = None, device: str | None = None, runtime: str = "auto") -> None:
@@ -225,6 +237,9 @@ class Encoder:
         self.name = canonical_model_name(name_or_path)
         model_dir = local_model_dir(self.name)
         self._runtime: _OnnxRuntime | _TorchRuntime | None = None
+        if runtime == "auto" and device != "cpu" and _cuda_present() and not _onnx_has_cuda():
+            # A GPU, but an ONNX Runtime build without CUDA: sentence-transformers puts the model on the GPU itself.
+            runtime = "torch"
         if runtime in ("auto", "onnx") and model_dir is not None:
             try:
                 path = onnx_path_for(model_dir)
