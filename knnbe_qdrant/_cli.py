@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._errors import InvalidInputError, KnnbeError
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", parents=[common], help="RP@5, RP@10 and MRR on a benchmark file")
     ev.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSONL ({sentence, labels, uris}) or span CSV "
-                    "(sentence,span,sub_span,label)")
+                    "(sentence,span,sub_span,label), or skillskape-dev (the shipped SkillSkape dev split)")
     ev.add_argument("--mode", default="knnbe", choices=["knnbe", "bi-encoder", "knn", "all"],
                     help="scoring to evaluate; 'all' compares the three on the same encodings (default knnbe)")
     ev.add_argument("--depth", type=int, default=100, help="ranking depth for MRR (default 100)")
@@ -137,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = tsub.add_parser("delete", parents=[common], help="remove exactly this tenant's data")
     p.add_argument("tenant")
+
+    tu = sub.add_parser("tune", parents=[common], help="choose lam, k, tau on validation files; save them as the "
+                        "store's defaults")
+    tu.add_argument("files", nargs="+", metavar="FILE", help="validation files (never a test split)")
+    tu.add_argument("--check", action="append", default=[], metavar="FILE",
+                    help="also report this file at every point, outside the objective (e.g. skillskape-dev)")
+    tu.add_argument("--dry-run", action="store_true", help="show the best settings, save nothing")
+    tu.add_argument("--package-defaults", action="store_true",
+                    help="save them as the shipped defaults for this model (maintainers), not in the store")
+    tu.add_argument("--show", type=int, default=10, help="grid points to print (default 10)")
+    tu.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
 
     mg = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations; change model; roll back")
     mg.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
@@ -382,6 +394,38 @@ def _cmd_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from ._mapper import SkillMapper
+    from ._tuning import save_package_defaults, save_params, tune
+
+    with SkillMapper.open(args.store, exact=args.exact, **_open_kwargs(args)) as mapper:
+        default = mapper.params
+        rows = tune(mapper, args.files, checks=args.check)
+        names = [str(f) for f in [*args.files, *args.check]]
+        print(f"{'lam':>4} {'k':>4} {'tau':>5} {'agg':<8} " + "  ".join(f"{Path(n).name[:22]:>22}" for n in names)
+              + "  objective")
+        print(f"{'':>24}" + "  ".join(f"{'RP@5 / RP@10 / MRR':>22}" for _ in names))
+        for r in rows[: args.show]:
+            cells = "  ".join(f"{100 * r[n]['rp@5']:6.1f} /{100 * r[n]['rp@10']:5.1f} /{100 * r[n]['mrr']:5.1f}"
+                              for n in names)
+            print(f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8} {cells}  {100 * r['objective']:.1f}")
+        best = rows[0]
+        before = next((r for r in rows if (r["lam"], r["k"], r["tau"], r["aggregation"]) ==
+                       (default.lam, default.k, default.tau, default.aggregation)), None)
+        if before is not None:
+            print(f"current defaults (lam {default.lam}, k {default.k}, tau {default.tau}): objective "
+                  f"{100 * before['objective']:.1f}")
+        if args.package_defaults and not args.dry_run:
+            path = save_package_defaults(mapper, best, args.files)
+            print(f"saved lam {best['lam']}, k {best['k']}, tau {best['tau']}, {best['aggregation']} for "
+                  f"{mapper.encoder.name} in {path}")
+        elif not args.dry_run:
+            save_params(mapper, best, args.files)
+            print(f"saved lam {best['lam']}, k {best['k']}, tau {best['tau']}, {best['aggregation']} as the defaults "
+                  f"of {mapper.store.describe()}")
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from . import migrations
     from ._config import open_store
@@ -423,6 +467,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 COMMANDS = {
     "status": _cmd_status,
     "migrate": _cmd_migrate,
+    "tune": _cmd_tune,
     "map-postings": _cmd_map_postings,
     "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
     "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,

@@ -42,6 +42,15 @@ class LabelledSentence:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+TUNED_PARAMS = "tuned_params.json"
+
+
+def tuned_defaults(model: str) -> dict:
+    """Scoring parameters `knnbe-qdrant tune --package-defaults` chose for this model on validation data."""
+    path = _data_file(TUNED_PARAMS)
+    return json.loads(path.read_text()).get(model, {}) if path.exists() else {}
+
+
 def _data_file(name: str) -> Path:
     return Path(str(resources.files("knnbe_qdrant") / "data" / name))
 

@@ -23,10 +23,24 @@ class GoldSentence:
     labels: tuple[str, ...]  # ESCO preferred labels or URIs, as the file gives them
 
 
+SKILLSKAPE_DEV = "skillskape-dev"
+"""Names the SkillSkape dev split shipped with the package (held out of the default memory): a third check."""
+SHIPPED = {"tech-validation": "tech_validation.jsonl", "house-validation": "house_validation.jsonl"}
+"""The validation splits of the TECH and HOUSE benchmarks, shipped (CC BY 4.0). The test splits are not."""
+
+
 def read_benchmark(path: str | Path) -> list[GoldSentence]:
     """The canonical JSONL ({"sentence", "labels", "uris"}) or the original span CSV (sentence,span,sub_span,label:
     rows labelled LABEL NOT PRESENT or UNDERSPECIFIED are dropped, spans grouped by sentence, sentences left without
-    a label dropped)."""
+    a label dropped); or `skillskape-dev`, the shipped SkillSkape dev split."""
+    if str(path) == SKILLSKAPE_DEV:
+        from ._data import skillskape_sentences
+
+        return [GoldSentence(text, tuple(uris)) for text, uris in skillskape_sentences("dev") if uris]
+    if str(path) in SHIPPED:
+        from ._data import _data_file
+
+        path = _data_file(SHIPPED[str(path)])
     path = Path(path)
     try:
         head = path.read_bytes()[:4096].decode("utf-8", errors="replace").lstrip()

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _schema as S
 from ._config import open_store
+from ._data import tuned_defaults
 from ._encoder import Encoder, canonical_model_name
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
@@ -60,11 +61,15 @@ class SkillMapper:
         exact: bool = False,
         hnsw_ef: int | None = DEFAULT_HNSW_EF,
     ) -> None:
-        store.check_ready()
+        manifest = store.check_ready()
         store.check_model(encoder.name, encoder.dimension)
         self.store = store
         self.encoder = encoder
-        self.params = params or ScoringParams()
+        # Explicit > tuned for this store > tuned for this model and shipped > the documented plain defaults.
+        tuned = manifest.params or tuned_defaults(manifest.model)
+        self.params = params or ScoringParams(
+            **{k: v for k, v in tuned.items() if k in ScoringParams.__dataclass_fields__}
+        )
         self.exact = exact
         self.hnsw_ef = hnsw_ef
 

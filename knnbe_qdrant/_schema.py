@@ -95,6 +95,8 @@ class Manifest:
     """model, dimension and generation before the last re-embedding, for `migrate --rollback`."""
     migrations: list[dict[str, Any]] = field(default_factory=list)
     """Migrations applied to this store, in order: {"id", "applied_at"}."""
+    params: dict[str, Any] | None = None
+    """Scoring defaults chosen by `knnbe-qdrant tune` on validation files (lam, k, tau, aggregation)."""
     pending_reembed: dict[str, Any] | None = None
     """A re-embedding begun and not yet swapped in: {"model", "generation"}."""
     created_at: str = field(default_factory=utc_now)

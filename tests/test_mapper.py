@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -70,8 +71,10 @@ def test_knn_only_skills_are_found_and_get_their_exact_bi_encoder_score(mappers,
 
 
 def test_default_candidate_count_gives_the_same_top_as_many_more_candidates(built_store, encoder):
-    default = SkillMapper(built_store, encoder, exact=True).map(SENTENCES, top=10)
-    wide = SkillMapper(built_store, encoder, ScoringParams(n_candidates=200), exact=True).map(SENTENCES, top=10)
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    default = mapper.map(SENTENCES, top=10)
+    wide_params = dataclasses.replace(mapper.params, n_candidates=200)
+    wide = SkillMapper(built_store, encoder, wide_params, exact=True).map(SENTENCES, top=10)
     for a, b in zip(default, wide):
         assert [s.id for s in a.skills] == [s.id for s in b.skills]
         assert [s.score for s in a.skills] == pytest.approx([s.score for s in b.skills])

@@ -1,0 +1,115 @@
+"""`knnbe-qdrant tune`: choose λ, k, τ and the aggregation on validation files, and store them as the store's
+defaults (the manifest's `params`, which `SkillMapper` reads when no parameters are given).
+
+Each file's sentences are encoded and sent to Qdrant once, with the widest limits of the grid; every grid point is
+then scored from those results by the same `map_vectors` the product uses (a smaller k is a prefix of the wider
+neighbour list), so a grid of hundreds of points costs seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _schema as S
+from ._data import TUNED_PARAMS, _data_file
+from ._evaluate import read_benchmark, resolve_gold
+from ._mapper import _TIE_MARGIN, SkillMapper
+from ._metrics import evaluate
+from ._scoring import ScoringParams
+
+GRID = {
+    "lam": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "k": (8, 16, 32, 64, 128),
+    "tau": (0.02, 0.05, 0.1, 0.2),
+    "aggregation": ("softmax", "uniform"),
+}
+DEPTH = 100
+
+
+class _Replay:
+    """The store, except that each batched query is answered from one wider query made up front."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.answers: dict[tuple[str, bytes], list] = {}
+
+    def prepare(self, vectors: np.ndarray, where: dict[str, Any], limits: dict[str, int], **search: Any) -> None:
+        for collection, limit in limits.items():
+            payload = [S.F_SKILL_ID, S.F_LABEL] if collection == S.SKILLS else [S.F_SKILL_ID, S.F_TEXT]
+            self.answers[(collection, vectors.tobytes())] = self.store.query_batch(
+                collection, vectors, limit, where=where[collection], payload=payload, **search
+            )
+
+    def query_batch(self, collection: str, vectors: np.ndarray, limit: int, **_: Any) -> list:
+        return [hits[:limit] for hits in self.answers[(collection, vectors.tobytes())]]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: dict[str, Sequence] | None = None,
+         checks: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """Every grid point with its metrics per file and the objective (mean of RP@5 and RP@10 over `files`), best
+    first. `checks` are evaluated at every point too, and reported, but do not enter the objective."""
+    from ._tenancy import visible_memory, visible_skills
+
+    grid = grid or GRID
+    replay = _Replay(mapper.store)
+    data = []
+    for path in [*files, *checks]:
+        items = read_benchmark(path)
+        golds, _ = resolve_gold(items, mapper)
+        sentences = [i.sentence for i in items]
+        vectors = mapper.encoder.encode(sentences)
+        replay.prepare(
+            vectors, {S.SKILLS: visible_skills(None), S.MEMORY: visible_memory(None)},
+            {S.SKILLS: DEPTH, S.MEMORY: max(grid["k"]) + _TIE_MARGIN}, exact=mapper.exact, hnsw_ef=mapper.hnsw_ef,
+        )
+        data.append((str(path), sentences, vectors, golds))
+    tuned = SkillMapper.__new__(SkillMapper)
+    tuned.__dict__.update(mapper.__dict__, store=replay)
+    rows = []
+    for lam, k, tau, aggregation in itertools.product(grid["lam"], grid["k"], grid["tau"], grid["aggregation"]):
+        if aggregation == "uniform" and tau != grid["tau"][0]:
+            continue  # τ does not enter the uniform vote
+        tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation)
+        row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation}
+        for path, sentences, vectors, golds in data:
+            results = tuned.map_vectors(sentences, vectors, top=DEPTH)
+            row[path] = evaluate([[s.id for s in r.skills] for r in results], golds)
+        row["objective"] = float(np.mean([(row[str(p)]["rp@5"] + row[str(p)]["rp@10"]) / 2 for p in files]))
+        rows.append(row)
+    rows.sort(key=lambda r: -r["objective"])
+    return rows
+
+
+def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapper) -> dict[str, Any]:
+    manifest = mapper.store.manifest
+    return {
+        "lam": best["lam"], "k": best["k"], "tau": best["tau"], "aggregation": best["aggregation"],
+        "tuned_on": [Path(f).name for f in files], "tuned_at": S.utc_now(),
+        "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
+    }
+
+
+def save_params(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> None:
+    """The store's own defaults (its manifest)."""
+    manifest = mapper.store.manifest
+    manifest.params = _record(best, files, mapper)
+    mapper.store._write_manifest(manifest)
+
+
+def save_package_defaults(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> Path:
+    """The defaults every store built with this model gets unless it was tuned itself (maintainers: commit it)."""
+    path = _data_file(TUNED_PARAMS)
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table[mapper.encoder.name] = _record(best, files, mapper)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    return path
+
