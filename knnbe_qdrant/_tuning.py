@@ -100,9 +100,7 @@ def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapp
 
 def save_params(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> None:
     """The store's own defaults (its manifest)."""
-    manifest = mapper.store.manifest
-    manifest.params = _record(best, files, mapper)
-    mapper.store._write_manifest(manifest)
+    mapper.store.update_manifest(params=_record(best, files, mapper))
 
 
 def save_package_defaults(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> Path:

@@ -71,9 +71,10 @@ def migrate(store: Store, *, dry_run: bool = False) -> list[str]:
         for migration in todo:
             migration.apply(store)
             manifest = store.manifest
-            manifest.migrations.append({"id": migration.id, "applied_at": S.utc_now()})
-            manifest.schema_version = max(manifest.schema_version, migration.version)
-            store._write_manifest(manifest)
+            store.update_manifest(
+                migrations=[*manifest.migrations, {"id": migration.id, "applied_at": S.utc_now()}],
+                schema_version=max(manifest.schema_version, migration.version),
+            )
         if todo:
             store.optimize()  # payload edits on every point leave segments to merge and re-index
     return [f"{m.id}: {m.description}" for m in todo]
@@ -102,8 +103,7 @@ def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: 
     ]
     if dry_run:
         return plan
-    manifest.pending_reembed = {"model": encoder.name, "generation": generation}
-    store._write_manifest(manifest)
+    manifest = store.update_manifest(pending_reembed={"model": encoder.name, "generation": generation})
     target = store.at_generation(generation)
     try:
         target._create_collections(encoder.dimension)

@@ -78,11 +78,9 @@ class Store(ABC):
         existing = self._read_manifest()
         if existing is not None:
             self.check_model(model, dimension, existing)
-            existing.state = "building"
-            existing.updated_at = utc_now()
-            self._write_manifest(existing)
+            resumed = self.update_manifest(state="building")
             self._create_collections(dimension)  # no-op where they exist: a crash may have come before them
-            return existing
+            return resumed
         from ..migrations import all_applied  # a new store is born at the latest schema
 
         manifest = Manifest(model=model, dimension=dimension, migrations=all_applied(), **manifest_fields)
@@ -91,14 +89,17 @@ class Store(ABC):
         self._create_collections(dimension)
         return manifest
 
-    def mark_ready(self, **updates: Any) -> Manifest:
+    def update_manifest(self, **updates: Any) -> Manifest:
+        """Read the manifest, change these fields, stamp `updated_at`, write it back; returns it."""
         manifest = self.manifest
         for key, value in updates.items():
             setattr(manifest, key, value)
-        manifest.state = "ready"
         manifest.updated_at = utc_now()
         self._write_manifest(manifest)
         return manifest
+
+    def mark_ready(self, **updates: Any) -> Manifest:
+        return self.update_manifest(**updates, state="ready")
 
     def check_model(self, model: str, dimension: int | None, manifest: Manifest | None = None) -> None:
         m = manifest or self.manifest

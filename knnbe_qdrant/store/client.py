@@ -288,11 +288,7 @@ class QdrantClientStore(Store):
                 operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
             operations.append(self._create_alias(collection, generation))
         self._call(self.client.update_collection_aliases, change_aliases_operations=operations)
-        manifest = self.manifest
-        for key, value in manifest_updates.items():
-            setattr(manifest, key, value)
-        manifest.generation = generation
-        self._write_manifest(manifest)
+        self.update_manifest(**manifest_updates, generation=generation)
 
     def drop_generation(self, generation: int) -> None:
         if generation == self.generation:

@@ -245,13 +245,9 @@ class EdgeStore(Store):
 
     def swap_to(self, generation: int, **manifest_updates: Any) -> None:
         # The manifest names the serving generation, and it is replaced atomically: that rename is the swap.
-        manifest = self.manifest
-        for key, value in manifest_updates.items():
-            setattr(manifest, key, value)
-        manifest.generation = generation
         with self._lock:
             self.close()
-            self._write_manifest(manifest)
+            self.update_manifest(**manifest_updates, generation=generation)
             self.generation = generation
             for name in COLLECTIONS:
                 self._shards[name] = self._load_shard(name)
