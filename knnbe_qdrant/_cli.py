@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -271,7 +270,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_map_postings(args: argparse.Namespace) -> int:
-    from ._config import ENV_URL, default_store_path
+    from ._config import locate
     from ._mapper import SkillMapper
     from ._postings import LocalRunner, map_postings
 
@@ -280,10 +279,8 @@ def _cmd_map_postings(args: argparse.Namespace) -> int:
     if args.ray:
         from ._distributed import RayRunner
 
-        url = args.url or (os.environ.get(ENV_URL) if args.store is None else None)
-        where = {**_open_kwargs(args), "url": url}
-        if not url:
-            where["path"] = str(args.store or default_store_path())
+        url, directory = locate(args.store, args.url)
+        where = {**_open_kwargs(args), "url": url, "path": str(directory) if directory else None}
         runner = RayRunner(args.ray, args.ray_actors, where, args.top, args.sentence_top, args.tenant)
     else:
         mapper = SkillMapper.open(args.store, **_open_kwargs(args))

@@ -24,6 +24,14 @@ def default_store_path() -> Path:
     return base / "knnbe-qdrant" / "store"
 
 
+def locate(path: str | os.PathLike[str] | None, url: str | None) -> tuple[str | None, Path | None]:
+    """(server URL, None) or (None, embedded store directory), by the rule `open_store` documents."""
+    url = url or (os.environ.get(ENV_URL) if path is None else None)
+    if url:
+        return url, None
+    return None, Path(path) if path is not None else default_store_path()
+
+
 def open_store(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -37,7 +45,7 @@ def open_store(
     """A Qdrant server when a URL is given (argument or QDRANT_URL; https:// for TLS), else the embedded store at
     `path` (argument, KNNBE_STORE, or ~/.local/share/knnbe-qdrant/store). Server options fall back to the
     environment: QDRANT_API_KEY, KNNBE_PREFIX, QDRANT_TIMEOUT (seconds), QDRANT_PREFER_GRPC (1/true)."""
-    url = url or (os.environ.get(ENV_URL) if path is None else None)
+    url, directory = locate(path, url)
     if url:
         from .store.client import QdrantClientStore
 
@@ -52,4 +60,4 @@ def open_store(
             timeout=timeout,
             prefer_grpc=prefer_grpc,
         )
-    return EdgeStore(path if path is not None else default_store_path(), create=create)
+    return EdgeStore(directory, create=create)
