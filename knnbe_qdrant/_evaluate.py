@@ -107,6 +107,12 @@ def run_eval(
     items = read_benchmark(path)
     if not items:
         raise InputFileError(f"{path}: no sentence with a gold skill")
+    return eval_items(mapper, items, modes, depth)
+
+
+def eval_items(
+    mapper: SkillMapper, items: Sequence[GoldSentence], modes: Sequence[str] = ("knnbe",), depth: int = DEFAULT_DEPTH
+) -> dict[str, dict]:
     golds, unknown = resolve_gold(items, mapper)
     sentences = [i.sentence for i in items]
     vectors = mapper.encoder.encode(sentences)
