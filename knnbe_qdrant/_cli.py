@@ -82,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
 
+    ft = sub.add_parser("finetune", help="fine-tune the encoder on the memory's labelled sentences (needs the "
+                        "train extra); writes a sentence-transformers model directory")
+    ft.add_argument("out", metavar="DIR", help="new directory for the fine-tuned model")
+    ft.add_argument("--base", default=None, help="model to start from (default: the bundled all-MiniLM-L6-v2)")
+    ft.add_argument("--memory-sources", default=None, metavar="LIST",
+                    help="comma-separated shipped sources to draw pairs from (default: all of them)")
+    ft.add_argument("--pairs", type=int, default=40_000, help="(sentence, skill label) pairs sampled (default 40000)")
+    ft.add_argument("--epochs", type=float, default=1.0)
+    ft.add_argument("--batch-size", type=int, default=64, help="in-batch negatives per pair = batch size - 1")
+    ft.add_argument("--learning-rate", type=float, default=2e-5)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--no-progress", action="store_true")
+
+    un = sub.add_parser("unseen", parents=[common], help="unseen skills without retraining: remove some skills' "
+                        "memory, evaluate on their sentences, put it back, evaluate again")
+    un.add_argument("files", nargs="+", metavar="FILE", help="benchmark files, as for eval")
+    un.add_argument("--fraction", type=float, default=0.5, help="share of the files' gold skills to take out "
+                    "(default 0.5)")
+    un.add_argument("--seed", type=int, default=0)
+    un.add_argument("--backup", default="unseen-skills-backup.jsonl", metavar="FILE",
+                    help="where the removed memory is written first (deleted once it is back)")
+    un.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    un.add_argument("--json", action="store_true")
+
     mem = sub.add_parser("memory", help="curate the memory: add, remove, relabel, list, import, export")
     msub = mem.add_subparsers(dest="action", required=True)
     tenant_help = "the tenant whose layer is edited (default: the global layer)"
@@ -423,6 +447,38 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ._data import DEFAULT_MEMORY_SOURCES
+    from ._encoder import DEFAULT_MODEL
+    from ._finetune import Recipe, finetune
+
+    if args.pairs < args.batch_size:
+        raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
+    sources = tuple(args.memory_sources.split(",")) if args.memory_sources else DEFAULT_MEMORY_SOURCES
+    recipe = Recipe(base=args.base or DEFAULT_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
+                    batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+    out = finetune(args.out, recipe, progress=not args.no_progress)
+    print(f"fine-tuned model saved in {out}; build a store with it: knnbe-qdrant --store DIR build --model {out}")
+    return 0
+
+
+def _cmd_unseen(args: argparse.Namespace) -> int:
+    from ._evaluate import format_report
+    from ._mapper import SkillMapper
+    from ._unseen import unseen_skills
+
+    with SkillMapper.open(args.store, exact=args.exact, **_open_kwargs(args)) as mapper:
+        r = unseen_skills(mapper, args.files, fraction=args.fraction, seed=args.seed, backup=args.backup)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['skills']} skills, {r['memory_points']} memory points taken out; {r['sentences']} sentences name "
+          "one of those skills")
+    print(format_report("memory of those skills removed", r["before"]))
+    print(format_report("the same points upserted back (nothing re-encoded, no retraining)", r["after"]))
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from . import migrations
     from ._config import open_store
@@ -465,6 +521,8 @@ COMMANDS = {
     "status": _cmd_status,
     "migrate": _cmd_migrate,
     "tune": _cmd_tune,
+    "finetune": _cmd_finetune,
+    "unseen": _cmd_unseen,
     "map-postings": _cmd_map_postings,
     "build": _cmd_build, "map": _cmd_map, "eval": _cmd_eval, "bench": _cmd_bench,
     "memory": _cmd_memory, "skill": _cmd_skill, "tenant": _cmd_tenant,

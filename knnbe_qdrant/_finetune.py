@@ -1,0 +1,114 @@
+"""Contrastive fine-tuning of the encoder on labelled sentences: (sentence, skill label) pairs, in-batch negatives
+(MultipleNegativesRankingLoss), sentence-transformers' own trainer. The output is an ordinary sentence-transformers
+model directory; build a store with it (`build --model DIR`) and the mapper uses it like any other model.
+
+Needs the `train` extra (datasets, accelerate), which sentence-transformers' trainer imports.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
+from ._encoder import DEFAULT_MODEL, canonical_model_name, local_model_dir
+from ._errors import InvalidInputError, KnnbeError
+
+RECIPE_FILE = "knnbe_finetune.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the fine-tuned weights; written next to them so a run can be repeated."""
+
+    base: str = DEFAULT_MODEL
+    memory_sources: tuple[str, ...] = DEFAULT_MEMORY_SOURCES
+    pairs: int = 40_000
+    epochs: float = 1.0
+    batch_size: int = 64
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 64
+    # The word-embedding matrix is half of MiniLM's weights; leaving it as it is keeps the change small enough to
+    # ship (only the transformer layers differ from the base model) and costs little: the vocabulary is not new.
+    freeze_word_embeddings: bool = True
+    seed: int = 0
+    extra_files: tuple[str, ...] = field(default=())
+
+
+def training_pairs(skills: Sequence[Skill], memory: Sequence[LabelledSentence], n: int, seed: int
+                   ) -> list[tuple[str, str]]:
+    """(sentence, skill label) pairs: a seeded sample of `n` labelled sentences, or all of them if fewer."""
+    labels = {s.id: s.label for s in skills}
+    pairs = sorted({(m.text, labels[m.skill_id]) for m in memory if m.skill_id in labels and m.text != labels[m.skill_id]})
+    if not pairs:
+        raise InvalidInputError("no training pairs: no labelled sentence names a skill of the taxonomy")
+    rng = random.Random(seed)
+    return rng.sample(pairs, n) if n < len(pairs) else rng.sample(pairs, len(pairs))
+
+
+def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[LabelledSentence] = (),
+             progress: bool = True) -> Path:
+    """Train per `recipe` and save a sentence-transformers model directory at `out_dir` (with the recipe in it)."""
+    try:
+        import torch
+        from datasets import Dataset
+        from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                           SentenceTransformerTrainingArguments, losses)
+        from sentence_transformers.training_args import BatchSamplers
+    except ImportError as exc:
+        raise KnnbeError(f"fine-tuning needs the 'train' extra: pip install 'knnbe-qdrant[train]' ({exc})") from None
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInputError(f"{out} exists and is not empty; name a new directory for the fine-tuned model")
+    started = time.perf_counter()
+    skills = load_taxonomy()
+    memory = default_memory(skills, recipe.memory_sources) + list(extra)
+    pairs = training_pairs(skills, memory, recipe.pairs, recipe.seed)
+
+    torch.manual_seed(recipe.seed)
+    name = canonical_model_name(recipe.base)
+    model = SentenceTransformer(str(local_model_dir(name) or name), device=None)
+    served_length = model.max_seq_length
+    model.max_seq_length = recipe.max_seq_length  # job-ad sentences are short; truncating long ones saves time
+    if recipe.freeze_word_embeddings:
+        model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+
+    dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    work = out.with_name(out.name + ".work")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=recipe.epochs,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        warmup_steps=recipe.warmup_ratio,  # a float below 1 is a fraction of the steps (transformers v5)
+        dataloader_pin_memory=False,
+        # Two sentences of one skill in a batch would each be the other's false negative.
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        seed=recipe.seed,
+        save_strategy="no",
+        logging_steps=25,
+        report_to="none",
+        disable_tqdm=not progress,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=losses.MultipleNegativesRankingLoss(model)
+    )
+    result = trainer.train()
+    model.max_seq_length = served_length
+    model.save(str(out))
+    record = {
+        **asdict(recipe),
+        "base": name,
+        "pairs_used": len(pairs),
+        "extra_sentences": len(extra),
+        "train_loss": round(float(result.training_loss), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return out
