@@ -131,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skill", help="skill id or exact preferred label (default: all; can be long)")
     p.add_argument("--own", action="store_true", help="only the tenant's own sentences")
     p.add_argument("--json", action="store_true")
-    p = curation(msub, "import", "add the labelled sentences of a JSONL or CSV file (text, skill[, source])")
-    p.add_argument("file")
+    p = curation(msub, "import", "add the labelled sentences of a JSONL or CSV file (text, skill[, source]), or of "
+                 "a Hugging Face dataset with --hf")
+    p.add_argument("file", help="the file; with --hf a dataset name (needs internet) or local dataset directory")
+    p.add_argument("--hf", action="store_true", help="FILE names a Hugging Face dataset, e.g. "
+                   "TechWolf/Synthetic-ESCO-skill-sentences (needs the datasets extra)")
+    p.add_argument("--split", default="train", help="with --hf: the split (default train)")
+    p.add_argument("--text-column", default="sentence", help="with --hf: the sentence column (default sentence)")
+    p.add_argument("--skill-column", default="skill", help="with --hf: the skill column, ids or preferred labels "
+                   "(default skill)")
     p.add_argument("--source", help="source recorded for rows without one (default: import:FILENAME)")
     p.add_argument("--no-progress", action="store_true")
     p = curation(msub, "export", "write the tenant's own sentences to JSONL (or CSV by suffix)")
@@ -368,7 +375,12 @@ def _cmd_memory(args: argparse.Namespace) -> int:
                     print(f"{p.get('skill_id')}\t{p.get('tenant')}\t{p.get('source')}\t{p.get('created_by', '')}\t"
                           f"{p.get('created_at', '')}\t{p.get('text')}")
         elif args.action == "import":
-            report = curator.import_file(args.file, tenant=t, source=args.source, progress=not args.no_progress)
+            if args.hf:
+                report = curator.import_hf(args.file, split=args.split, text_column=args.text_column,
+                                           skill_column=args.skill_column, tenant=t, source=args.source,
+                                           progress=not args.no_progress)
+            else:
+                report = curator.import_file(args.file, tenant=t, source=args.source, progress=not args.no_progress)
             for error in report.errors:
                 print(error, file=sys.stderr)
             print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")

@@ -11,7 +11,7 @@ import getpass
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,9 +205,39 @@ class Curator:
         Streams the file in chunks (memory stays bounded whatever its size). Every bad row is reported by line
         number and stored not at all; every good row is stored. Re-running an import (after it was killed, say)
         stores only what is missing: point ids are deterministic, so nothing is duplicated or lost."""
+        return self.import_rows(_read_labelled(path), str(path), tenant=tenant,
+                                source=source or f"import:{Path(path).name}", progress=progress, chunk=chunk)
+
+    def import_hf(self, name: str, *, split: str = "train", text_column: str = "sentence",
+                  skill_column: str = "skill", tenant: str | None = None, source: str | None = None,
+                  progress: bool = False, chunk: int = 4096) -> ImportReport:
+        """Store the labelled sentences of a Hugging Face dataset (a hub name, which needs internet, or a local
+        dataset directory), e.g. TechWolf/Synthetic-ESCO-skill-sentences: `skill` holds ESCO preferred labels,
+        which resolve like any skill reference. Rows are numbered from 1 in error messages."""
+        try:
+            import datasets
+        except ImportError:
+            raise KnnbeError("importing a Hugging Face dataset needs the 'datasets' package: "
+                             "pip install 'knnbe-qdrant[datasets]'") from None
+        try:
+            rows = datasets.load_dataset(name, split=split, streaming=True)
+        except Exception as exc:  # hub or network errors, unknown split, unreadable files: all mean "cannot load"
+            raise InputFileError(f"{name}: cannot load the dataset split {split!r} ({exc})") from exc
+        columns = rows.column_names or []
+        missing = {text_column, skill_column} - set(columns) if columns else set()
+        if missing:
+            raise InputFileError(f"{name}: the dataset has no column {sorted(missing)}; it has {columns} "
+                                 "(name them with --text-column / --skill-column)")
+        numbered = ((i, {"text": r.get(text_column), "skill": r.get(skill_column)}) for i, r in enumerate(rows, 1))
+        return self.import_rows(numbered, f"{name}[{split}] row", tenant=tenant, source=source or f"hf:{name}",
+                                progress=progress, chunk=chunk)
+
+    def import_rows(self, rows: Iterable[tuple[int, dict[str, Any]]], origin: str, *, tenant: str | None,
+                    source: str, progress: bool = False, chunk: int = 4096) -> ImportReport:
+        """Store (line number, {text, skill[, source]}) rows; errors read `origin:line: problem`."""
         report = ImportReport()
         owner = _own(tenant)
-        default_source = source or f"import:{Path(path).name}"
+        default_source = source
         resolved: dict[str, str | Exception] = {}
         batch: dict[str, TextPoint] = {}
         now = S.utc_now()
@@ -220,14 +250,14 @@ class Curator:
             batch.clear()
 
         with tqdm(desc="import", unit="row", disable=not progress) as bar:
-            for line_no, row in _read_labelled(path):
+            for line_no, row in rows:
                 bar.update(1)
                 text, ref = str(row.get("text") or "").strip(), str(row.get("skill") or "").strip()
                 if not text:
-                    report.errors.append(f"{path}:{line_no}: empty 'text'")
+                    report.errors.append(f"{origin}:{line_no}: empty 'text'")
                     continue
                 if not ref:
-                    report.errors.append(f"{path}:{line_no}: empty 'skill'")
+                    report.errors.append(f"{origin}:{line_no}: empty 'skill'")
                     continue
                 if ref not in resolved:
                     try:
@@ -236,7 +266,7 @@ class Curator:
                         resolved[ref] = exc
                 skill_id = resolved[ref]
                 if isinstance(skill_id, Exception):
-                    report.errors.append(f"{path}:{line_no}: {skill_id}")
+                    report.errors.append(f"{origin}:{line_no}: {skill_id}")
                     continue
                 row_source = str(row.get("source") or "").strip() or default_source
                 point = S.memory_point_id(owner, skill_id, text)

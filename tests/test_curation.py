@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper
+from knnbe_qdrant import Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
 from tests.conftest import BACKENDS, build_small
 
@@ -155,6 +155,25 @@ def test_export_then_import_copies_a_tenant(curator, tmp_path):
     assert row["text"] == "Python for test automation." and row["source"] == "curator"
     report = curator.import_file(out, tenant="copy")
     assert report.stored == 1 and not report.errors
+
+
+def test_hugging_face_dataset_import_reads_named_columns_and_reports_rows(curator, tmp_path):
+    # A local dataset directory goes through the same datasets.load_dataset call as a hub name (which needs
+    # internet); its columns are named like TechWolf/Synthetic-ESCO-skill-sentences (skill = preferred label).
+    pytest.importorskip("datasets")
+    folder = tmp_path / "synthetic-sentences"
+    folder.mkdir()
+    rows = [{"skill": QDRANT, "sentence": "You will write Python services."},
+            {"skill": "no such skill", "sentence": "Something else."},
+            {"skill": "SQL", "sentence": "Daily SQL reporting work."}]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = curator.import_hf(str(folder), tenant="acme")
+    assert report.stored == 2 and len(report.errors) == 1
+    assert report.errors[0].startswith(f"{folder}[train] row:2: no skill 'no such skill'")
+    sources = {p["text"]: p["source"] for p in curator.list_memory(tenant="acme", own_only=True)}
+    assert sources == {"You will write Python services.": f"hf:{folder}", "Daily SQL reporting work.": f"hf:{folder}"}
+    with pytest.raises(InputFileError, match=r"no column \['text'\].*--text-column"):
+        curator.import_hf(str(folder), text_column="text", tenant="acme")
 
 
 def test_tenant_list_and_delete_remove_exactly_that_tenant(curator, store):
