@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,18 @@ _ESCO_FILE = "esco_v1.1.0_skills_en.jsonl.gz"
 ESCO_ALT_LABELS = "esco_alt_labels"
 ESCO_DESCRIPTIONS = "esco_descriptions"
 SKILLSKAPE_TRAIN = "skillskape_train"
+ESCO_TEMPLATES = "esco_templates"
 DEFAULT_MEMORY_SOURCES = (ESCO_ALT_LABELS, ESCO_DESCRIPTIONS, SKILLSKAPE_TRAIN)
+MEMORY_SOURCES = (*DEFAULT_MEMORY_SOURCES, ESCO_TEMPLATES)
+
+# Job-ad phrasings for ESCO's two kinds of skill: competences are verb phrases ("manage staff"), knowledge items are
+# noun phrases ("SQL"). Two per skill (preferred label, one alternative label), picked by a hash of the skill id.
+_TEMPLATES = {
+    "skill/competence": ("You will {x}.", "The successful candidate is able to {x}.", "Your tasks: {x}.",
+                         "We expect you to {x} independently.", "Responsibilities include being able to {x}."),
+    "knowledge": ("Knowledge of {x} is required.", "Solid understanding of {x}.", "Experience with {x} is a plus.",
+                  "Familiarity with {x} is essential.", "You have a background in {x}."),
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,19 @@ def skillskape_sentences(split: str) -> Iterator[tuple[str, list[str]]]:
         yield row["text"], list(row["skills"])
 
 
+def template_sentences(skill: Skill) -> list[str]:
+    """Two job-ad-style sentences for a skill, the same on every run (the choice hashes the skill id)."""
+    templates = _TEMPLATES.get(skill.skill_type, _TEMPLATES["skill/competence"])
+    h = int(hashlib.sha256(skill.id.encode()).hexdigest(), 16)
+    first = templates[h % len(templates)]
+    out = [first.format(x=skill.label)]
+    alts = [a for a in skill.alt_labels if a != skill.label]
+    if alts:
+        second = templates[(h // len(templates) + 1 + templates.index(first)) % len(templates)]
+        out.append(second.format(x=alts[(h >> 32) % len(alts)]))
+    return out
+
+
 def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEMORY_SOURCES) -> list[LabelledSentence]:
     """The labelled sentences of the default memory bank, restricted to skills in `skills`, without duplicates."""
     known = {s.id for s in skills}
@@ -140,6 +165,8 @@ def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEM
             out += [LabelledSentence(a, s.id, source) for s in skills for a in s.alt_labels]
         elif source == ESCO_DESCRIPTIONS:
             out += [LabelledSentence(s.description, s.id, source) for s in skills if s.description]
+        elif source == ESCO_TEMPLATES:
+            out += [LabelledSentence(t, s.id, source) for s in skills for t in template_sentences(s)]
         elif source == SKILLSKAPE_TRAIN:
             out += [
                 LabelledSentence(text, uri, source)
@@ -148,7 +175,7 @@ def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEM
                 if uri in known
             ]
         else:
-            raise ValueError(f"unknown memory source {source!r}; known: {DEFAULT_MEMORY_SOURCES}")
+            raise ValueError(f"unknown memory source {source!r}; known: {MEMORY_SOURCES}")
     seen: set[tuple[str, str]] = set()
     unique = []
     for item in out:

@@ -16,7 +16,7 @@ from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
-from .store.base import Hit, Store
+from .store.base import Hit, Store, Where
 
 MODES = ("knnbe", "bi-encoder", "knn")
 DEFAULT_HNSW_EF = 128
@@ -60,6 +60,7 @@ class SkillMapper:
         *,
         exact: bool = False,
         hnsw_ef: int | None = DEFAULT_HNSW_EF,
+        memory_sources: Sequence[str] | None = None,
     ) -> None:
         manifest = store.check_ready()
         store.check_model(encoder.name, encoder.dimension)
@@ -72,6 +73,8 @@ class SkillMapper:
         )
         self.exact = exact
         self.hnsw_ef = hnsw_ef
+        # Votes only from memory of these sources (e.g. to measure what each source adds); None = all of them.
+        self.memory_sources = list(memory_sources) if memory_sources else None
 
     @classmethod
     def open(
@@ -87,6 +90,7 @@ class SkillMapper:
         device: str | None = None,
         timeout: int | None = None,
         prefer_grpc: bool | None = None,
+        memory_sources: Sequence[str] | None = None,
     ) -> SkillMapper:
         """Open a built store (see `open_store` for how it is located) with the model it was built with.
 
@@ -97,7 +101,8 @@ class SkillMapper:
             manifest = store.check_ready()
             if model is not None:
                 store.check_model(canonical_model_name(model), None)
-            return cls(store, Encoder(manifest.model, device=device), params, exact=exact)
+            return cls(store, Encoder(manifest.model, device=device), params, exact=exact,
+                       memory_sources=memory_sources)
         except BaseException:
             store.close()
             raise
@@ -153,8 +158,11 @@ class SkillMapper:
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
         else:
+            where = visible_memory(tenant)
+            if self.memory_sources:
+                where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
             fetched = self.store.query_batch(
-                S.MEMORY, vectors, p.k + _TIE_MARGIN, where=visible_memory(tenant), payload=[S.F_SKILL_ID, S.F_TEXT],
+                S.MEMORY, vectors, p.k + _TIE_MARGIN, where=where, payload=[S.F_SKILL_ID, S.F_TEXT],
                 **search,
             )
             neighbours = [nearest(hits, p.k) for hits in fetched]
