@@ -54,11 +54,13 @@ def test_expected_skills_come_first(mappers):
     assert {"cook meat dishes", "cook fish"} & set(top3[3])
 
 
-def test_knn_only_skills_are_found_and_get_their_exact_bi_encoder_score(mappers, encoder, small_skills):
+def test_knn_only_skills_are_found_and_get_their_exact_bi_encoder_score(built_store, encoder, small_skills):
+    # A small λ lets the vote outweigh b, so skills outside the bi-encoder's top reach the results.
+    mapper = SkillMapper(built_store, encoder, ScoringParams(lam=0.1, k=32, tau=0.1), exact=True)
     labels = {s.id: s.label for s in small_skills}
     for sentence, top in itertools.product(SENTENCES, (2, 5, 10)):
-        [result] = mappers.map([sentence], top=top)
-        [bi_only] = mappers.map([sentence], top=top, mode="bi-encoder")
+        [result] = mapper.map([sentence], top=top)
+        [bi_only] = mapper.map([sentence], top=top, mode="bi-encoder")
         knn_only = [s for s in result.skills if s.id not in {b.id for b in bi_only.skills}]
         x = encoder.encode([sentence])[0]
         vectors = encoder.encode([labels[s.id] for s in result.skills])
