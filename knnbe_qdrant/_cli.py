@@ -225,7 +225,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         progress = not args.no_progress
         if progress:
             print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
-        encoder = Encoder(args.model)
+        model = args.model
+        if model is None and store.exists():
+            # Finishing or topping up a store keeps the model it was built with, whatever the default is now.
+            model = store.manifest.model
+        encoder = Encoder(model)
         manifest = build_store(store, encoder, skills=skills, memory_sources=sources, skill_text=args.skill_text,
                                progress=progress)
     print(f"store ready: {store.describe()}, model {manifest.model} ({manifest.dimension}-d), "

@@ -242,3 +242,18 @@ def test_curation_commands_end_to_end(store, tmp_path):
     assert json.loads(run("tenant", "list", "--json", store=store).stdout) == {}
     r = run("memory", "add", "--skill", "no such skill", "--text", "x", store=store)
     assert r.returncode == 1 and b"no skill 'no such skill'" in r.stderr
+
+
+def test_build_without_model_keeps_the_model_a_store_was_built_with(tmp_path, taxonomy):
+    # A store built with another model than today's default (an older release's, say) is finished or topped up
+    # with its own model; only --model or --force choose another.
+    path = tmp_path / "older"
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, "--model", "sentence-transformers/all-MiniLM-L6-v2",
+            store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"model sentence-transformers/all-MiniLM-L6-v2 " in r.stdout
+    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, "--model", "knnbe-qdrant/all-MiniLM-L6-v2-esco",
+            store=path)
+    assert r.returncode == 1 and "refusing" in r.stderr.decode()
