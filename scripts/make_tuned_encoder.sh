@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the shipped fine-tuned encoder: fine-tune all-MiniLM-L6-v2 on the default memory (about 20 minutes on
-# 2 CPU cores, about a minute on a GPU), then write its compact patch into knnbe_qdrant/data/models/.
+# Reproduce the shipped fine-tuned encoder: fine-tune all-MiniLM-L6-v2 on the default memory (about 25 minutes on
+# 2 CPU cores; a GPU should be far faster, not measured here), then write its compact patch into
+# knnbe_qdrant/data/models/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-$(mktemp -d)/all-MiniLM-L6-v2-esco}"
