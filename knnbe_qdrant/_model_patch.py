@@ -51,7 +51,7 @@ def _sha256(path: Path) -> str:
 def make_patch(tuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path, name: str,
                recipe: dict | None = None) -> Path:
     """Write `out_dir/{delta.safetensors, patch.json}`: the tensors of `tuned_dir` that differ from `base_dir`,
-    as fp16 differences, and what applying them must reproduce (the tuned weights' checksum after the round trip)."""
+    as fp16 differences, and the checksums of the base weights they apply to and of the patch itself."""
     from safetensors.numpy import load_file, save_file
 
     tuned = load_file(str(Path(tuned_dir) / WEIGHTS))
@@ -69,6 +69,7 @@ def make_patch(tuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
         "name": name,
         "base": (recipe or {}).get("base"),
         "base_weights_sha256": _sha256(Path(base_dir) / WEIGHTS),
+        "patch_sha256": _sha256(out / PATCH_FILE),
         "patched_tensors": len(delta),
         "recipe": recipe or {},
     }
@@ -101,10 +102,13 @@ def materialize(patch_dir: str | Path, base_dir: Path) -> Path:
     meta = json.loads((Path(patch_dir) / META_FILE).read_text())
     name = meta["name"]
     patch = Path(patch_dir) / PATCH_FILE
-    key = hashlib.sha256((meta["base_weights_sha256"] + _sha256(patch)).encode()).hexdigest()[:16]
+    # The recorded checksums name the cache entry, so a start that finds it made reads no weights at all.
+    key = hashlib.sha256((meta["base_weights_sha256"] + meta["patch_sha256"]).encode()).hexdigest()[:16]
     target = _cache_root() / f"{name.replace('/', '--')}-{key}"
     if (target / WEIGHTS).exists():
         return target
+    if _sha256(patch) != meta["patch_sha256"]:
+        raise KnnbeError(f"{patch} is damaged: its checksum is not the one recorded in {META_FILE}")
     if _sha256(base_dir / WEIGHTS) != meta["base_weights_sha256"]:
         raise KnnbeError(f"{name} patches {meta['base']}, but the weights in {base_dir} are not the ones it was made "
                          "from (checksum differs)")

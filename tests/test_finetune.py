@@ -65,6 +65,16 @@ def test_patch_refuses_other_base_weights(tuned, tmp_path, monkeypatch):
         materialize(patch, tuned)  # the tuned weights are not the base the patch was made from
 
 
+def test_a_damaged_patch_is_refused(tuned, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    patch = make_patch(tuned, local_model_dir(BASE_MODEL), tmp_path / "patch", name="test/tuned")
+    with open(patch / "delta.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    with pytest.raises(Exception, match="damaged"):
+        materialize(patch, local_model_dir(BASE_MODEL))
+
+
 def test_training_pairs_are_seeded_and_refuse_an_empty_set(small_skills, small_memory):
     a = training_pairs(small_skills, small_memory, 50, seed=3)
     assert a == training_pairs(small_skills, small_memory, 50, seed=3) and len(a) == 50
