@@ -207,16 +207,24 @@ def _open_kwargs(args: argparse.Namespace) -> dict:
                 prefer_grpc=args.grpc or None)
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from ._build import build_store
-    from ._config import open_store
-    from ._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES, load_taxonomy
-    from ._encoder import Encoder
+def _shipped_sources(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of shipped memory sources (None: the default ones), checked."""
+    from ._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES
 
-    sources = tuple(args.memory_sources.split(",")) if args.memory_sources else DEFAULT_MEMORY_SOURCES
+    sources = tuple(value.split(",")) if value else DEFAULT_MEMORY_SOURCES
     unknown = set(sources) - set(MEMORY_SOURCES)
     if unknown:
         raise InvalidInputError(f"unknown memory sources {sorted(unknown)}; known: {', '.join(MEMORY_SOURCES)}")
+    return sources
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from ._build import build_store
+    from ._config import open_store
+    from ._data import load_taxonomy
+    from ._encoder import Encoder
+
+    sources = _shipped_sources(args.memory_sources)
     skills = load_taxonomy(args.taxonomy)  # read before anything is touched: a bad file changes nothing
     store = open_store(args.store, create=True, **_open_kwargs(args))
     with store:
@@ -468,13 +476,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from ._data import DEFAULT_MEMORY_SOURCES
     from ._encoder import BASE_MODEL
     from ._finetune import Recipe, finetune
 
     if args.pairs < args.batch_size:
         raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
-    sources = tuple(args.memory_sources.split(",")) if args.memory_sources else DEFAULT_MEMORY_SOURCES
+    sources = _shipped_sources(args.memory_sources)
     recipe = Recipe(base=args.base or BASE_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
     out = finetune(args.out, recipe, progress=not args.no_progress)
