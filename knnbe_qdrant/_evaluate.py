@@ -111,9 +111,11 @@ def run_eval(
 
 
 def eval_items(
-    mapper: SkillMapper, items: Sequence[GoldSentence], modes: Sequence[str] = ("knnbe",), depth: int = DEFAULT_DEPTH
+    mapper: SkillMapper, items: Sequence[GoldSentence], modes: Sequence[str] = ("knnbe",), depth: int = DEFAULT_DEPTH,
+    *, resolved: tuple[list[set[str]], list[str]] | None = None,
 ) -> dict[str, dict]:
-    golds, unknown = resolve_gold(items, mapper)
+    """As run_eval, for items already read; `resolved` is their resolve_gold result, where the caller has it."""
+    golds, unknown = resolved or resolve_gold(items, mapper)
     sentences = [i.sentence for i in items]
     vectors = mapper.encoder.encode(sentences)
     report = {}

@@ -61,6 +61,7 @@ def unseen_skills(
     golds, _ = resolve_gold(items, mapper)
     chosen = pick_skills(golds, fraction, seed)
     subset = [item for item, gold in zip(items, golds) if gold & chosen]
+    resolved = resolve_gold(subset, mapper)  # skills are not edited here: one resolution serves both evaluations
 
     store = mapper.store
     where = Where(must={S.F_TENANT: S.GLOBAL_TENANT, S.F_SKILL_ID: sorted(chosen)})
@@ -72,12 +73,12 @@ def unseen_skills(
 
     store.delete(S.MEMORY, ids)
     try:
-        before = eval_items(mapper, subset, modes)
+        before = eval_items(mapper, subset, modes, resolved=resolved)
     finally:
         if records:
             store.upsert(S.MEMORY, [r.id for r in records], np.stack([r.vector for r in records]),
                          [r.payload for r in records])
-    after = eval_items(mapper, subset, modes)
+    after = eval_items(mapper, subset, modes, resolved=resolved)
     restored = store.count(S.MEMORY, where=where)
     if restored != len(ids):
         raise StoreError(

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ANCHOR_LABELS, BACKENDS, build_small
 
 from knnbe_qdrant import SkillMapper
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant._evaluate import run_eval
 from knnbe_qdrant._unseen import pick_skills, unseen_skills
-
-from conftest import ANCHOR_LABELS, BACKENDS, build_small
 
 GOLD = [
     ("We need strong Python skills for our backend services.", ["Python (computer programming)"]),
