@@ -147,11 +147,11 @@ def template_sentences(skill: Skill) -> list[str]:
     """Two job-ad-style sentences for a skill, the same on every run (the choice hashes the skill id)."""
     templates = _TEMPLATES.get(skill.skill_type, _TEMPLATES["skill/competence"])
     h = int(hashlib.sha256(skill.id.encode()).hexdigest(), 16)
-    first = templates[h % len(templates)]
-    out = [first.format(x=skill.label)]
+    first = h % len(templates)
+    out = [templates[first].format(x=skill.label)]
     alts = [a for a in skill.alt_labels if a != skill.label]
     if alts:
-        second = templates[(h // len(templates) + 1 + templates.index(first)) % len(templates)]
+        second = templates[(h // len(templates) + 1 + first) % len(templates)]
         out.append(second.format(x=alts[(h >> 32) % len(alts)]))
     return out
 

@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
@@ -37,7 +37,6 @@ class Recipe:
     # ship (only the transformer layers differ from the base model) and costs little: the vocabulary is not new.
     freeze_word_embeddings: bool = True
     seed: int = 0
-    extra_files: tuple[str, ...] = field(default=())
 
 
 def training_pairs(skills: Sequence[Skill], memory: Sequence[LabelledSentence], n: int, seed: int
@@ -48,7 +47,7 @@ def training_pairs(skills: Sequence[Skill], memory: Sequence[LabelledSentence], 
     if not pairs:
         raise InvalidInputError("no training pairs: no labelled sentence names a skill of the taxonomy")
     rng = random.Random(seed)
-    return rng.sample(pairs, n) if n < len(pairs) else rng.sample(pairs, len(pairs))
+    return rng.sample(pairs, min(n, len(pairs)))
 
 
 def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[LabelledSentence] = (),
@@ -57,8 +56,12 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     try:
         import torch
         from datasets import Dataset
-        from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                           SentenceTransformerTrainingArguments, losses)
+        from sentence_transformers import (
+            SentenceTransformer,
+            SentenceTransformerTrainer,
+            SentenceTransformerTrainingArguments,
+            losses,
+        )
         from sentence_transformers.training_args import BatchSamplers
     except ImportError as exc:
         raise KnnbeError(f"fine-tuning needs the 'train' extra: pip install 'knnbe-qdrant[train]' ({exc})") from None
