@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -83,9 +84,10 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
 
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
-    work = out.with_name(out.name + ".work")
+    # Nothing is checkpointed (save_strategy "no"); the trainer still wants a folder, which goes when it is done.
+    work = tempfile.TemporaryDirectory(prefix="knnbe-finetune-")
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(work),
+        output_dir=work.name,
         num_train_epochs=recipe.epochs,
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
@@ -102,7 +104,8 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=losses.MultipleNegativesRankingLoss(model)
     )
-    result = trainer.train()
+    with work:
+        result = trainer.train()
     model.max_seq_length = served_length
     model.save(str(out))
     record = {
