@@ -1,20 +1,25 @@
 """knnbe-qdrant: map job-posting text to ESCO skills with kNNBE on Qdrant.
 
 kNNBE interpolates a bi-encoder score with a k-nearest-neighbour vote over a memory bank of labelled sentences:
-score = lam * b + (1 - lam) * v. See `SkillMapper` to map, `build_store` to build.
+score = lam * b + (1 - lam) * v. See `SkillMapper` to map, `Curator` to edit skills and memory, `build_store` to
+build, `Connection` to say where the store is. This list is the public API; modules whose names start with an
+underscore are private, and the subpackages (`store`, `encoding`, `evaluation`, `postings`, `migrations`) export
+their own names.
 """
 
+from typing import Any
+
 from ._build import build_store
-from ._config import default_store_path, open_store
 from ._curation import Curator, ImportReport
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._encoder import BASE_MODEL, DEFAULT_MODEL, Encoder
 from ._errors import (
     InputFileError,
     InvalidInputError,
     KnnbeError,
+    ModelError,
     ModelMismatchError,
     NotFoundError,
+    OnnxUnsupported,
     StoreCorruptError,
     StoreError,
     StoreLockedError,
@@ -23,34 +28,39 @@ from ._errors import (
 from ._mapper import MODES, SkillMapper
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams
-from .store import EdgeStore, Store
+from .encoding import BASE_MODEL, DEFAULT_MODEL, Encoder
+from .store import Connection, EdgeStore, Store, default_store_path, open_store
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "QdrantClientStore":  # imported on first use: qdrant-client is slow to import
         from .store.client import QdrantClientStore
 
         return QdrantClientStore
-    raise AttributeError(name)
+    raise AttributeError(f"module 'knnbe_qdrant' has no attribute {name!r}")
+
 
 __all__ = [
-    "Curator",
-    "DEFAULT_MEMORY_SOURCES",
-    "ImportReport",
-    "NotFoundError",
     "BASE_MODEL",
+    "DEFAULT_MEMORY_SOURCES",
     "DEFAULT_MODEL",
     "MODES",
+    "Connection",
+    "Curator",
     "EdgeStore",
     "Encoder",
     "Evidence",
+    "ImportReport",
     "InputFileError",
     "InvalidInputError",
     "KnnbeError",
     "LabelledSentence",
+    "ModelError",
     "ModelMismatchError",
+    "NotFoundError",
+    "OnnxUnsupported",
     "QdrantClientStore",
     "ScoringParams",
     "SentenceResult",
@@ -62,6 +72,7 @@ __all__ = [
     "StoreError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "__version__",
     "build_store",
     "default_memory",
     "default_store_path",

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from . import _schema as S
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._encoder import Encoder
 from ._errors import StoreError
 from ._schema import Manifest
+from .encoding import Encoder
 from .store.base import Store
 
 SKILL_TEXTS: dict[str, Callable[[Skill], str]] = {
@@ -115,6 +115,7 @@ def build_store(
     store.initialize(
         encoder.name,
         encoder.dimension,
+        migrations=S.all_migrations_applied(),  # a new store is born at the latest schema
         skill_text=skill_text,
         sources={"taxonomy": f"{skills[0].taxonomy} {skills[0].taxonomy_version}", "memory": ",".join(
             dict.fromkeys(m.source for m in memory))},

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from . import _schema as S
 from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
 from ._data import LabelledSentence, Skill, iter_csv, iter_jsonl
-from ._encoder import Encoder
 from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
-from .store.base import Record, Store, Where
+from .encoding import Encoder
+from .store.base import Record, Store, Where, vectors_of
 
 ENV_USER = "KNNBE_USER"
 
@@ -180,7 +180,7 @@ class Curator:
         payload.update({S.F_TENANT: owner, S.F_SKILL_ID: new_id, S.F_UPDATED_AT: S.utc_now(),
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
-        self.store.upsert(S.MEMORY, [S.memory_point_id(owner, new_id, text)], source_point.vector[None, :], [payload])
+        self.store.upsert(S.MEMORY, [S.memory_point_id(owner, new_id, text)], vectors_of([source_point]), [payload])
         if source_point.payload[S.F_TENANT] == owner:
             if old_id != new_id:
                 self.store.delete(S.MEMORY, [source_point.id])
@@ -349,7 +349,7 @@ class Curator:
             [record] = self.store.retrieve(collection, [point], payload=[S.F_HIDDEN_FOR])
             hidden = list(record.payload.get(S.F_HIDDEN_FOR) or [])
             if tenant not in hidden:
-                self.store.set_payload(collection, [point], {S.F_HIDDEN_FOR: sorted(hidden + [tenant])})
+                self.store.set_payload(collection, [point], {S.F_HIDDEN_FOR: sorted([*hidden, tenant])})
 
     def _unhide(self, collection: str, record: Record, tenant: str) -> None:
         with self._hide_lock:

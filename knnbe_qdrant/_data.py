@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ._errors import InputFileError
+from ._errors import InputFileError, InvalidInputError
 
 TAXONOMY = "ESCO"
 TAXONOMY_VERSION = "v1.1.0"
@@ -59,11 +59,11 @@ TUNED_PARAMS = "tuned_params.json"
 
 def tuned_defaults(model: str) -> dict:
     """Scoring parameters `knnbe-qdrant tune --package-defaults` chose for this model on validation data."""
-    path = _data_file(TUNED_PARAMS)
+    path = data_file(TUNED_PARAMS)
     return json.loads(path.read_text()).get(model, {}) if path.exists() else {}
 
 
-def _data_file(name: str) -> Path:
+def data_file(name: str) -> Path:
     return Path(str(resources.files("knnbe_qdrant") / "data" / name))
 
 
@@ -108,7 +108,7 @@ def iter_csv(path: str | Path, required: Sequence[str], what: str) -> Iterator[t
 
 def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
     """The shipped ESCO skills, or a JSONL file of skills with at least `id` and `label` per line."""
-    path = Path(path) if path else _data_file(_ESCO_FILE)
+    path = Path(path) if path else data_file(_ESCO_FILE)
     skills: list[Skill] = []
     seen: set[str] = set()
     for line_no, row in iter_jsonl(path):
@@ -139,7 +139,7 @@ def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
 
 def skillskape_sentences(split: str) -> Iterator[tuple[str, list[str]]]:
     """(sentence, ESCO URIs) from the shipped SkillSkape split; sentences SkillSkape labels UNK have no URIs."""
-    for _, row in iter_jsonl(_data_file(f"skillskape_{split}.jsonl.gz")):
+    for _, row in iter_jsonl(data_file(f"skillskape_{split}.jsonl.gz")):
         yield row["text"], list(row["skills"])
 
 
@@ -175,7 +175,7 @@ def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEM
                 if uri in known
             ]
         else:
-            raise ValueError(f"unknown memory source {source!r}; known: {MEMORY_SOURCES}")
+            raise InvalidInputError(f"unknown memory source {source!r}; known: {', '.join(MEMORY_SOURCES)}")
     seen: set[tuple[str, str]] = set()
     unique = []
     for item in out:

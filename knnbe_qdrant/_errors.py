@@ -1,4 +1,20 @@
-"""Every exception the package raises on purpose. All derive from KnnbeError, so callers can catch one type."""
+"""Every exception the package raises on purpose. All derive from KnnbeError, so callers can catch one type:
+
+    KnnbeError
+    ├── InvalidInputError (also a ValueError)   a sentence, a parameter or a setting is unusable
+    ├── InputFileError                          a file cannot be read; the message names file and line
+    ├── NotFoundError (also a LookupError)      the skill or sentence named is not there for this tenant
+    ├── ModelError                              a model cannot be loaded, patched or exported
+    │   └── OnnxUnsupported                     its pipeline is not one the ONNX runtime reproduces
+    └── StoreError                              the store cannot be used as asked
+        ├── StoreNotFoundError                  nothing at that location: run `knnbe-qdrant build`
+        ├── StoreCorruptError                   half-built, damaged, foreign or of another schema version
+        ├── ModelMismatchError                  built with another model or dimension than the one asked for
+        └── StoreLockedError                    another process holds the embedded store
+
+The command line turns InvalidInputError into exit status 2 and every other KnnbeError into 1, printing the message
+alone: messages are written for the person at the terminal, and say what to do.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +29,18 @@ class InvalidInputError(KnnbeError, ValueError):
 
 class InputFileError(KnnbeError):
     """An input file cannot be read: missing, not UTF-8, or a malformed line. The message names file and line."""
+
+
+class NotFoundError(KnnbeError, LookupError):
+    """The skill or sentence named does not exist, or is not visible to this tenant."""
+
+
+class ModelError(KnnbeError):
+    """An embedding model cannot be loaded, patched or exported."""
+
+
+class OnnxUnsupported(ModelError):
+    """The model's pipeline is not one the ONNX runtime reproduces exactly (the torch runtime is used instead)."""
 
 
 class StoreError(KnnbeError):
@@ -33,7 +61,3 @@ class ModelMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the embedded store open for writing."""
-
-
-class NotFoundError(KnnbeError, LookupError):
-    """The skill or sentence named does not exist, or is not visible to this tenant."""

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from . import _schema as S
-from ._config import open_store
 from ._data import tuned_defaults
-from ._encoder import Encoder, canonical_model_name
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
-from .store.base import Hit, Store, Where
+from .encoding import Encoder, canonical_model_name
+from .store.base import Hit, Store, Where, vectors_of
+from .store.connection import Location, open_store
 
 MODES = ("knnbe", "bi-encoder", "knn")
 DEFAULT_HNSW_EF = 128
 # Memory holds the same text under several skills, so neighbours often tie; fetching a few past k and cutting with
 # a fixed tie-break makes the k voters the same on every backend instead of whichever tied point an engine saw first.
-_TIE_MARGIN = 8
+TIE_MARGIN = 8
 _TIE = 1e-6
 
 
@@ -32,7 +31,9 @@ def nearest(hits: list[Hit], k: int) -> list[Hit]:
         return hits[:k]
     cut = hits[k - 1].score
     head = [h for h in hits if h.score > cut + _TIE]
-    tied = sorted((h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT]))
+    tied = sorted(
+        (h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT])
+    )
     return head + tied[: k - len(head)]
 
 
@@ -79,24 +80,20 @@ class SkillMapper:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        location: Location = None,
         *,
         model: str | None = None,
         params: ScoringParams | None = None,
-        url: str | None = None,
-        api_key: str | None = None,
-        prefix: str | None = None,
         exact: bool = False,
         device: str | None = None,
-        timeout: int | None = None,
-        prefer_grpc: bool | None = None,
         memory_sources: Sequence[str] | None = None,
     ) -> SkillMapper:
-        """Open a built store (see `open_store` for how it is located) with the model it was built with.
+        """Open a built store with the model it was built with. `location` is a `Connection` (a server, or any
+        setting spelled out), an embedded store path, or None: the environment, else the default directory.
 
         Naming another `model` than the store's is refused with ModelMismatchError before the model is loaded.
         """
-        store = open_store(path, url=url, api_key=api_key, prefix=prefix, timeout=timeout, prefer_grpc=prefer_grpc)
+        store = open_store(location)
         try:
             manifest = store.check_ready()
             if model is not None:
@@ -150,10 +147,10 @@ class SkillMapper:
         if len(texts) == 0:
             return []
         p = self.params
-        search = dict(exact=self.exact, hnsw_ef=self.hnsw_ef)
         n_skills = max(p.n_candidates or top, top)
         skill_hits = self.store.query_batch(
-            S.SKILLS, vectors, n_skills, where=visible_skills(tenant), payload=[S.F_SKILL_ID, S.F_LABEL], **search
+            S.SKILLS, vectors, n_skills, where=visible_skills(tenant), payload=[S.F_SKILL_ID, S.F_LABEL],
+            exact=self.exact, hnsw_ef=self.hnsw_ef,
         )
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
@@ -162,21 +159,21 @@ class SkillMapper:
             if self.memory_sources:
                 where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
             fetched = self.store.query_batch(
-                S.MEMORY, vectors, p.k + _TIE_MARGIN, where=where, payload=[S.F_SKILL_ID, S.F_TEXT],
-                **search,
+                S.MEMORY, vectors, p.k + TIE_MARGIN, where=where, payload=[S.F_SKILL_ID, S.F_TEXT],
+                exact=self.exact, hnsw_ef=self.hnsw_ef,
             )
             neighbours = [nearest(hits, p.k) for hits in fetched]
 
         # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call, and score
         # them against every sentence of the batch with one matrix product.
-        top_ids = [[h.payload[S.F_SKILL_ID] for h in hits] for hits in skill_hits]
+        top_ids: list[list[str]] = [[h.payload[S.F_SKILL_ID] for h in hits] for hits in skill_hits]
         # Per sentence: a skill in one sentence's top-N may be kNN-only in another's.
         missing = sorted(
             set().union(*({h.payload[S.F_SKILL_ID] for h in nbrs} - set(ids) for ids, nbrs in zip(top_ids, neighbours)))
         )
         extra_labels, extra_vectors = self._skill_vectors(missing, tenant)
         extra_row = {sid: i for i, sid in enumerate(extra_labels)}
-        extra_b = vectors @ extra_vectors.T if extra_labels else None
+        extra_b = vectors @ extra_vectors.T  # (sentences, kNN-only skills); empty when there are none
 
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         results = []
@@ -200,7 +197,7 @@ class SkillMapper:
             voters: dict[int, list[int]] = {}
             for j, i in enumerate(votes_for.tolist()):
                 voters.setdefault(i, []).append(j)
-            matches = []
+            matches: list[SkillMatch] = []
             for i in scored.order.tolist():
                 if len(matches) == top:
                     break
@@ -224,13 +221,13 @@ class SkillMapper:
         """Labels and unit vectors of the given skills that `tenant` may see, as {skill id: label} and a matrix in
         the same order. Skills it may not see (another tenant's, retired, hidden) are simply absent."""
         if not skill_ids:
-            return {}, np.zeros((0, 0), dtype=np.float32)
+            return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
         ids = [S.skill_point_id(t, sid) for t in layers(tenant) for sid in skill_ids]
         fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS, S.F_HIDDEN_FOR]
         records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=fields)
         found = {r.payload[S.F_SKILL_ID]: r for r in records if skill_is_visible(r.payload, tenant)}
         if not found:
-            return {}, np.zeros((0, 0), dtype=np.float32)
-        matrix = np.stack([found[sid].vector for sid in found])
+            return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
+        matrix = vectors_of(list(found.values()))
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         return {sid: r.payload[S.F_LABEL] for sid, r in found.items()}, matrix

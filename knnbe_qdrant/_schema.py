@@ -11,8 +11,19 @@ from typing import Any
 
 from ._errors import InvalidInputError
 
-SCHEMA_VERSION = 2
-"""The number of the latest migration (knnbe_qdrant/migrations): a store below it needs `knnbe-qdrant migrate`."""
+SCHEMA_HISTORY = (
+    ("0001_collections", "skills and memory collections with their payload indexes (tenant is_tenant, skill_id, "
+     "label, hidden_for, status, source), reached through aliases"),
+    ("0002_skill_status", "payload field `status` on every skill: \"active\" unless retired"),
+)
+"""Every schema change, in order: (migration id, what it does). knnbe_qdrant.migrations implements each one; a new
+entry here without its implementation there fails on import."""
+
+SCHEMA_VERSION = int(SCHEMA_HISTORY[-1][0].split("_", 1)[0])
+"""A store below this version needs `knnbe-qdrant migrate`; one above it needs a newer knnbe-qdrant."""
+
+DEFAULT_PREFIX = "knnbe_"
+"""On a server, every collection of the plugin is named <prefix><name>, so it never touches a team's others."""
 
 SKILLS = "skills"
 MEMORY = "memory"
@@ -73,6 +84,12 @@ def check_tenant(tenant: str) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def all_migrations_applied() -> list[dict[str, Any]]:
+    """What a new store records as its migrations: it is born at the latest schema."""
+    now = utc_now()
+    return [{"id": migration_id, "applied_at": now} for migration_id, _ in SCHEMA_HISTORY]
 
 
 @dataclass

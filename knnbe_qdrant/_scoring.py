@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from ._errors import InvalidInputError
 
 AGGREGATIONS = ("softmax", "uniform")
+K = TypeVar("K", bound=Hashable)  # a skill key: its id in the product, anything hashable in tests
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,12 @@ def interpolate(bi_encoder: np.ndarray, knn: np.ndarray, lam: float) -> np.ndarr
     return lam * np.asarray(bi_encoder, dtype=np.float64) + (1.0 - lam) * np.asarray(knn, dtype=np.float64)
 
 
-def union_candidates(
-    top_skills: Sequence[Hashable], neighbour_skills: Sequence[Hashable]
-) -> tuple[list[Hashable], np.ndarray]:
+def union_candidates(top_skills: Sequence[K], neighbour_skills: Sequence[K]) -> tuple[list[K], np.ndarray]:
     """Candidates = top-N skills by b, then every new skill labelling a neighbour, in first-seen order.
 
     Returns the candidate list and, for each neighbour, the index of the candidate it votes for.
     """
-    index: dict[Hashable, int] = {}
+    index: dict[K, int] = {}
     for s in top_skills:
         index.setdefault(s, len(index))
     labels = np.empty(len(neighbour_skills), dtype=np.int64)

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 OUT="${1:-$(mktemp -d)/all-MiniLM-L6-v2-esco}"
 PAIRS="${PAIRS:-40000}"
 .venv/bin/knnbe-qdrant finetune "$OUT" --pairs "$PAIRS"
-.venv/bin/python -c "import sys; from knnbe_qdrant._model_patch import ship; print(ship(sys.argv[1], sys.argv[2]))" \
+.venv/bin/python -c "import sys; from knnbe_qdrant.encoding.finetune import ship; print(ship(sys.argv[1], sys.argv[2]))" \
     "$OUT" "knnbe-qdrant/all-MiniLM-L6-v2-esco"

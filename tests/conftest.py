@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 
 import pytest
 
-from knnbe_qdrant import EdgeStore, Encoder, QdrantClientStore, build_store, default_memory, load_taxonomy
-
-# Skills the tests' sentences are about, so the slice is small (fast) yet the answers are meaningful.
-ANCHOR_LABELS = {
-    "Python (computer programming)", "SQL", "PostgreSQL", "JavaScript", "Java (computer programming)",
-    "manage staff", "implement nursing care", "plan nursing care", "lead a team", "communicate with customers", "English",
-    "German", "develop software prototype", "use databases", "cook meat dishes", "cook fish", "clean rooms",
-}
+from knnbe_qdrant import Encoder, QdrantClientStore, default_memory, load_taxonomy
+from tests.helpers import ANCHOR_LABELS, BACKENDS, SERVER_STORES, SMALL_BUILD, build_small, make_store, run
 
 
 @pytest.fixture(scope="session")
@@ -34,45 +30,15 @@ def small_memory(small_skills):
     return default_memory(small_skills)
 
 
-def make_store(backend: str, path) -> EdgeStore | QdrantClientStore:
-    if backend == "embedded":
-        return EdgeStore(path, create=True)
-    if backend == "qdrant-local":
-        return QdrantClientStore.connect(path=":memory:", prefix="test_")
-    if backend == "qdrant":
-        # The same suites against a real server: QDRANT_URL=http://localhost:6333 QDRANT_API_KEY=... scripts/test.sh
-        # Each store gets its own prefix, so tests never touch anything else on that server; all are dropped at the
-        # end of the session.
-        store = QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
-                                          prefix=f"knnbe_test_{os.getpid()}_{len(_SERVER_STORES)}_")
-        _SERVER_STORES.append(store)
-        return store
-    raise ValueError(backend)
-
-
-def build_small(backend: str, directory, encoder, skills, memory=None):
-    """A store on `backend` in `directory`, built from these real skills and (by default) their default memory."""
-    store = make_store(backend, directory / "store")
-    build_store(store, encoder, skills=skills, memory=default_memory(skills) if memory is None else memory,
-                progress=False)
-    return store
-
-
-_SERVER_STORES: list = []
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _drop_server_stores():
     yield
-    for store in _SERVER_STORES:  # fixtures may have closed their client: reconnect with the same prefix
-        try:
+    for store in SERVER_STORES:  # fixtures may have closed their client: reconnect with the same prefix
+        with contextlib.suppress(Exception):  # the server went away: nothing left to clean
             QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
                                       prefix=store.prefix).drop()
-        except Exception:  # the server went away: nothing left to clean
-            pass
 
 
-BACKENDS = ["embedded", "qdrant-local"] + (["qdrant"] if os.environ.get("QDRANT_URL") else [])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -97,3 +63,21 @@ def built_stores(tmp_path_factory, encoder, small_skills, small_memory):
 @pytest.fixture(scope="session", params=BACKENDS)
 def built_store(request, built_stores):
     return built_stores[request.param]
+
+
+@pytest.fixture(scope="session")
+def cli_taxonomy(tmp_path_factory, small_skills):
+    path = tmp_path_factory.mktemp("taxonomy") / "skills.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"id": s.id, "label": s.label, "alt_labels": list(s.alt_labels),
+                                "description": s.description}) + "\n" for s in small_skills[:120])
+    return path
+
+
+@pytest.fixture(scope="session")
+def cli_store(tmp_path_factory, cli_taxonomy):
+    path = tmp_path_factory.mktemp("cli") / "store"
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"store ready" in r.stdout
+    return path

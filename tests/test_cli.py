@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SMALL_BUILD = ["--memory-sources", "esco_alt_labels,esco_descriptions", "--no-progress"]
+from tests.helpers import SMALL_BUILD, run
 
 
-def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict | None = None):
-    cmd = [sys.executable, "-m", "knnbe_qdrant", *map(str, args)]
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("QDRANT_URL", None)
-    if store is not None:
-        full_env["KNNBE_STORE"] = str(store)
-    return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True, env=full_env)
-
-
-@pytest.fixture(scope="module")
-def taxonomy(tmp_path_factory, small_skills):
-    path = tmp_path_factory.mktemp("taxonomy") / "skills.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"id": s.id, "label": s.label, "alt_labels": list(s.alt_labels),
-                                "description": s.description}) + "\n" for s in small_skills[:120])
-    return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, taxonomy):
-    path = tmp_path_factory.mktemp("cli") / "store"
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
-    assert r.returncode == 0, r.stderr.decode()
-    assert b"store ready" in r.stdout
-    return path
-
-
-def test_map_arguments_prints_a_table(store):
-    r = run("map", "--top", "3", "Experience writing SQL queries", store=store)
+def test_map_arguments_prints_a_table(cli_store):
+    r = run("map", "--top", "3", "Experience writing SQL queries", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     out = r.stdout.decode()
     assert "Experience writing SQL queries" in out
@@ -49,10 +18,10 @@ def test_map_arguments_prints_a_table(store):
     assert len([line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]) == 3
 
 
-def test_map_json_has_the_documented_shape(store):
-    r = run("--version", store=store)
+def test_map_json_has_the_documented_shape(cli_store):
+    r = run("--version", store=cli_store)
     assert r.returncode == 0
-    r = run("map", "--json", "--top", "4", "Fluent English is required", "Programming in Python", store=store)
+    r = run("map", "--json", "--top", "4", "Fluent English is required", "Programming in Python", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     lines = r.stdout.decode().splitlines()
     assert len(lines) == 2
@@ -68,42 +37,42 @@ def test_map_json_has_the_documented_shape(store):
         assert scores == sorted(scores, reverse=True)
 
 
-def test_map_reads_a_file_and_stdin_skipping_blank_lines(store, tmp_path):
+def test_map_reads_a_file_and_stdin_skipping_blank_lines(cli_store, tmp_path):
     f = tmp_path / "sentences.txt"
     f.write_text("Programming in Python\n\n   \nFluent English is required\n", encoding="utf-8")
-    from_file = run("map", "--json", "--file", f, store=store)
-    from_stdin = run("map", "--json", stdin=f.read_bytes(), store=store)
+    from_file = run("map", "--json", "--file", f, store=cli_store)
+    from_stdin = run("map", "--json", stdin=f.read_bytes(), store=cli_store)
     assert from_file.returncode == 0 and from_stdin.returncode == 0, from_file.stderr.decode()
     assert len(from_file.stdout.splitlines()) == 2
     assert from_file.stdout == from_stdin.stdout
 
 
-def test_store_flag_overrides_environment(store, tmp_path):
-    r = run("map", "--store", store, "--json", "Programming in Python", store=tmp_path / "elsewhere")
+def test_store_flag_overrides_environment(cli_store, tmp_path):
+    r = run("map", "--store", cli_store, "--json", "Programming in Python", store=tmp_path / "elsewhere")
     assert r.returncode == 0, r.stderr.decode()
 
 
 @pytest.mark.parametrize(
-    "args, stdin, message",
+    ("args", "stdin", "message"),
     [
         (["map", "   "], b"", "argument 1 is an empty sentence"),
         (["map"], b"\n  \n", "no sentences in standard input"),
         (["map", "--top", "0", "x"], b"", "--top must be >= 1"),
     ],
 )
-def test_bad_sentences_exit_2_with_a_clear_message(store, args, stdin, message):
-    r = run(*args, stdin=stdin, store=store)
+def test_bad_sentences_exit_2_with_a_clear_message(cli_store, args, stdin, message):
+    r = run(*args, stdin=stdin, store=cli_store)
     assert r.returncode == 2
     assert message in r.stderr.decode()
 
 
-def test_non_utf8_file_names_the_line(store, tmp_path):
+def test_non_utf8_file_names_the_line(cli_store, tmp_path):
     f = tmp_path / "latin1.txt"
     f.write_bytes("first line\nsecond line caf\xe9\n".encode("latin-1"))
-    r = run("map", "--file", f, store=store)
+    r = run("map", "--file", f, store=cli_store)
     assert r.returncode == 1
     assert f"{f}:2: not UTF-8" in r.stderr.decode()
-    r = run("map", "--file", tmp_path / "missing.txt", store=store)
+    r = run("map", "--file", tmp_path / "missing.txt", store=cli_store)
     assert r.returncode == 1 and "cannot read" in r.stderr.decode()
 
 
@@ -119,61 +88,61 @@ def test_paths_that_are_not_stores_are_refused(tmp_path):
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
-def test_half_built_store_is_reported_then_finished_by_build(tmp_path, taxonomy):
+def test_half_built_store_is_reported_then_finished_by_build(tmp_path, cli_taxonomy):
     path = tmp_path / "half"
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=path)
     assert r.returncode == 0
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["state"] = "building"  # what a build killed before its end leaves behind
     (path / "manifest.json").write_text(json.dumps(manifest))
     r = run("map", "x", store=path)
     assert r.returncode == 1 and "half-built" in r.stderr.decode()
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=path)
     assert r.returncode == 0, r.stderr.decode()
     assert run("map", "Programming in Python", store=path).returncode == 0
 
 
-def test_damaged_manifest_is_reported(tmp_path, store):
+def test_damaged_manifest_is_reported(tmp_path, cli_store):
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(store, copy)
+    shutil.copytree(cli_store, copy)
     (copy / "manifest.json").write_text("{not json")
     r = run("map", "x", store=copy)
     assert r.returncode == 1 and "damaged" in r.stderr.decode()
 
 
-def test_bad_taxonomy_names_the_line_and_leaves_the_store_alone(store, tmp_path):
+def test_bad_taxonomy_names_the_line_and_leaves_the_store_alone(cli_store, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x1", "label": "ok"}\n{"id": "x2"}\n', encoding="utf-8")
-    before = (store / "manifest.json").read_text()
-    r = run("build", "--taxonomy", bad, "--force", "--no-progress", store=store)
+    before = (cli_store / "manifest.json").read_text()
+    r = run("build", "--taxonomy", bad, "--force", "--no-progress", store=cli_store)
     assert r.returncode == 1
     assert f"{bad}:2: field 'label' is missing" in r.stderr.decode()
-    assert (store / "manifest.json").read_text() == before
-    assert run("map", "Programming in Python", store=store).returncode == 0
+    assert (cli_store / "manifest.json").read_text() == before
+    assert run("map", "Programming in Python", store=cli_store).returncode == 0
 
 
-def test_another_model_is_refused_before_loading_it(store):
+def test_another_model_is_refused_before_loading_it(cli_store):
     from knnbe_qdrant import ModelMismatchError, SkillMapper
 
     with pytest.raises(ModelMismatchError, match="all-mpnet-base-v2"):
-        SkillMapper.open(store, model="sentence-transformers/all-mpnet-base-v2")
+        SkillMapper.open(cli_store, model="sentence-transformers/all-mpnet-base-v2")
 
 
-def test_second_process_gets_a_clear_lock_error(store):
+def test_second_process_gets_a_clear_lock_error(cli_store):
     from knnbe_qdrant import EdgeStore
 
-    held = EdgeStore(store)
+    held = EdgeStore(cli_store)
     try:
-        r = run("map", "x", store=store)
+        r = run("map", "x", store=cli_store)
         assert r.returncode == 1
         assert "open in another process" in r.stderr.decode()
     finally:
         held.close()
 
 
-def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(store, tmp_path, small_skills):
+def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(cli_store, tmp_path, small_skills):
     python = next(s for s in small_skills if s.label == "Python (computer programming)")
     english = next(s for s in small_skills if s.label == "English")
     jsonl = tmp_path / "bench.jsonl"
@@ -195,7 +164,7 @@ def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(store, tmp_
     )
     outputs = []
     for f in (jsonl, csv_file):
-        r = run("eval", "--json", f, store=store)
+        r = run("eval", "--json", f, store=cli_store)
         assert r.returncode == 0, r.stderr.decode()
         outputs.append(json.loads(r.stdout))
     assert outputs[0] == outputs[1]
@@ -206,54 +175,54 @@ def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(store, tmp_
     assert all(0.0 <= report[k] <= 1.0 for k in ("rp@5", "rp@10", "mrr"))
 
 
-def test_eval_names_the_bad_line(store, tmp_path):
+def test_eval_names_the_bad_line(cli_store, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"sentence": "ok", "labels": ["English"]}\n{"sentence": "no labels"}\n', encoding="utf-8")
-    r = run("eval", bad, store=store)
+    r = run("eval", bad, store=cli_store)
     assert r.returncode == 1
     assert f"{bad}:2: field 'labels'" in r.stderr.decode()
 
 
-def test_curation_commands_end_to_end(store, tmp_path):
+def test_curation_commands_end_to_end(cli_store, tmp_path):
     r = run("skill", "add", "--id", "custom:widgets", "--label", "widget assembly", "--tenant", "acme",
-            "--user", "carol", store=store)
+            "--user", "carol", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     r = run("memory", "add", "--skill", "widget assembly", "--text", "Assemble widgets on the line", "--tenant", "acme",
-            store=store, env={"KNNBE_USER": "dave"})
+            store=cli_store, env={"KNNBE_USER": "dave"})
     assert r.returncode == 0 and b"added" in r.stdout, r.stderr.decode()
-    r = run("memory", "list", "--skill", "custom:widgets", "--tenant", "acme", "--json", store=store)
+    r = run("memory", "list", "--skill", "custom:widgets", "--tenant", "acme", "--json", store=cli_store)
     [row] = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert row["text"] == "Assemble widgets on the line" and row["created_by"] == "dave" and row["tenant"] == "acme"
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"text": "Widget quality checks", "skill": "custom:widgets"}\n{"text": "", "skill": "x"}\n',
                    encoding="utf-8")
-    r = run("memory", "import", bad, "--tenant", "acme", "--no-progress", store=store)
+    r = run("memory", "import", bad, "--tenant", "acme", "--no-progress", store=cli_store)
     assert r.returncode == 1
     assert f"{bad}:2: empty 'text'" in r.stderr.decode()
     assert b"stored 1, already stored 0, bad rows 1" in r.stdout
-    r = run("map", "--json", "--tenant", "acme", "--top", "3", "We assemble widgets", store=store)
+    r = run("map", "--json", "--tenant", "acme", "--top", "3", "We assemble widgets", store=cli_store)
     assert "custom:widgets" in [s["id"] for s in json.loads(r.stdout)["skills"]]
-    r = run("map", "--json", "--top", "20", "We assemble widgets", store=store)
+    r = run("map", "--json", "--top", "20", "We assemble widgets", store=cli_store)
     assert "custom:widgets" not in [s["id"] for s in json.loads(r.stdout)["skills"]]
-    r = run("tenant", "list", "--json", store=store)
+    r = run("tenant", "list", "--json", store=cli_store)
     assert json.loads(r.stdout)["acme"] == {"skills": 1, "memory": 2, "hidden": 0}
-    r = run("tenant", "delete", "acme", store=store)
+    r = run("tenant", "delete", "acme", store=cli_store)
     assert r.returncode == 0
-    assert json.loads(run("tenant", "list", "--json", store=store).stdout) == {}
-    r = run("memory", "add", "--skill", "no such skill", "--text", "x", store=store)
+    assert json.loads(run("tenant", "list", "--json", store=cli_store).stdout) == {}
+    r = run("memory", "add", "--skill", "no such skill", "--text", "x", store=cli_store)
     assert r.returncode == 1 and b"no skill 'no such skill'" in r.stderr
 
 
-def test_build_without_model_keeps_the_model_a_store_was_built_with(tmp_path, taxonomy):
+def test_build_without_model_keeps_the_model_a_store_was_built_with(tmp_path, cli_taxonomy):
     # A store built with another model than today's default (an older release's, say) is finished or topped up
     # with its own model; only --model or --force choose another.
     path = tmp_path / "older"
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, "--model", "sentence-transformers/all-MiniLM-L6-v2",
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, "--model", "sentence-transformers/all-MiniLM-L6-v2",
             store=path)
     assert r.returncode == 0, r.stderr.decode()
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, store=path)
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=path)
     assert r.returncode == 0, r.stderr.decode()
     assert b"model sentence-transformers/all-MiniLM-L6-v2 " in r.stdout
-    r = run("build", "--taxonomy", taxonomy, *SMALL_BUILD, "--model", "knnbe-qdrant/all-MiniLM-L6-v2-esco",
+    r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, "--model", "knnbe-qdrant/all-MiniLM-L6-v2-esco",
             store=path)
     assert r.returncode == 1 and "refusing" in r.stderr.decode()

@@ -71,7 +71,7 @@ def test_added_sentence_has_provenance_and_votes_at_once(curator, mapper):
     text = "Scripting data pipelines in Python is part of the daily work."
     assert curator.add_sentence(text, QDRANT, tenant="acme", source="review-2026-11")
     assert not curator.add_sentence(text, QDRANT, tenant="acme")  # idempotent
-    [row] = [p for p in curator.list_memory(QDRANT, tenant="acme", own_only=True)]
+    [row] = list(curator.list_memory(QDRANT, tenant="acme", own_only=True))
     assert row["created_by"] == "alice" and row["source"] == "review-2026-11" and row["created_at"]
     assert row["tenant"] == "acme"
     result = mapper.map([text], top=3, tenant="acme")[0]

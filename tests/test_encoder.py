@@ -3,7 +3,8 @@
 import numpy as np
 
 from knnbe_qdrant import Encoder, InvalidInputError
-from knnbe_qdrant import _encoder as E
+from knnbe_qdrant.encoding import encoder as encoder_module
+from knnbe_qdrant.encoding import models, onnx
 
 
 def test_onnx_and_torch_embeddings_agree(encoder):
@@ -16,16 +17,16 @@ def test_onnx_and_torch_embeddings_agree(encoder):
 
 def test_onnx_file_is_cached_next_to_the_model(encoder):
     assert encoder.runtime == "onnx"
-    path = E.onnx_path_for(E.local_model_dir(encoder.name))
-    assert path.exists() and path.name == E.ONNX_FILE
+    path = onnx.onnx_path_for(models.local_model_dir(encoder.name))
+    assert path.exists() and path.name == onnx.ONNX_FILE
 
 
 def test_a_gpu_without_onnx_cuda_falls_back_to_sentence_transformers(monkeypatch):
     # No GPU is lent to this project's CI: the detection is simulated, the model and runtime are real.
-    monkeypatch.setattr(E, "_cuda_present", lambda: True)
-    monkeypatch.setattr(E, "_onnx_has_cuda", lambda: False)
+    monkeypatch.setattr(encoder_module, "_cuda_present", lambda: True)
+    monkeypatch.setattr(encoder_module, "_onnx_has_cuda", lambda: False)
     assert Encoder().runtime == "torch"
-    monkeypatch.setattr(E, "_onnx_has_cuda", lambda: True)
+    monkeypatch.setattr(encoder_module, "_onnx_has_cuda", lambda: True)
     assert Encoder(device="cpu").runtime == "onnx"
 
 

@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from knnbe_qdrant import Encoder
-from knnbe_qdrant._encoder import BASE_MODEL, local_model_dir
 from knnbe_qdrant._errors import InvalidInputError
-from knnbe_qdrant._finetune import RECIPE_FILE, Recipe, finetune, training_pairs
-from knnbe_qdrant._model_patch import make_patch, materialize
+from knnbe_qdrant.encoding import BASE_MODEL, local_model_dir
+from knnbe_qdrant.encoding.finetune import RECIPE_FILE, Recipe, finetune, training_pairs
+from knnbe_qdrant.encoding.patch import make_patch, materialize
 
 pytest.importorskip("datasets")
 pytest.importorskip("accelerate")

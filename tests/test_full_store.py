@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(*args, store):
     env = {**os.environ, "KNNBE_STORE": str(store)}
     env.pop("QDRANT_URL", None)
-    return subprocess.run([sys.executable, "-m", "knnbe_qdrant", *map(str, args)], capture_output=True, env=env)
+    return subprocess.run([sys.executable, "-m", "knnbe_qdrant", *map(str, args)], capture_output=True, env=env,
+                          check=False)
 
 
 @pytest.fixture(scope="module")

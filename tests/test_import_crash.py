@@ -12,7 +12,7 @@ import time
 
 from knnbe_qdrant import EdgeStore
 from knnbe_qdrant._schema import MEMORY
-from tests.test_cli import SMALL_BUILD, run
+from tests.helpers import SMALL_BUILD, run
 
 N_ROWS = 20000
 KILL_AFTER_S = (7, 12, 20, 30)  # later tries only on a slow or busy machine
@@ -36,7 +36,7 @@ def test_killed_import_converges_when_run_again(tmp_path, small_skills):
     cmd = [sys.executable, "-m", "knnbe_qdrant", "memory", "import", str(rows), "--tenant", "acme", "--no-progress"]
     partial = 0
     for kill_after in KILL_AFTER_S:  # a slower machine may have stored nothing yet at the first try
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(kill_after)  # start-up takes ~1 s, then a chunk of 4,096 rows is stored every few seconds
         assert proc.poll() is None, "the import finished before it could be killed; make the file bigger"
         proc.send_signal(signal.SIGKILL)
@@ -46,7 +46,7 @@ def test_killed_import_converges_when_run_again(tmp_path, small_skills):
         if partial:
             break
     assert 0 < partial < N_ROWS, partial
-    r = subprocess.run(cmd, env=env, capture_output=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, check=False)
     assert r.returncode == 0, r.stderr.decode()
     assert f"already stored {partial}".encode() in r.stdout
     with EdgeStore(store) as s:

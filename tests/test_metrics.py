@@ -2,7 +2,7 @@
 
 import pytest
 
-from knnbe_qdrant._metrics import evaluate, reciprocal_rank, rp_at_k
+from knnbe_qdrant.evaluation.metrics import evaluate, reciprocal_rank, rp_at_k
 
 
 def test_rp_divides_by_the_smaller_of_k_and_the_gold_size():

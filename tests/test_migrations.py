@@ -9,6 +9,7 @@ import pytest
 from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptError, default_memory
 from knnbe_qdrant import migrations as M
 from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
+from knnbe_qdrant.migrations.reembed import reembed, rollback
 from tests.conftest import BACKENDS, build_small
 
 SENTENCE = ["Strong programming skills in Python."]
@@ -32,7 +33,7 @@ def other_encoder(encoder):
     import tempfile
     from pathlib import Path
 
-    from knnbe_qdrant._encoder import local_model_dir
+    from knnbe_qdrant.encoding import local_model_dir
 
     source = local_model_dir(encoder.name)
     target = Path(tempfile.mkdtemp()) / "minilm-cls"
@@ -68,9 +69,9 @@ def test_old_schema_is_refused_until_migrated_and_migrate_is_idempotent(store, e
 def test_model_change_reembeds_swaps_atomically_and_rolls_back(store, encoder, other_encoder):
     before = SkillMapper(store, encoder, exact=True).map(SENTENCE)[0]
     counts = {c: store.count(c) for c in (SKILLS, MEMORY)}
-    plan = M.reembed(store, other_encoder, dry_run=True)
+    plan = reembed(store, other_encoder, dry_run=True)
     assert "generation 2" in plan[0] and store.manifest.generation == 1
-    M.reembed(store, other_encoder, progress=False)
+    reembed(store, other_encoder, progress=False)
     m = store.manifest
     assert (m.model, m.generation, m.previous["model"]) == (other_encoder.name, 2, encoder.name)
     assert {c: store.count(c) for c in (SKILLS, MEMORY)} == counts
@@ -81,7 +82,7 @@ def test_model_change_reembeds_swaps_atomically_and_rolls_back(store, encoder, o
     x = other_encoder.encode(SENTENCE)[0]
     top = after.skills[0]
     assert top.bi_encoder == pytest.approx(float(x @ other_encoder.encode([top.label])[0]), abs=1e-4)
-    M.rollback(store)
+    rollback(store)
     assert (store.manifest.model, store.manifest.generation) == (encoder.name, 1)
     again = SkillMapper(store, encoder, exact=True).map(SENTENCE)[0]
     assert [s.id for s in again.skills] == [s.id for s in before.skills]
@@ -100,7 +101,7 @@ def test_reembedding_resumes_after_a_crash(store, encoder, other_encoder):
     other_encoder.encode = crash_on_second_chunk
     try:
         with pytest.raises(KeyboardInterrupt):
-            M.reembed(store, other_encoder, progress=False)
+            reembed(store, other_encoder, progress=False)
     finally:
         other_encoder.encode = original
     assert store.manifest.pending_reembed == {"model": other_encoder.name, "generation": 2}
@@ -109,7 +110,7 @@ def test_reembedding_resumes_after_a_crash(store, encoder, other_encoder):
     encoded: list[int] = []
     other_encoder.encode = lambda texts, **kw: (encoded.append(len(texts)), original(texts, **kw))[1]
     try:
-        M.reembed(store, other_encoder, progress=False)
+        reembed(store, other_encoder, progress=False)
     finally:
         other_encoder.encode = original
     total = store.count(SKILLS) + len({r.payload["text"] for r in store.scroll(MEMORY, payload=["text"])})

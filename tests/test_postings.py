@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from knnbe_qdrant._postings import Posting, aggregate, split_sentences
 from knnbe_qdrant._results import SentenceResult, SkillMatch
-from tests.test_cli import run, store, taxonomy  # noqa: F401  (module fixtures, reused)
+from knnbe_qdrant.postings import Posting, aggregate, split_sentences
+from tests.helpers import run
 
 POSTINGS = [
     {"id": "p1", "text": "We build REST services in Python. You will write SQL queries every day."},
@@ -53,9 +53,9 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_map_postings_writes_one_record_per_posting_and_reports_malformed(store, postings_file, tmp_path):
+def test_map_postings_writes_one_record_per_posting_and_reports_malformed(cli_store, postings_file, tmp_path):
     out = tmp_path / "out.jsonl"
-    r = run("map-postings", postings_file, out, "--no-progress", store=store)
+    r = run("map-postings", postings_file, out, "--no-progress", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     records = read_jsonl(out)
     assert [rec["id"] for rec in records] == ["p1", "p2", "p3", "p4"]
@@ -71,19 +71,19 @@ def test_map_postings_writes_one_record_per_posting_and_reports_malformed(store,
         assert all(s["sentences"] for s in rec["skills"])
 
 
-def test_killed_run_resumes_to_the_same_output(store, postings_file, tmp_path):
+def test_killed_run_resumes_to_the_same_output(cli_store, postings_file, tmp_path):
     full = tmp_path / "full.jsonl"
-    assert run("map-postings", postings_file, full, "--no-progress", store=store).returncode == 0
+    assert run("map-postings", postings_file, full, "--no-progress", store=cli_store).returncode == 0
     resumed = tmp_path / "resumed.jsonl"
     lines = full.read_bytes().splitlines(keepends=True)
     resumed.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # one posting done, the next torn mid-write
-    r = run("map-postings", postings_file, resumed, "--no-progress", store=store)
+    r = run("map-postings", postings_file, resumed, "--no-progress", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     assert b"1 already there" in r.stdout
     assert resumed.read_bytes() == full.read_bytes()
 
 
-def test_csv_in_parquet_out(store, tmp_path):
+def test_csv_in_parquet_out(cli_store, tmp_path):
     import pyarrow.parquet as pq
 
     src = tmp_path / "postings.csv"
@@ -93,7 +93,7 @@ def test_csv_in_parquet_out(store, tmp_path):
         w.writerows({"posting_id": p["id"], "body": p["text"]} for p in POSTINGS)
     out = tmp_path / "out.parquet"
     r = run("map-postings", src, out, "--id-field", "posting_id", "--text-field", "body", "--no-progress",
-            store=store)
+            store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     table = pq.read_table(out).to_pylist()
     assert [row["id"] for row in table] == ["p1", "p2", "p3", "p4"]
@@ -101,29 +101,29 @@ def test_csv_in_parquet_out(store, tmp_path):
     assert not (tmp_path / "out.parquet.partial.jsonl").exists()
 
 
-def test_parquet_in(store, tmp_path):
+def test_parquet_in(cli_store, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     src = tmp_path / "postings.parquet"
     pq.write_table(pa.Table.from_pylist(POSTINGS), src)
     out = tmp_path / "out.jsonl"
-    assert run("map-postings", src, out, "--no-progress", store=store).returncode == 0
+    assert run("map-postings", src, out, "--no-progress", store=cli_store).returncode == 0
     assert [rec["id"] for rec in read_jsonl(out)] == ["p1", "p2", "p3", "p4"]
 
 
-def test_missing_columns_are_named(store, tmp_path):
+def test_missing_columns_are_named(cli_store, tmp_path):
     src = tmp_path / "postings.csv"
     src.write_text("id,content\n1,hello\n", encoding="utf-8")
-    r = run("map-postings", src, tmp_path / "out.jsonl", "--no-progress", store=store)
+    r = run("map-postings", src, tmp_path / "out.jsonl", "--no-progress", store=cli_store)
     assert r.returncode == 1 and "lacks ['text']" in r.stderr.decode()
 
 
-def test_ray_gives_the_same_output_as_one_machine(store, postings_file, tmp_path):
+def test_ray_gives_the_same_output_as_one_machine(cli_store, postings_file, tmp_path):
     local, distributed = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    assert run("map-postings", postings_file, local, "--no-progress", store=store).returncode == 0
+    assert run("map-postings", postings_file, local, "--no-progress", store=cli_store).returncode == 0
     r = run("map-postings", postings_file, distributed, "--no-progress", "--ray", "local", "--ray-actors", "2",
-            store=store)
+            store=cli_store)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert b"wrote 4 postings" in r.stdout
     assert distributed.read_bytes() == local.read_bytes()

@@ -86,7 +86,7 @@ class ScriptedHTTP:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 outer.requests.append((time.monotonic(), self.path))
                 status, headers = outer.script.pop(0) if outer.script else (200, {})
                 body = json.dumps(

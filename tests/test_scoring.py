@@ -102,7 +102,7 @@ def test_votes_are_a_distribution_over_labels(sims, tau, n_labels):
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    ("kwargs", "field"),
     [({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"k": 0}, "k"), ({"tau": 0}, "tau"),
      ({"n_candidates": 0}, "n_candidates"), ({"aggregation": "max"}, "aggregation")],
 )

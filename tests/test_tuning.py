@@ -8,9 +8,9 @@ import json
 import pytest
 
 from knnbe_qdrant import ScoringParams, SkillMapper
-from knnbe_qdrant._data import TUNED_PARAMS, _data_file, tuned_defaults
-from knnbe_qdrant._evaluate import run_eval
-from knnbe_qdrant._tuning import save_params, tune
+from knnbe_qdrant._data import TUNED_PARAMS, data_file, tuned_defaults
+from knnbe_qdrant.evaluation import run_eval
+from knnbe_qdrant.evaluation.tuning import save_params, tune
 
 GRID = {"lam": (0.3, 0.6), "k": (8, 32), "tau": (0.05,), "aggregation": ("softmax",)}
 
@@ -30,7 +30,7 @@ def test_grid_points_score_as_a_direct_evaluation_does(built_store, encoder):
 
 
 def test_tuned_defaults_are_read_store_first_then_package(built_store, encoder):
-    shipped = json.loads(_data_file(TUNED_PARAMS).read_text())[encoder.name]
+    shipped = json.loads(data_file(TUNED_PARAMS).read_text())[encoder.name]
     assert tuned_defaults(encoder.name) == shipped
     mapper = SkillMapper(built_store, encoder)
     assert (mapper.params.lam, mapper.params.k, mapper.params.tau) == (shipped["lam"], shipped["k"], shipped["tau"])

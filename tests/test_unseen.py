@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ANCHOR_LABELS, BACKENDS, build_small
 
-from knnbe_qdrant import SkillMapper
+from knnbe_qdrant import InvalidInputError, SkillMapper
 from knnbe_qdrant import _schema as S
-from knnbe_qdrant._evaluate import run_eval
-from knnbe_qdrant._unseen import pick_skills, unseen_skills
+from knnbe_qdrant.evaluation import run_eval
+from knnbe_qdrant.evaluation.unseen import pick_skills, unseen_skills
+from tests.helpers import ANCHOR_LABELS, BACKENDS, build_small
 
 GOLD = [
     ("We need strong Python skills for our backend services.", ["Python (computer programming)"]),
@@ -79,7 +79,7 @@ def test_an_error_mid_run_still_puts_the_memory_back(store, encoder, bench, tmp_
     mapper = SkillMapper(store, encoder, exact=True)
     before_state = _memory_state(store)
     backup = tmp_path / "backup.jsonl"
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(InvalidInputError, match="mode must be one of"):
         unseen_skills(mapper, [bench], fraction=1.0, backup=backup, modes=("no-such-mode",))
     assert_same_memory(store, before_state)
     rows = [json.loads(line) for line in backup.read_text().splitlines()]
@@ -99,7 +99,7 @@ def test_skill_sample_depends_on_the_seed_only():
 
 
 def test_cli_prints_before_and_after(tmp_path, encoder, anchors, bench, capsys):
-    from knnbe_qdrant._cli import main
+    from knnbe_qdrant.cli import main
 
     build_small("embedded", tmp_path, encoder, anchors).close()
     assert main(["--store", str(tmp_path / "store"), "unseen", str(bench), "--fraction", "1",

@@ -5,14 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, SCHEMA_VERSION, Manifest, utc_now
 
-Value = Union[str, bool, Sequence[str]]
+Value = str | bool | Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,23 @@ class Hit:
         return f"Hit(id={self.id!r}, score={self.score!r}, payload={self.payload!r})"
 
 
+WhereLike = Where | Mapping[str, Value]
+"""What every read takes as a filter: a Where, or a plain mapping of fields that must hold."""
+
+
 @dataclass(frozen=True)
 class Record:
     id: str
     payload: dict[str, Any]
     vector: np.ndarray | None = None
+
+
+def vectors_of(records: Sequence[Record]) -> np.ndarray:
+    """The vectors of records retrieved with their vectors, one row each."""
+    missing = [r.id for r in records if r.vector is None]
+    if missing:
+        raise StoreCorruptError(f"points {missing[:3]} came back without their vectors")
+    return np.stack([r.vector for r in records if r.vector is not None])
 
 
 class Store(ABC):
@@ -74,16 +86,17 @@ class Store(ABC):
         return self._read_manifest() is not None
 
     def initialize(self, model: str, dimension: int, **manifest_fields: Any) -> Manifest:
-        """Create the collections for `model`, or resume a store begun with the same model. Idempotent."""
+        """Create the collections for `model`, or resume a store begun with the same model. Idempotent.
+
+        `manifest_fields` go into a new store's manifest; the builder passes `migrations`, the list of migrations a
+        store born at the latest schema counts as applied."""
         existing = self._read_manifest()
         if existing is not None:
             self.check_model(model, dimension, existing)
             resumed = self.update_manifest(state="building")
             self._create_collections(dimension)  # no-op where they exist: a crash may have come before them
             return resumed
-        from ..migrations import all_applied  # a new store is born at the latest schema
-
-        manifest = Manifest(model=model, dimension=dimension, migrations=all_applied(), **manifest_fields)
+        manifest = Manifest(model=model, dimension=dimension, **manifest_fields)
         # Manifest first, marked "building": a crash from here on leaves a store that says it is unfinished.
         self._write_manifest(manifest)
         self._create_collections(dimension)
@@ -203,7 +216,7 @@ class Store(ABC):
         vectors: np.ndarray,
         limit: int,
         *,
-        where: Where | None = None,
+        where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
         exact: bool = False,
         hnsw_ef: int | None = None,
@@ -212,25 +225,30 @@ class Store(ABC):
 
     @abstractmethod
     def scroll(
-        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+        self,
+        collection: str,
+        *,
+        where: WhereLike | None = None,
+        payload: bool | Sequence[str] = True,
+        batch: int = 1000,
     ) -> Iterator[Record]: ...
 
     @abstractmethod
-    def count(self, collection: str, *, where: Where | None = None) -> int: ...
+    def count(self, collection: str, *, where: WhereLike | None = None) -> int: ...
 
     @abstractmethod
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         """Set these payload fields (others are kept) on the given points; returns once durable."""
 
     @abstractmethod
-    def delete_where(self, collection: str, where: Where) -> None:
+    def delete_where(self, collection: str, where: WhereLike) -> None:
         """Delete every point matching `where`; returns once durable."""
 
     @abstractmethod
-    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+    def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
         """Each value of a keyword field and how many points hold it (a facet)."""
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027  (optional: only backends that index explicitly override it)
         """Build indexes after a bulk load, where the backend does this explicitly."""
 
     @abstractmethod
@@ -257,7 +275,7 @@ def as_values(value: Value) -> list:
     return [value] if isinstance(value, (str, bool)) else list(value)
 
 
-def build_filter(where: Where | Mapping[str, Value] | None, api: Any) -> Any:
+def build_filter(where: WhereLike | None, api: Any) -> Any:
     """`where` as a Qdrant filter, built with `api`: qdrant_edge or qdrant_client.models, which name the filter
     classes and their fields alike."""
     if not where:

@@ -10,16 +10,15 @@ import contextlib
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from .._config import DEFAULT_PREFIX
 from .._errors import StoreCorruptError
-from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, Where, build_filter, payload_selector, to_record
+from .._schema import COLLECTIONS, DEFAULT_PREFIX, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .retry import RetryPolicy, call_with_retries
 
 META = "meta"
@@ -130,13 +129,13 @@ class QdrantClientStore(Store):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
                     self._call(self.client.create_payload_index, name, field, field_schema=schema, wait=True)
-
-    # ---- data ---------------------------------------------------------------------------------------------------
             if self._view_generation is None and not self._alias_target(collection):
                 self._call(
                     self.client.update_collection_aliases,
                     change_aliases_operations=[self._create_alias(collection, generation)],
                 )
+
+    # ---- data ---------------------------------------------------------------------------------------------------
 
     def upsert(
         self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
@@ -179,7 +178,7 @@ class QdrantClientStore(Store):
         vectors: np.ndarray,
         limit: int,
         *,
-        where: Where | None = None,
+        where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
         exact: bool = False,
         hnsw_ef: int | None = None,
@@ -201,7 +200,12 @@ class QdrantClientStore(Store):
         return [[Hit(p.id, p.score, p.payload or {}) for p in r.points] for r in responses]
 
     def scroll(
-        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+        self,
+        collection: str,
+        *,
+        where: WhereLike | None = None,
+        payload: bool | Sequence[str] = True,
+        batch: int = 1000,
     ) -> Iterator[Record]:
         offset = None
         while True:
@@ -219,7 +223,7 @@ class QdrantClientStore(Store):
             if offset is None:
                 return
 
-    def count(self, collection: str, *, where: Where | None = None) -> int:
+    def count(self, collection: str, *, where: WhereLike | None = None) -> int:
         return int(
             self._call(
                 self.client.count, self.name(collection), count_filter=build_filter(where, models), exact=True
@@ -236,7 +240,7 @@ class QdrantClientStore(Store):
                 wait=True,
             )
 
-    def delete_where(self, collection: str, where: Where) -> None:
+    def delete_where(self, collection: str, where: WhereLike) -> None:
         self._call(
             self.client.delete,
             self.name(collection),
@@ -244,7 +248,7 @@ class QdrantClientStore(Store):
             wait=True,
         )
 
-    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+    def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
         response = self._call(
             self.client.facet,
             self.name(collection),
@@ -253,7 +257,7 @@ class QdrantClientStore(Store):
             limit=1_000_000,
             exact=True,
         )
-        return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
+        return {str(hit.value): hit.count for hit in response.hits if hit.count > 0}
 
     def _serves(self, generation: int) -> bool:
         return all(self._alias_target(c) == self.physical(c, generation) for c in COLLECTIONS)

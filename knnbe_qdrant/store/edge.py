@@ -19,14 +19,10 @@ import qdrant_edge as qe
 
 from .._errors import StoreCorruptError, StoreLockedError, StoreNotFoundError
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, Where, build_filter, payload_selector, to_record
+from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 
 MANIFEST_FILE = "manifest.json"
 _UPSERT_CHUNK = 1024
-
-
-
-
 
 
 class EdgeStore(Store):
@@ -53,7 +49,8 @@ class EdgeStore(Store):
                 raise StoreCorruptError(
                     f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
                 )
-        self.generation = generation or (self._read_manifest().generation if has_manifest else 1)
+        manifest = self._read_manifest() if has_manifest else None
+        self.generation = generation or (manifest.generation if manifest else 1)
         for name in COLLECTIONS:
             if self._dir(name).exists():
                 self._shards[name] = self._load_shard(name)
@@ -179,7 +176,7 @@ class EdgeStore(Store):
         vectors: np.ndarray,
         limit: int,
         *,
-        where: Where | None = None,
+        where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
         exact: bool = False,
         hnsw_ef: int | None = None,
@@ -201,7 +198,12 @@ class EdgeStore(Store):
         return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
 
     def scroll(
-        self, collection: str, *, where: Where | None = None, payload: bool | Sequence[str] = True, batch: int = 1000
+        self,
+        collection: str,
+        *,
+        where: WhereLike | None = None,
+        payload: bool | Sequence[str] = True,
+        batch: int = 1000,
     ) -> Iterator[Record]:
         shard = self._shard(collection)
         offset = None
@@ -217,7 +219,7 @@ class EdgeStore(Store):
             if offset is None:
                 return
 
-    def count(self, collection: str, *, where: Where | None = None) -> int:
+    def count(self, collection: str, *, where: WhereLike | None = None) -> int:
         return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=build_filter(where, qe))))
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
@@ -225,15 +227,15 @@ class EdgeStore(Store):
             with self._lock:
                 self._shard(collection).update(qe.UpdateOperation.set_payload(list(ids), payload))
 
-    def delete_where(self, collection: str, where: Where) -> None:
+    def delete_where(self, collection: str, where: WhereLike) -> None:
         with self._lock:
             self._shard(collection).update(qe.UpdateOperation.delete_points_by_filter(build_filter(where, qe)))
 
-    def distinct(self, collection: str, field: str, *, where: Where | None = None) -> dict[str, int]:
+    def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
         response = self._shard(collection).facet(
             qe.FacetRequest(key=field, limit=1_000_000, exact=True, filter=build_filter(where, qe))
         )
-        return {hit.value: hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
+        return {str(hit.value): hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
     def optimize(self) -> None:
         with self._lock:

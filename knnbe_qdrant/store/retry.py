@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 
 T = TypeVar("T")
 log = logging.getLogger("knnbe_qdrant.retry")
@@ -34,7 +35,7 @@ class RetryPolicy:
     max_wait: float = 5.0
 
     @classmethod
-    def from_env(cls) -> "RetryPolicy":
+    def from_env(cls) -> RetryPolicy:
         return cls(
             attempts=int(os.environ.get("KNNBE_RETRY_ATTEMPTS", cls.attempts)),
             max_seconds=float(os.environ.get("KNNBE_RETRY_SECONDS", cls.max_seconds)),
@@ -80,14 +81,16 @@ def retry_after(exc: BaseException | None) -> float | None:
 
 class _Wait:
     def __init__(self, policy: RetryPolicy) -> None:
-        self.backoff = wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait)
+        # Exponential backoff plus up to a second of jitter, the same as tenacity's wait_exponential_jitter, whose
+        # spelling of the first wait changed between tenacity 8 and 9.2 (`initial` was deprecated for `multiplier`).
+        self.backoff = wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait) + wait_random(0, 1)
         self.policy = policy
 
     def __call__(self, state: RetryCallState) -> float:
         asked = retry_after(state.outcome.exception() if state.outcome else None)
         if asked is not None:
             return min(asked, self.policy.max_seconds)
-        return self.backoff(state)
+        return min(self.backoff(state), self.policy.max_wait)
 
 
 def _log_retry(state: RetryCallState) -> None:

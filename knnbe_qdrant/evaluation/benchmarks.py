@@ -1,20 +1,18 @@
-"""`knnbe-qdrant eval`: a benchmark file in, RP@5 / RP@10 / MRR out, for each scoring mode on the same encodings."""
+"""Benchmark files: the skill-mapping benchmarks' JSONL and span-CSV formats, the shipped validation splits and
+SkillSkape dev by name, and gold labels resolved to the store's skill ids."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _schema as S
-from ._data import iter_csv, iter_jsonl
-from ._errors import InputFileError
-from ._mapper import MODES, SkillMapper
-from ._metrics import evaluate
+from .. import _schema as S
+from .._data import data_file, iter_csv, iter_jsonl, skillskape_sentences
+from .._errors import InputFileError
+from ..store.base import Store
 
 NO_SKILL_LABELS = {"LABEL NOT PRESENT", "UNDERSPECIFIED"}
-DEFAULT_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -34,13 +32,9 @@ def read_benchmark(path: str | Path) -> list[GoldSentence]:
     rows labelled LABEL NOT PRESENT or UNDERSPECIFIED are dropped, spans grouped by sentence, sentences left without
     a label dropped); or `skillskape-dev`, the shipped SkillSkape dev split."""
     if str(path) == SKILLSKAPE_DEV:
-        from ._data import skillskape_sentences
-
         return [GoldSentence(text, tuple(uris)) for text, uris in skillskape_sentences("dev") if uris]
     if str(path) in SHIPPED:
-        from ._data import _data_file
-
-        path = _data_file(SHIPPED[str(path)])
+        path = data_file(SHIPPED[str(path)])
     path = Path(path)
     try:
         head = path.read_bytes()[:4096].decode("utf-8", errors="replace").lstrip()
@@ -78,12 +72,12 @@ def _read_span_csv(path: Path) -> list[GoldSentence]:
     return [GoldSentence(s, tuple(labels)) for s, labels in grouped.items() if labels]
 
 
-def resolve_gold(items: Sequence[GoldSentence], mapper: SkillMapper) -> tuple[list[set[str]], list[str]]:
+def resolve_gold(items: Sequence[GoldSentence], store: Store) -> tuple[list[set[str]], list[str]]:
     """Gold skill ids per sentence, and the gold labels that are not in the store's taxonomy. Those stay in the
     gold set (they can never be found, so they count against the scores) and are reported."""
     by_label: dict[str, str] = {}
     ids: set[str] = set()
-    for record in mapper.store.scroll(S.SKILLS, where={S.F_TENANT: S.GLOBAL_TENANT}, payload=[S.F_SKILL_ID, S.F_LABEL]):
+    for record in store.scroll(S.SKILLS, where={S.F_TENANT: S.GLOBAL_TENANT}, payload=[S.F_SKILL_ID, S.F_LABEL]):
         ids.add(record.payload[S.F_SKILL_ID])
         by_label[record.payload[S.F_LABEL]] = record.payload[S.F_SKILL_ID]
     golds, unknown = [], []
@@ -98,47 +92,3 @@ def resolve_gold(items: Sequence[GoldSentence], mapper: SkillMapper) -> tuple[li
                 gold.add(skill)
         golds.append(gold)
     return golds, unknown
-
-
-def run_eval(
-    mapper: SkillMapper, path: str | Path, modes: Sequence[str] = ("knnbe",), depth: int = DEFAULT_DEPTH
-) -> dict[str, dict]:
-    """{mode: {"n", "rp@5", "rp@10", "mrr", "unknown_gold"}}; every mode ranks the same encodings."""
-    items = read_benchmark(path)
-    if not items:
-        raise InputFileError(f"{path}: no sentence with a gold skill")
-    return eval_items(mapper, items, modes, depth)
-
-
-def eval_items(
-    mapper: SkillMapper, items: Sequence[GoldSentence], modes: Sequence[str] = ("knnbe",), depth: int = DEFAULT_DEPTH,
-    *, resolved: tuple[list[set[str]], list[str]] | None = None,
-) -> dict[str, dict]:
-    """As run_eval, for items already read; `resolved` is their resolve_gold result, where the caller has it."""
-    golds, unknown = resolved or resolve_gold(items, mapper)
-    sentences = [i.sentence for i in items]
-    vectors = mapper.encoder.encode(sentences)
-    report = {}
-    for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}")
-        results = mapper.map_vectors(sentences, vectors, top=depth, mode=mode)
-        scores = evaluate([[s.id for s in r.skills] for r in results], golds)
-        report[mode] = {**scores, "unknown_gold": len(unknown)}
-    return report
-
-
-def format_report(path: str, report: dict[str, dict]) -> str:
-    lines = [f"{path}", f"  {'mode':<11} {'n':>4} {'RP@5':>6} {'RP@10':>6} {'MRR':>6}  gold labels not in taxonomy"]
-    for mode, r in report.items():
-        lines.append(
-            f"  {mode:<11} {r['n']:>4} {100 * r['rp@5']:6.1f} {100 * r['rp@10']:6.1f} {100 * r['mrr']:6.1f}  "
-            f"{r['unknown_gold']}"
-        )
-    return "\n".join(lines)
-
-
-def to_json(report: dict[str, dict]) -> str:
-    if len(report) == 1:
-        return json.dumps(next(iter(report.values())))
-    return json.dumps(report)

@@ -11,20 +11,19 @@ import sys
 import time
 from typing import Any
 
-from . import _schema as S
-from ._data import skillskape_sentences
-from ._mapper import SkillMapper
+from .. import _schema as S
+from .._data import skillskape_sentences
+from .._mapper import SkillMapper
+from ..encoding import Encoder
+from ..store.connection import Connection, Location, as_connection
 
 
-def _time_to_first_result(path: str | None, url: str | None, api_key: str | None, prefix: str | None) -> float:
+def _time_to_first_result(connection: Connection) -> float:
     """Wall time of a fresh `knnbe-qdrant map` process: imports, store open, model load, one sentence mapped."""
-    cmd = [sys.executable, "-m", "knnbe_qdrant", "map", "--json", "--top", "3"]
-    for flag, value in (("--store", path), ("--url", url), ("--api-key", api_key), ("--prefix", prefix)):
-        if value:
-            cmd += [flag, value]
-    cmd.append("Experience with Python and SQL databases.")
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "map", "--json", "--top", "3", "Experience with Python and SQL."]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, env={**env, **connection.environment()})
     return time.perf_counter() - started
 
 
@@ -72,13 +71,11 @@ def _latency_ms(mapper: SkillMapper, sentences: list[str], n: int = 50) -> tuple
         mapper.map([sentence])
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
 def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
     """Sentences/s of each encoder runtime alone, on the same sentences, batches of 64."""
-    from ._encoder import Encoder
-
     out = {}
     for runtime in ("onnx", "torch"):
         try:
@@ -93,25 +90,18 @@ def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
 
 
 def run_bench(
-    path: str | None = None,
-    *,
-    n_sentences: int = 512,
-    repeats: int = 3,
-    batch_size: int = 256,
-    url: str | None = None,
-    api_key: str | None = None,
-    prefix: str | None = None,
-    **connection: Any,
+    location: Location = None, *, n_sentences: int = 512, repeats: int = 3, batch_size: int = 256
 ) -> dict[str, Any]:
+    connection = as_connection(location)
     sentences = [text for text, _ in skillskape_sentences("dev")][:n_sentences]
-    first_result_s = _time_to_first_result(path, url, api_key, prefix)  # before we open: Edge allows one process
-    with SkillMapper.open(path, url=url, api_key=api_key, prefix=prefix, **connection) as mapper:
+    first_result_s = _time_to_first_result(connection)  # before we open: Edge allows one process
+    with SkillMapper.open(connection) as mapper:
         manifest = mapper.store.manifest
         _pipeline(mapper, sentences[:batch_size], batch_size, "knnbe")  # warm-up: caches, lazy init
         runs: dict[str, list[tuple[float, float]]] = {"bi-encoder": [], "knnbe": []}
         for _ in range(repeats):
-            for mode in runs:  # interleaved, so both modes see the same machine conditions
-                runs[mode].append(_pipeline(mapper, sentences, batch_size, mode))
+            for mode, timings in runs.items():  # interleaved, so both modes see the same machine conditions
+                timings.append(_pipeline(mapper, sentences, batch_size, mode))
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
     encoders = _encoder_throughput(manifest.model, sentences)

@@ -12,24 +12,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from ._errors import KnnbeError
-from ._postings import Batch, map_batch
+from .._errors import KnnbeError
+from .._mapper import SkillMapper
+from ..store.connection import Connection
+from .mapping import Batch, map_batch
 
 
 class _PostingsActor:
-    def __init__(self, store: dict[str, Any], top: int, sentence_top: int, tenant: str | None) -> None:
-        from ._mapper import SkillMapper
-
+    def __init__(self, connection: Connection, top: int, sentence_top: int, tenant: str | None) -> None:
         self.copy = None
-        path = store.get("path")
-        if path is not None:
+        if connection.path is not None:
             self.copy = tempfile.mkdtemp(prefix="knnbe-actor-")
-            path = shutil.copytree(path, os.path.join(self.copy, "store"))
-        self.mapper = SkillMapper.open(path, url=store.get("url"), api_key=store.get("api_key"),
-                                       prefix=store.get("prefix"), timeout=store.get("timeout"),
-                                       prefer_grpc=store.get("prefer_grpc"))
+            copied = shutil.copytree(connection.path, os.path.join(self.copy, "store"))
+            connection = replace(connection, path=Path(copied))
+        self.mapper = SkillMapper.open(connection)
         self.args = (top, sentence_top, tenant)
 
     def map(self, batch: Batch) -> list[dict]:
@@ -44,7 +44,7 @@ class _PostingsActor:
 class RayRunner:
     """Round-robins batches over `actors` mapper actors, keeping at most two batches per actor in flight."""
 
-    def __init__(self, address: str, actors: int, store: dict[str, Any], top: int, sentence_top: int,
+    def __init__(self, address: str, actors: int, connection: Connection, top: int, sentence_top: int,
                  tenant: str | None) -> None:
         try:
             import ray
@@ -58,7 +58,7 @@ class RayRunner:
             else:
                 ray.init(address=address, log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_PostingsActor)
-        self.actors = [actor.remote(store, top, sentence_top, tenant) for _ in range(max(actors, 1))]
+        self.actors = [actor.remote(connection, top, sentence_top, tenant) for _ in range(max(actors, 1))]
         self.max_in_flight = 2 * len(self.actors)
         self.next = 0
 

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._encoder import BASE_MODEL, canonical_model_name, local_model_dir
-from ._errors import InvalidInputError, KnnbeError
+from .._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
+from .._errors import InvalidInputError, ModelError
+from .models import BASE_MODEL, canonical_model_name, local_model_dir
+from .patch import make_patch, patches_dir
 
 RECIPE_FILE = "knnbe_finetune.json"
 
@@ -44,7 +45,9 @@ def training_pairs(skills: Sequence[Skill], memory: Sequence[LabelledSentence], 
                    ) -> list[tuple[str, str]]:
     """(sentence, skill label) pairs: a seeded sample of `n` labelled sentences, or all of them if fewer."""
     labels = {s.id: s.label for s in skills}
-    pairs = sorted({(m.text, labels[m.skill_id]) for m in memory if m.skill_id in labels and m.text != labels[m.skill_id]})
+    pairs = sorted(
+        {(m.text, labels[m.skill_id]) for m in memory if m.skill_id in labels and m.text != labels[m.skill_id]}
+    )
     if not pairs:
         raise InvalidInputError("no training pairs: no labelled sentence names a skill of the taxonomy")
     rng = random.Random(seed)
@@ -57,15 +60,17 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     try:
         import torch
         from datasets import Dataset
-        from sentence_transformers import (
-            SentenceTransformer,
-            SentenceTransformerTrainer,
-            SentenceTransformerTrainingArguments,
-            losses,
-        )
-        from sentence_transformers.training_args import BatchSamplers
+        from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+        from sentence_transformers import SentenceTransformerTrainingArguments as TrainingArguments
+
+        try:  # sentence-transformers 6 moved these; the old paths still work there, with a DeprecationWarning
+            from sentence_transformers.sentence_transformer import losses
+            from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+        except ImportError:
+            from sentence_transformers import losses
+            from sentence_transformers.training_args import BatchSamplers
     except ImportError as exc:
-        raise KnnbeError(f"fine-tuning needs the 'train' extra: pip install 'knnbe-qdrant[train]' ({exc})") from None
+        raise ModelError(f"fine-tuning needs the 'train' extra: pip install 'knnbe-qdrant[train]' ({exc})") from None
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -86,7 +91,7 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     # Nothing is checkpointed (save_strategy "no"); the trainer still wants a folder, which goes when it is done.
     work = tempfile.TemporaryDirectory(prefix="knnbe-finetune-")
-    args = SentenceTransformerTrainingArguments(
+    args = TrainingArguments(
         output_dir=work.name,
         num_train_epochs=recipe.epochs,
         per_device_train_batch_size=recipe.batch_size,
@@ -118,3 +123,14 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     }
     (out / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def ship(tuned_dir: str | Path, name: str) -> Path:
+    """Make the patch of a model fine-tuned from a bundled base and put it in the package, under `name`."""
+    recipe_file = Path(tuned_dir) / RECIPE_FILE
+    recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
+    base = canonical_model_name(recipe.get("base"))
+    base_dir = local_model_dir(base)
+    if base_dir is None:
+        raise ModelError(f"the base model {base} of {tuned_dir} is not on this machine")
+    return make_patch(tuned_dir, base_dir, patches_dir() / name.rsplit("/", 1)[-1], name, {**recipe, "base": base})

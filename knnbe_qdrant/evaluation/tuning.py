@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import _schema as S
-from ._data import TUNED_PARAMS, _data_file
-from ._evaluate import read_benchmark, resolve_gold
-from ._mapper import _TIE_MARGIN, SkillMapper
-from ._metrics import evaluate
-from ._scoring import ScoringParams
+from .. import _schema as S
+from .._data import TUNED_PARAMS, data_file
+from .._mapper import TIE_MARGIN, SkillMapper
+from .._scoring import ScoringParams
+from .._tenancy import visible_memory, visible_skills
+from .benchmarks import read_benchmark, resolve_gold
+from .metrics import evaluate
 
-GRID = {
+GRID: Mapping[str, Sequence[Any]] = {
     "lam": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "k": (8, 16, 32, 64, 128),
     "tau": (0.02, 0.05, 0.1, 0.2),
@@ -53,23 +54,21 @@ class _Replay:
         return getattr(self.store, name)
 
 
-def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: dict[str, Sequence] | None = None,
+def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Sequence[Any]] | None = None,
          checks: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
     """Every grid point with its metrics per file and the objective (mean of RP@5 and RP@10 over `files`), best
     first. `checks` are evaluated at every point too, and reported, but do not enter the objective."""
-    from ._tenancy import visible_memory, visible_skills
-
     grid = grid or GRID
     replay = _Replay(mapper.store)
     data = []
     for path in [*files, *checks]:
         items = read_benchmark(path)
-        golds, _ = resolve_gold(items, mapper)
+        golds, _ = resolve_gold(items, mapper.store)
         sentences = [i.sentence for i in items]
         vectors = mapper.encoder.encode(sentences)
         replay.prepare(
             vectors, {S.SKILLS: visible_skills(None), S.MEMORY: visible_memory(None)},
-            {S.SKILLS: DEPTH, S.MEMORY: max(grid["k"]) + _TIE_MARGIN}, exact=mapper.exact, hnsw_ef=mapper.hnsw_ef,
+            {S.SKILLS: DEPTH, S.MEMORY: max(grid["k"]) + TIE_MARGIN}, exact=mapper.exact, hnsw_ef=mapper.hnsw_ef,
         )
         data.append((str(path), sentences, vectors, golds))
     tuned = SkillMapper.__new__(SkillMapper)
@@ -105,7 +104,7 @@ def save_params(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str |
 
 def save_package_defaults(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> Path:
     """The defaults every store built with this model gets unless it was tuned itself (maintainers: commit it)."""
-    path = _data_file(TUNED_PARAMS)
+    path = data_file(TUNED_PARAMS)
     table = json.loads(path.read_text()) if path.exists() else {}
     table[mapper.encoder.name] = _record(best, files, mapper)
     path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")

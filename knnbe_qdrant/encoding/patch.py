@@ -18,21 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import KnnbeError
+from .._errors import ModelError
 
 PATCH_FILE = "delta.safetensors"
 META_FILE = "patch.json"
 WEIGHTS = "model.safetensors"
 
 
-def _patches_dir() -> Path:
+def patches_dir() -> Path:
     return Path(str(resources.files("knnbe_qdrant") / "data" / "models"))
 
 
 def shipped_models() -> dict[str, dict]:
     """{model name: patch metadata} for every patch shipped with the package."""
     out = {}
-    root = _patches_dir()
+    root = patches_dir()
     if root.is_dir():
         for meta_file in sorted(root.glob(f"*/{META_FILE}")):
             meta = json.loads(meta_file.read_text())
@@ -58,7 +58,7 @@ def make_patch(tuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
     base = load_file(str(Path(base_dir) / WEIGHTS))
     unknown = set(tuned) - set(base)
     if unknown:
-        raise KnnbeError(f"{tuned_dir} has tensors the base model lacks: {sorted(unknown)[:5]}")
+        raise ModelError(f"{tuned_dir} has tensors the base model lacks: {sorted(unknown)[:5]}")
     delta = {k: (v.astype(np.float32) - base[k].astype(np.float32)).astype(np.float16)
              for k, v in tuned.items() if not np.array_equal(v, base[k])}
     out = Path(out_dir)
@@ -75,19 +75,6 @@ def make_patch(tuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
-
-
-def ship(tuned_dir: str | Path, name: str) -> Path:
-    """Make the patch of a model fine-tuned from a bundled base and put it in the package, under `name`."""
-    from ._encoder import canonical_model_name, local_model_dir
-
-    recipe_file = Path(tuned_dir) / "knnbe_finetune.json"
-    recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
-    base = canonical_model_name(recipe.get("base"))
-    base_dir = local_model_dir(base)
-    if base_dir is None:
-        raise KnnbeError(f"the base model {base} of {tuned_dir} is not on this machine")
-    return make_patch(tuned_dir, base_dir, _patches_dir() / name.rsplit("/", 1)[-1], name, {**recipe, "base": base})
 
 
 def _cache_root() -> Path:
@@ -108,9 +95,9 @@ def materialize(patch_dir: str | Path, base_dir: Path) -> Path:
     if (target / WEIGHTS).exists():
         return target
     if _sha256(patch) != meta["patch_sha256"]:
-        raise KnnbeError(f"{patch} is damaged: its checksum is not the one recorded in {META_FILE}")
+        raise ModelError(f"{patch} is damaged: its checksum is not the one recorded in {META_FILE}")
     if _sha256(base_dir / WEIGHTS) != meta["base_weights_sha256"]:
-        raise KnnbeError(f"{name} patches {meta['base']}, but the weights in {base_dir} are not the ones it was made "
+        raise ModelError(f"{name} patches {meta['base']}, but the weights in {base_dir} are not the ones it was made "
                          "from (checksum differs)")
     weights = load_file(str(base_dir / WEIGHTS))
     for k, d in load_file(str(patch)).items():

@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import _schema as S
-from ._errors import InvalidInputError, StoreError
-from ._evaluate import GoldSentence, eval_items, read_benchmark, resolve_gold
-from ._mapper import MODES, SkillMapper
-from .store.base import Record, Where
+from .. import _schema as S
+from .._errors import InvalidInputError, StoreError
+from .._mapper import MODES, SkillMapper
+from ..store.base import Record, Where, vectors_of
+from .benchmarks import GoldSentence, read_benchmark, resolve_gold
+from .evaluate import eval_items
 
 
 def pick_skills(golds: Sequence[set[str]], fraction: float, seed: int) -> set[str]:
@@ -58,10 +57,10 @@ def unseen_skills(
     """{"skills", "memory_points", "sentences", "before": {mode: scores}, "after": {mode: scores}} where "before" is
     with the chosen skills' global memory removed and "after" with it upserted back."""
     items: list[GoldSentence] = [item for f in files for item in read_benchmark(f)]
-    golds, _ = resolve_gold(items, mapper)
+    golds, _ = resolve_gold(items, mapper.store)
     chosen = pick_skills(golds, fraction, seed)
     subset = [item for item, gold in zip(items, golds) if gold & chosen]
-    resolved = resolve_gold(subset, mapper)  # skills are not edited here: one resolution serves both evaluations
+    resolved = resolve_gold(subset, mapper.store)  # skills are not edited here: one resolution serves both evaluations
 
     store = mapper.store
     where = Where(must={S.F_TENANT: S.GLOBAL_TENANT, S.F_SKILL_ID: sorted(chosen)})
@@ -76,7 +75,7 @@ def unseen_skills(
         before = eval_items(mapper, subset, modes, resolved=resolved)
     finally:
         if records:
-            store.upsert(S.MEMORY, [r.id for r in records], np.stack([r.vector for r in records]),
+            store.upsert(S.MEMORY, [r.id for r in records], vectors_of(records),
                          [r.payload for r in records])
     after = eval_items(mapper, subset, modes, resolved=resolved)
     restored = store.count(S.MEMORY, where=where)

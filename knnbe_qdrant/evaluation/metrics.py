@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+from .._errors import InvalidInputError
+
 
 def rp_at_k(ranking: Sequence[str], gold: Collection[str], k: int) -> float:
     if not gold:
-        raise ValueError("a sentence without gold skills has no R-precision")
+        raise InvalidInputError("a sentence without gold skills has no R-precision")
     return len(set(ranking[:k]) & set(gold)) / min(k, len(set(gold)))
 
 
@@ -26,10 +28,10 @@ def reciprocal_rank(ranking: Sequence[str], gold: Collection[str]) -> float:
 def evaluate(rankings: Sequence[Sequence[str]], golds: Sequence[Collection[str]]) -> dict[str, float]:
     """{"n", "rp@5", "rp@10", "mrr"} averaged over sentences (fractions in [0, 1])."""
     if len(rankings) != len(golds):
-        raise ValueError(f"{len(rankings)} rankings for {len(golds)} gold sets")
+        raise InvalidInputError(f"{len(rankings)} rankings for {len(golds)} gold sets")
     n = len(golds)
     if n == 0:
-        raise ValueError("nothing to evaluate")
+        raise InvalidInputError("nothing to evaluate")
     return {
         "n": n,
         "rp@5": sum(rp_at_k(r, g, 5) for r, g in zip(rankings, golds)) / n,

@@ -1,0 +1,190 @@
+"""Commands that edit the store live, per tenant: memory (sentences), skill, tenant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._common import open_curator
+
+if TYPE_CHECKING:
+    from .._curation import Curator
+
+_TENANT_HELP = "the tenant whose layer is edited (default: the global layer)"
+
+
+CuratorCommand = Callable[["Curator", argparse.Namespace], int]
+
+
+def _action(
+    actions: Any, parent: argparse.ArgumentParser, name: str, help_: str, func: CuratorCommand
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = actions.add_parser(name, parents=[parent], help=help_)
+    p.add_argument("--tenant", help=_TENANT_HELP)
+    p.add_argument("--user", help="who makes the change, for provenance (env KNNBE_USER; default: login name)")
+    p.set_defaults(func=_with_curator(func))
+    return p
+
+
+def _with_curator(func: CuratorCommand) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        curator = open_curator(args)
+        with curator.store:
+            return func(curator, args)
+
+    return run
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    mem = sub.add_parser("memory", help="curate the memory: add, remove, relabel, list, import, export")
+    actions = mem.add_subparsers(dest="action", required=True)
+    p = _action(actions, parent, "add", "add a labelled sentence", memory_add)
+    p.add_argument("--skill", required=True, help="skill id or exact preferred label")
+    p.add_argument("--text", required=True)
+    p.add_argument("--source", default="curator")
+    p = _action(actions, parent, "remove", "remove a sentence (a tenant hides a global one for itself)", memory_remove)
+    p.add_argument("--skill", required=True)
+    p.add_argument("--text", required=True)
+    p = _action(actions, parent, "relabel", "move a sentence to another skill (no re-encoding)", memory_relabel)
+    p.add_argument("--skill", required=True, help="its skill now")
+    p.add_argument("--text", required=True)
+    p.add_argument("--to", required=True, help="its new skill")
+    p = _action(actions, parent, "list", "the sentences of a skill, with provenance", memory_list)
+    p.add_argument("--skill", help="skill id or exact preferred label (default: all; can be long)")
+    p.add_argument("--own", action="store_true", help="only the tenant's own sentences")
+    p.add_argument("--json", action="store_true")
+    p = _action(actions, parent, "import", "add the labelled sentences of a JSONL or CSV file (text, skill[, source]), "
+                "or of a Hugging Face dataset with --hf", memory_import)
+    p.add_argument("file", help="the file; with --hf a dataset name (needs internet) or local dataset directory")
+    p.add_argument("--hf", action="store_true", help="FILE names a Hugging Face dataset, e.g. "
+                   "TechWolf/Synthetic-ESCO-skill-sentences (needs the datasets extra)")
+    p.add_argument("--split", default="train", help="with --hf: the split (default train)")
+    p.add_argument("--text-column", default="sentence", help="with --hf: the sentence column (default sentence)")
+    p.add_argument("--skill-column", default="skill", help="with --hf: the skill column, ids or preferred labels "
+                   "(default skill)")
+    p.add_argument("--source", help="source recorded for rows without one (default: import:FILENAME)")
+    p.add_argument("--no-progress", action="store_true")
+    p = _action(actions, parent, "export", "write the tenant's own sentences to JSONL (or CSV by suffix)",
+                memory_export)
+    p.add_argument("file")
+    p.add_argument("--skill")
+
+    sk = sub.add_parser("skill", help="curate skills: add, update, retire, list")
+    actions = sk.add_subparsers(dest="action", required=True)
+    p = _action(actions, parent, "add", "add a skill the taxonomy lacks", skill_add)
+    p.add_argument("--id", required=True, dest="skill_id")
+    p.add_argument("--label", required=True)
+    p.add_argument("--description", default="")
+    p = _action(actions, parent, "update", "change a skill's label or description (a new label re-encodes that "
+                "skill)", skill_update)
+    p.add_argument("skill", help="skill id or exact preferred label")
+    p.add_argument("--label")
+    p.add_argument("--description")
+    p = _action(actions, parent, "retire", "never return a skill again (a tenant hides a global skill for itself)",
+                skill_retire)
+    p.add_argument("skill")
+    p = _action(actions, parent, "list", "skills visible to the tenant", skill_list)
+    p.add_argument("--own", action="store_true", help="only the tenant's own skills")
+    p.add_argument("--json", action="store_true")
+
+    te = sub.add_parser("tenant", help="list or delete tenants")
+    actions = te.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("list", parents=[parent], help="tenants and their own point counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_with_curator(tenant_list))
+    p = actions.add_parser("delete", parents=[parent], help="remove exactly this tenant's data")
+    p.add_argument("tenant")
+    p.set_defaults(func=_with_curator(tenant_delete))
+
+
+# ---- memory ---------------------------------------------------------------------------------------------------
+def memory_add(curator: Curator, args: argparse.Namespace) -> int:
+    added = curator.add_sentence(args.text, args.skill, tenant=args.tenant, source=args.source)
+    print("added" if added else "already stored")
+    return 0
+
+
+def memory_remove(curator: Curator, args: argparse.Namespace) -> int:
+    print(curator.remove_sentence(args.text, args.skill, tenant=args.tenant))
+    return 0
+
+
+def memory_relabel(curator: Curator, args: argparse.Namespace) -> int:
+    curator.relabel(args.text, args.skill, args.to, tenant=args.tenant)
+    print("relabelled")
+    return 0
+
+
+def memory_list(curator: Curator, args: argparse.Namespace) -> int:
+    for p in curator.list_memory(args.skill, tenant=args.tenant, own_only=args.own):
+        if args.json:
+            print(json.dumps(p, ensure_ascii=False))
+        else:
+            print(f"{p.get('skill_id')}\t{p.get('tenant')}\t{p.get('source')}\t{p.get('created_by', '')}\t"
+                  f"{p.get('created_at', '')}\t{p.get('text')}")
+    return 0
+
+
+def memory_import(curator: Curator, args: argparse.Namespace) -> int:
+    if args.hf:
+        report = curator.import_hf(args.file, split=args.split, text_column=args.text_column,
+                                   skill_column=args.skill_column, tenant=args.tenant, source=args.source,
+                                   progress=not args.no_progress)
+    else:
+        report = curator.import_file(args.file, tenant=args.tenant, source=args.source, progress=not args.no_progress)
+    for error in report.errors:
+        print(error, file=sys.stderr)
+    print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
+    return 1 if report.errors else 0
+
+
+def memory_export(curator: Curator, args: argparse.Namespace) -> int:
+    print(f"wrote {curator.export(args.file, tenant=args.tenant, skill=args.skill)} sentences to {args.file}")
+    return 0
+
+
+# ---- skills ---------------------------------------------------------------------------------------------------
+def skill_add(curator: Curator, args: argparse.Namespace) -> int:
+    curator.add_skill(args.skill_id, args.label, description=args.description, tenant=args.tenant)
+    print(f"added {args.skill_id}")
+    return 0
+
+
+def skill_update(curator: Curator, args: argparse.Namespace) -> int:
+    curator.update_skill(args.skill, label=args.label, description=args.description, tenant=args.tenant)
+    print("updated")
+    return 0
+
+
+def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
+    print(curator.retire_skill(args.skill, tenant=args.tenant))
+    return 0
+
+
+def skill_list(curator: Curator, args: argparse.Namespace) -> int:
+    for p in curator.list_skills(tenant=args.tenant, own_only=args.own):
+        if args.json:
+            print(json.dumps(p, ensure_ascii=False))
+        else:
+            print(f"{p['skill_id']}\t{p['tenant']}\t{p['label']}")
+    return 0
+
+
+# ---- tenants --------------------------------------------------------------------------------------------------
+def tenant_list(curator: Curator, args: argparse.Namespace) -> int:
+    tenants = curator.tenants()
+    if args.json:
+        print(json.dumps(tenants))
+    else:
+        for name, counts in tenants.items():
+            print(f"{name}\tskills {counts['skills']}\tmemory {counts['memory']}\thidden {counts['hidden']}")
+    return 0
+
+
+def tenant_delete(curator: Curator, args: argparse.Namespace) -> int:
+    curator.delete_tenant(args.tenant)
+    print(f"deleted tenant {args.tenant}")
+    return 0

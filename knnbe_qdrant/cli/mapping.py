@@ -1,0 +1,129 @@
+"""Commands that map text to skills: map (sentences), map-postings (whole postings, optionally on Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from .._errors import InvalidInputError
+from .._results import SentenceResult
+from ._common import connection, open_mapper
+
+_MAP_BATCH = 256
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    m = sub.add_parser("map", parents=[parent], help="map sentences to skills")
+    m.add_argument("sentences", nargs="*", help="sentences to map (default: --file, else standard input)")
+    m.add_argument("--file", "-f", metavar="FILE", help="read sentences from FILE, one per line ('-' = stdin); "
+                   "blank lines are skipped")
+    m.add_argument("--top", type=int, default=10, help="skills per sentence (default 10)")
+    m.add_argument("--json", action="store_true", help="one JSON object per sentence, one per line")
+    m.add_argument("--mode", default="knnbe", choices=["knnbe", "bi-encoder", "knn"], help="scoring (default knnbe)")
+    m.add_argument("--tenant", help="also see this tenant's skills and memory")
+    m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.set_defaults(func=map_sentences)
+
+    mp = sub.add_parser("map-postings", parents=[parent], help="map whole postings (JSONL, CSV or Parquet) to skills")
+    mp.add_argument("source", metavar="IN", help="postings: .jsonl, .csv or .parquet with an id and a text field")
+    mp.add_argument("out", metavar="OUT", help="one record per posting: .jsonl (default) or .parquet")
+    mp.add_argument("--id-field", default="id")
+    mp.add_argument("--text-field", default="text")
+    mp.add_argument("--top", type=int, default=20, help="skills per posting (default 20)")
+    mp.add_argument("--sentence-top", type=int, default=10, help="skills kept per sentence (default 10)")
+    mp.add_argument("--tenant")
+    mp.add_argument("--no-progress", action="store_true")
+    mp.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local' starts a local instance, or a cluster "
+                    "address ('auto', 'ray://head:10001'); needs the ray extra")
+    mp.add_argument("--ray-actors", type=int, default=2, help="mapper actors on Ray (default 2)")
+    mp.set_defaults(func=map_postings)
+
+
+def _read_map_input(args: argparse.Namespace) -> list[str]:
+    from .._data import read_sentences, sentences_from_bytes
+
+    if args.sentences and args.file:
+        raise InvalidInputError("give sentences as arguments or with --file, not both")
+    if args.sentences:
+        for i, s in enumerate(args.sentences, start=1):
+            if not s.strip():
+                raise InvalidInputError(f"argument {i} is an empty sentence")
+        return [s.strip() for s in args.sentences]
+    if args.file and args.file != "-":
+        sentences = read_sentences(args.file)
+        origin = args.file
+    else:
+        if sys.stdin is None or (sys.stdin.isatty() and not args.file):
+            raise InvalidInputError("no sentences: give them as arguments, with --file FILE, or on standard input")
+        sentences = sentences_from_bytes(sys.stdin.buffer.read(), "<stdin>")
+        origin = "standard input"
+    if not sentences:
+        raise InvalidInputError(f"no sentences in {origin} (blank lines are skipped)")
+    return sentences
+
+
+def print_table(results: list[SentenceResult], out: TextIO) -> None:
+    for r in results:
+        print(f"\n{r.text}", file=out)
+        print(f"  {'#':>2}  {'score':>6}  {'bi-enc':>6}  {'kNN':>6}  skill", file=out)
+        for rank, s in enumerate(r.skills, start=1):
+            print(f"  {rank:>2}  {s.score:6.3f}  {s.bi_encoder:6.3f}  {s.knn:6.3f}  {s.label}", file=out)
+            if s.evidence:
+                e = max(s.evidence, key=lambda e: e.similarity)
+                more = f" (+{len(s.evidence) - 1} more)" if len(s.evidence) > 1 else ""
+                print(f"  {'':>26}  ↳ \"{e.text[:80]}\" {e.similarity:.2f}{more}", file=out)
+
+
+def map_sentences(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InvalidInputError("--top must be >= 1")
+    sentences = _read_map_input(args)
+    with open_mapper(args, exact=args.exact) as mapper:
+        from tqdm.auto import tqdm
+
+        show = not args.no_progress and len(sentences) > _MAP_BATCH
+        with tqdm(total=len(sentences), unit="sent", disable=not show, file=sys.stderr) as bar:
+            for start in range(0, len(sentences), _MAP_BATCH):
+                results = mapper.map(sentences[start : start + _MAP_BATCH], top=args.top, mode=args.mode,
+                                     tenant=args.tenant)
+                if args.json:
+                    for r in results:
+                        print(json.dumps(r.to_dict(), ensure_ascii=False))
+                else:
+                    print_table(results, sys.stdout)
+                sys.stdout.flush()
+                bar.update(len(results))
+    return 0
+
+
+def map_postings(args: argparse.Namespace) -> int:
+    from ..postings import LocalRunner, Runner
+    from ..postings import map_postings as run
+
+    if args.top < 1 or args.sentence_top < 1:
+        raise InvalidInputError("--top and --sentence-top must be >= 1")
+    runner: Runner
+    if args.ray:
+        from ..postings.ray import RayRunner
+
+        runner = RayRunner(args.ray, args.ray_actors, connection(args), args.top, args.sentence_top, args.tenant)
+        mapper = None
+    else:
+        mapper = open_mapper(args)
+        runner = LocalRunner(mapper, args.top, args.sentence_top, args.tenant)
+    try:
+        report = run(
+            runner, args.source, args.out, id_field=args.id_field, text_field=args.text_field,
+            progress=not args.no_progress,
+            on_malformed=lambda message: print(f"skipped: {message}", file=sys.stderr),
+        )
+    finally:
+        runner.close()
+        if mapper is not None:
+            mapper.close()
+    print(f"wrote {report.written} postings ({report.sentences} sentences) to {args.out}; "
+          f"{report.skipped_already_done} already there; {len(report.malformed)} malformed skipped")
+    return 0

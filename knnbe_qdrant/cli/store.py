@@ -1,0 +1,99 @@
+"""Commands that make or look after a store: build, migrate, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ._common import connection, shipped_sources
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    b = sub.add_parser("build", parents=[parent], help="build (or finish building) the store from ESCO and the memory")
+    b.add_argument("--model", help="sentence-transformers model name or path (default: the shipped fine-tuned "
+                   "knnbe-qdrant/all-MiniLM-L6-v2-esco; sentence-transformers/all-MiniLM-L6-v2 is the plain one)")
+    b.add_argument("--taxonomy", metavar="FILE", help="JSONL of skills (id, label, alt_labels, description) "
+                   "instead of the shipped ESCO v1.1.0")
+    b.add_argument("--memory-sources", default=None, metavar="LIST",
+                   help="comma-separated shipped memory sources (default: all of them)")
+    b.add_argument("--skill-text", default="label", choices=["label", "label_description"],
+                   help="what text embeds each skill (default: label)")
+    b.add_argument("--force", action="store_true", help="delete the existing store first and rebuild from scratch")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=build)
+
+    mg = sub.add_parser("migrate", parents=[parent], help="apply pending schema migrations; change model; roll back")
+    mg.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
+    mg.add_argument("--model", help="re-embed everything with this model into new collections and swap to them")
+    mg.add_argument("--rollback", action="store_true", help="swap back to the collections served before the last "
+                    "re-embedding")
+    mg.add_argument("--no-progress", action="store_true")
+    mg.set_defaults(func=migrate)
+
+    st = sub.add_parser("status", parents=[parent], help="backend, collections and counts, model, schema version")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.set_defaults(func=status)
+
+
+def build(args: argparse.Namespace) -> int:
+    from .._build import build_store
+    from .._data import load_taxonomy
+    from ..encoding import Encoder
+
+    sources = shipped_sources(args.memory_sources)
+    skills = load_taxonomy(args.taxonomy)  # read before anything is touched: a bad file changes nothing
+    with connection(args).open(create=True) as store:
+        if args.force:
+            store.drop()
+        progress = not args.no_progress
+        if progress:
+            print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
+        model = args.model
+        if model is None and store.exists():
+            # Finishing or topping up a store keeps the model it was built with, whatever the default is now.
+            model = store.manifest.model
+        encoder = Encoder(model)
+        manifest = build_store(store, encoder, skills=skills, memory_sources=sources, skill_text=args.skill_text,
+                               progress=progress)
+    print(f"store ready: {store.describe()}, model {manifest.model} ({manifest.dimension}-d), "
+          f"{manifest.counts.get('skills', 0)} skills, {manifest.counts.get('memory', 0)} memory sentences, "
+          f"built in {manifest.build_seconds} s")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from .. import migrations
+    from ..migrations.reembed import reembed, rollback
+
+    with connection(args).open() as store:
+        verb = "would do" if args.dry_run else "done"
+        if args.rollback:
+            steps = rollback(store, dry_run=args.dry_run)
+        else:
+            steps = migrations.migrate(store, dry_run=args.dry_run)
+            if args.model:
+                from ..encoding import Encoder
+
+                steps += reembed(store, Encoder(args.model), dry_run=args.dry_run, progress=not args.no_progress)
+        for step in steps:
+            print(f"{verb}: {step}")
+        if not steps:
+            print(f"nothing to do: {store.describe()} is at schema version {store.manifest.schema_version}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with connection(args).open() as store:
+        report = store.status()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            if key == "collections":
+                for name, n in value.items():
+                    print(f"{'collection ' + name:<22} {n} points")
+            else:
+                print(f"{key:<22} {value}")
+    return 0

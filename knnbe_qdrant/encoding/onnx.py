@@ -1,0 +1,149 @@
+"""The ONNX Runtime encoder: the model's own fast tokenizer, its transformer exported once to ONNX, mean or CLS
+pooling and normalisation in numpy. It starts in well under a second (no torch import) and encodes faster on CPU.
+
+The export is checked against sentence-transformers itself (cosine >= MIN_ONNX_COSINE on probe sentences) and
+cached next to the model, or in the user cache where that folder is read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import OnnxUnsupported
+
+ONNX_FILE = "knnbe-qdrant.onnx"
+MIN_ONNX_COSINE = 0.999
+_PROBES = [
+    "Experience with Python and SQL databases.",
+    "You will provide nursing care to patients and lead a small team.",
+    "Fluent English; German is an advantage.",
+    "cook",
+]
+
+
+def pipeline(model_dir: Path) -> tuple[str, int]:
+    """(pooling mode, max sequence length) of a plain Transformer -> Pooling [-> Normalize] model; else it raises
+    OnnxUnsupported."""
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise OnnxUnsupported(f"no readable modules.json in {model_dir}") from exc
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+        raise OnnxUnsupported(f"pipeline {kinds} is not Transformer -> Pooling [-> Normalize]")
+    pooling = json.loads((model_dir / modules[1]["path"] / "config.json").read_text())
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    if modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"]):
+        raise OnnxUnsupported(f"pooling {modes} is not plain mean or CLS pooling")
+    config_file = model_dir / "sentence_bert_config.json"
+    max_len = json.loads(config_file.read_text()).get("max_seq_length", 512) if config_file.exists() else 512
+    return ("mean" if modes == ["pooling_mode_mean_tokens"] else "cls"), int(max_len)
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, model_dir: Path, onnx_path: Path, device: str | None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.pooling, max_len = pipeline(model_dir)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_len)
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.dimension = int(self.session.get_outputs()[0].shape[-1])
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        # Length-bucketed batches: sorted by token count, each batch padded only to its own longest text.
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(encodings[i].ids) for i in rows)
+            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in self.inputs}
+            for r, i in enumerate(rows):
+                e = encodings[i]
+                n = len(e.ids)
+                feed["input_ids"][r, :n] = e.ids
+                feed["attention_mask"][r, :n] = 1
+                if "token_type_ids" in feed:
+                    feed["token_type_ids"][r, :n] = e.type_ids
+            hidden = self.session.run(None, feed)[0]
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = feed["attention_mask"][..., None].astype(np.float32)
+                pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[rows] = pooled
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def onnx_path_for(model_dir: Path) -> Path:
+    """Next to the model where that folder is writable; else in the user's cache."""
+    beside = model_dir / "onnx"
+    if os.access(model_dir, os.W_OK) and (not beside.exists() or os.access(beside, os.W_OK)):
+        return beside / ONNX_FILE
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnbe-qdrant" / "onnx"
+    key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
+    return cache / f"{model_dir.name}-{key}" / ONNX_FILE
+
+
+def export_onnx(model_dir: Path, target: Path) -> float:
+    """Export the model's transformer to ONNX at `target` (atomically) and return the smallest cosine between the
+    ONNX and the sentence-transformers embeddings of the probe sentences; below MIN_ONNX_COSINE nothing is kept."""
+    pipeline(model_dir)  # refuse pipelines the runtime cannot reproduce before paying for an export
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    transformer = model[0].auto_model.eval()
+    sample = model.tokenizer(_PROBES[:2], padding=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.transformer(**dict(zip(names, tensors))).last_hidden_state
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        axes = {n: {0: "batch", 1: "tokens"} for n in (*names, "last_hidden_state")}
+        # The tracer warns about shape-dependent branches; the probe comparison below is what decides.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                LastHiddenState(), tuple(sample[n] for n in names), str(tmp), input_names=names,
+                output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            )
+        reference = model.encode(_PROBES, normalize_embeddings=True, convert_to_numpy=True)
+        candidate = OnnxRuntime(model_dir, tmp, "cpu").encode(_PROBES, batch_size=len(_PROBES))
+        cosine = float(np.min(np.sum(reference * candidate, axis=1)))
+        if cosine < MIN_ONNX_COSINE:
+            raise OnnxUnsupported(f"ONNX export differs from the model (cosine {cosine:.5f} < {MIN_ONNX_COSINE})")
+        tmp.chmod(0o644)  # mkstemp makes it private; the model folder it joins is readable by all
+        os.replace(tmp, target)  # other processes see no file or a whole, checked one
+        return cosine
+    finally:
+        tmp.unlink(missing_ok=True)

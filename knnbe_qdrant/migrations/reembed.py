@@ -1,0 +1,79 @@
+"""Changing a store's embedding model: re-encode every skill and sentence into a new generation of collections,
+swap to it atomically, keep the old one for `rollback`."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from .. import _schema as S
+from .._build import SKILL_TEXTS, TextPoint, upsert_missing
+from .._data import Skill
+from .._errors import InvalidInputError, StoreError
+from ..encoding import Encoder
+from ..store.base import Store, Where
+
+
+def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: bool = True) -> list[str]:
+    """Move the store to another embedding model: re-encode every skill and sentence into a new generation of
+    collections, then swap to it atomically, keeping the old generation for `rollback`. Resumable: re-running
+    after a crash re-encodes only what the new generation lacks."""
+    manifest = store.manifest
+    if manifest.model == encoder.name and not manifest.pending_reembed:
+        raise InvalidInputError(f"the store already uses {encoder.name}")
+    pending_job = manifest.pending_reembed or {}
+    if pending_job and pending_job.get("model") != encoder.name:
+        raise StoreError(
+            f"an unfinished re-embedding to {pending_job.get('model')} is pending: finish it (migrate --model "
+            f"{pending_job.get('model')}) before starting another"
+        )
+    generation = pending_job.get("generation") or max(manifest.generation, (manifest.previous or {}).get(
+        "generation", 0)) + 1
+    plan = [
+        f"re-embed {store.count(S.SKILLS)} skills and {store.count(S.MEMORY)} memory sentences with {encoder.name} "
+        f"({encoder.dimension}-d) into generation {generation}",
+        f"swap the store from generation {manifest.generation} ({manifest.model}) to generation {generation}; keep "
+        f"generation {manifest.generation} for rollback",
+    ]
+    if dry_run:
+        return plan
+    manifest = store.update_manifest(pending_reembed={"model": encoder.name, "generation": generation})
+    target = store.at_generation(generation)
+    try:
+        target._create_collections(encoder.dimension)
+        to_text = SKILL_TEXTS[manifest.skill_text]
+        everything = Where()
+        for collection in S.COLLECTIONS:
+            items = []
+            for record in tqdm(store.scroll(collection, where=everything), desc=f"reading {collection}",
+                               disable=not progress, total=store.count(collection), unit="pt"):
+                p = record.payload
+                text = p[S.F_TEXT] if collection == S.MEMORY else to_text(
+                    Skill(id=p[S.F_SKILL_ID], label=p[S.F_LABEL], description=p.get(S.F_DESCRIPTION, ""))
+                )
+                items.append(TextPoint(record.id, text, p))
+            upsert_missing(target, collection, items, encoder, progress=progress, desc=f"re-embedding {collection}")
+        target.optimize()
+    finally:
+        target.close()
+    old = {"generation": manifest.generation, "model": manifest.model, "dimension": manifest.dimension}
+    store.swap_to(
+        generation, model=encoder.name, dimension=encoder.dimension, previous=old, pending_reembed=None,
+        migrations=[*manifest.migrations, {"id": f"reembed:{encoder.name}:g{generation}", "applied_at": S.utc_now()}],
+    )
+    return plan
+
+
+def rollback(store: Store, *, dry_run: bool = False) -> list[str]:
+    """Swap back to the generation (and model) served before the last re-embedding."""
+    manifest = store.manifest
+    if not manifest.previous:
+        raise StoreError(f"{store.describe()} has no previous generation to roll back to")
+    prev = manifest.previous
+    plan = [f"swap from generation {manifest.generation} ({manifest.model}) back to generation "
+            f"{prev['generation']} ({prev['model']})"]
+    if not dry_run:
+        current = {"generation": manifest.generation, "model": manifest.model, "dimension": manifest.dimension}
+        store.swap_to(prev["generation"], model=prev["model"], dimension=prev["dimension"], previous=current,
+                      migrations=[*manifest.migrations, {"id": f"rollback:g{prev['generation']}",
+                                                         "applied_at": S.utc_now()}])
+    return plan

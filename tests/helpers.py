@@ -1,0 +1,63 @@
+"""What several test modules share: the backends under test, stores built from a small real slice of ESCO, and
+running the command line as a user does (a real process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from knnbe_qdrant import EdgeStore, QdrantClientStore, build_store, default_memory
+
+# Skills the tests' sentences are about, so the slice is small (fast) yet the answers are meaningful.
+ANCHOR_LABELS = {
+    "Python (computer programming)", "SQL", "PostgreSQL", "JavaScript", "Java (computer programming)",
+    "manage staff", "implement nursing care", "plan nursing care", "lead a team", "communicate with customers",
+    "English", "German", "develop software prototype", "use databases", "cook meat dishes", "cook fish", "clean rooms",
+}
+
+
+BACKENDS = ["embedded", "qdrant-local"] + (["qdrant"] if os.environ.get("QDRANT_URL") else [])
+"""Every backend the shared suites run on; a real server joins when QDRANT_URL is set."""
+
+SERVER_STORES: list[QdrantClientStore] = []
+"""Stores made on a real server during the session; conftest drops them at the end."""
+
+
+def make_store(backend: str, path) -> EdgeStore | QdrantClientStore:
+    if backend == "embedded":
+        return EdgeStore(path, create=True)
+    if backend == "qdrant-local":
+        return QdrantClientStore.connect(path=":memory:", prefix="test_")
+    if backend == "qdrant":
+        # The same suites against a real server: QDRANT_URL=http://localhost:6333 QDRANT_API_KEY=... scripts/test.sh
+        # Each store gets its own prefix, so tests never touch anything else on that server; all are dropped at the
+        # end of the session.
+        store = QdrantClientStore.connect(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"),
+                                          prefix=f"knnbe_test_{os.getpid()}_{len(SERVER_STORES)}_")
+        SERVER_STORES.append(store)
+        return store
+    raise ValueError(backend)
+
+
+def build_small(backend: str, directory, encoder, skills, memory=None):
+    """A store on `backend` in `directory`, built from these real skills and (by default) their default memory."""
+    store = make_store(backend, directory / "store")
+    build_store(store, encoder, skills=skills, memory=default_memory(skills) if memory is None else memory,
+                progress=False)
+    return store
+
+
+
+SMALL_BUILD = ["--memory-sources", "esco_alt_labels,esco_descriptions", "--no-progress"]
+
+
+def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict | None = None):
+    cmd = [sys.executable, "-m", "knnbe_qdrant", *map(str, args)]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("QDRANT_URL", None)
+    if store is not None:
+        full_env["KNNBE_STORE"] = str(store)
+    return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True, env=full_env,
+                          check=False)
