@@ -10,7 +10,6 @@ import csv
 import getpass
 import json
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from . import _schema as S
 from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
 from ._data import LabelledSentence, Skill, iter_csv, iter_jsonl
 from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
-from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
+from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
 from .encoding import Encoder
 from .store.base import Record, Store, Where, vectors_of
 
@@ -51,7 +50,6 @@ class Curator:
         self.store = store
         self._encoder = encoder
         self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
-        self._hide_lock = threading.Lock()  # hidden_for is read-modify-write
 
     @property
     def encoder(self) -> Encoder:
@@ -130,7 +128,7 @@ class Curator:
         if own_only:
             where = Where(must={S.F_TENANT: _own(tenant)}, must_not=where.must_not)
         for r in self.store.scroll(S.SKILLS, where=where):
-            yield r.payload
+            yield visible_payload(r.payload, tenant)
 
     # ---- memory ---------------------------------------------------------------------------------------------
     def add_sentence(self, text: str, skill: str, *, tenant: str | None = None, source: str = "curator") -> bool:
@@ -196,7 +194,7 @@ class Curator:
         if skill is not None:
             must[S.F_SKILL_ID] = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         for r in self.store.scroll(S.MEMORY, where=Where(must=must, must_not=where.must_not)):
-            yield r.payload
+            yield visible_payload(r.payload, tenant)
 
     def import_file(self, path: str | Path, *, tenant: str | None = None, source: str | None = None,
                     progress: bool = False, chunk: int = 4096) -> ImportReport:
@@ -345,14 +343,14 @@ class Curator:
         return payload
 
     def _hide(self, collection: str, point: str, tenant: str) -> None:
-        with self._hide_lock:
+        with self.store.edit_lock:
             [record] = self.store.retrieve(collection, [point], payload=[S.F_HIDDEN_FOR])
             hidden = list(record.payload.get(S.F_HIDDEN_FOR) or [])
             if tenant not in hidden:
                 self.store.set_payload(collection, [point], {S.F_HIDDEN_FOR: sorted([*hidden, tenant])})
 
     def _unhide(self, collection: str, record: Record, tenant: str) -> None:
-        with self._hide_lock:
+        with self.store.edit_lock:
             [current] = self.store.retrieve(collection, [record.id], payload=[S.F_HIDDEN_FOR])
             hidden = [t for t in current.payload.get(S.F_HIDDEN_FOR) or [] if t != tenant]
             self.store.set_payload(collection, [record.id], {S.F_HIDDEN_FOR: hidden})

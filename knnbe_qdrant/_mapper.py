@@ -203,7 +203,10 @@ class SkillMapper:
                     break
                 if hidden[i]:
                     continue
-                evidence = [Evidence(nbrs[j].payload[S.F_TEXT], sims[j]) for j in voters.get(i, ())]
+                # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so
+                # that the order does not depend on which tied point an engine returned first.
+                evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], sims[j]) for j in voters.get(i, ())),
+                                  key=lambda e: (-e.similarity, e.text))
                 matches.append(
                     SkillMatch(
                         id=candidates[i],

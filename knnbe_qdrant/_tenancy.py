@@ -3,6 +3,8 @@ minus what it hid. Every read of the mapper and of the curator goes through thes
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import _schema as S
 from .store.base import Where
 
@@ -24,6 +26,14 @@ def visible_memory(tenant: str | None) -> Where:
     # Sentences of retired skills still come back; the mapper drops their votes with the skill.
     must_not = {S.F_HIDDEN_FOR: tenant} if tenant and tenant != S.GLOBAL_TENANT else {}
     return Where(must={S.F_TENANT: layers(tenant)}, must_not=must_not)
+
+
+def visible_payload(payload: dict[str, Any], tenant: str | None) -> dict[str, Any]:
+    """A point's payload as `tenant` may read it: without `hidden_for`, which names other tenants (and which, for a
+    point the tenant can see at all, never names the tenant itself). The global view keeps it."""
+    if tenant is None or tenant == S.GLOBAL_TENANT:
+        return payload
+    return {k: v for k, v in payload.items() if k != S.F_HIDDEN_FOR}
 
 
 def skill_is_visible(payload: dict, tenant: str | None) -> bool:

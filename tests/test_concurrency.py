@@ -8,7 +8,7 @@ import pytest
 
 from knnbe_qdrant import Curator, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT
-from tests.conftest import BACKENDS, build_small
+from tests.helpers import BACKENDS, build_small
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -9,7 +9,7 @@ import pytest
 
 from knnbe_qdrant import Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
-from tests.conftest import BACKENDS, build_small
+from tests.helpers import BACKENDS, build_small
 
 QDRANT = "Python (computer programming)"
 NEW_SKILL_SENTENCES = [

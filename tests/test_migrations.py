@@ -10,7 +10,7 @@ from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptE
 from knnbe_qdrant import migrations as M
 from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
 from knnbe_qdrant.migrations.reembed import reembed, rollback
-from tests.conftest import BACKENDS, build_small
+from tests.helpers import BACKENDS, build_small
 
 SENTENCE = ["Strong programming skills in Python."]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT
-from tests.conftest import BACKENDS, build_small
+from tests.helpers import BACKENDS, build_small
 
 PROBES = ["widget engineering with Python", "SQL databases and widgets", "team leadership for widget makers"]
 GLOBAL_SKILLS = ["Python (computer programming)", "SQL", "lead a team"]

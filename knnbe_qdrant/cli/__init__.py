@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 
 from .._errors import InvalidInputError, KnnbeError
-from . import curation, evaluation, mapping, store, training
+from . import curation, evaluation, mapping, service, store, training
 from ._common import add_store_args, store_parent
 
-GROUPS = (store, mapping, curation, evaluation, training)
+GROUPS = (store, mapping, curation, service, evaluation, training)
 """In the order their commands are listed by --help."""
 
 

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import _schema as S
@@ -144,7 +145,7 @@ def run_bench(
     }
 
 
-_TARGETS = {
+_TARGETS: Targets = {
     "knnbe_vs_bi_encoder": ("≥ 0.9", lambda v: v >= 0.9),
     "qdrant_share_of_encode": ("≤ 0.05", lambda v: v <= 0.05),
     "start_to_first_result_s": ("< 5", lambda v: v < 5),
@@ -152,10 +153,15 @@ _TARGETS = {
 }
 
 
-def format_table(report: dict[str, Any]) -> str:
+Targets = dict[str, tuple[str, Callable[[Any], bool]]]
+
+
+def format_table(report: dict[str, Any], targets: Targets | None = None) -> str:
+    """A report as a table of measure, value, target and verdict (`bench`, `loadtest`)."""
+    targets = _TARGETS if targets is None else targets
     rows = [("measure", "value", "target", "")]
     for key, value in report.items():
-        target, ok = _TARGETS.get(key, ("", None))
+        target, ok = targets.get(key, ("", None))
         verdict = "" if ok is None else ("ok" if ok(value) else "MISSED")
         rows.append((key, str(value), target, verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

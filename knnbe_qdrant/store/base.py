@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, SCHEMA_VERSION, Manifest, utc_now
+from .documents import Documents
 
 Value = str | bool | Sequence[str]
 
@@ -73,6 +75,15 @@ class Store(ABC):
     """
 
     backend: str = "abstract"
+
+    @property
+    def edit_lock(self) -> threading.RLock:
+        """Held by read-modify-write edits (hide marks), so that every Curator on this store, in any thread,
+        serialises them: a lock per Curator would let two of them lose each other's update."""
+        lock = self.__dict__.get("_edit_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_edit_lock", threading.RLock())  # setdefault: one winner under races
+        return lock
 
     # ---- lifecycle shared by every backend -------------------------------------------------------------------
     @property
@@ -247,6 +258,10 @@ class Store(ABC):
     @abstractmethod
     def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
         """Each value of a keyword field and how many points hold it (a facet)."""
+
+    @abstractmethod
+    def documents(self) -> Documents:
+        """The small JSON documents kept with this store (the service's API keys and audit log)."""
 
     def optimize(self) -> None:  # noqa: B027  (optional: only backends that index explicitly override it)
         """Build indexes after a bulk load, where the backend does this explicitly."""

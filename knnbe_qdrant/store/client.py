@@ -19,6 +19,7 @@ from qdrant_client import QdrantClient, models
 from .._errors import StoreCorruptError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .documents import MetaDocuments
 from .retry import RetryPolicy, call_with_retries
 
 META = "meta"
@@ -301,11 +302,38 @@ class QdrantClientStore(Store):
             self._call(self.client.delete_collection, self.physical(collection, generation))
 
     def drop(self) -> None:
+        """The collections and the manifest go; the service's documents in the meta collection (API keys, audit
+        log) stay: they belong to the deployment, not to one build of the data."""
         mine = [f"{self.prefix}{c}_g" for c in COLLECTIONS]
         for collection in self._call(self.client.get_collections).collections:
             if any(collection.name.startswith(m) and collection.name[len(m):].isdigit() for m in mine):
                 self._call(self.client.delete_collection, collection.name)
-        self._call(self.client.delete_collection, self.name(META))
+        if self._call(self.client.collection_exists, self.name(META)):
+            self._call(self.client.delete, self.name(META), points_selector=models.PointIdsList(points=[_MANIFEST_ID]),
+                       wait=True)
+
+    # ---- the service's documents (keys, audit) in the meta collection ---------------------------------------
+    def documents(self) -> MetaDocuments:
+        return MetaDocuments(self)
+
+    def put_meta(self, point_id: str, payload: dict[str, Any]) -> None:
+        if not self._call(self.client.collection_exists, self.name(META)):
+            self._call(self.client.create_collection, self.name(META), vectors_config={})
+        self._call(self.client.upsert, self.name(META),
+                   points=[models.PointStruct(id=point_id, vector={}, payload=payload)], wait=True)
+
+    def scroll_meta(self, kind: str) -> Iterator[Record]:
+        if not self._call(self.client.collection_exists, self.name(META)):
+            return
+        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))])
+        offset = None
+        while True:
+            records, offset = self._call(self.client.scroll, self.name(META), scroll_filter=where, limit=1000,
+                                         offset=offset, with_payload=True, with_vectors=False)
+            for r in records:
+                yield to_record(r, with_vectors=False)
+            if offset is None:
+                return
 
     def close(self) -> None:
         if self._view_generation is None:  # a migration's view shares the client of the store it came from

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, StoreNotFoundError
 from .._schema import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
     from .base import Store
+    from .documents import Documents
 
 ENV_STORE = "KNNBE_STORE"
 ENV_URL = "QDRANT_URL"
@@ -109,6 +110,30 @@ class Connection:
 
     def describe(self) -> str:
         return f"the Qdrant server at {self.url}" if self.url else f"the embedded store at {self.path}"
+
+    def documents(self) -> Documents:
+        """The store's small documents (API keys, audit log) without opening its collections: on an embedded store
+        this works while another process (a running service) holds the shards. Close it when done."""
+        if self.url is not None:
+            from .client import QdrantClientStore
+            from .documents import MetaDocuments
+
+            store = QdrantClientStore.connect(
+                self.url, api_key=self.api_key, prefix=self.prefix, timeout=self.timeout, prefer_grpc=self.prefer_grpc
+            )
+            if not store.exists():
+                store.close()
+                raise StoreNotFoundError(
+                    f"no store on {self.describe()} (prefix {self.prefix}): run `knnbe-qdrant build`"
+                )
+            return MetaDocuments(store, owned=True)
+        from .documents import FileDocuments
+        from .edge import MANIFEST_FILE
+
+        assert self.path is not None
+        if not (self.path / MANIFEST_FILE).exists():
+            raise StoreNotFoundError(f"no store at {self.path}: run `knnbe-qdrant build` to create one")
+        return FileDocuments(self.path)
 
     def open(self, *, create: bool = False) -> Store:
         """The store itself: a QdrantClientStore for a server, an EdgeStore for a directory (`create` makes the

@@ -20,6 +20,8 @@ import qdrant_edge as qe
 from .._errors import StoreCorruptError, StoreLockedError, StoreNotFoundError
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .documents import FILES as DOCUMENT_FILES
+from .documents import FileDocuments
 
 MANIFEST_FILE = "manifest.json"
 _UPSERT_CHUNK = 1024
@@ -45,7 +47,7 @@ class EdgeStore(Store):
         if not has_manifest:
             if not create:
                 raise StoreCorruptError(f"{self.path} is not a knnbe-qdrant store (no {MANIFEST_FILE})")
-            if any(self.path.iterdir()):
+            if any(item.name not in DOCUMENT_FILES for item in self.path.iterdir()):
                 raise StoreCorruptError(
                     f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
                 )
@@ -261,10 +263,19 @@ class EdgeStore(Store):
             shutil.rmtree(self._dir(name, generation), ignore_errors=True)
 
     def drop(self) -> None:
+        """The collections and the manifest go; the service's documents (API keys, audit log) stay."""
         self.close()
-        # The constructor refused any non-empty directory without a manifest, so this only ever removes a store.
-        shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+        # The constructor refused any directory holding anything but a store, so this only ever removes a store.
+        for item in self.path.iterdir():
+            if item.name in DOCUMENT_FILES:
+                continue
+            if item.is_dir():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+
+    def documents(self) -> FileDocuments:
+        return FileDocuments(self.path)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,130 @@
+"""Commands of the HTTP service (the server extra): serve, keys (create, list, revoke), loadtest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .._errors import KnnbeError
+from ._common import connection
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    sv = sub.add_parser("serve", parents=[parent], help="serve the store over HTTP: JSON API with scoped keys, curator "
+                        "page, /docs, /healthz, /readyz, /metrics (needs the server extra)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (default 1000000)")
+    sv.add_argument("--max-sentences", type=int, default=256, help="sentences per map request (default 256)")
+    sv.add_argument("--max-chars", type=int, default=5_000, help="characters per sentence (default 5000)")
+    sv.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long a map request waits for others to "
+                    "batch with (default 3)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="allow browser calls from this origin (repeatable; default: none, CORS off)")
+    sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
+    sv.add_argument("--ssl-keyfile", help="the certificate's private key")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=serve)
+
+    ky = sub.add_parser("keys", help="API keys of the service: create, list, revoke")
+    actions = ky.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("create", parents=[parent], help="create a key; its secret is printed once")
+    p.add_argument("--role", required=True, choices=["reader", "curator", "admin"],
+                   help="reader: map and read; curator: also edit its tenant's layer; admin: the global layer and "
+                   "tenants")
+    p.add_argument("--tenant", help="the tenant the key acts for (required for reader and curator; none for admin)")
+    p.add_argument("--name", help="a name for the key (default: TENANT-ROLE-xxxxxx); recorded as created_by")
+    p.add_argument("--json", action="store_true", help='print {"name", "tenant", "role", "secret"}')
+    p.set_defaults(func=keys_create)
+    p = actions.add_parser("list", parents=[parent], help="the keys, without their secrets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=keys_list)
+    p = actions.add_parser("revoke", parents=[parent], help="revoke a key: refused from its next request on")
+    p.add_argument("name")
+    p.set_defaults(func=keys_revoke)
+
+    lt = sub.add_parser("loadtest", parents=[parent], help="serve the store on loopback and load it: concurrent "
+                        "clients mapping 1-5 sentences and some curator writes; prints a table")
+    lt.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    lt.add_argument("--seconds", type=float, default=60.0, help="how long to load (default 60)")
+    lt.add_argument("--write-share", type=float, default=0.05, help="share of requests that are writes (default .05)")
+    lt.add_argument("--json", action="store_true")
+    lt.set_defaults(func=loadtest)
+
+
+def _server_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise KnnbeError(f"the service needs the server extra: pip install 'knnbe-qdrant[server]' ({exc})") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    _server_extra()
+    import uvicorn
+
+    from ..service.app import create_app
+    from ..service.state import Limits
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
+                    batch_wait_ms=args.batch_wait_ms)
+    app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ssl_certfile=args.ssl_certfile,
+                ssl_keyfile=args.ssl_keyfile, access_log=False)  # no access log: it would hold request details
+    return 0
+
+
+def _keyring(args: argparse.Namespace) -> Any:
+    from ..service.keys import KeyRing
+
+    return KeyRing(connection(args).documents())
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    ring = _keyring(args)
+    try:
+        key, secret = ring.create(role=args.role, tenant=args.tenant, name=args.name)
+    finally:
+        ring.documents.close()
+    if args.json:
+        print(json.dumps({"name": key.name, "tenant": key.tenant, "role": key.role, "secret": secret}))
+    else:
+        print(f"created key {key.name} ({key.role}, {'tenant ' + key.tenant if key.tenant else 'global'})")
+        print(f"secret (shown once, only its hash is kept): {secret}")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    ring = _keyring(args)
+    try:
+        keys = ring.list()
+    finally:
+        ring.documents.close()
+    if args.json:
+        print(json.dumps([k.public() for k in keys]))
+    else:
+        for k in keys:
+            state = f"revoked {k.revoked_at}" if k.revoked_at else "live"
+            print(f"{k.name}\t{k.role}\t{k.tenant or '-'}\t{k.created_at}\t{state}")
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    ring = _keyring(args)
+    try:
+        key = ring.revoke(args.name)
+    finally:
+        ring.documents.close()
+    print(f"revoked {key.name} at {key.revoked_at}")
+    return 0
+
+
+def loadtest(args: argparse.Namespace) -> int:
+    _server_extra()
+    from ..service.loadtest import format_table, run_loadtest
+
+    report = run_loadtest(connection(args), clients=args.clients, seconds=args.seconds, write_share=args.write_share)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0 if report["errors"] == 0 and report["lost_writes"] == 0 else 1

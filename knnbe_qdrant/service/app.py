@@ -1,0 +1,153 @@
+"""`knnbe-qdrant serve`: one store, embedded or a Qdrant server, behind a versioned JSON API with scoped keys, a
+curator web page, health and readiness probes and Prometheus metrics. The same library does the work underneath: a
+SkillMapper (through the micro-batcher) and a Curator.
+
+What a request may and may not do is decided here, from its key: the tenant comes from the key, never from the
+request. Errors are JSON `{"error": message}`, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._errors import InvalidInputError, KnnbeError, NotFoundError, StoreError
+from .._mapper import SkillMapper
+from ..store.connection import Connection
+from . import page, routes
+from .state import ApiError, Limits, Service
+
+log = logging.getLogger("knnbe_qdrant.service")
+
+
+class BodyLimit:
+    """Refuses a request body over the limit with 413, whether it announces its length or streams it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body over {self.limit} bytes (the service's --max-body-bytes)"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise ApiError(413, message)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+def _endpoint(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(connection: Connection | None = None, *, mapper: SkillMapper | None = None,
+               limits: Limits | None = None, cors_origins: tuple[str, ...] = (),
+               load_in_background: bool = True) -> FastAPI:
+    """The service over the store at `connection`, opened when the app starts; or over `mapper`, already open
+    (the caller keeps and closes it)."""
+    if (connection is None) == (mapper is None):
+        raise InvalidInputError("serve either a connection or an open mapper")
+    service = Service(connection, limits or Limits(), mapper)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if load_in_background:
+            threading.Thread(target=service.load, name="knnbe-load", daemon=True).start()
+        else:
+            service.load()
+        yield
+        service.close()
+
+    app = FastAPI(title="knnbe-qdrant", version="1", lifespan=lifespan,
+                  description="Map job-posting text to ESCO skills with kNNBE on Qdrant; curate the memory live.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        endpoint = _endpoint(request)
+        service.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            service.metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, exc.message)
+
+    @app.exception_handler(KnnbeError)
+    async def knnbe_error(request: Request, exc: KnnbeError) -> JSONResponse:
+        status = 422 if isinstance(exc, InvalidInputError) else 404 if isinstance(exc, NotFoundError) else (
+            503 if isinstance(exc, StoreError) else 400)
+        return error(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+        return error(422, "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, "internal error (details are in the service's log)")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        if service.ready:
+            return JSONResponse({"status": "ready", "seconds_to_ready": round(service.ready_after or 0.0, 3)})
+        return error(503, service.failure or "starting")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(routes.router(service))
+    page.mount(app)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodyLimit, limit=service.limits.max_body_bytes)
+    return app

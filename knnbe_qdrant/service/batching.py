@@ -1,0 +1,127 @@
+"""Micro-batching of concurrent map requests. Encoding is CPU-bound and a batch of 64 sentences costs far less than
+64 batches of one, so requests that arrive within a few milliseconds of each other are encoded in one call and
+queried together (one query per collection per tenant), then answered each with its own results.
+
+Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
+queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. A request is
+never split, and a failure fails only the requests of the batch that hit it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .._mapper import SkillMapper
+from .._results import SentenceResult
+
+
+@dataclass
+class _Job:
+    sentences: Sequence[str]
+    top: int
+    tenant: str | None
+    future: Future[list[SentenceResult]] = field(default_factory=Future)
+
+
+class MapBatcher:
+    def __init__(
+        self,
+        mapper: SkillMapper,
+        *,
+        max_wait_s: float = 0.003,
+        max_sentences: int = 256,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.mapper = mapper
+        self.max_wait_s = max_wait_s
+        self.max_sentences = max_sentences
+        self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        # One encoded batch waits at most: more would only add latency, fewer would idle the encoder.
+        self._encoded: queue.Queue[tuple[list[_Job], list[str], np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._threads = [threading.Thread(target=self._encode_loop, name="knnbe-encode", daemon=True),
+                         threading.Thread(target=self._query_loop, name="knnbe-query", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, sentences: Sequence[str], top: int, tenant: str | None) -> Future[list[SentenceResult]]:
+        """Map already-validated sentences; the future holds one result per sentence, in order."""
+        job = _Job(list(sentences), top, tenant)
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        batch, n = [first], len(first.sentences)
+        deadline = time.perf_counter() + self.max_wait_s
+        while n < self.max_sentences:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+            n += len(job.sentences)
+        return batch, False
+
+    def _encode_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._encoded.put(None)
+                return
+            batch, stop = self._gather(first)
+            texts = [s for job in batch for s in job.sentences]
+            if self.on_batch is not None:
+                self.on_batch(len(batch), len(texts))
+            try:
+                vectors = self.mapper.encoder.encode(texts)
+            except Exception as exc:  # delivered to every waiting request; the worker lives on
+                for job in batch:
+                    job.future.set_exception(exc)
+            else:
+                self._encoded.put((batch, texts, vectors))
+            if stop:
+                self._encoded.put(None)
+                return
+
+    def _query_loop(self) -> None:
+        while True:
+            item = self._encoded.get()
+            if item is None:
+                return
+            self._map(*item)
+
+    def _map(self, batch: list[_Job], texts: list[str], vectors: np.ndarray) -> None:
+        starts = np.cumsum([0] + [len(job.sentences) for job in batch])
+        by_tenant: dict[str | None, list[int]] = {}
+        for i, job in enumerate(batch):
+            by_tenant.setdefault(job.tenant, []).append(i)
+        for tenant, members in by_tenant.items():
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
+            top = max(batch[i].top for i in members)
+            try:
+                results = self.mapper.map_vectors([texts[r] for r in rows], vectors[rows], top=top, tenant=tenant)
+            except Exception as exc:
+                for i in members:
+                    batch[i].future.set_exception(exc)
+                continue
+            at = 0
+            for i in members:
+                job = batch[i]
+                mine = results[at : at + len(job.sentences)]
+                at += len(job.sentences)
+                job.future.set_result([replace(r, skills=r.skills[: job.top]) for r in mine])

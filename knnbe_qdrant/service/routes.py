@@ -1,0 +1,209 @@
+"""The /v1 endpoints. Each checks the key's role; the tenant always comes from the key.
+
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time, and the role
+dependencies (Reader, Curator_, Admin) are local to `router`."""
+
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from .. import _schema as S
+from .._mapper import validate_sentences
+from .._tenancy import visible_payload
+from ..postings.mapping import aggregate
+from ..postings.reading import Posting, split_sentences
+from .keys import Key
+from .models import (
+    Listing,
+    MapRequest,
+    MapResponse,
+    MemoryAdd,
+    MemoryRef,
+    MemoryRelabel,
+    Message,
+    PostingRequest,
+    SkillCreate,
+    SkillRef,
+    SkillUpdate,
+)
+from .state import ApiError, Service
+
+
+def router(service: Service) -> APIRouter:
+    def authenticate(request: Request) -> Key:
+        _, _, keys, _ = service.require_ready()
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
+        key = keys.check(secret.strip())
+        if key is None:
+            raise ApiError(401, "unknown or revoked key")
+        return key
+
+    def role(needed: str) -> Callable[[Request], Key]:
+        def check(request: Request) -> Key:
+            key = authenticate(request)
+            if not key.allows(needed):
+                raise ApiError(403, f"this key's role is {key.role}; this needs {needed}")
+            return key
+
+        return check
+
+    Reader = Annotated[Key, Depends(role("reader"))]
+    Curator_ = Annotated[Key, Depends(role("curator"))]
+    Admin = Annotated[Key, Depends(role("admin"))]
+    api = APIRouter(prefix="/v1")
+    limits = service.limits
+
+    def check_sentences(sentences: list[str]) -> list[str]:
+        if len(sentences) > limits.max_sentences:
+            raise ApiError(422, f"sentences: {len(sentences)} given, at most {limits.max_sentences} per request "
+                                "(the service's --max-sentences)")
+        for i, s in enumerate(sentences):
+            if isinstance(s, str) and len(s) > limits.max_chars:
+                raise ApiError(422, f"sentences[{i}]: {len(s)} characters, at most {limits.max_chars} "
+                                    "(the service's --max-chars)")
+        return validate_sentences(sentences)
+
+    def check_top(top: int) -> None:
+        if top > limits.max_top:
+            raise ApiError(422, f"top: at most {limits.max_top}, got {top}")
+
+    async def map_batched(sentences: list[str], top: int, tenant: str | None) -> list[Any]:
+        _, _, _, batcher = service.require_ready()
+        service.metrics.request_sentences.observe(len(sentences))
+        return await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
+
+    @api.post("/map", response_model=MapResponse, summary="Map sentences to skills")
+    async def map_sentences(body: MapRequest, key: Reader) -> Response:
+        check_top(body.top)
+        results = await map_batched(check_sentences(body.sentences), body.top, key.tenant)
+        # Serialised here: the response model documents the shape, but validating and encoding every evidence
+        # sentence through it again would cost more than the mapping's own Python work.
+        return Response(json.dumps({"results": [r.to_dict() for r in results]}, ensure_ascii=False),
+                        media_type="application/json")
+
+    @api.post("/map/posting", summary="Map a whole posting: split into sentences, skills aggregated per posting")
+    async def map_posting(body: PostingRequest, key: Reader) -> dict[str, Any]:
+        check_top(body.top)
+        check_top(body.sentence_top)
+        if len(body.text) > limits.max_chars * limits.max_sentences:
+            raise ApiError(422, f"text: {len(body.text)} characters, at most {limits.max_chars * limits.max_sentences}")
+        sentences = [s[: limits.max_chars] for s in split_sentences(body.text)]
+        if len(sentences) > limits.max_sentences:
+            raise ApiError(422, f"text: {len(sentences)} sentences, at most {limits.max_sentences} per request")
+        results = await map_batched(sentences, body.sentence_top, key.tenant) if sentences else []
+        return aggregate(Posting(body.id or "", body.text), results, body.top)
+
+    @api.get("/whoami", summary="The key's name, role and tenant")
+    def whoami(key: Reader) -> dict[str, Any]:
+        return {"name": key.name, "role": key.role, "tenant": key.tenant}
+
+    @api.get("/status", summary="The store's model and schema, and the key's tenant's own counts")
+    def status(key: Reader) -> dict[str, Any]:
+        mapper, _, _, _ = service.require_ready()
+        m = mapper.store.manifest
+        out: dict[str, Any] = {"model": m.model, "dimension": m.dimension, "schema_version": m.schema_version,
+                               "state": m.state, "tenant": key.tenant, "params": mapper.params.__dict__}
+        owner = key.tenant or S.GLOBAL_TENANT
+        out["own"] = {c: mapper.store.count(c, where={S.F_TENANT: owner}) for c in S.COLLECTIONS}
+        if key.role == "admin":
+            out["store"] = mapper.store.status()
+        return out
+
+    @api.get("/skills/search", response_model=Listing, summary="Skills visible to the key, by similarity to a label")
+    async def search_skills(key: Reader, q: Annotated[str, Query(min_length=1, max_length=500)],
+                            limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict[str, Any]:
+        mapper, _, _, _ = service.require_ready()
+        [query] = validate_sentences([q])
+        vector = await asyncio.to_thread(mapper.encoder.encode, [query])
+        [result] = mapper.map_vectors([query], vector, top=limit, mode="bi-encoder", tenant=key.tenant)
+        return {"items": [{"id": s.id, "label": s.label, "similarity": s.bi_encoder} for s in result.skills],
+                "truncated": False}
+
+    def listing(rows: Iterable[dict[str, Any]], limit: int, tenant: str | None) -> dict[str, Any]:
+        it: Iterator[dict[str, Any]] = iter(rows)
+        items = [visible_payload(p, tenant) for p in islice(it, limit)]
+        return {"items": items, "truncated": next(it, None) is not None}
+
+    @api.get("/skills", response_model=Listing, summary="Skills visible to the key (or only its own layer's)")
+    def list_skills(key: Reader, own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+                    ) -> dict[str, Any]:
+        _, curator, _, _ = service.require_ready()
+        return listing(curator.list_skills(tenant=key.tenant, own_only=own), limit, key.tenant)
+
+    @api.get("/memory", response_model=Listing, summary="A skill's memory sentences visible to the key, with "
+             "provenance")
+    def list_memory(key: Reader, skill: str, own: bool = False,
+                    limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+        _, curator, _, _ = service.require_ready()
+        return listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit, key.tenant)
+
+    @api.get("/audit", response_model=Listing, summary="Recent edits of the key's tenant (all, for an admin)")
+    def audit(key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        mapper, _, _, _ = service.require_ready()
+        documents = mapper.store.documents()
+        if key.role == "admin":
+            entries = documents.tail("audit", limit + 1)
+        else:  # read further back, so that a busy neighbour does not push this tenant's own edits out of view
+            entries = [e for e in documents.tail("audit", 20 * limit) if e.get("tenant") == key.tenant]
+        return {"items": entries[:limit], "truncated": len(entries) > limit}
+
+    @api.post("/skills", response_model=Message, status_code=201, summary="Add a skill to the key's layer")
+    def add_skill(body: SkillCreate, key: Curator_) -> dict[str, str]:
+        service.curator_for(key).add_skill(body.id, body.label, description=body.description, tenant=key.tenant)
+        service.audit(key, "skill add", skill=body.id, label=body.label)
+        return {"result": "added"}
+
+    @api.post("/skills/update", response_model=Message, summary="Change a skill of the key's layer")
+    def update_skill(body: SkillUpdate, key: Curator_) -> dict[str, str]:
+        service.curator_for(key).update_skill(body.skill, label=body.label, description=body.description,
+                                              tenant=key.tenant)
+        service.audit(key, "skill update", skill=body.skill, label=body.label)
+        return {"result": "updated"}
+
+    @api.post("/skills/retire", response_model=Message, summary="Retire a skill of the key's layer, or hide a "
+              "global one")
+    def retire_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
+        outcome = service.curator_for(key).retire_skill(body.skill, tenant=key.tenant)
+        service.audit(key, f"skill {outcome}", skill=body.skill)
+        return {"result": outcome}
+
+    @api.post("/memory", response_model=Message, status_code=201, summary="Teach the memory a labelled sentence")
+    def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
+        [text] = check_sentences([body.text])
+        added = service.curator_for(key).add_sentence(text, body.skill, tenant=key.tenant, source=body.source)
+        if added:
+            service.audit(key, "memory add", skill=body.skill, text=text)
+        return {"result": "added" if added else "already stored"}
+
+    @api.post("/memory/remove", response_model=Message, summary="Remove a sentence of the key's layer, or hide a "
+              "global one")
+    def remove_memory(body: MemoryRef, key: Curator_) -> dict[str, str]:
+        outcome = service.curator_for(key).remove_sentence(body.text, body.skill, tenant=key.tenant)
+        service.audit(key, f"memory {outcome}", skill=body.skill, text=body.text)
+        return {"result": outcome}
+
+    @api.post("/memory/relabel", response_model=Message, summary="Move a sentence to another skill (no re-encoding)")
+    def relabel_memory(body: MemoryRelabel, key: Curator_) -> dict[str, str]:
+        service.curator_for(key).relabel(body.text, body.skill, body.to, tenant=key.tenant)
+        service.audit(key, "memory relabel", skill=body.skill, to=body.to, text=body.text)
+        return {"result": "relabelled"}
+
+    @api.get("/tenants", summary="Tenants and their own point counts (admin)")
+    def tenants(key: Admin) -> dict[str, Any]:
+        _, curator, _, _ = service.require_ready()
+        return {"tenants": curator.tenants()}
+
+    @api.delete("/tenants/{name}", response_model=Message, summary="Remove exactly this tenant's data (admin)")
+    def delete_tenant(name: str, key: Admin) -> dict[str, str]:
+        service.curator_for(key).delete_tenant(name)
+        service.audit(key, "tenant delete", tenant_deleted=name)
+        return {"result": "deleted"}
+
+    return api

@@ -1,0 +1,100 @@
+"""What the service's endpoints share: its limits, the store and model once loaded, the keys, the batcher, the
+metrics; and the one error type the endpoints raise (turned into a JSON response by the app)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .._curation import Curator
+from .._errors import KnnbeError
+from .._mapper import SkillMapper
+from ..store.connection import Connection
+from .batching import MapBatcher
+from .keys import Key, KeyRing
+from .metrics import Metrics
+
+log = logging.getLogger("knnbe_qdrant.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1_000_000
+    max_sentences: int = 256
+    max_chars: int = 5_000
+    max_top: int = 100
+    batch_wait_ms: float = 3.0
+
+
+class ApiError(KnnbeError):
+    """An answer other than 200, with its HTTP status and the message the client reads."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Service:
+    """What the endpoints share. Loaded in a background thread, so /healthz answers at once and /readyz says
+    when the store is open and the model loaded."""
+
+    def __init__(self, connection: Connection | None, limits: Limits, mapper: SkillMapper | None = None) -> None:
+        self.connection = connection
+        self._given = mapper  # a mapper opened by the caller (tests, embedding the app): served as it is
+        self.limits = limits
+        self.metrics = Metrics()
+        self.mapper: SkillMapper | None = None
+        self.curator: Curator | None = None
+        self.keys: KeyRing | None = None
+        self.batcher: MapBatcher | None = None
+        self.failure: str | None = None
+        self.started = time.perf_counter()
+        self.ready_after: float | None = None
+
+    def load(self) -> None:
+        where = self.connection.describe() if self.connection else "the given store"
+        try:
+            mapper = self._given or SkillMapper.open(self.connection)
+            self.curator = Curator(mapper.store, mapper.encoder)
+            self.keys = KeyRing(mapper.store.documents())
+            self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000,
+                                      on_batch=self.metrics.on_batch)
+            self.mapper = mapper
+            self.ready_after = time.perf_counter() - self.started
+            log.info("ready in %.2f s: %s", self.ready_after, mapper.store.describe())
+        except KnnbeError as exc:
+            self.failure = str(exc)
+            log.error("cannot serve %s: %s", where, exc)
+        except Exception as exc:  # reported by /readyz; the traceback goes to the log only
+            self.failure = f"{type(exc).__name__} while opening the store"
+            log.exception("cannot serve %s", where)
+
+    @property
+    def ready(self) -> bool:
+        return self.mapper is not None
+
+    def require_ready(self) -> tuple[SkillMapper, Curator, KeyRing, MapBatcher]:
+        if self.mapper is None or self.curator is None or self.keys is None or self.batcher is None:
+            raise ApiError(503, self.failure or "starting: the store is opening and the model loading")
+        return self.mapper, self.curator, self.keys, self.batcher
+
+    def curator_for(self, key: Key) -> Curator:
+        """The shared curator, acting as this key (every write records the key's name as created_by)."""
+        _, curator, _, _ = self.require_ready()
+        mine = copy.copy(curator)
+        mine.user = key.name
+        return mine
+
+    def audit(self, key: Key, action: str, **details: Any) -> None:
+        mapper, _, _, _ = self.require_ready()
+        mapper.store.documents().append("audit", {"tenant": key.tenant, "key": key.name, "action": action, **details})
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.mapper is not None and self._given is None:
+            self.mapper.close()

@@ -1,0 +1,171 @@
+"""The HTTP API's contract on every backend: what each role may do, that the tenant comes from the key, limits and
+errors, and that the answers are the library's own. The app runs in-process under FastAPI's TestClient (the real
+ASGI stack); tests/test_service_process.py runs it as a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from knnbe_qdrant import SkillMapper
+from knnbe_qdrant.service import KeyRing
+from knnbe_qdrant.service.app import create_app
+from knnbe_qdrant.service.state import Limits
+from tests.helpers import BACKENDS, build_small
+
+SQL = "Experience writing SQL queries against relational databases"
+PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"
+LIMITS = Limits(max_body_bytes=20_000, max_sentences=8, max_chars=300)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, tmp_path_factory, encoder, small_skills, small_memory):
+    store = build_small(request.param, tmp_path_factory.mktemp(f"svc-{request.param}"), encoder, small_skills,
+                        small_memory)
+    mapper = SkillMapper(store, encoder, exact=True)
+    ring = KeyRing(store.documents())
+    keys = {}
+    for name, role, tenant in [("acme-reader", "reader", "acme"), ("acme-curator", "curator", "acme"),
+                               ("beta-curator", "curator", "beta"), ("beta-reader", "reader", "beta"),
+                               ("root", "admin", None)]:
+        keys[name] = ring.create(role=role, tenant=tenant, name=name)[1]
+    app = create_app(mapper=mapper, limits=LIMITS, load_in_background=False)
+    with TestClient(app) as client:
+        yield client, keys, mapper, ring
+    store.close()
+
+
+def auth(keys, name):
+    return {"Authorization": f"Bearer {keys[name]}"}
+
+
+def test_health_readiness_and_metrics(served):
+    client, keys, _, _ = served
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    client.post("/v1/map", json={"sentences": [SQL]}, headers=auth(keys, "acme-reader"))
+    text = client.get("/metrics").text
+    assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="200"}' in text
+    assert "knnbe_http_request_seconds_bucket" in text and "knnbe_map_batch_sentences_count" in text
+    assert client.get("/docs").status_code == 200 and "/v1/map" in client.get("/openapi.json").text
+
+
+def test_map_answers_what_the_library_answers(served):
+    client, keys, mapper, _ = served
+    sentences = [SQL, "You will lead a small team of nurses"]
+    r = client.post("/v1/map", json={"sentences": sentences, "top": 4}, headers=auth(keys, "acme-reader"))
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    want = [x.to_dict() for x in mapper.map(sentences, top=4, tenant="acme")]
+    assert [[s["id"] for s in g["skills"]] for g in got] == [[s["id"] for s in w["skills"]] for w in want]
+    for g, w in zip(got, want):
+        for gs, ws in zip(g["skills"], w["skills"]):
+            assert gs["score"] == pytest.approx(ws["score"], abs=1e-6)
+            assert set(gs) == {"id", "label", "score", "bi_encoder", "knn", "evidence"}
+
+
+def test_keys_are_required_and_roles_enforced(served):
+    client, keys, _, ring = served
+    body = {"sentences": [SQL]}
+    assert client.post("/v1/map", json=body).status_code == 401
+    assert client.post("/v1/map", json=body, headers={"Authorization": "Bearer knq_nope"}).status_code == 401
+    assert client.post("/v1/map", json=body, headers={"Authorization": keys["acme-reader"]}).status_code == 401
+    r = client.post("/v1/memory", json={"skill": "SQL", "text": "Tuning slow SQL joins"},
+                    headers=auth(keys, "acme-reader"))
+    assert r.status_code == 403 and "reader" in r.json()["error"]
+    assert client.get("/v1/tenants", headers=auth(keys, "acme-curator")).status_code == 403
+    _, secret = ring.create(role="reader", tenant="acme", name="short-lived")
+    assert client.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    ring.revoke("short-lived")
+    r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 401 and r.json() == {"error": "unknown or revoked key"}
+
+
+def test_a_curator_edits_its_tenant_only_and_is_recorded(served):
+    client, keys, _, _ = served
+    h_acme, h_beta = auth(keys, "acme-curator"), auth(keys, "beta-curator")
+    r = client.post("/v1/skills", json={"id": "acme:vdb", "label": "administer vector databases"}, headers=h_acme)
+    assert r.status_code == 201, r.text
+    sentences = ["Operate and tune Qdrant vector database clusters in production.",
+                 "Design payload indexes and HNSW settings for a vector search engine."]
+    for text in sentences:
+        assert client.post("/v1/memory", json={"skill": "acme:vdb", "text": text}, headers=h_acme).status_code == 201
+    probe = {"sentences": ["You will administer our Qdrant vector database and tune its HNSW indexes."], "top": 3}
+    acme = client.post("/v1/map", json=probe, headers=auth(keys, "acme-reader")).json()["results"][0]["skills"]
+    assert acme[0]["id"] == "acme:vdb" and acme[0]["evidence"]
+    beta = client.post("/v1/map", json=probe, headers=auth(keys, "beta-reader")).json()
+    assert "acme" not in json.dumps(beta) and "vector database clusters" not in json.dumps(beta)
+    # beta cannot reach acme's skill, even by naming it
+    r = client.post("/v1/memory", json={"skill": "acme:vdb", "text": "x y z"}, headers=h_beta)
+    assert r.status_code == 404
+    rows = client.get("/v1/memory", params={"skill": "acme:vdb"}, headers=auth(keys, "acme-reader")).json()["items"]
+    assert {row["text"] for row in rows} == set(sentences)
+    assert {row["created_by"] for row in rows} == {"acme-curator"} and {row["tenant"] for row in rows} == {"acme"}
+    audit = client.get("/v1/audit", headers=auth(keys, "acme-reader")).json()["items"]
+    assert {a["action"] for a in audit} >= {"skill add", "memory add"} and {a["tenant"] for a in audit} == {"acme"}
+    assert client.get("/v1/audit", headers=auth(keys, "beta-reader")).json()["items"] == []
+
+
+def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
+    client, keys, _, _ = served
+    h = auth(keys, "beta-curator")
+    listed = client.get("/v1/memory", params={"skill": "SQL", "limit": 1}, headers=h).json()["items"]
+    text = listed[0]["text"]
+    assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=h).json() == {
+        "result": "hidden"}
+    seen_by_beta = client.get("/v1/memory", params={"skill": "SQL", "limit": 10_000}, headers=h).json()["items"]
+    seen_by_acme = client.get("/v1/memory", params={"skill": "SQL", "limit": 10_000},
+                              headers=auth(keys, "acme-reader")).json()["items"]
+    assert text not in {p["text"] for p in seen_by_beta} and text in {p["text"] for p in seen_by_acme}
+    # The hide mark names beta; acme must not learn that beta exists.
+    assert "beta" not in json.dumps(seen_by_acme) and all("hidden_for" not in p for p in seen_by_acme)
+
+
+def test_limits_and_bad_input_are_clear_errors_without_a_trace(served):
+    client, keys, _, _ = served
+    h = auth(keys, "acme-reader")
+    cases = [
+        ({"sentences": ["a b"] * 9}, 422, "at most 8 per request"),
+        ({"sentences": ["x" * 301]}, 422, "at most 300"),
+        ({"sentences": ["  "]}, 422, "empty"),
+        ({"sentences": [SQL], "top": 0}, 422, "top"),
+        ({"sentences": [SQL], "topp": 3}, 422, "topp"),
+        ({"sentences": "one string"}, 422, "sentences"),
+    ]
+    for body, status, words in cases:
+        r = client.post("/v1/map", json=body, headers=h)
+        assert r.status_code == status and words in r.json()["error"], (body, r.text)
+    r = client.post("/v1/map", content=b'{"sentences": ["' + b"a" * 30_000 + b'"]}', headers=h)
+    assert r.status_code == 413 and "20000 bytes" in r.json()["error"]
+    r = client.post("/v1/map", content=b"{not json", headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    odd = (client.get("/v1/nope", headers=h), client.post("/v1/memory", json={}, headers=auth(keys, "acme-curator")))
+    for r in odd:
+        assert r.status_code in (404, 422) and "Traceback" not in r.text and "error" in r.json()
+
+
+def test_a_whole_posting_is_split_and_aggregated(served):
+    client, keys, _, _ = served
+    text = "We build REST services in Python.\n- You will write SQL queries every day.\n- Fluent English."
+    r = client.post("/v1/map/posting", json={"text": text, "id": "p1", "top": 5}, headers=auth(keys, "beta-reader"))
+    assert r.status_code == 200, r.text
+    record = r.json()
+    assert record["id"] == "p1" and record["sentences"] == 3 and len(record["skills"]) == 5
+    assert all(s["sentences"] for s in record["skills"])
+
+
+def test_admin_manages_tenants_and_the_global_layer(served):
+    client, keys, _, _ = served
+    h = auth(keys, "root")
+    tenants = client.get("/v1/tenants", headers=h).json()["tenants"]
+    assert "acme" in tenants
+    assert client.post("/v1/skills", json={"id": "global:new", "label": "operate a time machine"},
+                       headers=h).status_code == 201
+    found = client.get("/v1/skills/search", params={"q": "operate a time machine"},
+                       headers=auth(keys, "beta-reader")).json()["items"]
+    assert found[0]["id"] == "global:new"
+    status = client.get("/v1/status", headers=h).json()
+    assert status["store"]["state"] == "ready" and status["own"]["skills"] > 0

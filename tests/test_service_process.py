@@ -1,0 +1,189 @@
+"""The service as users run it: `knnbe-qdrant serve` as a real process on loopback, keys made with the command line
+while it runs, the load test's short mode, and the curator page walked in a real browser (headless Chromium driven
+by Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from knnbe_qdrant import Connection
+from knnbe_qdrant.service.loadtest import _free_port, run_loadtest
+from tests.helpers import run
+
+CHROMIUM = Path("/usr/bin/chromium")
+PROBE = "You will administer our Qdrant vector database and tune its HNSW indexes."
+TEACH = ["Operate and tune Qdrant vector database clusters in production.",
+         "Design collections, payload indexes and HNSW settings for a vector search engine.",
+         "Keep our vector database fast: sharding, replication and snapshot backups."]
+
+
+def create_key(store: Path, *args: str) -> dict:
+    r = run("keys", "create", *args, "--json", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def served(cli_store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("served") / "store"
+    shutil.copytree(cli_store, path)
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))},
+           "KNNBE_STORE": str(path)}
+    started = time.perf_counter()
+    log = open(path.parent / "serve.log", "wb")  # noqa: SIM115  (closed after the server stops)
+    proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    ready_after = None
+    while time.perf_counter() - started < 60:
+        assert proc.poll() is None, (path.parent / "serve.log").read_text()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                ready_after = time.perf_counter() - started
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    assert ready_after is not None, "not ready within 60 s"
+    yield base, path, ready_after
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_keys_made_on_the_command_line_work_at_once_and_revoke_at_once(served):
+    base, path, _ = served
+    key = create_key(path, "--role", "reader", "--tenant", "acme", "--name", "cli-made")  # while the service runs
+    assert set(key) == {"name", "tenant", "role", "secret"} and key["secret"].startswith("knq_")
+    stored = (path / "keys.json").read_text()
+    assert key["secret"] not in stored and "cli-made" in stored  # only the hash is kept
+    h = {"Authorization": f"Bearer {key['secret']}"}
+    assert httpx.get(f"{base}/v1/whoami", headers=h).json() == {"name": "cli-made", "role": "reader", "tenant": "acme"}
+    listed = json.loads(run("keys", "list", "--json", store=path).stdout)
+    assert any(k["name"] == "cli-made" and k["revoked_at"] is None for k in listed)
+    assert "secret" not in json.dumps(listed) and "sha256" not in json.dumps(listed)
+    assert run("keys", "revoke", "cli-made", store=path).returncode == 0
+    assert httpx.get(f"{base}/v1/whoami", headers=h).status_code == 401
+    bad = run("keys", "create", "--role", "reader", store=path)  # a reader needs a tenant
+    assert bad.returncode == 2 and b"needs a --tenant" in bad.stderr
+
+
+def test_the_server_binds_loopback_and_answers_like_the_library(served):
+    base, path, ready_after = served
+    assert base.startswith("http://127.0.0.1:")
+    assert ready_after < 30  # the target (< 5 s on the full default store) is measured by loadtest, not asserted
+    key = create_key(path, "--role", "reader", "--tenant", "acme")
+    r = httpx.post(f"{base}/v1/map", json={"sentences": ["Programming in Python"], "top": 3},
+                   headers={"Authorization": f"Bearer {key['secret']}"})
+    assert r.status_code == 200 and r.json()["results"][0]["skills"][0]["label"] == "Python (computer programming)"
+    assert "access-control-allow-origin" not in {h.lower() for h in r.headers}  # CORS is off by default
+
+
+def test_load_test_short_mode_has_no_errors_and_loses_no_write(cli_store, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    report = run_loadtest(Connection.resolve(path), clients=4, seconds=3, baseline=False)
+    assert report["map_requests"] > 10 and report["writes"] >= 0
+    assert report["errors"] == 0, report["first_errors"]
+    assert report["lost_writes"] == 0
+    assert report["mean_sentences_per_batch"] >= 1
+
+
+def _browser_missing() -> bool:
+    return not CHROMIUM.exists()
+
+
+@pytest.mark.skipif(_browser_missing() and not os.environ.get("CI"),
+                    reason="needs Debian's chromium (scripts/install-browser.sh); CI installs it")
+def test_curator_flow_in_a_real_browser(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, path, _ = served
+    curator = create_key(path, "--role", "curator", "--tenant", "acme", "--name", "alice@acme")
+    other = create_key(path, "--role", "reader", "--tenant", "beta", "--name", "bob@beta")
+    shots = Path(os.environ.get("KNNBE_SCREENSHOTS") or path.parent / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(base + "/")
+        page.fill("#key", curator["secret"])
+        page.click("#signin")
+        expect(page.locator("#whoami")).to_contain_text("alice@acme · curator · tenant acme")
+
+        page.fill("#sentences", PROBE)
+        page.click("#map")
+        expect(page.locator(".result")).to_have_count(1)
+        assert page.locator('.skill-row[data-skill="acme:vdb"]').count() == 0
+
+        page.fill("#skill-id", "acme:vdb")
+        page.fill("#skill-label", "administer vector databases")
+        page.fill("#skill-description", "Run and tune vector search engines such as Qdrant.")
+        page.click("#add-skill")
+        expect(page.locator("#message")).to_contain_text("Added skill administer vector databases")
+
+        # Teach the new skill from results: map the sentences, then add each one to the skill found by label.
+        page.fill("#sentences", "\n".join(TEACH))
+        page.click("#map")
+        expect(page.locator(".result")).to_have_count(len(TEACH))
+        for i in range(len(TEACH)):
+            box = page.locator(".result").nth(i)
+            box.locator(".teach-search").fill("administer vector databases")
+            box.locator(".teach-find").click()
+            box.locator('.teach-pick[data-skill="acme:vdb"]').click()
+            # The page maps again after each edit, then says so: wait for this sentence's message.
+            expect(page.locator("#message")).to_contain_text(f"“{TEACH[i]}” → administer vector databases: added")
+        page.screenshot(path=str(shots / "curator-teach.png"), full_page=True)
+
+        page.fill("#sentences", PROBE)
+        page.click("#map")
+        row = page.locator('.skill-row[data-skill="acme:vdb"]')
+        expect(row).to_have_count(1)
+        ranks = page.locator(".skill-row").evaluate_all("rows => rows.map(r => r.dataset.skill)")
+        assert ranks.index("acme:vdb") < 3, ranks
+        evidence = row.locator(".evidence li")
+        assert evidence.count() >= 2
+        hidden_text = evidence.first.inner_text().split("“", 1)[1].split("”", 1)[0]
+        page.screenshot(path=str(shots / "curator-ranked.png"), full_page=True)
+        row.locator("button.hide").first.click()
+        expect(page.locator("#message")).to_contain_text("removed")
+        expect(page.locator('.skill-row[data-skill="acme:vdb"] .evidence')).not_to_contain_text(hidden_text)
+
+        page.fill("#memory-skill", "acme:vdb")
+        page.click("#browse")
+        expect(page.locator("#memory-table tbody tr")).to_have_count(len(TEACH) - 1)
+        expect(page.locator("#memory-table")).to_contain_text("alice@acme")
+        page.click("#refresh-audit")
+        expect(page.locator(".audit-row").first).to_contain_text("memory removed")
+        page.screenshot(path=str(shots / "curator-memory-audit.png"), full_page=True)
+
+        # Another tenant's key sees none of it.
+        page2 = browser.new_context().new_page()
+        page2.goto(base + "/")
+        page2.fill("#key", other["secret"])
+        page2.click("#signin")
+        expect(page2.locator("#whoami")).to_contain_text("bob@beta · reader · tenant beta")
+        assert page2.locator(".curator-only").first.is_hidden()
+        page2.fill("#sentences", PROBE)
+        page2.click("#map")
+        expect(page2.locator(".result")).to_have_count(1)
+        text = page2.locator("#results").inner_text()
+        assert "administer vector databases" not in text and not any(t in text for t in TEACH)
+        page2.fill("#memory-skill", "acme:vdb")
+        page2.click("#browse")
+        expect(page2.locator("#message")).to_contain_text("no skill 'acme:vdb'")
+        expect(page2.locator(".audit-row")).to_have_count(0)
+        page2.screenshot(path=str(shots / "other-tenant.png"), full_page=True)
+        browser.close()
