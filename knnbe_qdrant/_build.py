@@ -138,3 +138,18 @@ def build_store(
     store.optimize()
     counts = {c: store.count(c) for c in S.COLLECTIONS}
     return store.mark_ready(counts=counts, build_seconds=round(time.perf_counter() - started, 1))
+
+
+def rebuild_store(store: Store, encoder: Encoder, **build: Any) -> Manifest:
+    """`build --force`: a fresh store built beside this one, which serves untouched until the new one is complete
+    and swaps in atomically. Killed half-way, the old store still serves; run again, the rebuild resumes. Every
+    argument is checked (the model loaded, the taxonomy read) before this is called, so a bad one changes nothing."""
+    if not store.exists():
+        return build_store(store, encoder, **build)
+    target = store.rebuild_view()
+    try:
+        build_store(target, encoder, **build)
+        store.promote(target)
+    finally:
+        target.close()
+    return store.manifest

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from . import _schema as S
 from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
-from ._data import LabelledSentence, Skill, iter_csv, iter_jsonl
-from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError
+from ._data import LabelledSentence, Skill
+from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError, StoreError
+from ._labelled import _typed, check_readable, read_labelled
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
 from .encoding import Encoder
 from .store.base import Record, Store, Where, vectors_of
@@ -69,6 +70,9 @@ class Curator:
                 r.payload for r in self.store.scroll(S.SKILLS, where=Where({**where.must, key: ref}), batch=16)
                 if include_retired or skill_is_visible(r.payload, tenant)
             ]
+            if len(found) > 1:  # the tenant's own skill shadows a global one of the same id or label
+                own = [p for p in found if p[S.F_TENANT] == _own(tenant)]
+                found = own if len(own) == 1 else found
             if len(found) == 1:
                 return found[0]
             if len(found) > 1:
@@ -82,6 +86,7 @@ class Curator:
         tenant: str | None = None,
     ) -> dict[str, Any]:
         """A skill the taxonomy lacks, in the tenant's own layer (or the global one)."""
+        self._check_editable()
         owner = _own(tenant)
         if not skill_id or not skill_id.strip():
             raise InvalidInputError("a new skill needs an id")
@@ -100,6 +105,7 @@ class Curator:
         self, ref: str, *, label: str | None = None, description: str | None = None, tenant: str | None = None
     ) -> dict[str, Any]:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else."""
+        self._check_editable()
         payload = self._own_skill(ref, tenant, "update")
         changes: dict[str, Any] = {S.F_UPDATED_AT: S.utc_now()}
         if description is not None:
@@ -115,6 +121,7 @@ class Curator:
         """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant.
 
         Returns "retired" or "hidden"."""
+        self._check_editable()
         payload = self.resolve_skill(ref, tenant)
         if payload[S.F_TENANT] == _own(tenant):
             point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
@@ -133,6 +140,7 @@ class Curator:
     # ---- memory ---------------------------------------------------------------------------------------------
     def add_sentence(self, text: str, skill: str, *, tenant: str | None = None, source: str = "curator") -> bool:
         """Teach the memory that `text` expresses `skill`. Returns False when it was already stored."""
+        self._check_editable()
         text = self._check_text(text)
         skill_id = self.resolve_skill(skill, tenant)[S.F_SKILL_ID]
         owner = _own(tenant)
@@ -146,6 +154,7 @@ class Curator:
 
     def remove_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
         """Remove a sentence of one's own layer, or hide a global one for this tenant. Returns "removed"/"hidden"."""
+        self._check_editable()
         text = self._check_text(text)
         skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         owner = _own(tenant)
@@ -162,6 +171,7 @@ class Curator:
     def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> None:
         """Move a sentence to another skill, reusing its stored vector (no re-encoding). A tenant relabelling a
         global sentence hides the global one and gets its own copy under the new skill."""
+        self._check_editable()
         text = self._check_text(text)
         old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         new_id = self.resolve_skill(new_skill, tenant)[S.F_SKILL_ID]
@@ -174,7 +184,8 @@ class Curator:
                 break
         if source_point is None:
             raise NotFoundError(f"no memory sentence {text!r} labelled {old_id!r} visible to this tenant")
-        payload = {k: v for k, v in source_point.payload.items() if k != S.F_HIDDEN_FOR}
+        # A tenant's copy starts unhidden; a global relabel keeps the tenants' marks (they hid this sentence).
+        payload = {k: v for k, v in source_point.payload.items() if k != S.F_HIDDEN_FOR or owner == S.GLOBAL_TENANT}
         payload.update({S.F_TENANT: owner, S.F_SKILL_ID: new_id, S.F_UPDATED_AT: S.utc_now(),
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
@@ -200,10 +211,13 @@ class Curator:
                     progress: bool = False, chunk: int = 4096) -> ImportReport:
         """Store the labelled sentences of a JSONL or CSV file (`text`, `skill`, optional `source`).
 
-        Streams the file in chunks (memory stays bounded whatever its size). Every bad row is reported by line
-        number and stored not at all; every good row is stored. Re-running an import (after it was killed, say)
-        stores only what is missing: point ids are deterministic, so nothing is duplicated or lost."""
-        return self.import_rows(_read_labelled(path), str(path), tenant=tenant,
+        Streams the file in chunks (memory stays bounded whatever its size). Every bad row (not JSON, a value that
+        is not text, an empty field, an unknown skill) is reported by line number and stored not at all; every
+        good row is stored. A file that cannot be read to its end (not UTF-8, broken CSV quoting) is refused before
+        anything is stored. Re-running an import (after it was killed, say) stores only what is missing: point ids
+        are deterministic, so nothing is duplicated or lost."""
+        check_readable(path)
+        return self.import_rows(read_labelled(path), str(path), tenant=tenant,
                                 source=source or f"import:{Path(path).name}", progress=progress, chunk=chunk)
 
     def import_hf(self, name: str, *, split: str = "train", text_column: str = "sentence",
@@ -226,16 +240,19 @@ class Curator:
         if missing:
             raise InputFileError(f"{name}: the dataset has no column {sorted(missing)}; it has {columns} "
                                  "(name them with --text-column / --skill-column)")
-        numbered = ((i, {"text": r.get(text_column), "skill": r.get(skill_column)}) for i, r in enumerate(rows, 1))
+        numbered = ((i, *_typed({"text": r.get(text_column), "skill": r.get(skill_column)}))
+                    for i, r in enumerate(rows, 1))
         return self.import_rows(numbered, f"{name}[{split}] row", tenant=tenant, source=source or f"hf:{name}",
                                 progress=progress, chunk=chunk)
 
-    def import_rows(self, rows: Iterable[tuple[int, dict[str, Any]]], origin: str, *, tenant: str | None,
-                    source: str, progress: bool = False, chunk: int = 4096) -> ImportReport:
-        """Store (line number, {text, skill[, source]}) rows; errors read `origin:line: problem`."""
+    def import_rows(self, rows: Iterable[tuple[int, dict[str, str], str | None]], origin: str, *,
+                    tenant: str | None, source: str, progress: bool = False, chunk: int = 4096) -> ImportReport:
+        """Store (line number, {text, skill[, source]}, problem) rows, where a row with a problem is reported and
+        skipped; errors read `origin:line: problem`. If storing fails part-way, the error says how many rows were
+        stored before it (running the same import again stores the rest)."""
+        self._check_editable()
         report = ImportReport()
         owner = _own(tenant)
-        default_source = source
         resolved: dict[str, str | Exception] = {}
         batch: dict[str, TextPoint] = {}
         now = S.utc_now()
@@ -247,34 +264,37 @@ class Curator:
             report.already_stored += len(batch) - written
             batch.clear()
 
-        with tqdm(desc="import", unit="row", disable=not progress) as bar:
-            for line_no, row in rows:
-                bar.update(1)
-                text, ref = str(row.get("text") or "").strip(), str(row.get("skill") or "").strip()
-                if not text:
-                    report.errors.append(f"{origin}:{line_no}: empty 'text'")
-                    continue
-                if not ref:
-                    report.errors.append(f"{origin}:{line_no}: empty 'skill'")
-                    continue
-                if ref not in resolved:
-                    try:
-                        resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
-                    except KnnbeError as exc:
-                        resolved[ref] = exc
-                skill_id = resolved[ref]
-                if isinstance(skill_id, Exception):
-                    report.errors.append(f"{origin}:{line_no}: {skill_id}")
-                    continue
-                row_source = str(row.get("source") or "").strip() or default_source
-                point = S.memory_point_id(owner, skill_id, text)
-                payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
-                           **self._provenance(row_source)}
-                batch[point] = TextPoint(point, text, payload)
-                if len(batch) >= chunk:
+        def skill_of(ref: str) -> str | Exception:
+            if ref not in resolved:
+                try:
+                    resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
+                except KnnbeError as exc:
+                    resolved[ref] = exc
+            return resolved[ref]
+
+        try:
+            with tqdm(desc="import", unit="row", disable=not progress) as bar:
+                for line_no, row, read_problem in rows:
+                    bar.update(1)
+                    text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
+                    problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else None)
+                    skill_id = skill_of(ref) if problem is None else None
+                    if problem or isinstance(skill_id, Exception) or skill_id is None:
+                        report.errors.append(f"{origin}:{line_no}: {problem or skill_id}")
+                        continue
+                    row_source = (row.get("source") or "").strip() or source
+                    point = S.memory_point_id(owner, skill_id, text)
+                    payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
+                               **self._provenance(row_source)}
+                    batch[point] = TextPoint(point, text, payload)
+                    if len(batch) >= chunk:
+                        flush()
+                if batch:
                     flush()
-            if batch:
-                flush()
+        except (KnnbeError, OSError) as exc:
+            raise StoreError(f"import of {origin} stopped after storing {report.stored} rows "
+                             f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "
+                             "Run the same import again to store the rest.") from exc
         return report
 
     def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
@@ -284,6 +304,8 @@ class Curator:
             for p in self.list_memory(skill, tenant=tenant, own_only=True)
         ]
         path = Path(path)
+        if not path.parent.is_dir():
+            raise InvalidInputError(f"{path}: the folder {path.parent} does not exist")
         with open(path, "w", encoding="utf-8", newline="") as f:
             if path.suffix.lower() == ".csv":
                 writer = csv.DictWriter(f, fieldnames=["text", "skill", "source"])
@@ -313,6 +335,9 @@ class Curator:
     def delete_tenant(self, tenant: str) -> None:
         """Remove exactly this tenant's data: its skills, its sentences, and its marks on hidden global points."""
         tenant = S.check_tenant(tenant)
+        self._check_editable()
+        if tenant not in self.tenants():
+            raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences or hide marks")
         for collection in S.COLLECTIONS:
             self.store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
             marked = list(self.store.scroll(collection, where={S.F_HIDDEN_FOR: tenant}, payload=[S.F_HIDDEN_FOR]))
@@ -322,6 +347,14 @@ class Curator:
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:
         return {S.F_CREATED_BY: self.user, S.F_CREATED_AT: S.utc_now(), S.F_SOURCE: source}
+
+    def _check_editable(self) -> None:
+        """Refuse edits while a re-embedding is under way: its swap would replace the collections they went to."""
+        pending = self.store.manifest.pending_reembed
+        if pending:
+            model = pending.get("model")
+            raise StoreError(f"{self.store.describe()}: a re-embedding to {model} is under way; finish it with "
+                             f"`knnbe-qdrant migrate --model {model}` before editing (its swap would lose the edit)")
 
     @staticmethod
     def _check_text(text: str) -> str:
@@ -354,16 +387,3 @@ class Curator:
             [current] = self.store.retrieve(collection, [record.id], payload=[S.F_HIDDEN_FOR])
             hidden = [t for t in current.payload.get(S.F_HIDDEN_FOR) or [] if t != tenant]
             self.store.set_payload(collection, [record.id], {S.F_HIDDEN_FOR: hidden})
-
-
-def _read_labelled(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a JSONL or CSV file of labelled sentences; the format is told by the first byte."""
-    path = Path(path)
-    try:
-        first = path.read_bytes()[:1]
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if first == b"{":
-        yield from iter_jsonl(path)
-    else:
-        yield from iter_csv(path, ("text", "skill"), "a labelled-sentence file")

@@ -10,7 +10,8 @@
         ├── StoreNotFoundError                  nothing at that location: run `knnbe-qdrant build`
         ├── StoreCorruptError                   half-built, damaged, foreign or of another schema version
         ├── ModelMismatchError                  built with another model or dimension than the one asked for
-        └── StoreLockedError                    another process holds the embedded store
+        ├── StoreLockedError                    another process holds the embedded store
+        └── ServerError                         a Qdrant server cannot be reached, or answered with an error
 
 The command line turns InvalidInputError into exit status 2 and every other KnnbeError into 1, printing the message
 alone: messages are written for the person at the terminal, and say what to do.
@@ -61,3 +62,8 @@ class ModelMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the embedded store open for writing."""
+
+
+class ServerError(StoreError):
+    """A Qdrant server cannot be reached, did not answer in time, or answered with an error. The message is one line
+    that names the server, what failed and what to do."""

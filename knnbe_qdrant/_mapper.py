@@ -123,6 +123,8 @@ class SkillMapper:
         batch_size: int = 256,
     ) -> list[SentenceResult]:
         """Each sentence's `top` skills, best first. Sentences must be non-empty strings."""
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         texts = validate_sentences(sentences)
         results: list[SentenceResult] = []
         for start in range(0, len(texts), batch_size):

@@ -123,6 +123,24 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any) -> Manifest:
+        """The manifest a store recorded; InvalidInputError (a ValueError) naming the field when it is not one."""
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"not a JSON object but {type(data).__name__}")
+        for name, kinds in _MANIFEST_TYPES.items():
+            if name not in data:
+                if name in ("model", "dimension"):
+                    raise InvalidInputError(f"field {name!r} is missing")
+                continue
+            if not isinstance(data[name], kinds) or (isinstance(data[name], bool) and bool not in kinds):
+                raise InvalidInputError(f"field {name!r} is {type(data[name]).__name__}, not what a manifest holds")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "dimension": (int,), "schema_version": (int,), "distance": (str,), "state": (str,),
+    "skill_text": (str,), "sources": (dict,), "counts": (dict,), "build_seconds": (int, float, type(None)),
+    "generation": (int,), "previous": (dict, type(None)), "migrations": (list,), "params": (dict, type(None)),
+    "pending_reembed": (dict, type(None)), "created_at": (str,), "updated_at": (str,),
+}

@@ -3,10 +3,20 @@ atomic swap, rollback, and resuming after a crash half-way."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
-from knnbe_qdrant import Encoder, ModelMismatchError, SkillMapper, StoreCorruptError, default_memory
+from knnbe_qdrant import (
+    Curator,
+    Encoder,
+    ModelMismatchError,
+    SkillMapper,
+    StoreCorruptError,
+    StoreError,
+    default_memory,
+)
 from knnbe_qdrant import migrations as M
 from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
 from knnbe_qdrant.migrations.reembed import reembed, rollback
@@ -82,7 +92,12 @@ def test_model_change_reembeds_swaps_atomically_and_rolls_back(store, encoder, o
     x = other_encoder.encode(SENTENCE)[0]
     top = after.skills[0]
     assert top.bi_encoder == pytest.approx(float(x @ other_encoder.encode([top.label])[0]), abs=1e-4)
-    rollback(store)
+    # An edit made since the swap lives only in the new generation: rolling back would lose it, so it is refused.
+    time.sleep(1.1)  # the swap and the edit have one-second timestamps
+    Curator(store, other_encoder, user="t").add_sentence("Edited after the swap", after.skills[0].id, tenant="acme")
+    with pytest.raises(StoreError, match="1 skills or sentences were added or changed since the swap"):
+        rollback(store)
+    rollback(store, discard_edits=True)
     assert (store.manifest.model, store.manifest.generation) == (encoder.name, 1)
     again = SkillMapper(store, encoder, exact=True).map(SENTENCE)[0]
     assert [s.id for s in again.skills] == [s.id for s in before.skills]

@@ -77,10 +77,40 @@ def test_killed_run_resumes_to_the_same_output(cli_store, postings_file, tmp_pat
     resumed = tmp_path / "resumed.jsonl"
     lines = full.read_bytes().splitlines(keepends=True)
     resumed.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # one posting done, the next torn mid-write
+    record = tmp_path / "full.jsonl.run.json"
+    (tmp_path / "resumed.jsonl.run.json").write_bytes(record.read_bytes())  # what the killed run had recorded
     r = run("map-postings", postings_file, resumed, "--no-progress", store=cli_store)
     assert r.returncode == 0, r.stderr.decode()
     assert b"1 already there" in r.stdout
     assert resumed.read_bytes() == full.read_bytes()
+    # Another run (another tenant) must not resume into it, nor into an output with no record of its run.
+    r = run("map-postings", postings_file, resumed, "--tenant", "beta", "--no-progress", store=cli_store)
+    assert r.returncode == 2 and b"written by another run" in r.stderr and b"Traceback" not in r.stderr
+    record.unlink()
+    r = run("map-postings", postings_file, full, "--no-progress", store=cli_store)
+    assert r.returncode == 2 and b"no record of the run" in r.stderr
+
+
+def test_bad_postings_inputs_are_reported_not_fatal(cli_store, tmp_path):
+    src = tmp_path / "ads.csv"
+    src.write_bytes(b"id,text\n1,We write Python.\n2,Bad byte \xff here.\n3,SQL every day.\n")
+    out = tmp_path / "out.jsonl"
+    r = run("map-postings", src, out, "--no-progress", store=cli_store)
+    assert r.returncode == 0, r.stderr.decode()
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "3"]
+    assert f"{src}:line 3 (id 2): not UTF-8 text".encode() in r.stderr
+    rows = tmp_path / "ids.jsonl"
+    rows.write_text('{"id": [1, 2], "text": "x y"}\n{"id": true, "text": "x y"}\n{"id": 7, "text": "SQL work"}\n')
+    r = run("map-postings", rows, tmp_path / "ids-out.jsonl", "--no-progress", store=cli_store)
+    assert r.returncode == 0 and b"must be text or a whole number, got list" in r.stderr
+    assert [json.loads(x)["id"] for x in (tmp_path / "ids-out.jsonl").read_text().splitlines()] == ["7"]
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    r = run("map-postings", fake, tmp_path / "o.jsonl", "--no-progress", store=cli_store)
+    assert r.returncode == 1 and b"not a Parquet file" in r.stderr and b"Traceback" not in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()  # a run that failed before writing leaves no empty output
+    r = run("map-postings", rows, tmp_path / "nowhere" / "o.jsonl", "--no-progress", store=cli_store)
+    assert r.returncode == 2 and b"does not exist" in r.stderr
 
 
 def test_csv_in_parquet_out(cli_store, tmp_path):

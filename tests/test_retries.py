@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from knnbe_qdrant import ServerError
 from knnbe_qdrant.store.client import QdrantClientStore
 from knnbe_qdrant.store.retry import RetryPolicy
 
@@ -116,7 +117,7 @@ class ScriptedHTTP:
 def test_refused_connection_is_retried_then_raised(caplog):
     store = connect(free_port())
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="knnbe_qdrant.retry"), pytest.raises(Exception) as info:
+    with caplog.at_level(logging.INFO, logger="knnbe_qdrant.retry"), pytest.raises(Exception) as info:
         store.exists()
     assert "refused" in repr(info.value).lower() or "connect" in repr(info.value).lower()
     assert len([r for r in caplog.records if "transient Qdrant fault" in r.message]) == FAST.attempts - 1
@@ -132,15 +133,18 @@ def test_reset_connection_is_retried(raw_server):
 
 
 @pytest.mark.parametrize("raw_server", ["stall"], indirect=True)
-def test_stalled_connection_times_out_and_is_retried_within_bounds(raw_server):
-    store = connect(raw_server.port, timeout=1, policy=RetryPolicy(attempts=2, max_seconds=20, initial_wait=0.05,
+def test_stalled_connection_ends_within_the_timeout_as_one_line(raw_server):
+    # The timeout is a deadline for the whole call, retries included, not per read.
+    store = connect(raw_server.port, timeout=1, policy=RetryPolicy(attempts=5, max_seconds=20, initial_wait=0.05,
                                                                      max_wait=0.1))
     started = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(ServerError) as info:
         store.exists()
     elapsed = time.monotonic() - started
-    assert raw_server.accepted == 2
-    assert 2.0 <= elapsed < 8.0
+    assert raw_server.accepted >= 1
+    assert 0.9 <= elapsed < 1.5
+    assert str(info.value) == (f"the Qdrant server at http://127.0.0.1:{raw_server.port} did not answer within 1 s "
+                               "(QDRANT_TIMEOUT / --timeout sets the limit); is it overloaded?")
 
 
 @pytest.mark.parametrize("status", [503, 429])

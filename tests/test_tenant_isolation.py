@@ -105,7 +105,8 @@ def test_tenants_never_see_or_change_each_other(world, ops):
             assert view(curator, mapper, probes, None) == global_before, f"{op} by {actor} changed the global view"
     finally:
         for t in tenants:
-            curator.delete_tenant(t)
+            with contextlib.suppress(NotFoundError):  # a tenant that never wrote anything has nothing to delete
+                curator.delete_tenant(t)
     for _mapped, skills, memory in (view(curator, mapper, probes, t) for t in tenants):
         assert all(owner == GLOBAL_TENANT for owner, _ in skills)
         assert all(owner == GLOBAL_TENANT for owner, _, _ in memory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from .._errors import InvalidInputError, KnnbeError
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # qdrant-client's version check warns from a thread when the server cannot be reached; the first real call
+    # says so in one line of ours. (Its warning about incompatible versions stays.)
+    warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:

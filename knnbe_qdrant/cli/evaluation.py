@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._errors import InvalidInputError
 from ._common import connection, open_mapper
 
 
@@ -61,8 +62,16 @@ def evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import format_report, run_eval, to_json
 
     modes = MODES if args.mode == "all" else (args.mode,)
-    sources = args.memory_sources.split(",") if args.memory_sources else None
+    sources = [s.strip() for s in args.memory_sources.split(",")] if args.memory_sources else None
     with open_mapper(args, exact=args.exact, memory_sources=sources) as mapper:
+        if sources:
+            from .. import _schema as S
+
+            stored = mapper.store.distinct(S.MEMORY, S.F_SOURCE)
+            unknown = sorted(set(sources) - set(stored))
+            if unknown:
+                raise InvalidInputError(f"--memory-sources: the store's memory has no source {unknown}; it has "
+                                        f"{', '.join(sorted(stored))}")
         for path in args.files:
             report = run_eval(mapper, path, modes, depth=args.depth)
             print(to_json(report) if args.json else format_report(path, report), flush=True)

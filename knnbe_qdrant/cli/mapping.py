@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from .._errors import InvalidInputError
@@ -115,9 +116,12 @@ def map_postings(args: argparse.Namespace) -> int:
         mapper = open_mapper(args)
         runner = LocalRunner(mapper, args.top, args.sentence_top, args.tenant)
     try:
+        record = {"source": str(Path(args.source).resolve()), "id_field": args.id_field,
+                  "text_field": args.text_field, "top": args.top, "sentence_top": args.sentence_top,
+                  "tenant": args.tenant, "store": connection(args).describe()}
         report = run(
             runner, args.source, args.out, id_field=args.id_field, text_field=args.text_field,
-            progress=not args.no_progress,
+            progress=not args.no_progress, run=record,
             on_malformed=lambda message: print(f"skipped: {message}", file=sys.stderr),
         )
     finally:

@@ -20,7 +20,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="comma-separated shipped memory sources (default: all of them)")
     b.add_argument("--skill-text", default="label", choices=["label", "label_description"],
                    help="what text embeds each skill (default: label)")
-    b.add_argument("--force", action="store_true", help="delete the existing store first and rebuild from scratch")
+    b.add_argument("--force", action="store_true", help="rebuild from scratch: the new store is built beside the "
+                   "old one, which serves until the new one is complete and replaces it atomically")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=build)
 
@@ -29,6 +30,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     mg.add_argument("--model", help="re-embed everything with this model into new collections and swap to them")
     mg.add_argument("--rollback", action="store_true", help="swap back to the collections served before the last "
                     "re-embedding")
+    mg.add_argument("--discard-edits", action="store_true", help="with --rollback: roll back even though skills or "
+                    "sentences were edited since the swap (those edits are lost)")
     mg.add_argument("--no-progress", action="store_true")
     mg.set_defaults(func=migrate)
 
@@ -38,25 +41,25 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from .._build import build_store
+    from .._build import build_store, rebuild_store
     from .._data import load_taxonomy
     from ..encoding import Encoder
 
+    # Every argument is checked before the store is touched: a bad file or a mistyped model changes nothing.
     sources = shipped_sources(args.memory_sources)
-    skills = load_taxonomy(args.taxonomy)  # read before anything is touched: a bad file changes nothing
+    skills = load_taxonomy(args.taxonomy)
     with connection(args).open(create=True) as store:
-        if args.force:
-            store.drop()
-        progress = not args.no_progress
-        if progress:
-            print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
         model = args.model
-        if model is None and store.exists():
+        if model is None and store.exists() and not args.force:
             # Finishing or topping up a store keeps the model it was built with, whatever the default is now.
             model = store.manifest.model
         encoder = Encoder(model)
-        manifest = build_store(store, encoder, skills=skills, memory_sources=sources, skill_text=args.skill_text,
-                               progress=progress)
+        progress = not args.no_progress
+        if progress:
+            print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
+        run = rebuild_store if args.force else build_store
+        manifest = run(store, encoder, skills=skills, memory_sources=sources, skill_text=args.skill_text,
+                       progress=progress)
     print(f"store ready: {store.describe()}, model {manifest.model} ({manifest.dimension}-d), "
           f"{manifest.counts.get('skills', 0)} skills, {manifest.counts.get('memory', 0)} memory sentences, "
           f"built in {manifest.build_seconds} s")
@@ -70,7 +73,7 @@ def migrate(args: argparse.Namespace) -> int:
     with connection(args).open() as store:
         verb = "would do" if args.dry_run else "done"
         if args.rollback:
-            steps = rollback(store, dry_run=args.dry_run)
+            steps = rollback(store, dry_run=args.dry_run, discard_edits=args.discard_edits)
         else:
             steps = migrations.migrate(store, dry_run=args.dry_run)
             if args.model:

@@ -63,12 +63,27 @@ def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: 
     return plan
 
 
-def rollback(store: Store, *, dry_run: bool = False) -> list[str]:
-    """Swap back to the generation (and model) served before the last re-embedding."""
+def edits_since(store: Store, moment: str) -> int:
+    """How many points were created or changed after `moment` (an ISO time): curation since a swap."""
+    fields = [S.F_CREATED_AT, S.F_UPDATED_AT]
+    return sum(1 for collection in S.COLLECTIONS for r in store.scroll(collection, payload=fields)
+               if max(str(r.payload.get(S.F_CREATED_AT) or ""), str(r.payload.get(S.F_UPDATED_AT) or "")) > moment)
+
+
+def rollback(store: Store, *, dry_run: bool = False, discard_edits: bool = False) -> list[str]:
+    """Swap back to the generation (and model) served before the last re-embedding. Edits made since that swap live
+    only in the current generation: rolling back would lose them, so it is refused unless `discard_edits`."""
     manifest = store.manifest
     if not manifest.previous:
         raise StoreError(f"{store.describe()} has no previous generation to roll back to")
     prev = manifest.previous
+    swapped = next((m["applied_at"] for m in reversed(manifest.migrations)
+                    if str(m.get("id", "")).startswith(("reembed:", "rollback:"))), None)
+    if swapped and not discard_edits:
+        edited = edits_since(store, swapped)
+        if edited:
+            raise StoreError(f"{edited} skills or sentences were added or changed since the swap at {swapped}; rolling "
+                             "back would lose them. Export them first (`memory export`), or pass --discard-edits")
     plan = [f"swap from generation {manifest.generation} ({manifest.model}) back to generation "
             f"{prev['generation']} ({prev['model']})"]
     if not dry_run:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._errors import InvalidInputError
 from .._mapper import SkillMapper
 from .._results import SentenceResult
 from .reading import Posting, count_rows, read_postings, split_sentences
@@ -32,19 +33,35 @@ class PostingsReport:
     sentences: int = 0
 
 
+class _Aggregate:
+    """One posting's skills, folded sentence by sentence (see the module docstring for the rule), so that a posting
+    of any length keeps only what its output needs: per skill, its best score and its supporting sentences."""
+
+    def __init__(self) -> None:
+        self.skills: dict[str, dict[str, Any]] = {}
+        self.sentences = 0
+
+    def add(self, results: Sequence[SentenceResult]) -> None:
+        for result in results:
+            self.sentences += 1
+            for match in result.skills:
+                entry = self.skills.setdefault(match.id, {"id": match.id, "label": match.label, "score": match.score,
+                                                          "sentences": []})
+                entry["score"] = max(entry["score"], match.score)
+                entry["sentences"].append({"text": result.text, "score": match.score})
+
+    def record(self, posting: Posting, top: int) -> dict[str, Any]:
+        ranked = sorted(self.skills.values(), key=lambda s: (-s["score"], -len(s["sentences"]), s["id"]))[:top]
+        for entry in ranked:
+            entry["sentences"].sort(key=lambda s: -s["score"])
+        return {"id": posting.id, "sentences": self.sentences, "skills": ranked}
+
+
 def aggregate(posting: Posting, results: Sequence[SentenceResult], top: int) -> dict[str, Any]:
     """The output record of one posting (see the module docstring for the rule)."""
-    skills: dict[str, dict[str, Any]] = {}
-    for result in results:
-        for match in result.skills:
-            entry = skills.setdefault(match.id, {"id": match.id, "label": match.label, "score": match.score,
-                                                 "sentences": []})
-            entry["score"] = max(entry["score"], match.score)
-            entry["sentences"].append({"text": result.text, "score": match.score})
-    ranked = sorted(skills.values(), key=lambda s: (-s["score"], -len(s["sentences"]), s["id"]))[:top]
-    for entry in ranked:
-        entry["sentences"].sort(key=lambda s: -s["score"])
-    return {"id": posting.id, "sentences": len(results), "skills": ranked}
+    folded = _Aggregate()
+    folded.add(results)
+    return folded.record(posting, top)
 
 
 def _already_written(out: Path) -> int:
@@ -62,15 +79,21 @@ def _already_written(out: Path) -> int:
 Batch = list[tuple[Posting, list[str]]]
 
 
+MAP_CHUNK = 256
+"""Sentences mapped per call, whatever the postings: memory is bounded by this, not by the input."""
+
+
 def map_batch(mapper: SkillMapper, batch: Batch, top: int, sentence_top: int, tenant: str | None) -> list[dict]:
-    """The output records of a batch of (posting, its sentences): all sentences mapped in one call."""
-    texts = [s for _, sentences in batch for s in sentences]
-    results = mapper.map(texts, top=sentence_top, tenant=tenant, batch_size=max(len(texts), 1))
-    records, start = [], 0
-    for posting, sentences in batch:
-        records.append(aggregate(posting, results[start : start + len(sentences)], top))
-        start += len(sentences)
-    return records
+    """The output records of a batch of (posting, its sentences): its sentences mapped MAP_CHUNK at a time across
+    postings, each chunk's results folded into its postings' aggregates and then dropped."""
+    folds = [_Aggregate() for _ in batch]
+    owners = [(i, s) for i, (_, sentences) in enumerate(batch) for s in sentences]
+    for start in range(0, len(owners), MAP_CHUNK):
+        chunk = owners[start : start + MAP_CHUNK]
+        results = mapper.map([s for _, s in chunk], top=sentence_top, tenant=tenant)
+        for (i, _), result in zip(chunk, results):
+            folds[i].add([result])
+    return [fold.record(posting, top) for fold, (posting, _) in zip(folds, batch)]
 
 
 class Runner(Protocol):
@@ -115,18 +138,59 @@ def map_postings(
     batch_sentences: int = 256,
     progress: bool = True,
     on_malformed: Callable[[str], None] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> PostingsReport:
     """Map every posting of `source` and write one JSON line per posting to `out` (or Parquet, for a .parquet
     `out`: the lines are kept in `out`.partial.jsonl until the end, then converted).
 
     `runner` maps batches: a LocalRunner, or a RayRunner spreading them over Ray actors. Either way the postings
-    are read, checked and split here, and the records written here in input order, so the output is the same."""
-    from tqdm.auto import tqdm
-
+    are read, checked and split here, and the records written here in input order, so the output is the same.
+    `run` describes the run (input, fields, tenant, store...): an existing output is resumed only when it matches."""
     out = Path(out)
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"{out}: the folder {out.parent} does not exist")
     journal = out.with_name(out.name + ".partial.jsonl") if out.suffix.lower() == ".parquet" else out
     report = PostingsReport()
+    fresh = not journal.exists() or journal.stat().st_size == 0
+    _check_same_run(journal, run or {}, fresh)
     done = _already_written(journal)
+    try:
+        _run(runner, source, out, journal, id_field, text_field, batch_sentences, progress, on_malformed, report,
+             done)
+    except BaseException:
+        if fresh and journal.exists() and journal.stat().st_size == 0:  # failed before writing anything: leave none
+            journal.unlink()
+            _run_file(journal).unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _run_file(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".run.json")
+
+
+def _check_same_run(journal: Path, run: dict[str, Any], fresh: bool) -> None:
+    """Resuming trusts an existing output only if the same run wrote it: same input, fields, tenant, store, limits
+    (recorded beside it). A fresh output records them."""
+    record = _run_file(journal)
+    if fresh:
+        record.write_text(json.dumps(run, sort_keys=True) + "\n", encoding="utf-8")
+        return
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if before != json.loads(json.dumps(run)):
+        what = "no record of the run that wrote it" if before is None else f"was written by another run ({before})"
+        raise InvalidInputError(f"{journal} already holds results, and {what}: resuming would mix runs; name another "
+                                "output, or remove this one to start over")
+
+
+def _run(runner: Runner, source: str | Path, out: Path, journal: Path, id_field: str, text_field: str,
+         batch_sentences: int, progress: bool, on_malformed: Callable[[str], None] | None, report: PostingsReport,
+         done: int) -> None:
+    from tqdm.auto import tqdm
+
     total = count_rows(source) if progress else None
     pending: Batch = []
     n_pending = 0
@@ -178,7 +242,7 @@ def map_postings(
     if journal != out:
         _jsonl_to_parquet(journal, out)
         journal.unlink()
-    return report
+        _run_file(journal).unlink(missing_ok=True)
 
 
 def _jsonl_to_parquet(journal: Path, out: Path) -> None:

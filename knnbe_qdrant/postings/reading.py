@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._data import iter_csv
 from .._errors import InputFileError
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
 _LINE_BREAKS = re.compile(r"[\r\n\u2022\u25cf\u25aa\u2023]+")  # line breaks and bullets end a sentence too
 
 
@@ -57,6 +57,10 @@ def read_postings(path: str | Path, id_field: str, text_field: str) -> Iterator[
         pid, text = row.get(id_field), row.get(text_field)
         if pid is None or (isinstance(pid, str) and not pid.strip()):
             yield f"{path}:{where}: no {id_field!r}"
+        elif isinstance(pid, bool) or not isinstance(pid, (str, int)):
+            yield f"{path}:{where}: {id_field!r} must be text or a whole number, got {type(pid).__name__}"
+        elif isinstance(text, str) and _SURROGATE.search(text):
+            yield f"{path}:{where} (id {pid}): not UTF-8 text"
         elif not isinstance(text, str) or not text.strip():
             yield f"{path}:{where} (id {pid}): {text_field!r} is missing, empty or not text"
         else:
@@ -81,8 +85,20 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _csv_rows(path: Path, id_field: str, text_field: str) -> Iterator[tuple[str, Any]]:
     csv.field_size_limit(sys.maxsize)  # a posting is a long field
-    for line_no, row in iter_csv(path, (id_field, text_field), "a postings file"):
-        yield f"line {line_no}", row
+    # Bytes that are not UTF-8 become lone surrogates, so one bad row is reported and skipped, not the whole file.
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {id_field, text_field} - set(reader.fieldnames or [])
+            if missing:
+                raise InputFileError(f"{path}:1: not a postings file: the header lacks {sorted(missing)}")
+            try:
+                for row in reader:
+                    yield f"line {reader.line_num}", row
+            except csv.Error as exc:
+                raise InputFileError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _parquet_rows(path: Path, id_field: str, text_field: str) -> Iterator[tuple[str, Any]]:
@@ -90,7 +106,10 @@ def _parquet_rows(path: Path, id_field: str, text_field: str) -> Iterator[tuple[
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise InputFileError(f"{path}: reading Parquet needs pyarrow (pip install 'knnbe-qdrant[parquet]')") from exc
-    file = pq.ParquetFile(path)
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow's ArrowInvalid and friends: the file is not Parquet
+        raise InputFileError(f"{path}: not a Parquet file ({exc})") from None
     missing = {id_field, text_field} - set(file.schema_arrow.names)
     if missing:
         raise InputFileError(f"{path}: not a postings file: no column(s) {sorted(missing)}")

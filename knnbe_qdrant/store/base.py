@@ -107,6 +107,8 @@ class Store(ABC):
             resumed = self.update_manifest(state="building")
             self._create_collections(dimension)  # no-op where they exist: a crash may have come before them
             return resumed
+        # A view on another generation (a rebuild, a re-embedding) records that generation as its own.
+        manifest_fields.setdefault("generation", getattr(self, "generation", 1))
         manifest = Manifest(model=model, dimension=dimension, **manifest_fields)
         # Manifest first, marked "building": a crash from here on leaves a store that says it is unfinished.
         self._write_manifest(manifest)
@@ -144,19 +146,50 @@ class Store(ABC):
                 + ". Open it with the same model, or build a new store for the other model."
             )
 
-    def check_ready(self) -> Manifest:
+    def check_ready(self, *, verify: bool = True) -> Manifest:
+        """The manifest of a store that can serve; else StoreCorruptError saying how to recover. With `verify`,
+        also what the manifest promises is checked against the engine, cheaply (see `verify`)."""
         m = self.manifest
-        if m.pending_reembed and not self._serves(m.generation):
+        if not self._serves(m.generation):
+            if m.pending_reembed:
+                raise StoreCorruptError(
+                    f"{self.describe()}: a re-embedding to {m.pending_reembed.get('model')} stopped half-way; run "
+                    f"`knnbe-qdrant migrate --model {m.pending_reembed.get('model')}` to finish it"
+                )
             raise StoreCorruptError(
-                f"{self.describe()}: a re-embedding to {m.pending_reembed.get('model')} stopped half-way; run "
-                f"`knnbe-qdrant migrate --model {m.pending_reembed.get('model')}` to finish it"
+                f"{self.describe()}: the collections that serve are not those its manifest names: a rebuild stopped "
+                "during its swap; run `knnbe-qdrant build --force` again to finish it"
             )
         if m.state != "ready":
             raise StoreCorruptError(
                 f"{self.describe()} is half-built (state {m.state!r}): run `knnbe-qdrant build` again to finish it "
                 "(already stored points are kept and not re-encoded)"
             )
+        if verify:
+            self.verify(m)
         return m
+
+    def verify(self, manifest: Manifest, *, sample: int = 32) -> None:
+        """Refuse a store whose engine no longer holds what its manifest promises: a collection emptied or shrunk
+        to under half of what was built (a lost segment), or vectors that are not unit vectors (a damaged vector
+        file). Costs two counts and two small reads."""
+        advice = "rebuild it with `knnbe-qdrant build --force`, or restore it from a backup"
+        for collection in COLLECTIONS:
+            promised = int(manifest.counts.get(collection, 0) or 0)
+            held = self.count(collection)
+            if promised and held < promised / 2:
+                raise StoreCorruptError(
+                    f"{self.describe()} is damaged: its manifest promises {promised} points in {collection!r}, the "
+                    f"engine holds {held}; {advice}"
+                )
+            ids = [r.id for _, r in zip(range(sample), self.scroll(collection, payload=False, batch=sample))]
+            vectors = [r.vector for r in self.retrieve(collection, ids, with_vectors=True, payload=False)]
+            norms = [float(np.linalg.norm(v)) for v in vectors if v is not None]
+            if len(norms) != len(ids) or any(not 0.98 < n < 1.02 for n in norms):
+                raise StoreCorruptError(
+                    f"{self.describe()} is damaged: stored vectors of {collection!r} are not unit vectors "
+                    f"(norms {sorted(round(n, 3) for n in norms)[:3]}...); {advice}"
+                )
 
     def _serves(self, generation: int) -> bool:
         """Whether the collections that answer queries are those of `generation` (aliases can disagree with the
@@ -179,6 +212,7 @@ class Store(ABC):
             "state": m.state,
             "collections": {self.collection_name(c): self.count(c) for c in COLLECTIONS},
             "generation": m.generation,
+            "pending_reembed": m.pending_reembed,
             "migrations": [x["id"] for x in m.migrations],
             "built_at": m.created_at,
             "updated_at": m.updated_at,
@@ -269,6 +303,15 @@ class Store(ABC):
     @abstractmethod
     def at_generation(self, generation: int) -> Store:
         """A view of this store that addresses the physical collections of another generation (migrations)."""
+
+    @abstractmethod
+    def rebuild_view(self) -> Store:
+        """A store beside this one, on a new generation with a manifest of its own: `build --force` builds into it
+        while this one serves, then `promote`s it. Calling it again after a crash resumes that rebuild."""
+
+    @abstractmethod
+    def promote(self, view: Store) -> None:
+        """Make a finished rebuild view the store, atomically, and drop the generations it replaced."""
 
     @abstractmethod
     def swap_to(self, generation: int, **manifest_updates: Any) -> None:

@@ -16,22 +16,26 @@ from typing import Any, TypeVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from .._errors import StoreCorruptError
+from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import MetaDocuments
-from .retry import RetryPolicy, call_with_retries
+from .retry import RetryPolicy, call_with_retries, describe_fault
 
 META = "meta"
 _MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))
+_NEXT_MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest/next"))  # a rebuild in progress
 _UPSERT_CHUNK = 256
 T = TypeVar("T")
 
 
 class QdrantClientStore(Store):
-    def __init__(self, client: QdrantClient, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, client: QdrantClient, *, prefix: str = DEFAULT_PREFIX, retry: RetryPolicy | None = None,
+                 url: str | None = None, deadline: float | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        self.url = url or "?"
+        self.deadline = deadline  # seconds a whole call may take, retries included (the configured timeout)
         self._local = client._client.__class__.__name__ == "QdrantLocal"  # local mode: the pure-Python engine
         self.backend = "qdrant-local" if self._local else "qdrant"
         # Local mode's arrays are not safe to search while another thread grows them: serialise it. A server needs
@@ -39,13 +43,19 @@ class QdrantClientStore(Store):
         self._guard = threading.RLock() if self._local else contextlib.nullcontext()
         self.retry = retry or RetryPolicy.from_env()
         self._view_generation: int | None = None
+        self._manifest_id = _MANIFEST_ID
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One client call: serialised in local mode, retried on transient faults against a server."""
+        """One client call: serialised in local mode; against a server, retried on transient faults, within the
+        configured timeout as a total deadline (not per read: a server that drips bytes cannot hold a call), and
+        any failure turned into one ServerError line."""
         with self._guard:
             if self._local:
                 return fn(*args, **kwargs)
-            return call_with_retries(self.retry, fn, *args, **kwargs)
+            try:
+                return call_with_retries(self.retry, fn, *args, deadline=self.deadline, **kwargs)
+            except Exception as exc:
+                raise ServerError(describe_fault(self.url, exc, self.deadline)) from exc
 
     @classmethod
     def connect(
@@ -68,7 +78,7 @@ class QdrantClientStore(Store):
                 url=url, api_key=api_key, timeout=timeout, prefer_grpc=prefer_grpc,
                 check_compatibility=check_compatibility,
             )
-        return cls(client, prefix=prefix, retry=retry)
+        return cls(client, prefix=prefix, retry=retry, url=url, deadline=float(timeout) if timeout else None)
 
     def describe(self) -> str:
         where = "qdrant-client local mode" if self._local else "the Qdrant server"
@@ -97,8 +107,13 @@ class QdrantClientStore(Store):
     def _read_manifest(self) -> Manifest | None:
         if not self._call(self.client.collection_exists, self.name(META)):
             return None
-        records = self._call(self.client.retrieve, self.name(META), [_MANIFEST_ID], with_payload=True)
-        return Manifest.from_dict(records[0].payload or {}) if records else None
+        records = self._call(self.client.retrieve, self.name(META), [self._manifest_id], with_payload=True)
+        if not records:
+            return None
+        try:
+            return Manifest.from_dict(records[0].payload or {})
+        except ValueError as exc:
+            raise StoreCorruptError(f"the manifest in {self.name(META)} is damaged: {exc}") from exc
 
     def _write_manifest(self, manifest: Manifest) -> None:
         if not self._call(self.client.collection_exists, self.name(META)):
@@ -106,7 +121,7 @@ class QdrantClientStore(Store):
         self._call(
             self.client.upsert,
             self.name(META),
-            points=[models.PointStruct(id=_MANIFEST_ID, vector={}, payload=manifest.__dict__.copy())],
+            points=[models.PointStruct(id=self._manifest_id, vector={}, payload=manifest.__dict__.copy())],
             wait=True,
         )
 
@@ -283,9 +298,39 @@ class QdrantClientStore(Store):
         view._view_generation = generation
         return view
 
-    def swap_to(self, generation: int, **manifest_updates: Any) -> None:
-        # One update_collection_aliases call re-points every alias at once: readers see the old generation or the
-        # new one, never a mix. The manifest follows; a crash in between is repaired by re-running the migration.
+    def rebuild_view(self) -> QdrantClientStore:
+        current = self.manifest
+        view = self.at_generation(0)
+        view._manifest_id = _NEXT_MANIFEST_ID
+        pending = view._read_manifest()
+        taken = [current.generation, (current.previous or {}).get("generation", 0)]
+        generation = pending.generation if pending else max(taken) + 1
+        if not pending:  # a stopped rebuild of another generation, or none: start on clean collections
+            self._drop_physical(generation)
+        view._view_generation = generation
+        return view
+
+    def promote(self, view: Store) -> None:
+        if not isinstance(view, QdrantClientStore) or view._manifest_id != _NEXT_MANIFEST_ID:
+            raise StoreError("promote() takes the view that rebuild_view() gave")
+        new = view.manifest
+        old = self.manifest
+        # Aliases first, in one call; then the manifest. A crash between the two is seen by check_ready (the
+        # aliases no longer name the manifest's generation) and repaired by running the rebuild again.
+        self._switch_aliases(new.generation)
+        self._write_manifest(new)
+        self._call(self.client.delete, self.name(META), points_selector=models.PointIdsList(points=[_NEXT_MANIFEST_ID]),
+                   wait=True)
+        replaced = {old.generation, int((old.previous or {}).get("generation") or old.generation)}
+        for generation in replaced - {new.generation}:
+            self._drop_physical(generation)
+
+    def _drop_physical(self, generation: int) -> None:
+        for collection in COLLECTIONS:
+            if self._call(self.client.collection_exists, self.physical(collection, generation)):
+                self._call(self.client.delete_collection, self.physical(collection, generation))
+
+    def _switch_aliases(self, generation: int) -> None:
         operations: list[Any] = []
         for collection in COLLECTIONS:
             if self._alias_target(collection):
@@ -293,6 +338,11 @@ class QdrantClientStore(Store):
                 operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
             operations.append(self._create_alias(collection, generation))
         self._call(self.client.update_collection_aliases, change_aliases_operations=operations)
+
+    def swap_to(self, generation: int, **manifest_updates: Any) -> None:
+        # One update_collection_aliases call re-points every alias at once: readers see the old generation or the
+        # new one, never a mix. The manifest follows; a crash in between is repaired by re-running the migration.
+        self._switch_aliases(generation)
         self.update_manifest(**manifest_updates, generation=generation)
 
     def drop_generation(self, generation: int) -> None:

@@ -92,7 +92,7 @@ class FileDocuments(Documents):
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)  # key hashes: readable by the store's owner only
             os.replace(tmp, path)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
         line = json.dumps({**entry, "at": _now()}, ensure_ascii=False) + "\n"
@@ -175,7 +175,7 @@ class MetaDocuments(Documents):
         return entries[:n]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

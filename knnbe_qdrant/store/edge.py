@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,13 +18,17 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from .._errors import StoreCorruptError, StoreLockedError, StoreNotFoundError
+from .._errors import StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
 from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import FILES as DOCUMENT_FILES
-from .documents import FileDocuments
+from .documents import FileDocuments, fsync_dir
 
 MANIFEST_FILE = "manifest.json"
+NEXT_MANIFEST_FILE = "manifest.next.json"
+"""The manifest of a rebuild in progress (`build --force`): it becomes MANIFEST_FILE, atomically, when the new
+collections are complete; until then the old ones serve."""
+_OWN = re.compile(r"(skills|memory)_g\d+|manifest(\.next)?\.json(\.tmp)?")
 _UPSERT_CHUNK = 1024
 
 
@@ -31,10 +36,12 @@ class EdgeStore(Store):
     backend = "embedded"
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = False, generation: int | None = None
+        self, path: str | os.PathLike[str], *, create: bool = False, generation: int | None = None,
+        manifest_file: str = MANIFEST_FILE,
     ) -> None:
         self.path = Path(path).expanduser()
-        self._fixed_generation = generation  # a view on another generation's shards, for migrations
+        self._fixed_generation = generation  # a view on another generation's shards (migrations, rebuilds)
+        self.manifest_path = self.path / manifest_file
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()  # one shard update at a time from this process's threads
         if not self.path.exists():
@@ -44,19 +51,25 @@ class EdgeStore(Store):
         elif not self.path.is_dir():
             raise StoreCorruptError(f"{self.path} is a file, not a store directory")
         has_manifest = (self.path / MANIFEST_FILE).exists()
-        if not has_manifest:
+        if not has_manifest and generation is None:
             if not create:
-                raise StoreCorruptError(f"{self.path} is not a knnbe-qdrant store (no {MANIFEST_FILE})")
-            if any(item.name not in DOCUMENT_FILES for item in self.path.iterdir()):
+                leftovers = [p.name for p in self.path.iterdir() if _OWN.fullmatch(p.name)]
+                hint = (" (it holds the collections of a build that stopped before its manifest was written: run "
+                        "`knnbe-qdrant build` to build it afresh)") if leftovers else ""
+                raise StoreCorruptError(f"{self.path} is not a knnbe-qdrant store (no {MANIFEST_FILE}){hint}")
+            if any(p.name not in DOCUMENT_FILES and not _OWN.fullmatch(p.name) for p in self.path.iterdir()):
                 raise StoreCorruptError(
                     f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
                 )
+            for stale in self.path.iterdir():  # an unfinished first build: nothing in it can be trusted
+                if _OWN.fullmatch(stale.name):
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         manifest = self._read_manifest() if has_manifest else None
         self.generation = generation or (manifest.generation if manifest else 1)
         for name in COLLECTIONS:
             if self._dir(name).exists():
                 self._shards[name] = self._load_shard(name)
-        if has_manifest and not create and len(self._shards) != len(COLLECTIONS):
+        if has_manifest and generation is None and not create and len(self._shards) != len(COLLECTIONS):
             self.close()
             raise StoreCorruptError(f"{self.path} is missing collections {sorted(set(COLLECTIONS) - set(self._shards))}"
                                     ": the build stopped early; run `knnbe-qdrant build` again to finish it")
@@ -86,7 +99,7 @@ class EdgeStore(Store):
 
     # ---- manifest -----------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest | None:
-        file = self.path / MANIFEST_FILE
+        file = self.manifest_path
         if not file.exists():
             return None
         try:
@@ -96,18 +109,14 @@ class EdgeStore(Store):
 
     def _write_manifest(self, manifest: Manifest) -> None:
         # Write-then-rename, with fsyncs: readers see the old manifest or the new one, never half of one.
-        file = self.path / MANIFEST_FILE
-        tmp = file.with_suffix(".json.tmp")
+        file = self.manifest_path
+        tmp = file.with_name(file.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(manifest.to_json())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, file)
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path)
 
     def _create_collections(self, dimension: int) -> None:
         with self._lock:
@@ -246,6 +255,46 @@ class EdgeStore(Store):
 
     def at_generation(self, generation: int) -> EdgeStore:
         return EdgeStore(self.path, create=True, generation=generation)
+
+    def rebuild_view(self) -> EdgeStore:
+        next_file = self.path / NEXT_MANIFEST_FILE
+        pending = self._read_next_generation(next_file)
+        keep = {self.generation, *(g for g in [self._previous_generation()] if g)}
+        generation = pending or max([*keep, *self._generations_on_disk()]) + 1
+        for g in self._generations_on_disk() - keep - {generation}:  # leftovers of stopped rebuilds
+            self.drop_generation(g)
+        return EdgeStore(self.path, create=True, generation=generation, manifest_file=NEXT_MANIFEST_FILE)
+
+    def promote(self, view: Store) -> None:
+        if not isinstance(view, EdgeStore) or view.manifest_path.name != NEXT_MANIFEST_FILE:
+            raise StoreError("promote() takes the view that rebuild_view() gave")
+        new = view.manifest
+        view.close()
+        with self._lock:
+            self.close()
+            # The rename is the swap: a crash before it leaves the old store serving, after it the new one.
+            os.replace(view.manifest_path, self.path / MANIFEST_FILE)
+            fsync_dir(self.path)
+            self.generation = new.generation
+            for name in COLLECTIONS:
+                self._shards[name] = self._load_shard(name)
+        for g in self._generations_on_disk() - {self.generation}:
+            self.drop_generation(g)
+
+    def _generations_on_disk(self) -> set[int]:
+        return {int(p.name.rsplit("_g", 1)[1]) for p in self.path.iterdir()
+                if p.is_dir() and re.fullmatch(r"(skills|memory)_g\d+", p.name)}
+
+    def _previous_generation(self) -> int | None:
+        previous = (self._read_manifest() or Manifest(model="", dimension=0)).previous
+        return int(previous["generation"]) if previous and "generation" in previous else None
+
+    @staticmethod
+    def _read_next_generation(next_file: Path) -> int | None:
+        try:
+            return int(Manifest.from_dict(json.loads(next_file.read_text(encoding="utf-8"))).generation)
+        except (OSError, ValueError):
+            return None
 
     def swap_to(self, generation: int, **manifest_updates: Any) -> None:
         # The manifest names the serving generation, and it is replaced atomically: that rename is the swap.

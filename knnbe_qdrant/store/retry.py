@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential, wait_random
+
+from .._errors import KnnbeError
 
 T = TypeVar("T")
 log = logging.getLogger("knnbe_qdrant.retry")
@@ -95,19 +99,76 @@ class _Wait:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    log.warning(
+    log.info(  # info, not warning: a command prints one line when it finally fails, not one per try
         "transient Qdrant fault (%s: %s); try %d failed, retrying in %.2f s",
         type(_root(exc)).__name__ if exc else "?", str(_root(exc))[:120] if exc else "", state.attempt_number,
         state.next_action.sleep if state.next_action else 0.0,
     )
 
 
-def call_with_retries(policy: RetryPolicy, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def call_with_retries(policy: RetryPolicy, fn: Callable[..., T], *args: Any, deadline: float | None = None,
+                      **kwargs: Any) -> T:
+    """fn(*args, **kwargs), retried per `policy`; with a `deadline` (seconds), the whole call, retries and waits
+    included, ends by then: an attempt still running is abandoned with TimeoutError."""
+    limit = policy.max_seconds if deadline is None else min(policy.max_seconds, deadline)
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+        # Before, not after: no attempt starts that the wait before it would push past the limit.
+        stop=stop_after_attempt(policy.attempts) | stop_before_delay(limit),
         wait=_Wait(policy),
         before_sleep=_log_retry,
         reraise=True,
     )
-    return retrying(fn, *args, **kwargs)
+    if deadline is None:
+        return retrying(fn, *args, **kwargs)
+    ends = time.monotonic() + deadline
+    return retrying(lambda: _before(ends, fn, args, kwargs))
+
+
+class DeadlineExceeded(KnnbeError, TimeoutError):
+    """An attempt still running when the call's deadline came (a TimeoutError, so it counts as transient)."""
+
+
+def _before(ends: float, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """fn's result if it comes before `ends` (monotonic time); else TimeoutError, the call left to finish in a daemon
+    thread (an HTTP client offers timeouts per read only)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="knnbe-qdrant-call", daemon=True)
+    worker.start()
+    worker.join(max(ends - time.monotonic(), 0.0))
+    if worker.is_alive():
+        raise DeadlineExceeded("no answer before the deadline")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def describe_fault(url: str, exc: BaseException, deadline: float | None) -> str:
+    """One line: the server, what failed, what to do."""
+    root = _root(exc)
+    text = " ".join(str(root).split())[:200]
+    where = f"the Qdrant server at {url}"
+    if isinstance(root, (TimeoutError, httpx.TimeoutException)):
+        limit = f"within {deadline:g} s" if deadline else "in time"
+        return f"{where} did not answer {limit} (QDRANT_TIMEOUT / --timeout sets the limit); is it overloaded?"
+    if isinstance(root, (httpx.ConnectError, ConnectionRefusedError)):
+        return f"cannot connect to {where} ({text}): check the URL and that the server is running"
+    if isinstance(root, UnexpectedResponse):
+        status = root.status_code
+        if status in (401, 403):
+            return f"{where} refused the request (HTTP {status}): check the API key (--api-key / QDRANT_API_KEY)"
+        if status is not None and status >= 500:
+            return f"{where} failed (HTTP {status}: {text}); see the server's log, then try again"
+        return f"{where} answered HTTP {status}: {text}"
+    if isinstance(root, (httpx.RemoteProtocolError, httpx.ReadError, ConnectionResetError, httpx.WriteError)):
+        return f"{where} dropped the connection ({text}); check the server, or a proxy in between"
+    if isinstance(root, (ValueError, ResponseHandlingException, httpx.DecodingError)):
+        return f"{where} answered something that is not Qdrant's API ({text}): check the URL and port"
+    return f"{where}: {type(root).__name__}: {text}"

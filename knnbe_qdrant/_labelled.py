@@ -1,0 +1,99 @@
+"""Reading files of labelled sentences (`memory import`): JSONL or CSV with `text`, `skill` and an optional `source`.
+
+The format is told by the first bytes (after a byte-order mark and blank space), read without loading the file.
+Rows come as (line number, row, problem): a line that is not JSON, not an object, or whose values are not text is a
+bad row with its reason, and reading goes on. What makes the rest of the file unreadable (bytes that are not UTF-8,
+a CSV whose quoting breaks) raises InputFileError naming the line; `check_readable` finds that before anything is
+stored, so such a file stores nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._errors import InputFileError
+
+FIELDS = ("text", "skill", "source")
+Row = tuple[int, dict[str, str], str | None]
+
+
+def sniff(path: str | Path) -> str:
+    """"jsonl" when the first meaningful byte opens a JSON object, else "csv"."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return "jsonl" if head[:1] == b"{" else "csv"
+
+
+def _typed(row: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    clean: dict[str, str] = {}
+    for field in FIELDS:
+        value = row.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            kind = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+                type(value), type(value).__name__)
+            return {}, f"field {field!r} must be text, got {kind}"
+        clean[field] = value
+    return clean, None
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first line
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_no, {}, f"not valid JSON ({exc.msg})"
+                    continue
+                if not isinstance(obj, dict):
+                    yield line_no, {}, f"expected a JSON object, got {type(obj).__name__}"
+                    continue
+                yield (line_no, *_typed(obj))
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _csv(path: Path) -> Iterator[Row]:
+    csv.field_size_limit(sys.maxsize)  # a long sentence is a long field, not a broken file
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"text", "skill"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputFileError(f"{path}:1: not a labelled-sentence file: the header lacks {sorted(missing)}")
+            try:
+                for row in reader:
+                    yield reader.line_num, {k: v for k, v in row.items() if k in FIELDS and v is not None}, None
+            except csv.Error as exc:
+                raise InputFileError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_labelled(path: str | Path) -> Iterator[Row]:
+    path = Path(path)
+    return _jsonl(path) if sniff(path) == "jsonl" else _csv(path)
+
+
+def check_readable(path: str | Path) -> int:
+    """Read the whole file once, storing nothing; raise InputFileError if it cannot be read to the end. Returns the
+    number of rows (good or bad)."""
+    return sum(1 for _ in read_labelled(path))

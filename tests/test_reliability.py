@@ -1,0 +1,220 @@
+"""Fault injection: a store is either right or refused with a clear error that says how to recover. Kills at many
+points of a forced rebuild, damaged files, misbehaving servers on loopback, and a table of bad inputs, each ending
+in a correct store or one line on stderr (no traceback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from knnbe_qdrant import Curator, EdgeStore, Encoder, StoreError
+from knnbe_qdrant import _schema as S
+from tests.helpers import SMALL_BUILD, run
+
+
+def one_clear_line(r, *words: str) -> str:
+    err = r.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def mapped(store: Path) -> list[str]:
+    r = run("map", "--json", "--top", "3", "Programming in Python", store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    return [s["id"] for s in json.loads(r.stdout)["skills"]]
+
+
+@pytest.fixture
+def store_copy(cli_store, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    return path
+
+
+# ---- destructive rebuilds ------------------------------------------------------------------------------------
+def test_force_with_a_mistyped_model_changes_nothing(store_copy, cli_taxonomy):
+    before = (store_copy / "manifest.json").read_text()
+    r = run("build", "--force", "--model", "no/such-model-xyz", "--taxonomy", cli_taxonomy, *SMALL_BUILD,
+            store=store_copy)
+    assert r.returncode == 1
+    assert (store_copy / "manifest.json").read_text() == before
+    assert mapped(store_copy)[0].endswith("ccd0a1d9-afda-43d9-b901-96344886e14d")
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 2.0, 4.0, 7.0])
+def test_a_killed_forced_rebuild_leaves_the_old_store_serving_and_resumes(store_copy, cli_taxonomy, kill_after):
+    expected = mapped(store_copy)
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store_copy), "build", "--force", "--taxonomy",
+           str(cli_taxonomy), *SMALL_BUILD]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert mapped(store_copy) == expected  # whichever store serves now (old, or new if the swap happened), it is whole
+    r = run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy)
+    assert r.returncode == 0, r.stderr.decode()
+    assert mapped(store_copy) == expected
+    assert sorted(p.name for p in store_copy.iterdir() if p.is_dir()) == sorted(
+        f"{c}_g{json.loads((store_copy / 'manifest.json').read_text())['generation']}" for c in S.COLLECTIONS)
+
+
+def test_a_forced_rebuild_keeps_the_service_keys(store_copy, cli_taxonomy):
+    assert run("keys", "create", "--role", "admin", "--name", "ops", store=store_copy).returncode == 0
+    assert run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy).returncode == 0
+    assert "ops" in json.loads((store_copy / "keys.json").read_text())
+
+
+# ---- damaged stores --------------------------------------------------------------------------------------------
+def _segments(store: Path, collection: str) -> list[Path]:
+    generation = json.loads((store / "manifest.json").read_text())["generation"]
+    return sorted((store / f"{collection}_g{generation}" / "segments").iterdir())
+
+
+def _damage(store: Path, how: str) -> None:
+    manifest = store / "manifest.json"
+    if how in ("[]", "null", '{"model": 3, "dimension": "x"}', "{not json"):
+        manifest.write_text(how)
+    elif how == "no manifest":
+        manifest.unlink()
+    elif how == "memory segments deleted":
+        for segment in _segments(store, S.MEMORY):
+            shutil.rmtree(segment) if segment.is_dir() else segment.unlink()
+    elif how == "vectors truncated":
+        files = [f for seg in _segments(store, S.MEMORY) for f in seg.rglob("*") if f.is_file() and "vector" in
+                 str(f.relative_to(seg)) and f.stat().st_size > 4096]
+        assert files, "no vector file found to damage"
+        for f in files:
+            with open(f, "r+b") as fh:
+                fh.truncate(f.stat().st_size // 3)
+    elif how == "collection dir missing":
+        shutil.rmtree(_segments(store, S.SKILLS)[0].parent.parent)
+
+
+@pytest.mark.parametrize("how", ["[]", "null", '{"model": 3, "dimension": "x"}', "{not json", "no manifest",
+                                 "memory segments deleted", "vectors truncated", "collection dir missing"])
+def test_a_damaged_store_is_refused_with_a_way_out(store_copy, how):
+    _damage(store_copy, how)
+    r = run("map", "--json", "Programming in Python", store=store_copy)
+    if r.returncode == 0:  # an engine that repairs itself must still give the right answer
+        assert json.loads(r.stdout)["skills"][0]["id"].endswith("ccd0a1d9-afda-43d9-b901-96344886e14d"), how
+        return
+    assert r.returncode == 1
+    line = one_clear_line(r)
+    assert any(w in line for w in ("damaged", "knnbe-qdrant build", "restore", "not a knnbe-qdrant store")), line
+
+
+# ---- misbehaving servers -----------------------------------------------------------------------------------------
+class Misbehaving(BaseHTTPRequestHandler):
+    mode = "500"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        mode = self.server.mode  # type: ignore[attr-defined]
+        if mode == "drip":
+            self.wfile.write(b"H")
+            self.wfile.flush()
+            for _ in range(30):
+                time.sleep(0.5)
+                try:
+                    self.wfile.write(b"T")
+                    self.wfile.flush()
+                except OSError:
+                    return
+            return
+        if mode == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.close()
+            return
+        status, body = {"401": (401, b'{"error": "bad key"}'), "500": (500, b'{"status": {"error": "boom"}}'),
+                        "garbage": (200, b"<html>not qdrant</html>")}[mode]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+    do_PUT = do_GET
+
+
+@pytest.fixture
+def server(request):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    httpd.mode = request.param  # type: ignore[attr-defined]
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(("server", "words"), [
+    ("401", ["HTTP 401", "API key"]), ("500", ["HTTP 500", "server's log"]), ("garbage", ["not Qdrant's API"]),
+    ("reset", ["dropped the connection"]), ("drip", ["did not answer within 2 s"]),
+], indirect=["server"])
+def test_every_server_fault_is_one_line_within_the_timeout(server, words):
+    started = time.monotonic()
+    r = run("status", "--url", server, "--timeout", "2", env={"KNNBE_RETRY_ATTEMPTS": "2"})
+    assert time.monotonic() - started < 12
+    assert r.returncode == 1
+    one_clear_line(r, f"the Qdrant server at {server}", *words)
+
+
+def test_refused_connection_and_bad_settings_are_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run("status", "--url", f"http://127.0.0.1:{port}", env={"KNNBE_RETRY_ATTEMPTS": "1"})
+    one_clear_line(r, "cannot connect", "is running")
+    r = run("status", "--url", f"http://127.0.0.1:{port}", env={"QDRANT_TIMEOUT": "soon"})
+    assert r.returncode == 2
+    one_clear_line(r, "QDRANT_TIMEOUT")
+
+
+# ---- concurrency and migrations -----------------------------------------------------------------------------------
+def test_two_curators_hiding_at_once_lose_no_mark(built_stores, encoder):
+    store = built_stores["embedded"]
+    one, two = Curator(store, encoder, user="a"), Curator(store, encoder, user="b")
+    tenants = [f"hide{i}" for i in range(40)]
+
+    def hide(curator, names):
+        for t in names:
+            curator.retire_skill("SQL", tenant=t)
+
+    threads = [threading.Thread(target=hide, args=(c, tenants[i::2])) for i, c in enumerate((one, two))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [record] = store.retrieve(S.SKILLS, [S.skill_point_id(S.GLOBAL_TENANT, next(
+        p["skill_id"] for p in one.list_skills() if p["label"] == "SQL"))], payload=[S.F_HIDDEN_FOR])
+    try:
+        assert set(record.payload[S.F_HIDDEN_FOR]) >= set(tenants)
+    finally:
+        for t in tenants:
+            one.delete_tenant(t)
+
+
+def test_no_edit_while_a_re_embedding_is_under_way(store_copy):
+    with EdgeStore(store_copy) as store:
+        store.update_manifest(pending_reembed={"model": "other/model", "generation": 2})
+        curator = Curator(store, Encoder(store.manifest.model))
+        with pytest.raises(StoreError, match="re-embedding to other/model is under way"):
+            curator.add_sentence("Writing Python", "SQL", tenant="acme")
