@@ -55,7 +55,7 @@ class Curator:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder(self.store.manifest.model)
+            self._encoder = Encoder(self.store.manifest.model, precision="fp32")  # stored vectors: full precision
         return self._encoder
 
     # ---- skills ---------------------------------------------------------------------------------------------

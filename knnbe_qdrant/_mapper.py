@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,59 @@ def nearest(hits: list[Hit], k: int) -> list[Hit]:
         (h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT])
     )
     return head + tied[: k - len(head)]
+
+
+class MemoryPayloads:
+    """The (skill id, text) of memory points by point id, for the vote. The kNN query then returns ids and scores
+    only: each returned point's payload costs Qdrant Edge's binding microseconds to materialise, and k is 128.
+
+    Memory point ids are content-addressed (UUIDv5 of tenant, skill and text), so an id's skill and text never
+    change: nothing here needs invalidating under live curation (a removed point is simply no longer returned, a
+    relabelled sentence is a new id). Misses are fetched in one retrieve. Bounded, thread-safe."""
+
+    FIELDS = (S.F_SKILL_ID, S.F_TEXT)
+
+    def __init__(self, store: Store, capacity: int = 250_000) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._data: dict[Any, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def fill(self, hit_lists: list[list[Hit]]) -> list[list[Hit]]:
+        """The hits with their payloads set; a point deleted between the query and the fetch is left out."""
+        data = self._data
+        missing: dict[str, Any] = {}
+        n = 0
+        for hits in hit_lists:
+            n += len(hits)
+            for h in hits:
+                payload = data.get(h.key)
+                if payload is None:
+                    missing[h.id] = h.key
+                else:
+                    h.payload = payload
+        if not missing:
+            self.hits += n
+            return hit_lists
+        records = self.store.retrieve(S.MEMORY, list(missing), payload=list(self.FIELDS))
+        with self._lock:
+            if len(data) + len(records) > self.capacity:
+                data.clear()  # a whole reset: rare (the capacity is above the default memory), and O(1) per hit
+            for r in records:
+                data[missing[r.id]] = {f: r.payload.get(f) for f in self.FIELDS}
+        wanted = set(missing.values())
+        out = []
+        for hits in hit_lists:
+            for h in hits:
+                if h.key in wanted:
+                    h.payload = data.get(h.key) or {}
+                    self.misses += 1
+                else:
+                    self.hits += 1
+            out.append([h for h in hits if h.payload])
+        return out
 
 
 def validate_sentences(sentences: Sequence[str]) -> list[str]:
@@ -74,6 +129,7 @@ class SkillMapper:
         )
         self.exact = exact
         self.hnsw_ef = hnsw_ef
+        self.memory_payloads = MemoryPayloads(store)
         # Votes only from memory of these sources (e.g. to measure what each source adds); None = all of them.
         self.memory_sources = list(memory_sources) if memory_sources else None
 
@@ -161,10 +217,10 @@ class SkillMapper:
             if self.memory_sources:
                 where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
             fetched = self.store.query_batch(
-                S.MEMORY, vectors, p.k + TIE_MARGIN, where=where, payload=[S.F_SKILL_ID, S.F_TEXT],
-                exact=self.exact, hnsw_ef=self.hnsw_ef,
+                S.MEMORY, vectors, p.k + TIE_MARGIN, where=where, payload=False, exact=self.exact,
+                hnsw_ef=self.hnsw_ef,
             )
-            neighbours = [nearest(hits, p.k) for hits in fetched]
+            neighbours = [nearest(hits, p.k) for hits in self.memory_payloads.fill(fetched)]
 
         # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call, and score
         # them against every sentence of the batch with one matrix product.

