@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _schema as S
 from ._data import tuned_defaults
+from ._decompose import DEFAULT_WEIGHT, merge, pieces
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
@@ -130,6 +131,8 @@ class SkillMapper:
         self.exact = exact
         self.hnsw_ef = hnsw_ef
         self.memory_payloads = MemoryPayloads(store)
+        self.decompose = False
+        self.decompose_weight = DEFAULT_WEIGHT
         # Votes only from memory of these sources (e.g. to measure what each source adds); None = all of them.
         self.memory_sources = list(memory_sources) if memory_sources else None
 
@@ -177,15 +180,27 @@ class SkillMapper:
         mode: str = "knnbe",
         tenant: str | None = None,
         batch_size: int = 256,
+        decompose: bool | None = None,
     ) -> list[SentenceResult]:
-        """Each sentence's `top` skills, best first. Sentences must be non-empty strings."""
+        """Each sentence's `top` skills, best first. Sentences must be non-empty strings. With `decompose` (default:
+        the mapper's), each sentence is also mapped piece by piece and the rankings merged (see _decompose)."""
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         texts = validate_sentences(sentences)
+        decompose = self.decompose if decompose is None else decompose
         results: list[SentenceResult] = []
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
-            results += self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
+            if not decompose:
+                results += self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
+                continue
+            parts = [pieces(t) for t in batch]
+            flat = batch + [p for ps in parts for p in ps]  # one encode, one query per collection, for all
+            mapped = self.map_vectors(flat, self.encoder.encode(flat), top=top, mode=mode, tenant=tenant)
+            at = len(batch)
+            for i, ps in enumerate(parts):
+                results.append(merge(mapped[i], mapped[at : at + len(ps)], top, self.decompose_weight))
+                at += len(ps)
         return results
 
     def map_vectors(

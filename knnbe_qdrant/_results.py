@@ -22,6 +22,15 @@ class SkillMatch:
     bi_encoder: float
     knn: float
     evidence: list[Evidence] = field(default_factory=list)
+    piece: str | None = None
+    """With decomposition: the piece of the sentence this match came from (its score is weighted); else None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"id": self.id, "label": self.label, "score": self.score, "bi_encoder": self.bi_encoder, "knn": self.knn,
+               "evidence": [{"text": e.text, "similarity": e.similarity} for e in self.evidence]}
+        if self.piece is not None:
+            out["piece"] = self.piece
+        return out
 
 
 @dataclass(slots=True)
@@ -34,11 +43,4 @@ class SentenceResult:
 
         Written out rather than dataclasses.asdict, which deep-copies recursively and costs 20x more: the service
         converts every result it sends."""
-        return {
-            "text": self.text,
-            "skills": [
-                {"id": s.id, "label": s.label, "score": s.score, "bi_encoder": s.bi_encoder, "knn": s.knn,
-                 "evidence": [{"text": e.text, "similarity": e.similarity} for e in s.evidence]}
-                for s in self.skills
-            ],
-        }
+        return {"text": self.text, "skills": [s.to_dict() for s in self.skills]}

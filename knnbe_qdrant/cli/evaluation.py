@@ -23,6 +23,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
     ev.add_argument("--memory-sources", metavar="LIST", help="vote only with memory of these comma-separated sources "
                     "(to measure what each adds; default all)")
+    ev.add_argument("--decompose", action="store_true", help="compare kNNBE with and without query decomposition: "
+                    "both scores and the paired bootstrap interval of the gain")
     ev.set_defaults(func=evaluate)
 
     tu = sub.add_parser("tune", parents=[parent], help="choose lam, k, tau on validation files; save them as the "
@@ -64,6 +66,19 @@ def evaluate(args: argparse.Namespace) -> int:
     modes = MODES if args.mode == "all" else (args.mode,)
     sources = [s.strip() for s in args.memory_sources.split(",")] if args.memory_sources else None
     with open_mapper(args, exact=args.exact, memory_sources=sources) as mapper:
+        if args.decompose:
+            from ..evaluation.evaluate import compare_decomposition
+
+            for path in args.files:
+                r = compare_decomposition(mapper, path, depth=args.depth)
+                if args.json:
+                    print(json.dumps(r), flush=True)
+                    continue
+                print(f"{path} (n {r['n']})  plain -> decomposed, gain [95% paired bootstrap interval]")
+                for metric, (gain, lo, hi) in r["gain"].items():
+                    print(f"  {metric:<6} {100 * r['plain'][metric]:5.1f} -> {100 * r['decomposed'][metric]:5.1f}  "
+                          f"{100 * gain:+5.1f} [{100 * lo:+5.1f}, {100 * hi:+5.1f}]", flush=True)
+            return 0
         if sources:
             from .. import _schema as S
 

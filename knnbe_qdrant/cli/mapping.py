@@ -25,6 +25,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     m.add_argument("--mode", default="knnbe", choices=["knnbe", "bi-encoder", "knn"], help="scoring (default knnbe)")
     m.add_argument("--tenant", help="also see this tenant's skills and memory")
     m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    m.add_argument("--decompose", action="store_true", help="also map each piece of a sentence that names several "
+                   "skills; a skill found through a piece says which (not the default: see docs/accuracy.md)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=map_sentences)
 
@@ -71,7 +73,8 @@ def print_table(results: list[SentenceResult], out: TextIO) -> None:
         print(f"\n{r.text}", file=out)
         print(f"  {'#':>2}  {'score':>6}  {'bi-enc':>6}  {'kNN':>6}  skill", file=out)
         for rank, s in enumerate(r.skills, start=1):
-            print(f"  {rank:>2}  {s.score:6.3f}  {s.bi_encoder:6.3f}  {s.knn:6.3f}  {s.label}", file=out)
+            piece = f"   (from \"{s.piece[:60]}\")" if s.piece else ""
+            print(f"  {rank:>2}  {s.score:6.3f}  {s.bi_encoder:6.3f}  {s.knn:6.3f}  {s.label}{piece}", file=out)
             if s.evidence:
                 e = max(s.evidence, key=lambda e: e.similarity)
                 more = f" (+{len(s.evidence) - 1} more)" if len(s.evidence) > 1 else ""
@@ -89,7 +92,7 @@ def map_sentences(args: argparse.Namespace) -> int:
         with tqdm(total=len(sentences), unit="sent", disable=not show, file=sys.stderr) as bar:
             for start in range(0, len(sentences), _MAP_BATCH):
                 results = mapper.map(sentences[start : start + _MAP_BATCH], top=args.top, mode=args.mode,
-                                     tenant=args.tenant)
+                                     tenant=args.tenant, decompose=args.decompose)
                 if args.json:
                     for r in results:
                         print(json.dumps(r.to_dict(), ensure_ascii=False))

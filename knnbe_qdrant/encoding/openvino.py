@@ -10,6 +10,7 @@ elsewhere ONNX Runtime in fp32 stays the runtime.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,14 @@ class OpenVinoRuntime(TokenizedRuntime):
         self.compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                   "PERFORMANCE_HINT": "LATENCY"})
         self.precision = precision
+        self._local = threading.local()
         self.inputs = [port.get_any_name() for port in self.compiled.inputs]
         self.dimension = int(self.compiled.outputs[0].get_partial_shape()[-1].get_length())
 
     def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.compiled(feed)[0])
+        # An infer request runs one inference at a time ("Infer Request is busy" otherwise): one per thread, so
+        # threads sharing an Encoder (a service, curators and mappers in parallel) each have their own.
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return np.array(request.infer(feed)[self.compiled.outputs[0]])

@@ -1,0 +1,50 @@
+"""Query decomposition: which pieces a sentence splits into, how piece rankings merge, and the mapper using it."""
+
+from __future__ import annotations
+
+import pytest
+
+from knnbe_qdrant import SkillMapper
+from knnbe_qdrant._decompose import merge, pieces
+from knnbe_qdrant._results import SentenceResult, SkillMatch
+
+MULTI = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
+
+
+def test_a_multi_skill_sentence_splits_into_pieces_of_two_words_or_more():
+    assert pieces(MULTI) == ["You will design", "maintain REST APIs in Python",
+                             "write efficient SQL queries against PostgreSQL"]
+    assert pieces("Fluent English; German, such as spoken German, is an advantage.") == [
+        "Fluent English", "spoken German", "is an advantage"]
+    assert pieces("Programming in Python") == []  # nothing to split: the whole sentence alone
+
+
+def match(sid: str, score: float) -> SkillMatch:
+    return SkillMatch(id=sid, label=sid, score=score, bi_encoder=score, knn=0.0)
+
+
+def test_merge_takes_the_larger_of_the_whole_and_the_weighted_best_piece():
+    whole = SentenceResult("a and b", [match("a", 0.5), match("x", 0.3)])
+    parts = [SentenceResult("piece a", [match("a", 0.55), match("b", 0.45)]),
+             SentenceResult("piece b", [match("b", 0.7)])]
+    merged = merge(whole, parts, top=3, weight=0.8)
+    assert [(s.id, round(s.score, 3), s.piece) for s in merged.skills] == [
+        ("b", 0.56, "piece b"), ("a", 0.5, None), ("x", 0.3, None)]
+    assert merged.to_dict()["skills"][0]["piece"] == "piece b" and "piece" not in merged.to_dict()["skills"][1]
+
+
+def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encoder):
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    plain = mapper.map([MULTI], top=10)[0]
+    decomposed = mapper.map([MULTI], top=10, decompose=True)[0]
+    rank = {s.id: i for i, s in enumerate(decomposed.skills)}
+    python = next(s for s in decomposed.skills if s.label == "Python (computer programming)")
+    assert rank[python.id] <= next((i for i, s in enumerate(plain.skills) if s.id == python.id), 99)
+    assert all(s.piece is None or s.piece in pieces(MULTI) for s in decomposed.skills)
+    assert [s.id for s in mapper.map([MULTI], top=10)[0].skills] == [s.id for s in plain.skills]  # off by default
+
+
+@pytest.mark.parametrize("sentence", ["Programming in Python"])
+def test_a_sentence_without_pieces_maps_as_before(built_store, encoder, sentence):
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    assert mapper.map([sentence], decompose=True)[0] == mapper.map([sentence])[0]
