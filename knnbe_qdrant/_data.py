@@ -67,26 +67,38 @@ def data_file(name: str) -> Path:
     return Path(str(resources.files("knnbe_qdrant") / "data" / name))
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file, plain or gzipped."""
+def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict, str | None]]:
+    """(line number, object, None) for each non-blank line of a JSONL file, plain or gzipped, or (line number, {},
+    the problem) for a line that is not a JSON object. A byte-order mark is not part of the first line. A file that
+    cannot be read to its end (missing, not UTF-8) raises InputFileError."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputFileError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                    yield line_no, {}, f"not valid JSON ({exc.msg})"
+                    continue
                 if not isinstance(obj, dict):
-                    raise InputFileError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-                yield line_no, obj
+                    yield line_no, {}, f"expected a JSON object, got {type(obj).__name__}"
+                    continue
+                yield line_no, obj, None
     except UnicodeDecodeError as exc:
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; the first bad line raises InputFileError."""
+    for line_no, obj, problem in jsonl_objects(path):
+        if problem:
+            raise InputFileError(f"{path}:{line_no}: {problem}")
+        yield line_no, obj
 
 
 def iter_csv(path: str | Path, required: Sequence[str], what: str) -> Iterator[tuple[int, dict]]:

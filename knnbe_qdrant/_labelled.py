@@ -10,12 +10,12 @@ stored, so such a file stores nothing.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ._data import jsonl_objects
 from ._errors import InputFileError
 
 FIELDS = ("text", "skill", "source")
@@ -49,24 +49,8 @@ def _typed(row: dict[str, Any]) -> tuple[dict[str, str], str | None]:
 
 
 def _jsonl(path: Path) -> Iterator[Row]:
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first line
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield line_no, {}, f"not valid JSON ({exc.msg})"
-                    continue
-                if not isinstance(obj, dict):
-                    yield line_no, {}, f"expected a JSON object, got {type(obj).__name__}"
-                    continue
-                yield (line_no, *_typed(obj))
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for line_no, obj, problem in jsonl_objects(path):
+        yield (line_no, {}, problem) if problem else (line_no, *_typed(obj))
 
 
 def _csv(path: Path) -> Iterator[Row]:

@@ -192,3 +192,33 @@ def test_backends_agree_on_top10_with_exact_search(built_stores, encoder):
                 assert sa.score == pytest.approx(sb.score, abs=1e-5)
                 assert sa.bi_encoder == pytest.approx(sb.bi_encoder, abs=1e-5)
                 assert sa.knn == pytest.approx(sb.knn, abs=1e-5)
+
+
+def test_the_payload_cache_follows_live_curation(built_store, encoder):
+    """The vote reads neighbours' skills and texts from a cache keyed by content-addressed ids: edits between two
+    mappings by the same mapper show at once (a removed point is not returned, a relabelled one is a new id)."""
+    from knnbe_qdrant import Curator
+
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    curator = Curator(built_store, encoder, user="cache-test")
+    probe = ["Tuning slow PostgreSQL queries with careful indexes"]
+    text = "Tuning slow PostgreSQL queries with careful indexes, every day"
+
+    def evidence(skill_label: str) -> set[str]:
+        [result] = mapper.map(probe, top=20, tenant="cachet")
+        return {e.text for s in result.skills if s.label == skill_label for e in s.evidence}
+
+    mapper.map(probe, top=20, tenant="cachet")  # warm the cache
+    try:
+        curator.add_sentence(text, "PostgreSQL", tenant="cachet")
+        assert text in evidence("PostgreSQL")
+        curator.relabel(text, "PostgreSQL", "SQL", tenant="cachet")
+        assert text not in evidence("PostgreSQL") and text in evidence("SQL")
+        curator.remove_sentence(text, "SQL", tenant="cachet")
+        assert text not in evidence("SQL")
+        hidden = next(iter(evidence("SQL") - {text}))
+        curator.remove_sentence(hidden, "SQL", tenant="cachet")  # a global sentence: hidden for this tenant
+        assert hidden not in evidence("SQL")
+        assert mapper.memory_payloads.hits > 0
+    finally:
+        curator.delete_tenant("cachet")

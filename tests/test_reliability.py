@@ -218,3 +218,34 @@ def test_no_edit_while_a_re_embedding_is_under_way(store_copy):
         curator = Curator(store, Encoder(store.manifest.model))
         with pytest.raises(StoreError, match="re-embedding to other/model is under way"):
             curator.add_sentence("Writing Python", "SQL", tenant="acme")
+
+
+# ---- memory import ---------------------------------------------------------------------------------------------
+def test_import_reports_each_bad_row_and_stores_every_good_one(store_copy, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    good = [json.dumps({"text": f"Writing SQL reports, case {i}", "skill": "SQL"}) for i in range(5)]
+    bad = ['{"text": "broken', json.dumps({"text": 123, "skill": "SQL"}), json.dumps({"text": ["a"], "skill": "SQL"}),
+           json.dumps({"text": "Valid text", "skill": True}), "[1, 2]"]
+    lines = [good[0], bad[0], good[1], bad[1], good[2], bad[2], bad[3], good[3], bad[4], good[4]]
+    rows.write_bytes(b"\xef\xbb\xbf\n  \n" + "\n".join(lines).encode() + b"\n")  # BOM, a blank line, spaces first
+    r = run("memory", "import", rows, "--tenant", "acme", "--no-progress", store=store_copy)
+    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert b"stored 5, already stored 0, bad rows 5" in r.stdout
+    err = r.stderr.decode()
+    expected = [(4, "not valid JSON"), (6, "field 'text' must be text, got a number"),
+                (8, "field 'text' must be text, got a list"), (9, "field 'skill' must be text, got true/false"),
+                (11, "expected a JSON object, got list")]
+    for line_no, words in expected:
+        assert f"{rows}:{line_no}: {words}" in err, (line_no, err)
+    long = tmp_path / "long.csv"
+    field = "Writing SQL " * 20_000  # 240,000 characters, over csv's default limit
+    long.write_text(f'text,skill\n"{field}",SQL\n', encoding="utf-8")
+    r = run("memory", "import", long, "--tenant", "acme", "--no-progress", store=store_copy)
+    assert r.returncode == 0 and b"stored 1" in r.stdout, r.stderr.decode()
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"text,skill\nGood SQL work,SQL\nBad \xff byte,SQL\n")
+    r = run("memory", "import", broken, "--tenant", "beta", "--no-progress", store=store_copy)
+    assert r.returncode == 1
+    one_clear_line(r, "not UTF-8")
+    r = run("memory", "list", "--tenant", "beta", "--own", "--json", store=store_copy)
+    assert r.stdout == b""  # refused before anything was stored
