@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 from ._errors import InputFileError, InvalidInputError
 
@@ -198,20 +199,17 @@ def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEM
     return unique
 
 
-def read_sentences(path: str | Path) -> list[str]:
-    """Sentences of a text file, one per line; blank lines are skipped (documented), bad encodings are errors."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return sentences_from_bytes(raw, str(path))
-
-
-def sentences_from_bytes(raw: bytes, origin: str) -> list[str]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise InputFileError(f"{origin}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def iter_sentences(stream: BinaryIO, origin: str) -> Iterator[str]:
+    """Sentences of a byte stream, one per line, read as they come (memory stays bounded whatever the input's size);
+    blank lines are skipped; bytes that are not UTF-8 raise InputFileError naming the line."""
+    offset = 0
+    for line_no, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputFileError(
+                f"{origin}:{line_no}: not UTF-8 text ({exc.reason} at byte {offset + exc.start})") from None
+        offset += len(raw)
+        for line in text.splitlines():
+            if line.strip():
+                yield line.strip()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._errors import InvalidInputError
+from .._errors import InputFileError, InvalidInputError
 from .._results import SentenceResult
 from ._common import connection, open_mapper
 
@@ -45,8 +48,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     mp.set_defaults(func=map_postings)
 
 
-def _read_map_input(args: argparse.Namespace) -> list[str]:
-    from .._data import read_sentences, sentences_from_bytes
+def _map_input(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator[str], str]:
+    """The sentences to map, streamed (a file or standard input is read as it is mapped), and where they come
+    from."""
+    from .._data import iter_sentences
 
     if args.sentences and args.file:
         raise InvalidInputError("give sentences as arguments or with --file, not both")
@@ -54,18 +59,16 @@ def _read_map_input(args: argparse.Namespace) -> list[str]:
         for i, s in enumerate(args.sentences, start=1):
             if not s.strip():
                 raise InvalidInputError(f"argument {i} is an empty sentence")
-        return [s.strip() for s in args.sentences]
+        return iter([s.strip() for s in args.sentences]), "the arguments"
     if args.file and args.file != "-":
-        sentences = read_sentences(args.file)
-        origin = args.file
-    else:
-        if sys.stdin is None or (sys.stdin.isatty() and not args.file):
-            raise InvalidInputError("no sentences: give them as arguments, with --file FILE, or on standard input")
-        sentences = sentences_from_bytes(sys.stdin.buffer.read(), "<stdin>")
-        origin = "standard input"
-    if not sentences:
-        raise InvalidInputError(f"no sentences in {origin} (blank lines are skipped)")
-    return sentences
+        try:
+            stream = stack.enter_context(open(args.file, "rb"))  # noqa: SIM115  (closed by the ExitStack)
+        except OSError as exc:
+            raise InputFileError(f"{args.file}: cannot read ({exc.strerror or exc})") from None
+        return iter_sentences(stream, args.file), args.file
+    if sys.stdin is None or (sys.stdin.isatty() and not args.file):
+        raise InvalidInputError("no sentences: give them as arguments, with --file FILE, or on standard input")
+    return iter_sentences(sys.stdin.buffer, "<stdin>"), "standard input"
 
 
 def print_table(results: list[SentenceResult], out: TextIO) -> None:
@@ -84,15 +87,22 @@ def print_table(results: list[SentenceResult], out: TextIO) -> None:
 def map_sentences(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InvalidInputError("--top must be >= 1")
-    sentences = _read_map_input(args)
+    with ExitStack() as stack:
+        sentences, origin = _map_input(args, stack)
+        first = list(islice(sentences, _MAP_BATCH))  # read before the model loads: no input, no wait
+        if not first:
+            raise InvalidInputError(f"no sentences in {origin} (blank lines are skipped)")
+        return _map_stream(args, chain([first], iter(lambda: list(islice(sentences, _MAP_BATCH)), [])))
+
+
+def _map_stream(args: argparse.Namespace, batches: Iterator[list[str]]) -> int:
     with open_mapper(args, exact=args.exact) as mapper:
         from tqdm.auto import tqdm
 
-        show = not args.no_progress and len(sentences) > _MAP_BATCH
-        with tqdm(total=len(sentences), unit="sent", disable=not show, file=sys.stderr) as bar:
-            for start in range(0, len(sentences), _MAP_BATCH):
-                results = mapper.map(sentences[start : start + _MAP_BATCH], top=args.top, mode=args.mode,
-                                     tenant=args.tenant, decompose=args.decompose)
+        with tqdm(unit="sent", disable=args.no_progress, file=sys.stderr, delay=2.0) as bar:
+            for batch in batches:
+                results = mapper.map(batch, top=args.top, mode=args.mode, tenant=args.tenant,
+                                     decompose=args.decompose)
                 if args.json:
                     for r in results:
                         print(json.dumps(r.to_dict(), ensure_ascii=False))
