@@ -145,7 +145,6 @@ def test_curator_flow_in_a_real_browser(served):
             box.locator('.teach-pick[data-skill="acme:vdb"]').click()
             # The page maps again after each edit, then says so: wait for this sentence's message.
             expect(page.locator("#message")).to_contain_text(f"“{TEACH[i]}” → administer vector databases: added")
-        page.screenshot(path=str(shots / "curator-teach.png"), full_page=True)
 
         page.fill("#sentences", PROBE)
         page.click("#map")
