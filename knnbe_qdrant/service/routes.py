@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from .. import _schema as S
 from .._mapper import validate_sentences
-from .._tenancy import visible_payload
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
 from .keys import Key
@@ -126,23 +125,24 @@ def router(service: Service) -> APIRouter:
         return {"items": [{"id": s.id, "label": s.label, "similarity": s.bi_encoder} for s in result.skills],
                 "truncated": False}
 
-    def listing(rows: Iterable[dict[str, Any]], limit: int, tenant: str | None) -> dict[str, Any]:
+    def listing(rows: Iterable[dict[str, Any]], limit: int) -> dict[str, Any]:
+        """At most `limit` rows (the curator's listings are already the tenant's view: no `hidden_for`)."""
         it: Iterator[dict[str, Any]] = iter(rows)
-        items = [visible_payload(p, tenant) for p in islice(it, limit)]
+        items = list(islice(it, limit))
         return {"items": items, "truncated": next(it, None) is not None}
 
     @api.get("/skills", response_model=Listing, summary="Skills visible to the key (or only its own layer's)")
     def list_skills(key: Reader, own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
                     ) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return listing(curator.list_skills(tenant=key.tenant, own_only=own), limit, key.tenant)
+        return listing(curator.list_skills(tenant=key.tenant, own_only=own), limit)
 
     @api.get("/memory", response_model=Listing, summary="A skill's memory sentences visible to the key, with "
              "provenance")
     def list_memory(key: Reader, skill: str, own: bool = False,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit, key.tenant)
+        return listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit)
 
     @api.get("/audit", response_model=Listing, summary="Recent edits of the key's tenant (all, for an admin)")
     def audit(key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
