@@ -61,36 +61,32 @@ class MemoryPayloads:
     def fill(self, hit_lists: list[list[Hit]]) -> list[list[Hit]]:
         """The hits with their payloads set; a point deleted between the query and the fetch is left out."""
         data = self._data
-        missing: dict[str, Any] = {}
+        missing: dict[str, Any] = {}  # id string -> key, for the retrieve
+        unfilled: list[tuple[Hit, Any]] = []
         n = 0
         for hits in hit_lists:
             n += len(hits)
             for h in hits:
-                payload = data.get(h.key)
+                key = h.key  # builds a UUID on Edge: read once per hit
+                payload = data.get(key)
                 if payload is None:
-                    missing[h.id] = h.key
+                    missing[str(key)] = key
+                    unfilled.append((h, key))
                 else:
                     h.payload = payload
-        if not missing:
-            self.hits += n
+        self.hits += n - len(unfilled)
+        self.misses += len(unfilled)
+        if not unfilled:
             return hit_lists
         records = self.store.retrieve(S.MEMORY, list(missing), payload=list(self.FIELDS))
         with self._lock:
             if len(data) + len(records) > self.capacity:
                 data.clear()  # a whole reset: rare (the capacity is above the default memory), and O(1) per hit
-            for r in records:
-                data[missing[r.id]] = {f: r.payload.get(f) for f in self.FIELDS}
-        wanted = set(missing.values())
-        out = []
-        for hits in hit_lists:
-            for h in hits:
-                if h.key in wanted:
-                    h.payload = data.get(h.key) or {}
-                    self.misses += 1
-                else:
-                    self.hits += 1
-            out.append([h for h in hits if h.payload])
-        return out
+            fetched = {missing[r.id]: {f: r.payload.get(f) for f in self.FIELDS} for r in records}
+            data.update(fetched)
+        for h, key in unfilled:
+            h.payload = fetched.get(key) or {}
+        return [[h for h in hits if h.payload] for hits in hit_lists]
 
 
 def validate_sentences(sentences: Sequence[str]) -> list[str]:
@@ -154,7 +150,8 @@ class SkillMapper:
         """
         store = open_store(location)
         try:
-            manifest = store.check_ready()
+            # Cheap checks first, before loading the model; the constructor verifies the store against its manifest.
+            manifest = store.check_ready(verify=False)
             if model is not None:
                 store.check_model(canonical_model_name(model), None)
             return cls(store, Encoder(manifest.model, device=device), params, exact=exact,

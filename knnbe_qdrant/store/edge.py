@@ -286,7 +286,8 @@ class EdgeStore(Store):
                 if p.is_dir() and re.fullmatch(r"(skills|memory)_g\d+", p.name)}
 
     def _previous_generation(self) -> int | None:
-        previous = (self._read_manifest() or Manifest(model="", dimension=0)).previous
+        manifest = self._read_manifest()
+        previous = manifest.previous if manifest else None
         return int(previous["generation"]) if previous and "generation" in previous else None
 
     @staticmethod
