@@ -1,7 +1,8 @@
 """Live curation of skills and memory, per tenant: plain upserts and payload edits, visible to the next `map`.
 
 Who sees what is in _tenancy. A tenant edits only its own layer; on the global layer it can only hide a skill or a
-sentence for itself (its name goes into the point's `hidden_for`), which changes nothing for anyone else.
+sentence for itself (a payload key of its own on that point, `_schema.hide_key`), which changes nothing for anyone
+else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundErro
 from ._labelled import _typed, check_readable, read_labelled
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
 from .encoding import Encoder
-from .store.base import Record, Store, Where, vectors_of
+from .store.base import Store, Where, vectors_of
 
 ENV_USER = "KNNBE_USER"
 
@@ -51,6 +52,7 @@ class Curator:
         self.store = store
         self._encoder = encoder
         self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
+        self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
 
     @property
     def encoder(self) -> Encoder:
@@ -179,13 +181,14 @@ class Curator:
         source_point = None
         for layer in (owner, S.GLOBAL_TENANT):
             found = self.store.retrieve(S.MEMORY, [S.memory_point_id(layer, old_id, text)], with_vectors=True)
-            if found and (layer == owner or owner not in (found[0].payload.get(S.F_HIDDEN_FOR) or ())):
+            if found and (layer == owner or S.hide_key(owner) not in found[0].payload):
                 source_point = found[0]
                 break
         if source_point is None:
             raise NotFoundError(f"no memory sentence {text!r} labelled {old_id!r} visible to this tenant")
         # A tenant's copy starts unhidden; a global relabel keeps the tenants' marks (they hid this sentence).
-        payload = {k: v for k, v in source_point.payload.items() if k != S.F_HIDDEN_FOR or owner == S.GLOBAL_TENANT}
+        payload = {k: v for k, v in source_point.payload.items()
+                   if not k.startswith(S.HIDE_PREFIX) or owner == S.GLOBAL_TENANT}
         payload.update({S.F_TENANT: owner, S.F_SKILL_ID: new_id, S.F_UPDATED_AT: S.utc_now(),
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
@@ -320,16 +323,16 @@ class Curator:
     def tenants(self) -> dict[str, dict[str, int]]:
         """Each tenant with its own points per collection and how many global points it hid."""
         out: dict[str, dict[str, int]] = {}
-
-        def entry(tenant: str) -> dict[str, int]:
-            return out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})
-
         for collection in S.COLLECTIONS:
             for tenant, n in self.store.distinct(collection, S.F_TENANT).items():
                 if tenant != S.GLOBAL_TENANT:
-                    entry(tenant)[collection] = n
-            for tenant, n in self.store.distinct(collection, S.F_HIDDEN_FOR).items():
-                entry(tenant)["hidden"] += n
+                    out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})[collection] = n
+        # Hide marks are one key per tenant, which no facet lists: the tenants that ever hid something are
+        # registered when they do, and their marks counted.
+        for tenant in [*self.store.documents().all(S.HIDERS), *out]:
+            hidden = sum(self.store.count(c, where={S.hide_key(tenant): tenant}) for c in S.COLLECTIONS)
+            if hidden or tenant in out:
+                out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})["hidden"] = hidden
         return dict(sorted(out.items()))
 
     def delete_tenant(self, tenant: str) -> None:
@@ -340,9 +343,10 @@ class Curator:
             raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences or hide marks")
         for collection in S.COLLECTIONS:
             self.store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
-            marked = list(self.store.scroll(collection, where={S.F_HIDDEN_FOR: tenant}, payload=[S.F_HIDDEN_FOR]))
-            for record in marked:
-                self._unhide(collection, record, tenant)
+            key = S.hide_key(tenant)
+            marked = [r.id for r in self.store.scroll(collection, where={key: tenant}, payload=False)]
+            for start in range(0, len(marked), 1000):
+                self.store.delete_payload(collection, marked[start : start + 1000], [key])
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:
@@ -376,14 +380,11 @@ class Curator:
         return payload
 
     def _hide(self, collection: str, point: str, tenant: str) -> None:
-        with self.store.edit_lock:
-            [record] = self.store.retrieve(collection, [point], payload=[S.F_HIDDEN_FOR])
-            hidden = list(record.payload.get(S.F_HIDDEN_FOR) or [])
-            if tenant not in hidden:
-                self.store.set_payload(collection, [point], {S.F_HIDDEN_FOR: sorted([*hidden, tenant])})
-
-    def _unhide(self, collection: str, record: Record, tenant: str) -> None:
-        with self.store.edit_lock:
-            [current] = self.store.retrieve(collection, [record.id], payload=[S.F_HIDDEN_FOR])
-            hidden = [t for t in current.payload.get(S.F_HIDDEN_FOR) or [] if t != tenant]
-            self.store.set_payload(collection, [record.id], {S.F_HIDDEN_FOR: hidden})
+        # Registered (and its hide key indexed) before the first mark: a crash in between leaves a registration
+        # without marks, never a mark that the mapper, `tenant list` or `tenant delete` would not look for.
+        if tenant not in self._registered:
+            self.store.documents().put(S.HIDERS, tenant, {"since": S.utc_now()})
+            for c in S.COLLECTIONS:
+                self.store.create_keyword_index(c, S.hide_key(tenant))
+            self._registered.add(tenant)
+        self.store.set_payload(collection, [point], {S.hide_key(tenant): tenant})

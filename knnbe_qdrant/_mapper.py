@@ -131,6 +131,7 @@ class SkillMapper:
         self.decompose_weight = DEFAULT_WEIGHT
         # Votes only from memory of these sources (e.g. to measure what each source adds); None = all of them.
         self.memory_sources = list(memory_sources) if memory_sources else None
+        self._hiders: tuple[object, frozenset[str]] = (object(), frozenset())  # (documents version, tenants)
 
     @classmethod
     def open(
@@ -218,14 +219,15 @@ class SkillMapper:
             return []
         p = self.params
         n_skills = max(p.n_candidates or top, top)
+        marked = self._has_marks(tenant)
         skill_hits = self.store.query_batch(
-            S.SKILLS, vectors, n_skills, where=visible_skills(tenant), payload=[S.F_SKILL_ID, S.F_LABEL],
+            S.SKILLS, vectors, n_skills, where=visible_skills(tenant, marked=marked), payload=[S.F_SKILL_ID, S.F_LABEL],
             exact=self.exact, hnsw_ef=self.hnsw_ef,
         )
         if mode == "bi-encoder":
             neighbours: list[list] = [[] for _ in texts]
         else:
-            where = visible_memory(tenant)
+            where = visible_memory(tenant, marked=marked)
             if self.memory_sources:
                 where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
             fetched = self.store.query_batch(
@@ -290,13 +292,29 @@ class SkillMapper:
             results.append(SentenceResult(text=text, skills=matches))
         return results
 
+    def _has_marks(self, tenant: str | None) -> bool:
+        """Whether `tenant` may have hidden global points, read from the store's registry on every call (cheaply:
+        a file's stat on the embedded store), so that a mark another process just made counts at once. Filtering
+        on the hide key of a tenant that never hid anything would cost 4 to 5 times the query (no index for it)."""
+        if not tenant or tenant == S.GLOBAL_TENANT:
+            return False
+        documents = self.store.documents()
+        version = documents.version(S.HIDERS)
+        cached_version, hiders = self._hiders
+        if version is None or version != cached_version:
+            hiders = frozenset(documents.all(S.HIDERS))
+            self._hiders = (version, hiders) if version is not None else (object(), hiders)
+        return tenant in hiders
+
     def _skill_vectors(self, skill_ids: Sequence[str], tenant: str | None) -> tuple[dict[str, str], np.ndarray]:
         """Labels and unit vectors of the given skills that `tenant` may see, as {skill id: label} and a matrix in
         the same order. Skills it may not see (another tenant's, retired, hidden) are simply absent."""
         if not skill_ids:
             return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
         ids = [S.skill_point_id(t, sid) for t in layers(tenant) for sid in skill_ids]
-        fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS, S.F_HIDDEN_FOR]
+        fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS]
+        if tenant and tenant != S.GLOBAL_TENANT:
+            fields.append(S.hide_key(tenant))
         records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=fields)
         found = {r.payload[S.F_SKILL_ID]: r for r in records if skill_is_visible(r.payload, tenant)}
         if not found:

@@ -15,6 +15,8 @@ SCHEMA_HISTORY = (
     ("0001_collections", "skills and memory collections with their payload indexes (tenant is_tenant, skill_id, "
      "label, hidden_for, status, source), reached through aliases"),
     ("0002_skill_status", "payload field `status` on every skill: \"active\" unless retired"),
+    ("0003_hide_marks", "a tenant's mark on a global point it hid is a payload key of its own, `hidden_by_<tenant>`, "
+     "set and removed atomically, instead of its name in the shared list `hidden_for`"),
 )
 """Every schema change, in order: (migration id, what it does). knnbe_qdrant.migrations implements each one; a new
 entry here without its implementation there fails on import."""
@@ -50,12 +52,38 @@ RETIRED = "retired"
 """A skill whose status is "retired" is never returned, for anyone; its memory sentences no longer vote for it.
 (A keyword, not a boolean: Qdrant Edge 0.9's Python binding does not match boolean payload values.)"""
 F_HIDDEN_FOR = "hidden_for"
-"""Tenants that hid this global skill or sentence for themselves; everyone else still sees it."""
+"""Schema 2 and before: the list of tenants that hid a global point. Migration 0003 turns it into hide keys; the
+global view still shows a point's hide marks under this name."""
+HIDE_PREFIX = "hidden_by_"
+_HIDE_ESCAPES = {"_": "_u", ".": "_d", "-": "_h"}
+_HIDE_UNESCAPES = {v: k for k, v in _HIDE_ESCAPES.items()}
+
+
+def hide_key(tenant: str) -> str:
+    """The payload key that marks a global skill or sentence hidden for `tenant` (its value: the tenant's name).
+
+    One key per tenant, not a shared list: setting or deleting a key is one atomic payload update on Qdrant, so two
+    curators (threads, processes, service replicas) marking the same point never lose each other's mark, where a
+    read-modify-write of a list could. Tenant names are escaped to letters, digits and "_" (an injective mapping),
+    which every Qdrant payload path accepts unquoted."""
+    return HIDE_PREFIX + re.sub(r"[_.-]", lambda m: _HIDE_ESCAPES[m.group()], check_tenant(tenant))
+
+
+HIDERS = "hiders"
+"""The store documents (one per tenant) that register the tenants that ever hid a global point: a hide key is a
+payload key of its own, which no facet lists, so `Curator.tenants()` finds them through these."""
+
+
+def hidden_tenants(payload: dict[str, Any]) -> list[str]:
+    """The tenants that hid this point, from its hide keys."""
+    unescape = lambda m: _HIDE_UNESCAPES[m.group()]  # noqa: E731
+    return sorted(re.sub(r"_[udh]", unescape, key[len(HIDE_PREFIX):]) for key in payload if key.startswith(HIDE_PREFIX))
+
 
 # Keyword payload indexes each collection gets; the tenant one is marked is_tenant (Qdrant's multitenancy advice).
 KEYWORD_INDEXES = {
-    SKILLS: (F_TENANT, F_SKILL_ID, F_LABEL, F_HIDDEN_FOR, F_STATUS),
-    MEMORY: (F_TENANT, F_SKILL_ID, F_SOURCE, F_HIDDEN_FOR),
+    SKILLS: (F_TENANT, F_SKILL_ID, F_LABEL, F_STATUS),
+    MEMORY: (F_TENANT, F_SKILL_ID, F_SOURCE),
 }
 
 TENANT_INDEX = F_TENANT

@@ -15,30 +15,40 @@ def layers(tenant: str | None) -> list[str]:
     return [S.GLOBAL_TENANT, S.check_tenant(tenant)]
 
 
-def visible_skills(tenant: str | None) -> Where:
+def _is_tenant(tenant: str | None) -> bool:
+    return bool(tenant) and tenant != S.GLOBAL_TENANT
+
+
+def visible_skills(tenant: str | None, *, marked: bool = True) -> Where:
+    """What `tenant` may see of the skills. `marked=False` says the tenant never hid anything (the mapper knows from
+    the store's registry of tenants with marks), which spares a filter on a key no index covers."""
     must_not: dict = {S.F_STATUS: S.RETIRED}
-    if tenant and tenant != S.GLOBAL_TENANT:
-        must_not[S.F_HIDDEN_FOR] = tenant
+    if tenant and _is_tenant(tenant) and marked:
+        must_not[S.hide_key(tenant)] = tenant
     return Where(must={S.F_TENANT: layers(tenant)}, must_not=must_not)
 
 
-def visible_memory(tenant: str | None) -> Where:
+def visible_memory(tenant: str | None, *, marked: bool = True) -> Where:
     # Sentences of retired skills still come back; the mapper drops their votes with the skill.
-    must_not = {S.F_HIDDEN_FOR: tenant} if tenant and tenant != S.GLOBAL_TENANT else {}
+    must_not = {S.hide_key(tenant): tenant} if tenant and _is_tenant(tenant) and marked else {}
     return Where(must={S.F_TENANT: layers(tenant)}, must_not=must_not)
 
 
 def visible_payload(payload: dict[str, Any], tenant: str | None) -> dict[str, Any]:
-    """A point's payload as `tenant` may read it: without `hidden_for`, which names other tenants (and which, for a
-    point the tenant can see at all, never names the tenant itself). The global view keeps it."""
-    if tenant is None or tenant == S.GLOBAL_TENANT:
-        return payload
-    return {k: v for k, v in payload.items() if k != S.F_HIDDEN_FOR}
+    """A point's payload as `tenant` may read it: without hide keys, which name other tenants (and which, for a
+    point the tenant can see at all, never name the tenant itself). The global view shows them as one list,
+    `hidden_for`."""
+    out = {k: v for k, v in payload.items() if not k.startswith(S.HIDE_PREFIX)}
+    if not _is_tenant(tenant):
+        hidden = S.hidden_tenants(payload)
+        if hidden:
+            out[S.F_HIDDEN_FOR] = hidden
+    return out
 
 
 def skill_is_visible(payload: dict, tenant: str | None) -> bool:
     return (
         payload.get(S.F_TENANT) in layers(tenant)
         and payload.get(S.F_STATUS) != S.RETIRED
-        and (tenant is None or tenant not in (payload.get(S.F_HIDDEN_FOR) or ()))
+        and not (tenant and _is_tenant(tenant) and S.hide_key(tenant) in payload)
     )

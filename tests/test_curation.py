@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from knnbe_qdrant import Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
-from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
+from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, hidden_tenants, memory_point_id, skill_point_id
 from tests.helpers import BACKENDS, build_small
 
 QDRANT = "Python (computer programming)"
@@ -188,7 +188,7 @@ def test_tenant_list_and_delete_remove_exactly_that_tenant(curator, store):
     curator.delete_tenant("a")
     assert curator.tenants() == {"b": {"skills": 0, "memory": 1, "hidden": 1}}
     [sql] = store.retrieve(SKILLS, [skill_point_id(GLOBAL_TENANT, curator.resolve_skill("SQL")["skill_id"])])
-    assert sql.payload["hidden_for"] == ["b"]
+    assert hidden_tenants(sql.payload) == ["b"]
     assert {c: store.count(c, where={"tenant": GLOBAL_TENANT}) for c in (SKILLS, MEMORY)} == before_global
 
 

@@ -17,6 +17,7 @@ from knnbe_qdrant import (
     StoreError,
     default_memory,
 )
+from knnbe_qdrant import _schema as S
 from knnbe_qdrant import migrations as M
 from knnbe_qdrant._schema import MEMORY, SCHEMA_VERSION, SKILLS
 from knnbe_qdrant.migrations.reembed import reembed, rollback
@@ -68,9 +69,9 @@ def test_old_schema_is_refused_until_migrated_and_migrate_is_idempotent(store, e
     store.set_payload(SKILLS, ids, {"status": None})  # as a v1 store: no explicit status
     with pytest.raises(StoreCorruptError, match="knnbe-qdrant migrate"):
         SkillMapper(store, encoder)
-    assert M.migrate(store, dry_run=True) == [f"{M.MIGRATIONS[1].id}: {M.MIGRATIONS[1].description}"]
+    assert M.migrate(store, dry_run=True) == [f"{m.id}: {m.description}" for m in M.MIGRATIONS[1:]]
     assert store.manifest.schema_version == 1  # a dry run changes nothing
-    assert len(M.migrate(store)) == 1
+    assert len(M.migrate(store)) == len(M.MIGRATIONS) - 1
     assert M.migrate(store) == []
     assert all(r.payload.get("status") == "active" for r in store.retrieve(SKILLS, ids))
     assert SkillMapper(store, encoder).map(SENTENCE)[0].skills
@@ -132,3 +133,28 @@ def test_reembedding_resumes_after_a_crash(store, encoder, other_encoder):
     assert sum(encoded) < total  # what was stored before the crash was not encoded again
     assert store.manifest.model == other_encoder.name and store.manifest.pending_reembed is None
     np.testing.assert_equal(store.count(SKILLS), 25)
+
+
+def test_hide_lists_of_schema_2_become_hide_keys(store, encoder):
+    """A schema-2 store kept each tenant's hide marks in one shared `hidden_for` list; migration 0003 turns them into
+    one key per tenant, and every tenant sees exactly what it saw before."""
+    sql = next(r for r in store.scroll(SKILLS) if r.payload["label"] == "SQL")
+    sentences = list(store.scroll(MEMORY, where={"skill_id": sql.payload["skill_id"]}))[:2]
+    store.set_payload(SKILLS, [sql.id], {"hidden_for": ["acme", "beta.co"]})
+    store.set_payload(MEMORY, [r.id for r in sentences], {"hidden_for": ["acme"]})
+    manifest = store.manifest
+    manifest.schema_version, manifest.migrations = 2, manifest.migrations[:2]
+    store._write_manifest(manifest)
+    with pytest.raises(StoreCorruptError, match="knnbe-qdrant migrate"):
+        SkillMapper(store, encoder)
+    assert len(M.migrate(store)) == 1
+    assert M.migrate(store) == []
+    [skill] = store.retrieve(SKILLS, [sql.id])
+    assert "hidden_for" not in skill.payload and S.hidden_tenants(skill.payload) == ["acme", "beta.co"]
+    assert all(S.hidden_tenants(r.payload) == ["acme"] for r in store.retrieve(MEMORY, [r.id for r in sentences]))
+    curator = Curator(store, encoder)
+    assert {t: v["hidden"] for t, v in curator.tenants().items()} == {"acme": 3, "beta.co": 1}
+    for tenant in ("acme", "beta.co"):
+        assert sql.payload["skill_id"] not in {p["skill_id"] for p in curator.list_skills(tenant=tenant)}
+    assert sql.payload["skill_id"] in {p["skill_id"] for p in curator.list_skills(tenant="gamma")}
+    assert SkillMapper(store, encoder).map(SENTENCE)[0].skills

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
-from .._schema import COLLECTIONS, SCHEMA_VERSION, Manifest, utc_now
+from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
 
 Value = str | bool | Sequence[str]
@@ -80,15 +79,6 @@ class Store(ABC):
     """
 
     backend: str = "abstract"
-
-    @property
-    def edit_lock(self) -> threading.RLock:
-        """Held by read-modify-write edits (hide marks), so that every Curator on this store, in any thread,
-        serialises them: a lock per Curator would let two of them lose each other's update."""
-        lock = self.__dict__.get("_edit_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_edit_lock", threading.RLock())  # setdefault: one winner under races
-        return lock
 
     # ---- lifecycle shared by every backend -------------------------------------------------------------------
     @property
@@ -289,6 +279,20 @@ class Store(ABC):
     @abstractmethod
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         """Set these payload fields (others are kept) on the given points; returns once durable."""
+
+    @abstractmethod
+    def create_keyword_index(self, collection: str, field: str) -> None:
+        """A keyword payload index on `field`, unless it exists (idempotent)."""
+
+    def index_fields(self, collection: str) -> list[str]:
+        """The keyword fields a collection is indexed on: the schema's, and the hide key of every registered tenant
+        with hide marks (so that collections made anew, by a re-embedding or a rebuild, index them too)."""
+        hiders = self.documents().all(HIDERS)
+        return [*KEYWORD_INDEXES[collection], *(hide_key(t) for t in sorted(hiders))]
+
+    @abstractmethod
+    def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        """Remove these payload keys (others are kept) from the given points; returns once durable."""
 
     @abstractmethod
     def delete_where(self, collection: str, where: WhereLike) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from .._errors import ServerError, StoreCorruptError, StoreError
-from .._schema import COLLECTIONS, DEFAULT_PREFIX, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import MetaDocuments
 from .retry import RetryPolicy, call_with_retries, describe_fault
@@ -115,9 +115,13 @@ class QdrantClientStore(Store):
         except ValueError as exc:
             raise StoreCorruptError(f"the manifest in {self.name(META)} is damaged: {exc}") from exc
 
-    def _write_manifest(self, manifest: Manifest) -> None:
+    def _ensure_meta(self) -> None:
         if not self._call(self.client.collection_exists, self.name(META)):
             self._call(self.client.create_collection, self.name(META), vectors_config={})
+            self._keyword_index(self.name(META), "kind")  # documents are read by kind, the audit log grows
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        self._ensure_meta()
         self._call(
             self.client.upsert,
             self.name(META),
@@ -137,19 +141,15 @@ class QdrantClientStore(Store):
                     name,
                     vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
                 )
-            schemas = [
-                (f, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=f == TENANT_INDEX))
-                for f in KEYWORD_INDEXES[collection]
-            ]
-            for field, schema in schemas:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
-                    self._call(self.client.create_payload_index, name, field, field_schema=schema, wait=True)
+            for field in self.index_fields(collection):
+                self._keyword_index(name, field)
             if self._view_generation is None and not self._alias_target(collection):
                 self._call(
                     self.client.update_collection_aliases,
                     change_aliases_operations=[self._create_alias(collection, generation)],
                 )
+        if self._view_generation is None:
+            self._keyword_index(self.name(META), "kind")  # stores made before it had one
 
     # ---- data ---------------------------------------------------------------------------------------------------
 
@@ -252,6 +252,25 @@ class QdrantClientStore(Store):
                 self.client.set_payload,
                 self.name(collection),
                 payload=payload,
+                points=models.PointIdsList(points=list(ids)),
+                wait=True,
+            )
+
+    def create_keyword_index(self, collection: str, field: str) -> None:
+        self._keyword_index(self.physical(collection, self.generation), field)
+
+    def _keyword_index(self, name: str, field: str) -> None:
+        schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=field == TENANT_INDEX)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
+            self._call(self.client.create_payload_index, name, field, field_schema=schema, wait=True)
+
+    def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        if ids and keys:
+            self._call(
+                self.client.delete_payload,
+                self.name(collection),
+                keys=list(keys),
                 points=models.PointIdsList(points=list(ids)),
                 wait=True,
             )
@@ -367,8 +386,7 @@ class QdrantClientStore(Store):
         return MetaDocuments(self)
 
     def put_meta(self, point_id: str, payload: dict[str, Any]) -> None:
-        if not self._call(self.client.collection_exists, self.name(META)):
-            self._call(self.client.create_collection, self.name(META), vectors_config={})
+        self._ensure_meta()
         self._call(self.client.upsert, self.name(META),
                    points=[models.PointStruct(id=point_id, vector={}, payload=payload)], wait=True)
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from .._errors import StoreCorruptError
 
 _NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
-FILES = ("keys.json", "audit.jsonl", ".documents.lock")
+FILES = ("keys.json", "hiders.json", "audit.jsonl", ".documents.lock")
 """What FileDocuments may leave in a store directory besides the store itself."""
 
 

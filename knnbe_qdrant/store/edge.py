@@ -19,7 +19,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from .._errors import StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
-from .._schema import COLLECTIONS, KEYWORD_INDEXES, TENANT_INDEX, Manifest
+from .._schema import COLLECTIONS, TENANT_INDEX, Manifest
 from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import FILES as DOCUMENT_FILES
 from .documents import FileDocuments, fsync_dir
@@ -142,7 +142,7 @@ class EdgeStore(Store):
     def _create_indexes(self, name: str) -> None:
         shard = self._shards[name]
         existing = set(shard.info().payload_schema)
-        for field in KEYWORD_INDEXES[name]:
+        for field in self.index_fields(name):
             if field not in existing:
                 params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
                 shard.update(qe.UpdateOperation.create_field_index(field, params))
@@ -237,6 +237,17 @@ class EdgeStore(Store):
         if ids:
             with self._lock:
                 self._shard(collection).update(qe.UpdateOperation.set_payload(list(ids), payload))
+
+    def create_keyword_index(self, collection: str, field: str) -> None:
+        shard = self._shard(collection)
+        with self._lock:
+            if field not in shard.info().payload_schema:
+                shard.update(qe.UpdateOperation.create_field_index(field, qe.KeywordIndexParams()))
+
+    def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        if ids and keys:
+            with self._lock:
+                self._shard(collection).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
 
     def delete_where(self, collection: str, where: WhereLike) -> None:
         with self._lock:
