@@ -179,13 +179,8 @@ class QdrantClientStore(Store):
     ) -> list[Record]:
         if not ids:
             return []
-        records = self._call(
-            self.client.retrieve,
-            self.name(collection),
-            list(ids),
-            with_payload=payload_selector(payload),
-            with_vectors=with_vectors,
-        )
+        records = self._call(self.client.retrieve, self.name(collection), list(ids),
+                             with_payload=payload_selector(payload), with_vectors=with_vectors)
         return [to_record(r, with_vectors) for r in records]
 
     def query_batch(
@@ -240,21 +235,13 @@ class QdrantClientStore(Store):
                 return
 
     def count(self, collection: str, *, where: WhereLike | None = None) -> int:
-        return int(
-            self._call(
-                self.client.count, self.name(collection), count_filter=build_filter(where, models), exact=True
-            ).count
-        )
+        flt = build_filter(where, models)
+        return int(self._call(self.client.count, self.name(collection), count_filter=flt, exact=True).count)
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
-            self._call(
-                self.client.set_payload,
-                self.name(collection),
-                payload=payload,
-                points=models.PointIdsList(points=list(ids)),
-                wait=True,
-            )
+            self._call(self.client.set_payload, self.name(collection), payload=payload,
+                       points=models.PointIdsList(points=list(ids)), wait=True)
 
     def create_keyword_index(self, collection: str, field: str) -> None:
         self._keyword_index(self.physical(collection, self.generation), field)
@@ -267,13 +254,8 @@ class QdrantClientStore(Store):
 
     def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         if ids and keys:
-            self._call(
-                self.client.delete_payload,
-                self.name(collection),
-                keys=list(keys),
-                points=models.PointIdsList(points=list(ids)),
-                wait=True,
-            )
+            self._call(self.client.delete_payload, self.name(collection), keys=list(keys),
+                       points=models.PointIdsList(points=list(ids)), wait=True)
 
     def delete_where(self, collection: str, where: WhereLike) -> None:
         self._call(
