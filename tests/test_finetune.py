@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 from knnbe_qdrant import Encoder
 from knnbe_qdrant._errors import InvalidInputError
 from knnbe_qdrant.encoding import BASE_MODEL, local_model_dir
-from knnbe_qdrant.encoding.finetune import RECIPE_FILE, Recipe, finetune, training_pairs
+from knnbe_qdrant.encoding.finetune import RECIPE_FILE, Recipe, finetune, mine_hard_negatives, training_pairs
 from knnbe_qdrant.encoding.patch import make_patch, materialize
 
 pytest.importorskip("datasets")
@@ -87,3 +87,27 @@ def test_training_pairs_are_seeded_and_refuse_an_empty_set(small_skills, small_m
 def test_output_directory_must_be_new(tuned):
     with pytest.raises(InvalidInputError, match="not empty"):
         finetune(tuned, Recipe(pairs=64, batch_size=32))
+
+
+def test_mined_negatives_are_close_but_never_a_label_of_the_sentence(small_skills, small_memory):
+    pairs = training_pairs(small_skills, small_memory, 80, seed=2)
+    negatives = mine_hard_negatives(pairs, small_skills, small_memory, BASE_MODEL, seed=2)
+    assert negatives == mine_hard_negatives(pairs, small_skills, small_memory, BASE_MODEL, seed=2)
+    label_of = {s.id: s.label for s in small_skills}
+    positives: dict[str, set[str]] = {}
+    for m in small_memory:
+        positives.setdefault(m.text, set()).add(label_of[m.skill_id])
+    assert len(negatives) == len(pairs)
+    assert all(n not in positives[text] | {p} for (text, p), n in zip(pairs, negatives))
+    # Mined, not random: the negative is more similar to the sentence than a random label is, on average.
+    encoder = Encoder(BASE_MODEL)
+    texts = encoder.encode([t for t, _ in pairs])
+    mined = np.sum(texts * encoder.encode(negatives), axis=1)
+    shuffled = np.sum(texts * encoder.encode(sorted(label_of.values())[: len(pairs)]), axis=1)
+    assert mined.mean() > shuffled.mean() + 0.1
+
+
+def test_hard_negatives_train_on_triplets(tmp_path):
+    out = finetune(tmp_path / "hn", Recipe(pairs=64, batch_size=32, seed=1, hard_negatives=True), progress=False)
+    assert json.loads((out / RECIPE_FILE).read_text())["hard_negatives"] is True
+    assert Encoder(str(out)).encode(PROBES).shape == (3, 384)

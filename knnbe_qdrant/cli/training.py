@@ -20,6 +20,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     ft.add_argument("--epochs", type=float, default=1.0)
     ft.add_argument("--batch-size", type=int, default=64, help="in-batch negatives per pair = batch size - 1")
     ft.add_argument("--learning-rate", type=float, default=2e-5)
+    ft.add_argument("--hard-negatives", action="store_true",
+                    help="add one mined negative label per pair (ranked 3-30 by the base model, not a label of the "
+                         "sentence)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--no-progress", action="store_true")
     ft.set_defaults(func=finetune)
@@ -34,7 +37,8 @@ def finetune(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
     sources = shipped_sources(args.memory_sources)
     recipe = Recipe(base=args.base or BASE_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
-                    batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+                    batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                    hard_negatives=args.hard_negatives)
     out = run(args.out, recipe, progress=not args.no_progress)
     print(f"fine-tuned model saved in {out}; build a store with it: knnbe-qdrant --store DIR build --model {out}")
     return 0

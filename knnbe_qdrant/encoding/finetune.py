@@ -38,6 +38,9 @@ class Recipe:
     # The word-embedding matrix is half of MiniLM's weights; leaving it as it is keeps the change small enough to
     # ship (only the transformer layers differ from the base model) and costs little: the vocabulary is not new.
     freeze_word_embeddings: bool = True
+    hard_negatives: bool = False
+    """Give each pair one mined negative label as well: a skill the base model ranks near the top for the sentence
+    (ranks HARD_NEGATIVE_RANKS) that labels none of the memory sentences with this text."""
     seed: int = 0
 
 
@@ -52,6 +55,43 @@ def training_pairs(skills: Sequence[Skill], memory: Sequence[LabelledSentence], 
         raise InvalidInputError("no training pairs: no labelled sentence names a skill of the taxonomy")
     rng = random.Random(seed)
     return rng.sample(pairs, min(n, len(pairs)))
+
+
+HARD_NEGATIVE_RANKS = (3, 30)
+"""Where mined negatives come from in the base model's ranking of the skills for a sentence: below the first few
+(often unlabelled synonyms of a gold skill, i.e. false negatives), within the few dozen the model confuses."""
+
+
+def mine_hard_negatives(pairs: Sequence[tuple[str, str]], skills: Sequence[Skill],
+                        memory: Sequence[LabelledSentence], model: str, seed: int) -> list[str]:
+    """One negative label per pair, from the base model's own ranking of every skill label for the pair's text;
+    no label of a skill that labels this text anywhere in the memory (a multi-skill sentence has several
+    positives, and none of them may come back as its negative)."""
+    import numpy as np
+
+    from .encoder import Encoder
+
+    label_of = {s.id: s.label for s in skills}
+    positives: dict[str, set[str]] = {}
+    for m in memory:
+        if m.skill_id in label_of:
+            positives.setdefault(m.text, set()).add(label_of[m.skill_id])
+    labels = sorted(set(label_of.values()))
+    encoder = Encoder(model, precision="fp32")
+    label_vectors = encoder.encode(labels)
+    texts = [t for t, _ in pairs]
+    rng = random.Random(seed)
+    low, high = HARD_NEGATIVE_RANKS
+    out: list[str] = []
+    for start in range(0, len(texts), 2048):
+        sims = encoder.encode(texts[start : start + 2048]) @ label_vectors.T
+        top = np.argpartition(-sims, high, axis=1)[:, :high]
+        for row, (text, positive) in enumerate(pairs[start : start + 2048]):
+            ranked = top[row][np.argsort(-sims[row, top[row]])]
+            gold = positives.get(text, set()) | {positive}
+            pool = [labels[i] for i in ranked[low:high] if labels[i] not in gold]
+            out.append(rng.choice(pool) if pool else labels[rng.randrange(len(labels))])
+    return out
 
 
 def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[LabelledSentence] = (),
@@ -88,7 +128,10 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     if recipe.freeze_word_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
 
-    dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    columns = {"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}
+    if recipe.hard_negatives:
+        columns["negative"] = mine_hard_negatives(pairs, skills, memory, name, recipe.seed)
+    dataset = Dataset.from_dict(columns)
     # Nothing is checkpointed (save_strategy "no"); the trainer still wants a folder, which goes when it is done.
     work = tempfile.TemporaryDirectory(prefix="knnbe-finetune-")
     args = TrainingArguments(
