@@ -163,6 +163,11 @@ def run_bench(
         for _ in range(repeats):
             for mode, timings in runs.items():  # interleaved, so both modes see the same machine conditions
                 timings.append(_pipeline(mapper, sentences, batch_size, mode))
+        decomposed = []  # the `--decompose` profile, end to end as `map --decompose` runs it
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            mapper.map(sentences, batch_size=batch_size, decompose=True)
+            decomposed.append(time.perf_counter() - t0)
         split = _cost_split(mapper, sentences, batch_size)
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
@@ -192,6 +197,7 @@ def run_bench(
         "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
         "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
         "knnbe_vs_bi_encoder": round(median("bi-encoder") / median("knnbe"), 3),
+        "decompose_sentences_per_s": round(n / statistics.median(decomposed), 1),
         "encode_ms_per_sentence": round(encode_ms, 3),
         "qdrant_ms_per_sentence": round(qdrant_ms, 3),
         "bi_encoder_qdrant_ms_per_sentence": round(median("bi-encoder", 1) / n * 1000, 3),
