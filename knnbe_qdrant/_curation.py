@@ -112,11 +112,13 @@ class Curator:
         changes: dict[str, Any] = {S.F_UPDATED_AT: S.utc_now()}
         if description is not None:
             changes[S.F_DESCRIPTION] = description.strip()
+        point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
         if label is not None and label.strip() and label.strip() != payload[S.F_LABEL]:
-            self._write_skill(payload[S.F_TENANT], payload[S.F_SKILL_ID], label.strip(),
-                              {**payload, **changes, S.F_LABEL: label.strip()})
-        else:
-            self.store.set_payload(S.SKILLS, [S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])], changes)
+            # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
+            # would undo what another curator did in between (a retirement, a tenant's hide mark).
+            self.store.update_vectors(S.SKILLS, [point], self.encoder.encode([label.strip()]))
+            changes[S.F_LABEL] = label.strip()
+        self.store.set_payload(S.SKILLS, [point], changes)
         return {**payload, **changes, **({S.F_LABEL: label.strip()} if label and label.strip() else {})}
 
     def retire_skill(self, ref: str, *, tenant: str | None = None) -> str:

@@ -203,3 +203,52 @@ def test_bad_curation_input_is_refused(curator):
         curator.add_skill(curator.resolve_skill("SQL")["skill_id"], "dup", tenant="acme")
     with pytest.raises(InvalidInputError, match="global layer"):
         curator.update_skill("SQL", label="x", tenant="acme")
+
+
+class _AnotherCuratorActsFirst:
+    """The store, except that just before the first vector write of an edit, `act` runs: another curator's edit
+    landing between this curator's read of a skill and its write (the lost-update window)."""
+
+    def __init__(self, store, act):
+        self._store, self._act = store, act
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _first(self):
+        act, self._act = self._act, None
+        if act:
+            act()
+
+    def upsert(self, *args, **kwargs):
+        self._first()
+        return self._store.upsert(*args, **kwargs)
+
+    def update_vectors(self, *args, **kwargs):
+        self._first()
+        return self._store.update_vectors(*args, **kwargs)
+
+
+def test_renaming_a_skill_re_embeds_it_and_keeps_what_others_did_meanwhile(curator, mapper, store):
+    """A new label re-encodes the skill, and only its vector and the changed fields are written, so a retirement
+    or a tenant's hide mark made by another curator between this one's read and its write both stay."""
+    curator.add_skill("custom:etl", "extract transform load pipelines", tenant="acme")
+    racing = Curator(_AnotherCuratorActsFirst(store, lambda: curator.retire_skill("custom:etl", tenant="acme")),
+                     curator.encoder, user="bob")
+    racing.update_skill("custom:etl", label="Apache Airflow orchestration", description="DAGs", tenant="acme")
+    [point] = store.retrieve(SKILLS, [skill_point_id("acme", "custom:etl")], with_vectors=True)
+    assert point.payload["status"] == "retired" and point.payload["label"] == "Apache Airflow orchestration"
+    expected = curator.encoder.encode(["Apache Airflow orchestration"])[0]
+    assert float(point.vector @ expected / np.linalg.norm(point.vector)) > 0.999
+
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    racing = Curator(_AnotherCuratorActsFirst(store, lambda: curator.retire_skill("SQL", tenant="beta")),
+                     curator.encoder, user="bob")
+    racing.update_skill("SQL", label="SQL (structured query language)")  # the global layer renames it
+    try:
+        [global_sql] = store.retrieve(SKILLS, [skill_point_id(GLOBAL_TENANT, sql)])
+        assert hidden_tenants(global_sql.payload) == ["beta"]
+        assert sql not in ids(mapper.map(["writing SQL queries"], tenant="beta")[0])
+        assert sql in ids(mapper.map(["writing SQL queries"])[0])
+    finally:
+        curator.update_skill(sql, label="SQL")

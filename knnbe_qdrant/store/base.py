@@ -281,6 +281,10 @@ class Store(ABC):
         """Set these payload fields (others are kept) on the given points; returns once durable."""
 
     @abstractmethod
+    def update_vectors(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Replace the vectors of existing points, keeping their payloads; returns once durable."""
+
+    @abstractmethod
     def create_keyword_index(self, collection: str, field: str) -> None:
         """A keyword payload index on `field`, unless it exists (idempotent)."""
 

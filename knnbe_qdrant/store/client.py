@@ -243,6 +243,12 @@ class QdrantClientStore(Store):
             self._call(self.client.set_payload, self.name(collection), payload=payload,
                        points=models.PointIdsList(points=list(ids)), wait=True)
 
+    def update_vectors(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        if ids:
+            points = [models.PointVectors(id=pid, vector=np.asarray(v, dtype=np.float32).tolist())
+                      for pid, v in zip(ids, vectors)]
+            self._call(self.client.update_vectors, self.name(collection), points=points, wait=True)
+
     def create_keyword_index(self, collection: str, field: str) -> None:
         self._keyword_index(self.physical(collection, self.generation), field)
 

@@ -238,6 +238,12 @@ class EdgeStore(Store):
             with self._lock:
                 self._shard(collection).update(qe.UpdateOperation.set_payload(list(ids), payload))
 
+    def update_vectors(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+        if ids:
+            with self._lock:
+                points = [qe.PointVectors(pid, vec.tolist()) for pid, vec in zip(ids, vectors)]
+                self._shard(collection).update(qe.UpdateOperation.update_vectors(points))
+
     def create_keyword_index(self, collection: str, field: str) -> None:
         shard = self._shard(collection)
         with self._lock:
