@@ -194,9 +194,15 @@ class Curator:
         payload.update({S.F_TENANT: owner, S.F_SKILL_ID: new_id, S.F_UPDATED_AT: S.utc_now(),
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
-        self.store.upsert(S.MEMORY, [S.memory_point_id(owner, new_id, text)], vectors_of([source_point]), [payload])
+        new_point = S.memory_point_id(owner, new_id, text)
+        self.store.upsert(S.MEMORY, [new_point], vectors_of([source_point]), [payload])
         if source_point.payload[S.F_TENANT] == owner:
             if old_id != new_id:
+                if owner == S.GLOBAL_TENANT:  # marks tenants set on the old point since it was read come along
+                    late = {k: v for r in self.store.retrieve(S.MEMORY, [source_point.id])
+                            for k, v in r.payload.items() if k.startswith(S.HIDE_PREFIX) and k not in payload}
+                    if late:
+                        self.store.set_payload(S.MEMORY, [new_point], late)
                 self.store.delete(S.MEMORY, [source_point.id])
         else:
             self._hide(S.MEMORY, source_point.id, owner)

@@ -252,3 +252,18 @@ def test_renaming_a_skill_re_embeds_it_and_keeps_what_others_did_meanwhile(curat
         assert sql in ids(mapper.map(["writing SQL queries"])[0])
     finally:
         curator.update_skill(sql, label="SQL")
+
+
+def test_a_global_relabel_carries_a_hide_mark_set_while_it_ran(curator, store):
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    text = next(curator.list_memory(sql))["text"]
+    racing = Curator(_AnotherCuratorActsFirst(store, lambda: curator.remove_sentence(text, sql, tenant="beta")),
+                     curator.encoder, user="bob")
+    racing.relabel(text, sql, "PostgreSQL")
+    postgres = curator.resolve_skill("PostgreSQL")["skill_id"]
+    try:
+        [moved] = store.retrieve(MEMORY, [memory_point_id(GLOBAL_TENANT, postgres, text)])
+        assert hidden_tenants(moved.payload) == ["beta"]
+        assert not store.retrieve(MEMORY, [memory_point_id(GLOBAL_TENANT, sql, text)])
+    finally:
+        curator.relabel(text, postgres, sql)
