@@ -388,11 +388,7 @@ class Curator:
         return payload
 
     def _hide(self, collection: str, point: str, tenant: str) -> None:
-        # Registered (and its hide key indexed) before the first mark: a crash in between leaves a registration
-        # without marks, never a mark that the mapper, `tenant list` or `tenant delete` would not look for.
         if tenant not in self._registered:
-            self.store.documents().put(S.HIDERS, tenant, {"since": S.utc_now()})
-            for c in S.COLLECTIONS:
-                self.store.create_keyword_index(c, S.hide_key(tenant))
+            self.store.register_hider(tenant)
             self._registered.add(tenant)
         self.store.set_payload(collection, [point], {S.hide_key(tenant): tenant})

@@ -15,7 +15,7 @@ from ._decompose import DEFAULT_WEIGHT, merge, pieces
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
-from ._tenancy import layers, skill_is_visible, visible_memory, visible_skills
+from ._tenancy import is_tenant, layers, skill_is_visible, visible_memory, visible_skills
 from .encoding import Encoder, canonical_model_name
 from .store.base import Hit, Store, Where, vectors_of
 from .store.connection import Location, open_store
@@ -296,7 +296,7 @@ class SkillMapper:
         """Whether `tenant` may have hidden global points, read from the store's registry on every call (cheaply:
         a file's stat on the embedded store), so that a mark another process just made counts at once. Filtering
         on the hide key of a tenant that never hid anything would cost 4 to 5 times the query (no index for it)."""
-        if not tenant or tenant == S.GLOBAL_TENANT:
+        if not is_tenant(tenant):
             return False
         documents = self.store.documents()
         version = documents.version(S.HIDERS)
@@ -313,7 +313,7 @@ class SkillMapper:
             return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
         ids = [S.skill_point_id(t, sid) for t in layers(tenant) for sid in skill_ids]
         fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS]
-        if tenant and tenant != S.GLOBAL_TENANT:
+        if is_tenant(tenant):
             fields.append(S.hide_key(tenant))
         records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=fields)
         found = {r.payload[S.F_SKILL_ID]: r for r in records if skill_is_visible(r.payload, tenant)}

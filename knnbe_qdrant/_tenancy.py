@@ -3,7 +3,7 @@ minus what it hid. Every read of the mapper and of the curator goes through thes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import _schema as S
 from .store.base import Where
@@ -15,7 +15,8 @@ def layers(tenant: str | None) -> list[str]:
     return [S.GLOBAL_TENANT, S.check_tenant(tenant)]
 
 
-def _is_tenant(tenant: str | None) -> bool:
+def is_tenant(tenant: str | None) -> TypeGuard[str]:
+    """A tenant's name: not None, not empty, not the global layer."""
     return bool(tenant) and tenant != S.GLOBAL_TENANT
 
 
@@ -23,14 +24,14 @@ def visible_skills(tenant: str | None, *, marked: bool = True) -> Where:
     """What `tenant` may see of the skills. `marked=False` says the tenant never hid anything (the mapper knows from
     the store's registry of tenants with marks), which spares a filter on a key no index covers."""
     must_not: dict = {S.F_STATUS: S.RETIRED}
-    if tenant and _is_tenant(tenant) and marked:
+    if is_tenant(tenant) and marked:
         must_not[S.hide_key(tenant)] = tenant
     return Where(must={S.F_TENANT: layers(tenant)}, must_not=must_not)
 
 
 def visible_memory(tenant: str | None, *, marked: bool = True) -> Where:
     # Sentences of retired skills still come back; the mapper drops their votes with the skill.
-    must_not = {S.hide_key(tenant): tenant} if tenant and _is_tenant(tenant) and marked else {}
+    must_not = {S.hide_key(tenant): tenant} if is_tenant(tenant) and marked else {}
     return Where(must={S.F_TENANT: layers(tenant)}, must_not=must_not)
 
 
@@ -39,7 +40,7 @@ def visible_payload(payload: dict[str, Any], tenant: str | None) -> dict[str, An
     point the tenant can see at all, never name the tenant itself). The global view shows them as one list,
     `hidden_for`."""
     out = {k: v for k, v in payload.items() if not k.startswith(S.HIDE_PREFIX)}
-    if not _is_tenant(tenant):
+    if not is_tenant(tenant):
         hidden = S.hidden_tenants(payload)
         if hidden:
             out[S.F_HIDDEN_FOR] = hidden
@@ -50,5 +51,5 @@ def skill_is_visible(payload: dict, tenant: str | None) -> bool:
     return (
         payload.get(S.F_TENANT) in layers(tenant)
         and payload.get(S.F_STATUS) != S.RETIRED
-        and not (tenant and _is_tenant(tenant) and S.hide_key(tenant) in payload)
+        and not (is_tenant(tenant) and S.hide_key(tenant) in payload)
     )

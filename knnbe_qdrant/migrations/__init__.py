@@ -43,23 +43,22 @@ def _hide_marks(store: Store) -> None:
     """Turn each `hidden_for` list into one hide key per tenant. The keys are written before the list goes, so a
     crash half-way leaves both (the same marks twice), and the re-run finishes it."""
     store._create_collections(store.manifest.dimension)  # the meta collection's `kind` index, on a server
-    documents = store.documents()
+    listed: dict[str, list[str]] = {}  # collection -> ids of its points with a list
+    marked: dict[tuple[str, str], list[str]] = {}  # (collection, tenant) -> ids
     for collection in S.COLLECTIONS:
-        marked: dict[str, list[str]] = {}
-        ids = []
         for record in store.scroll(collection, payload=[S.F_HIDDEN_FOR]):
             hidden = record.payload.get(S.F_HIDDEN_FOR)
             if hidden is None:
                 continue
-            ids.append(record.id)
+            listed.setdefault(collection, []).append(record.id)
             for tenant in hidden if isinstance(hidden, list) else [hidden]:
-                marked.setdefault(tenant, []).append(record.id)
-        for tenant, points in marked.items():
-            documents.put(S.HIDERS, tenant, {"since": S.utc_now()})
-            for c in S.COLLECTIONS:
-                store.create_keyword_index(c, S.hide_key(tenant))
-            for start in range(0, len(points), 1000):
-                store.set_payload(collection, points[start : start + 1000], {S.hide_key(tenant): tenant})
+                marked.setdefault((collection, tenant), []).append(record.id)
+    for tenant in sorted({t for _, t in marked}):
+        store.register_hider(tenant)
+    for (collection, tenant), points in marked.items():
+        for start in range(0, len(points), 1000):
+            store.set_payload(collection, points[start : start + 1000], {S.hide_key(tenant): tenant})
+    for collection, ids in listed.items():
         for start in range(0, len(ids), 1000):
             store.delete_payload(collection, ids[start : start + 1000], [S.F_HIDDEN_FOR])
 

@@ -294,6 +294,14 @@ class Store(ABC):
         hiders = self.documents().all(HIDERS)
         return [*KEYWORD_INDEXES[collection], *(hide_key(t) for t in sorted(hiders))]
 
+    def register_hider(self, tenant: str) -> None:
+        """Record that `tenant` may have hide marks, and index its hide key in every collection. Done before its
+        first mark: a crash in between leaves a registration without marks, never a mark that the mapper, `tenant
+        list` or `tenant delete` would not look for. Idempotent."""
+        self.documents().put(HIDERS, tenant, {"since": utc_now()})
+        for collection in COLLECTIONS:
+            self.create_keyword_index(collection, hide_key(tenant))
+
     @abstractmethod
     def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         """Remove these payload keys (others are kept) from the given points; returns once durable."""
