@@ -140,12 +140,8 @@ class EdgeStore(Store):
                 self._create_indexes(name)
 
     def _create_indexes(self, name: str) -> None:
-        shard = self._shards[name]
-        existing = set(shard.info().payload_schema)
         for field in self.index_fields(name):
-            if field not in existing:
-                params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
-                shard.update(qe.UpdateOperation.create_field_index(field, params))
+            self.create_keyword_index(name, field)
 
     def _shard(self, collection: str) -> qe.EdgeShard:
         try:
@@ -248,7 +244,8 @@ class EdgeStore(Store):
         shard = self._shard(collection)
         with self._lock:
             if field not in shard.info().payload_schema:
-                shard.update(qe.UpdateOperation.create_field_index(field, qe.KeywordIndexParams()))
+                params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
+                shard.update(qe.UpdateOperation.create_field_index(field, params))
 
     def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         if ids and keys:
