@@ -303,7 +303,7 @@ class SkillMapper:
         cached_version, hiders = self._hiders
         if version is None or version != cached_version:
             hiders = frozenset(documents.all(S.HIDERS))
-            self._hiders = (version, hiders) if version is not None else (object(), hiders)
+            self._hiders = (version, hiders)
         return tenant in hiders
 
     def _skill_vectors(self, skill_ids: Sequence[str], tenant: str | None) -> tuple[dict[str, str], np.ndarray]:
