@@ -8,19 +8,49 @@ places; below them, a skill's score is the larger of its score for the whole sen
 score over the pieces, and the result says which piece it came from. Pieces add the skills one embedding drowns;
 protecting the top keeps a piece such as "You will design" from pushing generic skills above the sentence's main
 one (on SkillSkape dev, MRR −11.8 without protection, −1.7 with the top one protected).
+
+Every caller (the mapper, the service's batcher, `tune`) decomposes the same way: `expand` the sentences into the
+texts to map (the sentences, then all their pieces), map those in one pass, `collapse` the results back.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from ._errors import InvalidInputError
 from ._results import SentenceResult, SkillMatch
 
 DEFAULT_WEIGHT = 0.8
 DEFAULT_PROTECT = 1
 """Chosen on TECH + HOUSE validation (mean RP@5 and RP@10 over weight 0.7/0.8/0.9 × protect 0–3; docs/accuracy.md)."""
+GRID = {"weight": (0.7, 0.8, 0.9), "protect": (0, 1, 2)}
+"""What `tune --decompose` searches besides λ, k, τ."""
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    """How piece rankings merge into the sentence's (see `merge`); `tune --decompose` saves a store's own."""
+
+    weight: float = DEFAULT_WEIGHT
+    protect: int = DEFAULT_PROTECT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 < self.weight <= 1:
+            raise InvalidInputError(f"decomposition weight must be in (0, 1], got {self.weight!r}")
+        if isinstance(self.protect, bool) or not isinstance(self.protect, int) or self.protect < 0:
+            raise InvalidInputError(f"decomposition protect must be an integer >= 0, got {self.protect!r}")
+
+    @classmethod
+    def from_record(cls, record: object) -> MergeParams:
+        """From tuned parameters' `decompose` entry ({"weight", "protect"}); the defaults when there is none."""
+        if not record:
+            return cls()
+        if not isinstance(record, dict) or set(record) - {"weight", "protect"}:
+            raise InvalidInputError(f"tuned parameters: 'decompose' must hold weight and protect, got {record!r}")
+        return cls(**record)
+
 _SPLIT = re.compile(
     r"\s*(?:[,;:()\[\]•·|/]|\s-\s|\b(?:as well as|such as|including|and|or|with)\b)\s*", re.IGNORECASE
 )
@@ -34,6 +64,23 @@ def pieces(sentence: str, min_words: int = 2) -> list[str]:
         if len(p.split()) >= min_words and p != sentence.strip(" .!?") and p not in out:
             out.append(p)
     return out if len(out) > 1 or (out and out[0] != sentence) else []
+
+
+def expand(sentences: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The texts to map for decomposed `sentences`: the sentences themselves, then every sentence's pieces in order;
+    and each sentence's pieces, which `collapse` needs to fold the results back."""
+    parts = [pieces(s) for s in sentences]
+    return [*sentences, *(p for ps in parts for p in ps)], parts
+
+
+def collapse(results: Sequence[SentenceResult], parts: Sequence[Sequence[str]], top: int,
+             params: MergeParams = MergeParams()) -> list[SentenceResult]:
+    """One result per sentence from the results of `expand`'s texts, in the same order."""
+    out, at = [], len(parts)
+    for i, ps in enumerate(parts):
+        out.append(merge(results[i], results[at : at + len(ps)], top, params.weight, params.protect))
+        at += len(ps)
+    return out
 
 
 def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _schema as S
 from ._data import tuned_defaults
-from ._decompose import DEFAULT_WEIGHT, merge, pieces
+from ._decompose import MergeParams, collapse, expand
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
@@ -114,6 +114,7 @@ class SkillMapper:
         exact: bool = False,
         hnsw_ef: int | None = DEFAULT_HNSW_EF,
         memory_sources: Sequence[str] | None = None,
+        decompose: bool | None = None,
     ) -> None:
         manifest = store.check_ready()
         store.check_model(encoder.name, encoder.dimension)
@@ -127,8 +128,11 @@ class SkillMapper:
         self.exact = exact
         self.hnsw_ef = hnsw_ef
         self.memory_payloads = MemoryPayloads(store)
-        self.decompose = False
-        self.decompose_weight = DEFAULT_WEIGHT
+        # Decomposition is on when asked, else when the store was tuned with it (`tune --decompose`), with the
+        # merge settings chosen there.
+        merging = tuned.get("decompose")
+        self.decompose = bool(merging) if decompose is None else decompose
+        self.merge_params = MergeParams.from_record(merging)
         # Votes only from memory of these sources (e.g. to measure what each source adds); None = all of them.
         self.memory_sources = list(memory_sources) if memory_sources else None
         self._hiders: tuple[object, frozenset[str]] = (object(), frozenset())  # (documents version, tenants)
@@ -143,6 +147,7 @@ class SkillMapper:
         exact: bool = False,
         device: str | None = None,
         memory_sources: Sequence[str] | None = None,
+        decompose: bool | None = None,
     ) -> SkillMapper:
         """Open a built store with the model it was built with. `location` is a `Connection` (a server, or any
         setting spelled out), an embedded store path, or None: the environment, else the default directory.
@@ -156,7 +161,7 @@ class SkillMapper:
             if model is not None:
                 store.check_model(canonical_model_name(model), None)
             return cls(store, Encoder(manifest.model, device=device), params, exact=exact,
-                       memory_sources=memory_sources)
+                       memory_sources=memory_sources, decompose=decompose)
         except BaseException:
             store.close()
             raise
@@ -192,13 +197,9 @@ class SkillMapper:
             if not decompose:
                 results += self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
                 continue
-            parts = [pieces(t) for t in batch]
-            flat = batch + [p for ps in parts for p in ps]  # one encode, one query per collection, for all
+            flat, parts = expand(batch)  # one encode, one query per collection, for sentences and pieces together
             mapped = self.map_vectors(flat, self.encoder.encode(flat), top=top, mode=mode, tenant=tenant)
-            at = len(batch)
-            for i, ps in enumerate(parts):
-                results.append(merge(mapped[i], mapped[at : at + len(ps)], top, self.decompose_weight))
-                at += len(ps)
+            results += collapse(mapped, parts, top, self.merge_params)
         return results
 
     def map_vectors(

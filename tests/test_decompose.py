@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from knnbe_qdrant import SkillMapper
-from knnbe_qdrant._decompose import merge, pieces
+from knnbe_qdrant import InvalidInputError, ScoringParams, SkillMapper
+from knnbe_qdrant._decompose import MergeParams, merge, pieces
 from knnbe_qdrant._results import SentenceResult, SkillMatch
+from knnbe_qdrant.evaluation import run_eval
+from knnbe_qdrant.evaluation.tuning import save_params, tune
 
 MULTI = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
 
@@ -58,3 +60,41 @@ def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encod
 def test_a_sentence_without_pieces_maps_as_before(built_store, encoder, sentence):
     mapper = SkillMapper(built_store, encoder, exact=True)
     assert mapper.map([sentence], decompose=True)[0] == mapper.map([sentence])[0]
+
+
+TUNE_GRID = {"lam": (0.4,), "k": (16,), "tau": (0.05,), "aggregation": ("softmax",), "weight": (0.7, 0.9),
+             "protect": (0, 1)}
+
+
+def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_store, encoder):
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    rows = tune(mapper, ["tech-validation"], grid=TUNE_GRID, decompose=True)
+    assert sorted((r["weight"], r["protect"]) for r in rows) == [(0.7, 0), (0.7, 1), (0.9, 0), (0.9, 1)]
+    for row in rows:
+        direct = SkillMapper(built_store, encoder, ScoringParams(lam=0.4, k=16, tau=0.05), exact=True, decompose=True)
+        direct.merge_params = MergeParams(row["weight"], row["protect"])
+        report = run_eval(direct, "tech-validation")["knnbe"]
+        for metric in ("rp@5", "rp@10", "mrr"):
+            assert row["tech-validation"][metric] == pytest.approx(report[metric])
+    assert len({round(r["tech-validation"]["mrr"], 6) for r in rows}) > 1  # the merge settings matter
+
+
+def test_a_store_tuned_with_decomposition_maps_with_it_unless_told_not_to(built_store, encoder):
+    manifest = built_store.manifest
+    best = {"lam": 0.4, "k": 16, "tau": 0.05, "aggregation": "softmax", "weight": 0.9, "protect": 2}
+    try:
+        save_params(SkillMapper(built_store, encoder), best, ["tech-validation"])
+        assert built_store.manifest.params["decompose"] == {"weight": 0.9, "protect": 2}
+        mapper = SkillMapper(built_store, encoder, exact=True)
+        assert mapper.decompose and mapper.merge_params == MergeParams(0.9, 2)
+        result = mapper.map([MULTI])[0]
+        assert result == mapper.map([MULTI], decompose=True)[0] and any(s.piece for s in result.skills)
+        off = SkillMapper(built_store, encoder, exact=True, decompose=False)
+        assert not any(s.piece for s in off.map([MULTI])[0].skills)
+        built_store.update_manifest(params={**built_store.manifest.params, "decompose": {"weight": 3, "protect": 1}})
+        with pytest.raises(InvalidInputError, match=r"decomposition weight must be in \(0, 1\], got 3"):
+            SkillMapper(built_store, encoder)
+    finally:
+        manifest.params = None
+        built_store._write_manifest(manifest)
+    assert not SkillMapper(built_store, encoder).decompose

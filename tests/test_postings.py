@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from knnbe_qdrant._decompose import pieces
 from knnbe_qdrant._results import SentenceResult, SkillMatch
 from knnbe_qdrant.postings import Posting, aggregate, split_sentences
 from tests.helpers import run
@@ -17,6 +18,7 @@ POSTINGS = [
     {"id": "p3", "text": "Fluent English is required. German is a plus, e.g. for customers."},
     {"id": "p4", "text": "Lead a team of five engineers; communicate with customers."},
 ]
+MULTI = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
 
 
 def test_split_sentences_uses_lines_bullets_and_a_real_segmenter():
@@ -157,3 +159,20 @@ def test_ray_gives_the_same_output_as_one_machine(cli_store, postings_file, tmp_
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert b"wrote 4 postings" in r.stdout
     assert distributed.read_bytes() == local.read_bytes()
+
+
+def test_decomposed_postings_say_which_piece_a_skill_came_from(cli_store, tmp_path):
+    src = tmp_path / "one.jsonl"
+    src.write_text(json.dumps({"id": "p", "text": MULTI}) + "\n", encoding="utf-8")
+    out, plain = tmp_path / "decomposed.jsonl", tmp_path / "plain.jsonl"
+    r = run("map-postings", src, out, "--decompose", "--no-progress", store=cli_store)
+    assert r.returncode == 0, r.stderr.decode()
+    support = [s for skill in read_jsonl(out)[0]["skills"] for s in skill["sentences"]]
+    assert {s["text"] for s in support} == {MULTI}
+    assert {s["piece"] for s in support if "piece" in s} & set(pieces(MULTI))
+    assert {s["piece"] for s in support if "piece" in s} <= set(pieces(MULTI))
+    assert run("map-postings", src, plain, "--no-progress", store=cli_store).returncode == 0
+    assert not any("piece" in s for skill in read_jsonl(plain)[0]["skills"] for s in skill["sentences"])
+    # The setting is part of the run: an output is not resumed with another one.
+    r = run("map-postings", src, out, "--no-decompose", "--no-progress", store=cli_store)
+    assert r.returncode == 2 and b"written by another run" in r.stderr

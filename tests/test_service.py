@@ -157,6 +157,24 @@ def test_a_whole_posting_is_split_and_aggregated(served):
     assert all(s["sentences"] for s in record["skills"])
 
 
+def test_decomposition_over_http_is_the_librarys(served):
+    client, keys, mapper, _ = served
+    multi = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
+    r = client.post("/v1/map", json={"sentences": [multi, SQL], "top": 6, "decompose": True},
+                    headers=auth(keys, "acme-reader"))
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    want = [x.to_dict() for x in mapper.map([multi, SQL], top=6, tenant="acme", decompose=True)]
+    assert [[(s["id"], s.get("piece")) for s in g["skills"]] for g in got] == [
+        [(s["id"], s.get("piece")) for s in w["skills"]] for w in want]
+    assert any("piece" in s for s in got[0]["skills"])
+    plain = client.post("/v1/map", json={"sentences": [multi], "top": 6}, headers=auth(keys, "acme-reader")).json()
+    assert not any("piece" in s for s in plain["results"][0]["skills"])  # off unless asked (or the store tuned so)
+    r = client.post("/v1/map/posting", json={"text": multi, "top": 6, "decompose": True},
+                    headers=auth(keys, "acme-reader"))
+    assert any("piece" in s for skill in r.json()["skills"] for s in skill["sentences"])
+
+
 def test_admin_manages_tenants_and_the_global_layer(served):
     client, keys, _, _ = served
     h = auth(keys, "root")

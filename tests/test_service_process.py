@@ -21,6 +21,7 @@ from tests.helpers import run
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROBE = "You will administer our Qdrant vector database and tune its HNSW indexes."
+MULTI = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
 TEACH = ["Operate and tune Qdrant vector database clusters in production.",
          "Design collections, payload indexes and HNSW settings for a vector search engine.",
          "Keep our vector database fast: sharding, replication and snapshot backups."]
@@ -127,6 +128,17 @@ def test_curator_flow_in_a_real_browser(served):
         page.click("#map")
         expect(page.locator(".result")).to_have_count(1)
         assert page.locator('.skill-row[data-skill="acme:vdb"]').count() == 0
+
+        # Decomposition on request: a multi-skill sentence's matches say which piece they came from.
+        page.fill("#sentences", MULTI)
+        page.fill("#top", "10")
+        page.check("#decompose")
+        page.click("#map")
+        expect(page.locator(".result .piece").first).to_contain_text("from the piece “")
+        page.uncheck("#decompose")
+        page.fill("#top", "5")
+        page.click("#map")
+        expect(page.locator(".result .piece")).to_have_count(0)
 
         page.fill("#skill-id", "acme:vdb")
         page.fill("#skill-label", "administer vector databases")

@@ -37,6 +37,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                     help="save them as the shipped defaults for this model (maintainers), not in the store")
     tu.add_argument("--show", type=int, default=10, help="grid points to print (default 10)")
     tu.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
+    tu.add_argument("--decompose", action="store_true", help="tune for query decomposition (the merge weight and "
+                    "protected places too); the store then maps with it by default")
     tu.set_defaults(func=tune)
 
     un = sub.add_parser("unseen", parents=[parent], help="unseen skills without retraining: remove some skills' "
@@ -98,30 +100,39 @@ def tune(args: argparse.Namespace) -> int:
     from ..evaluation.tuning import tune as run
 
     with open_mapper(args, exact=args.exact) as mapper:
-        default = mapper.params
-        rows = run(mapper, args.files, checks=args.check)
+        default, merge = mapper.params, mapper.merge_params
+        rows = run(mapper, args.files, checks=args.check, decompose=args.decompose)
         names = [str(f) for f in [*args.files, *args.check]]
-        print(f"{'lam':>4} {'k':>4} {'tau':>5} {'agg':<8} " + "  ".join(f"{Path(n).name[:22]:>22}" for n in names)
-              + "  objective")
-        print(f"{'':>24}" + "  ".join(f"{'RP@5 / RP@10 / MRR':>22}" for _ in names))
+        extra = f" {'wt':>4} {'prot':>4}" if args.decompose else ""
+        print(f"{'lam':>4} {'k':>4} {'tau':>5} {'agg':<8}{extra} "
+              + "  ".join(f"{Path(n).name[:22]:>22}" for n in names) + "  objective")
+        print(f"{'':>{24 + len(extra)}}" + "  ".join(f"{'RP@5 / RP@10 / MRR':>22}" for _ in names))
+
+        def setting(r: dict[str, Any]) -> str:
+            merged = f" {r['weight']:>4} {r['protect']:>4}" if args.decompose else ""
+            return f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8}{merged}"
+
+        def describe(r: dict[str, Any]) -> str:
+            merged = f", weight {r['weight']}, protect {r['protect']}" if args.decompose else ""
+            return f"lam {r['lam']}, k {r['k']}, tau {r['tau']}, {r['aggregation']}{merged}"
+
         for r in rows[: args.show]:
             cells = "  ".join(f"{100 * r[n]['rp@5']:6.1f} /{100 * r[n]['rp@10']:5.1f} /{100 * r[n]['mrr']:5.1f}"
                               for n in names)
-            print(f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8} {cells}  {100 * r['objective']:.1f}")
+            print(f"{setting(r)} {cells}  {100 * r['objective']:.1f}")
         best = rows[0]
-        before = next((r for r in rows if (r["lam"], r["k"], r["tau"], r["aggregation"]) ==
-                       (default.lam, default.k, default.tau, default.aggregation)), None)
+        now = (default.lam, default.k, default.tau, default.aggregation, merge.weight, merge.protect)
+        before = next((r for r in rows if (r["lam"], r["k"], r["tau"], r["aggregation"], r.get("weight", merge.weight),
+                                           r.get("protect", merge.protect)) == now), None)
         if before is not None:
-            print(f"current defaults (lam {default.lam}, k {default.k}, tau {default.tau}): objective "
-                  f"{100 * before['objective']:.1f}")
+            print(f"current defaults ({describe(before)}): objective {100 * before['objective']:.1f}")
+        chosen = describe(best) + (" with decomposition" if args.decompose else "")
         if args.package_defaults and not args.dry_run:
             path = save_package_defaults(mapper, best, args.files)
-            print(f"saved lam {best['lam']}, k {best['k']}, tau {best['tau']}, {best['aggregation']} for "
-                  f"{mapper.encoder.name} in {path}")
+            print(f"saved {chosen} for {mapper.encoder.name} in {path}")
         elif not args.dry_run:
             save_params(mapper, best, args.files)
-            print(f"saved lam {best['lam']}, k {best['k']}, tau {best['tau']}, {best['aggregation']} as the defaults "
-                  f"of {mapper.store.describe()}")
+            print(f"saved {chosen} as the defaults of {mapper.store.describe()}")
     return 0
 
 

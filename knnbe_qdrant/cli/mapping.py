@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import asdict
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,8 +29,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     m.add_argument("--mode", default="knnbe", choices=["knnbe", "bi-encoder", "knn"], help="scoring (default knnbe)")
     m.add_argument("--tenant", help="also see this tenant's skills and memory")
     m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
-    m.add_argument("--decompose", action="store_true", help="also map each piece of a sentence that names several "
-                   "skills; a skill found through a piece says which (not the default: see docs/accuracy.md)")
+    m.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="also map each piece of a sentence "
+                   "that names several skills; a skill found through a piece says which (default: off, unless the "
+                   "store was tuned with `tune --decompose`; see docs/accuracy.md)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=map_sentences)
 
@@ -41,6 +43,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     mp.add_argument("--top", type=int, default=20, help="skills per posting (default 20)")
     mp.add_argument("--sentence-top", type=int, default=10, help="skills kept per sentence (default 10)")
     mp.add_argument("--tenant")
+    mp.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="map each sentence's pieces too, "
+                    "as `map --decompose` (default: the store's)")
     mp.add_argument("--no-progress", action="store_true")
     mp.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local' starts a local instance, or a cluster "
                     "address ('auto', 'ray://head:10001'); needs the ray extra")
@@ -114,24 +118,22 @@ def _map_stream(args: argparse.Namespace, batches: Iterator[list[str]]) -> int:
 
 
 def map_postings(args: argparse.Namespace) -> int:
-    from ..postings import LocalRunner, Runner
+    from ..postings import LocalRunner, PostingSettings, Runner
     from ..postings import map_postings as run
 
-    if args.top < 1 or args.sentence_top < 1:
-        raise InvalidInputError("--top and --sentence-top must be >= 1")
+    settings = PostingSettings(args.top, args.sentence_top, args.tenant, args.decompose)
     runner: Runner
     if args.ray:
         from ..postings.ray import RayRunner
 
-        runner = RayRunner(args.ray, args.ray_actors, connection(args), args.top, args.sentence_top, args.tenant)
+        runner = RayRunner(args.ray, args.ray_actors, connection(args), settings)
         mapper = None
     else:
         mapper = open_mapper(args)
-        runner = LocalRunner(mapper, args.top, args.sentence_top, args.tenant)
+        runner = LocalRunner(mapper, settings)
     try:
         record = {"source": str(Path(args.source).resolve()), "id_field": args.id_field,
-                  "text_field": args.text_field, "top": args.top, "sentence_top": args.sentence_top,
-                  "tenant": args.tenant, "store": connection(args).describe()}
+                  "text_field": args.text_field, **asdict(settings), "store": connection(args).describe()}
         report = run(
             runner, args.source, args.out, id_field=args.id_field, text_field=args.text_field,
             progress=not args.no_progress, run=record,

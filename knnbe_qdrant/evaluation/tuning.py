@@ -4,6 +4,9 @@ defaults (the manifest's `params`, which `SkillMapper` reads when no parameters 
 Each file's sentences are encoded and sent to Qdrant once, with the widest limits of the grid; every grid point is
 then scored from those results by the same `map_vectors` the product uses (a smaller k is a prefix of the wider
 neighbour list), so a grid of hundreds of points costs seconds.
+
+With `decompose`, each file's sentences and their pieces are mapped together, as `SkillMapper.map` does, and the
+merge settings (`_decompose.GRID`) are searched as well; the store then maps with decomposition by default.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 
 from .. import _schema as S
 from .._data import TUNED_PARAMS, data_file
+from .._decompose import GRID as MERGE_GRID
+from .._decompose import MergeParams, collapse, expand
 from .._mapper import TIE_MARGIN, SkillMapper
 from .._scoring import ScoringParams
 from .._tenancy import visible_memory, visible_skills
@@ -55,22 +60,26 @@ class _Replay:
 
 
 def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Sequence[Any]] | None = None,
-         checks: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+         checks: Sequence[str | Path] = (), *, decompose: bool = False) -> list[dict[str, Any]]:
     """Every grid point with its metrics per file and the objective (mean of RP@5 and RP@10 over `files`), best
-    first. `checks` are evaluated at every point too, and reported, but do not enter the objective."""
-    grid = grid or GRID
+    first. `checks` are evaluated at every point too, and reported, but do not enter the objective. With
+    `decompose`, a point also has the merge settings (`weight`, `protect`: from `grid`, else `_decompose.GRID`)."""
+    grid = {**GRID, **(MERGE_GRID if decompose else {}), **(grid or {})}
+    merges = ([MergeParams(w, p) for w, p in itertools.product(grid["weight"], grid["protect"])] if decompose
+              else [None])
     replay = _Replay(mapper.store)
     data = []
     for path in [*files, *checks]:
         items = read_benchmark(path)
         golds, _ = resolve_gold(items, mapper.store)
         sentences = [i.sentence for i in items]
-        vectors = mapper.encoder.encode(sentences)
+        texts, parts = expand(sentences) if decompose else (sentences, [])
+        vectors = mapper.encoder.encode(texts)
         replay.prepare(
             vectors, {S.SKILLS: visible_skills(None), S.MEMORY: visible_memory(None)},
             {S.SKILLS: DEPTH, S.MEMORY: max(grid["k"]) + TIE_MARGIN}, exact=mapper.exact, hnsw_ef=mapper.hnsw_ef,
         )
-        data.append((str(path), sentences, vectors, golds))
+        data.append((str(path), texts, parts, vectors, golds))
     tuned = SkillMapper.__new__(SkillMapper)
     tuned.__dict__.update(mapper.__dict__, store=replay)
     rows = []
@@ -78,23 +87,31 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
         if aggregation == "uniform" and tau != grid["tau"][0]:
             continue  # τ does not enter the uniform vote
         tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation)
-        row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation}
-        for path, sentences, vectors, golds in data:
-            results = tuned.map_vectors(sentences, vectors, top=DEPTH)
-            row[path] = evaluate([[s.id for s in r.skills] for r in results], golds)
-        row["objective"] = float(np.mean([(row[str(p)]["rp@5"] + row[str(p)]["rp@10"]) / 2 for p in files]))
-        rows.append(row)
+        point = {path: (tuned.map_vectors(texts, vectors, top=DEPTH), parts, golds)
+                 for path, texts, parts, vectors, golds in data}
+        for merge in merges:
+            row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation}
+            if merge is not None:
+                row.update(weight=merge.weight, protect=merge.protect)
+            for path, (results, parts, golds) in point.items():
+                ranked = collapse(results, parts, DEPTH, merge) if merge is not None else results
+                row[path] = evaluate([[s.id for s in r.skills] for r in ranked], golds)
+            row["objective"] = float(np.mean([(row[str(p)]["rp@5"] + row[str(p)]["rp@10"]) / 2 for p in files]))
+            rows.append(row)
     rows.sort(key=lambda r: -r["objective"])
     return rows
 
 
 def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapper) -> dict[str, Any]:
     manifest = mapper.store.manifest
-    return {
+    record = {
         "lam": best["lam"], "k": best["k"], "tau": best["tau"], "aggregation": best["aggregation"],
         "tuned_on": [Path(f).name for f in files], "tuned_at": S.utc_now(),
         "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
     }
+    if "weight" in best:  # tuned with decomposition: the store maps with it by default
+        record["decompose"] = {"weight": best["weight"], "protect": best["protect"]}
+    return record
 
 
 def save_params(mapper: SkillMapper, best: dict[str, Any], files: Sequence[str | Path]) -> None:

@@ -1,8 +1,10 @@
 """`knnbe-qdrant map-postings`: whole job postings in, skills per posting out; streaming, resumable.
 
-Aggregation (per posting): each sentence is mapped with kNNBE; a skill's posting score is the highest score it gets
-in any of the posting's sentences, and its support is every sentence in whose top `sentence_top` it appears (with
-that sentence's score). Skills rank by posting score, then by how many sentences support them, then by id.
+Aggregation (per posting): each sentence is mapped with kNNBE (decomposed, when asked or when the store was tuned
+so); a skill's posting score is the highest score it gets in any of the posting's sentences, and its support is
+every sentence in whose top `sentence_top` it appears (with that sentence's score, and the piece of the sentence it
+came from when decomposition found it there). Skills rank by posting score, then by how many sentences support them,
+then by id.
 
 Resuming: the output is written in input order, one line per posting, flushed batch by batch. On restart the
 postings already in the output are counted (a torn last line from a crash is cut off) and skipped in the input,
@@ -23,6 +25,21 @@ from .._errors import InvalidInputError
 from .._mapper import SkillMapper
 from .._results import SentenceResult
 from .reading import Posting, count_rows, read_postings, split_sentences
+
+
+@dataclass(frozen=True)
+class PostingSettings:
+    """How each posting is mapped: skills kept per posting and per sentence, whose view, decomposition (None: the
+    store's default)."""
+
+    top: int = 20
+    sentence_top: int = 10
+    tenant: str | None = None
+    decompose: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.top < 1 or self.sentence_top < 1:
+            raise InvalidInputError("--top and --sentence-top must be >= 1")
 
 
 @dataclass
@@ -48,7 +65,10 @@ class _Aggregate:
                 entry = self.skills.setdefault(match.id, {"id": match.id, "label": match.label, "score": match.score,
                                                           "sentences": []})
                 entry["score"] = max(entry["score"], match.score)
-                entry["sentences"].append({"text": result.text, "score": match.score})
+                support = {"text": result.text, "score": match.score}
+                if match.piece is not None:
+                    support["piece"] = match.piece
+                entry["sentences"].append(support)
 
     def record(self, posting: Posting, top: int) -> dict[str, Any]:
         ranked = sorted(self.skills.values(), key=lambda s: (-s["score"], -len(s["sentences"]), s["id"]))[:top]
@@ -83,17 +103,18 @@ MAP_CHUNK = 256
 """Sentences mapped per call, whatever the postings: memory is bounded by this, not by the input."""
 
 
-def map_batch(mapper: SkillMapper, batch: Batch, top: int, sentence_top: int, tenant: str | None) -> list[dict]:
+def map_batch(mapper: SkillMapper, batch: Batch, settings: PostingSettings) -> list[dict]:
     """The output records of a batch of (posting, its sentences): its sentences mapped MAP_CHUNK at a time across
     postings, each chunk's results folded into its postings' aggregates and then dropped."""
     folds = [_Aggregate() for _ in batch]
     owners = [(i, s) for i, (_, sentences) in enumerate(batch) for s in sentences]
     for start in range(0, len(owners), MAP_CHUNK):
         chunk = owners[start : start + MAP_CHUNK]
-        results = mapper.map([s for _, s in chunk], top=sentence_top, tenant=tenant)
+        results = mapper.map([s for _, s in chunk], top=settings.sentence_top, tenant=settings.tenant,
+                             decompose=settings.decompose)
         for (i, _), result in zip(chunk, results):
             folds[i].add([result])
-    return [fold.record(posting, top) for fold, (posting, _) in zip(folds, batch)]
+    return [fold.record(posting, settings.top) for fold, (posting, _) in zip(folds, batch)]
 
 
 class Runner(Protocol):
@@ -114,12 +135,11 @@ class LocalRunner:
 
     max_in_flight = 1
 
-    def __init__(self, mapper: SkillMapper, top: int, sentence_top: int, tenant: str | None) -> None:
-        self.args = (mapper, top, sentence_top, tenant)
+    def __init__(self, mapper: SkillMapper, settings: PostingSettings) -> None:
+        self.mapper, self.settings = mapper, settings
 
     def submit(self, batch: Batch) -> list[dict]:
-        mapper, top, sentence_top, tenant = self.args
-        return map_batch(mapper, batch, top, sentence_top, tenant)
+        return map_batch(self.mapper, batch, self.settings)
 
     def result(self, handle: list[dict]) -> list[dict]:
         return handle

@@ -19,21 +19,21 @@ from typing import Any
 from .._errors import KnnbeError
 from .._mapper import SkillMapper
 from ..store.connection import Connection
-from .mapping import Batch, map_batch
+from .mapping import Batch, PostingSettings, map_batch
 
 
 class _PostingsActor:
-    def __init__(self, connection: Connection, top: int, sentence_top: int, tenant: str | None) -> None:
+    def __init__(self, connection: Connection, settings: PostingSettings) -> None:
         self.copy = None
         if connection.path is not None:
             self.copy = tempfile.mkdtemp(prefix="knnbe-actor-")
             copied = shutil.copytree(connection.path, os.path.join(self.copy, "store"))
             connection = replace(connection, path=Path(copied))
         self.mapper = SkillMapper.open(connection)
-        self.args = (top, sentence_top, tenant)
+        self.settings = settings
 
     def map(self, batch: Batch) -> list[dict]:
-        return map_batch(self.mapper, batch, *self.args)
+        return map_batch(self.mapper, batch, self.settings)
 
     def close(self) -> None:
         self.mapper.close()
@@ -44,8 +44,7 @@ class _PostingsActor:
 class RayRunner:
     """Round-robins batches over `actors` mapper actors, keeping at most two batches per actor in flight."""
 
-    def __init__(self, address: str, actors: int, connection: Connection, top: int, sentence_top: int,
-                 tenant: str | None) -> None:
+    def __init__(self, address: str, actors: int, connection: Connection, settings: PostingSettings) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -58,7 +57,7 @@ class RayRunner:
             else:
                 ray.init(address=address, log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_PostingsActor)
-        self.actors = [actor.remote(connection, top, sentence_top, tenant) for _ in range(max(actors, 1))]
+        self.actors = [actor.remote(connection, settings) for _ in range(max(actors, 1))]
         self.max_in_flight = 2 * len(self.actors)
         self.next = 0
 

@@ -15,6 +15,8 @@ class _Body(BaseModel):
 class MapRequest(_Body):
     sentences: list[str] = Field(description="the sentences to map, each non-empty")
     top: int = Field(10, ge=1, description="skills per sentence")
+    decompose: bool | None = Field(None, description="also map each piece of a sentence that names several skills "
+                                   "(`map --decompose`); default: the store's")
 
 
 class EvidenceOut(BaseModel):
@@ -29,6 +31,8 @@ class SkillOut(BaseModel):
     bi_encoder: float
     knn: float
     evidence: list[EvidenceOut]
+    piece: str | None = Field(None, description="with decomposition: the piece of the sentence the match came from "
+                              "(absent when it came from the whole sentence)")
 
 
 class SentenceOut(BaseModel):
@@ -46,6 +50,7 @@ class PostingRequest(_Body):
     id: str | None = None
     top: int = Field(20, ge=1, description="skills for the posting")
     sentence_top: int = Field(10, ge=1, description="skills kept per sentence")
+    decompose: bool | None = Field(None, description="as for /map")
 
 
 class SkillCreate(_Body):

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from .. import _schema as S
+from .._decompose import collapse, expand
 from .._mapper import validate_sentences
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
@@ -73,15 +74,19 @@ def router(service: Service) -> APIRouter:
         if top > limits.max_top:
             raise ApiError(422, f"top: at most {limits.max_top}, got {top}")
 
-    async def map_batched(sentences: list[str], top: int, tenant: str | None) -> list[Any]:
-        _, _, _, batcher = service.require_ready()
+    async def map_batched(sentences: list[str], top: int, tenant: str | None, decompose: bool | None) -> list[Any]:
+        mapper, _, _, batcher = service.require_ready()
         service.metrics.request_sentences.observe(len(sentences))
-        return await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
+        if not (mapper.decompose if decompose is None else decompose):
+            return await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
+        texts, parts = expand(sentences)  # batched like any request's sentences, then folded back as `map` does
+        mapped = await asyncio.wrap_future(batcher.submit(texts, top, tenant))
+        return collapse(mapped, parts, top, mapper.merge_params)
 
     @api.post("/map", response_model=MapResponse, summary="Map sentences to skills")
     async def map_sentences(body: MapRequest, key: Reader) -> Response:
         check_top(body.top)
-        results = await map_batched(check_sentences(body.sentences), body.top, key.tenant)
+        results = await map_batched(check_sentences(body.sentences), body.top, key.tenant, body.decompose)
         # Serialised here: the response model documents the shape, but validating and encoding every evidence
         # sentence through it again would cost more than the mapping's own Python work.
         return Response(json.dumps({"results": [r.to_dict() for r in results]}, ensure_ascii=False),
@@ -96,7 +101,7 @@ def router(service: Service) -> APIRouter:
         sentences = [s[: limits.max_chars] for s in split_sentences(body.text)]
         if len(sentences) > limits.max_sentences:
             raise ApiError(422, f"text: {len(sentences)} sentences, at most {limits.max_sentences} per request")
-        results = await map_batched(sentences, body.sentence_top, key.tenant) if sentences else []
+        results = await map_batched(sentences, body.sentence_top, key.tenant, body.decompose) if sentences else []
         return aggregate(Posting(body.id or "", body.text), results, body.top)
 
     @api.get("/whoami", summary="The key's name, role and tenant")

@@ -67,7 +67,9 @@ async function mapSentences() {
   if (!sentences.length) return say("Type at least one sentence.", "error");
   const top = parseInt($("#top").value, 10) || 5;
   try {
-    const { results } = await api("POST", "/v1/map", { sentences, top });
+    // Unticked sends nothing: the store's own default (on where it was tuned with `tune --decompose`).
+    const decompose = $("#decompose").checked ? true : undefined;
+    const { results } = await api("POST", "/v1/map", { sentences, top, decompose });
     $("#results").replaceChildren(...results.map(renderResult));
     say(`Mapped ${results.length} sentence(s).`);
   } catch (e) {
@@ -79,10 +81,11 @@ function renderResult(result) {
   const rows = result.skills.map((s, i) => {
     const evidence = el("ul", { class: "evidence" }, ...s.evidence.map((e) => renderEvidence(e, s)));
     const label = el("a", { href: "#", class: "skill-link", onclick: (ev) => { ev.preventDefault(); browse(s.id); } }, s.label);
+    const piece = s.piece ? el("div", { class: "piece" }, `from the piece “${s.piece}”`) : "";
     return el("tr", { class: "skill-row", "data-skill": s.id },
       el("td", { class: "num" }, i + 1), el("td", { class: "num score" }, fmt(s.score)),
       el("td", { class: "num" }, fmt(s.bi_encoder)), el("td", { class: "num" }, fmt(s.knn)),
-      el("td", {}, label, " ", el("span", { class: "skill-id" }, s.id), evidence));
+      el("td", {}, label, " ", el("span", { class: "skill-id" }, s.id), piece, evidence));
   });
   const table = el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "score"),
     el("th", {}, "bi-enc"), el("th", {}, "kNN"), el("th", {}, "skill and the memory sentences that voted"))),
