@@ -9,6 +9,11 @@ score over the pieces, and the result says which piece it came from. Pieces add 
 protecting the top keeps a piece such as "You will design" from pushing generic skills above the sentence's main
 one (on SkillSkape dev, MRR −11.8 without protection, −1.7 with the top one protected).
 
+A sentence the memory already knows (its nearest memory sentence at similarity `gate` or more) stays whole: the
+memory's labelled sentences carry all the skills of a multi-skill sentence, so the kNN vote already covers them,
+and pieces only add noise there (SkillSkape dev RP@5 −3.3 without the gate, −0.3 with it; TECH and HOUSE
+validation unchanged, their sentences being mostly unfamiliar: docs/accuracy.md).
+
 Every caller (the mapper, the service's batcher, `tune`) decomposes the same way: `expand` the sentences into the
 texts to map (the sentences, then all their pieces), map those in one pass, `collapse` the results back.
 """
@@ -25,8 +30,11 @@ from ._results import SentenceResult, SkillMatch
 DEFAULT_WEIGHT = 0.8
 DEFAULT_PROTECT = 1
 """Chosen on TECH + HOUSE validation (mean RP@5 and RP@10 over weight 0.7/0.8/0.9 × protect 0–3; docs/accuracy.md)."""
+DEFAULT_GATE = 0.75
+"""Chosen on TECH + HOUSE validation and one half of SkillSkape dev (the other half kept to check it)."""
 GRID = {"weight": (0.7, 0.8, 0.9), "protect": (0, 1, 2)}
-"""What `tune --decompose` searches besides λ, k, τ."""
+"""What `tune --decompose` searches besides λ, k, τ (the gate stays at its default: TECH and HOUSE, the tuning
+files, barely tell gates apart)."""
 
 
 @dataclass(frozen=True)
@@ -35,20 +43,24 @@ class MergeParams:
 
     weight: float = DEFAULT_WEIGHT
     protect: int = DEFAULT_PROTECT
+    gate: float = DEFAULT_GATE
 
     def __post_init__(self) -> None:
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 < self.weight <= 1:
             raise InvalidInputError(f"decomposition weight must be in (0, 1], got {self.weight!r}")
         if isinstance(self.protect, bool) or not isinstance(self.protect, int) or self.protect < 0:
             raise InvalidInputError(f"decomposition protect must be an integer >= 0, got {self.protect!r}")
+        if isinstance(self.gate, bool) or not isinstance(self.gate, (int, float)) or not self.gate > 0:
+            raise InvalidInputError(f"decomposition gate must be > 0 (above 1: never), got {self.gate!r}")
 
     @classmethod
     def from_record(cls, record: object) -> MergeParams:
-        """From tuned parameters' `decompose` entry ({"weight", "protect"}); the defaults when there is none."""
+        """From tuned parameters' `decompose` entry ({"weight", "protect", "gate"}; a missing one takes its
+        default); the defaults when there is none."""
         if not record:
             return cls()
-        if not isinstance(record, dict) or set(record) - {"weight", "protect"}:
-            raise InvalidInputError(f"tuned parameters: 'decompose' must hold weight and protect, got {record!r}")
+        if not isinstance(record, dict) or set(record) - {"weight", "protect", "gate"}:
+            raise InvalidInputError(f"tuned parameters: 'decompose' must hold weight, protect, gate; got {record!r}")
         return cls(**record)
 
 _SPLIT = re.compile(
@@ -78,16 +90,18 @@ def collapse(results: Sequence[SentenceResult], parts: Sequence[Sequence[str]], 
     """One result per sentence from the results of `expand`'s texts, in the same order."""
     out, at = [], len(parts)
     for i, ps in enumerate(parts):
-        out.append(merge(results[i], results[at : at + len(ps)], top, params.weight, params.protect))
+        out.append(merge(results[i], results[at : at + len(ps)], top, params.weight, params.protect, params.gate))
         at += len(ps)
     return out
 
 
-def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
-          weight: float = DEFAULT_WEIGHT, protect: int = DEFAULT_PROTECT) -> SentenceResult:
+def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int, weight: float = DEFAULT_WEIGHT,
+          protect: int = DEFAULT_PROTECT, gate: float = DEFAULT_GATE) -> SentenceResult:
     """The whole sentence's result with its pieces' skills merged in: its first `protect` matches stay first; the
     others rank by max(whole, weight * best piece), ties keeping the whole sentence's match. A match that won
-    through a piece carries that piece."""
+    through a piece carries that piece. A sentence whose nearest memory sentence is at `gate` or above stays whole."""
+    if whole.nearest_memory is not None and whole.nearest_memory >= gate:
+        return SentenceResult(text=whole.text, skills=whole.skills[:top], nearest_memory=whole.nearest_memory)
     kept = whole.skills[:protect]
     best: dict[str, SkillMatch] = {s.id: s for s in whole.skills[protect:]}
     skip = {s.id for s in kept}
@@ -98,4 +112,4 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
             if s.id not in skip and (current is None or scaled > current.score):
                 best[s.id] = replace(s, score=scaled, piece=part.text)
     ranked = sorted(best.values(), key=lambda s: (-s.score, -s.bi_encoder, s.id))
-    return SentenceResult(text=whole.text, skills=[*kept, *ranked][:top])
+    return SentenceResult(text=whole.text, skills=[*kept, *ranked][:top], nearest_memory=whole.nearest_memory)

@@ -290,7 +290,7 @@ class SkillMapper:
                         evidence=evidence,
                     )
                 )
-            results.append(SentenceResult(text=text, skills=matches))
+            results.append(SentenceResult(text=text, skills=matches, nearest_memory=max(sims) if sims else None))
         return results
 
     def _has_marks(self, tenant: str | None) -> bool:

@@ -37,6 +37,9 @@ class SkillMatch:
 class SentenceResult:
     text: str
     skills: list[SkillMatch]
+    nearest_memory: float | None = None
+    """Similarity of the nearest memory sentence (None without a kNN query, as in bi-encoder mode, or with no
+    memory to see): how familiar the sentence is to the memory. Decomposition leaves familiar sentences whole."""
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` line format: {"text", "skills": [{"id", "label", "score", "bi_encoder", "knn", "evidence"}]}.

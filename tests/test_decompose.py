@@ -45,6 +45,14 @@ def test_merge_keeps_the_whole_sentences_best_skills_first():
     assert merge(whole, parts, top=2, protect=3).skills == whole.skills[:2]
 
 
+def test_a_sentence_the_memory_knows_stays_whole():
+    parts = [SentenceResult("piece b", [match("b", 0.9)])]
+    for nearest, merged in [(0.9, ["a", "x"]), (0.74, ["a", "b"]), (None, ["a", "b"])]:
+        whole = SentenceResult("a and b", [match("a", 0.5), match("x", 0.3)], nearest_memory=nearest)
+        result = merge(whole, parts, top=2, weight=0.8, protect=1, gate=0.75)
+        assert [s.id for s in result.skills] == merged and result.nearest_memory == nearest
+
+
 def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encoder):
     mapper = SkillMapper(built_store, encoder, exact=True)
     plain = mapper.map([MULTI], top=10)[0]
@@ -70,9 +78,10 @@ def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_store
     mapper = SkillMapper(built_store, encoder, exact=True)
     rows = tune(mapper, ["tech-validation"], grid=TUNE_GRID, decompose=True)
     assert sorted((r["weight"], r["protect"]) for r in rows) == [(0.7, 0), (0.7, 1), (0.9, 0), (0.9, 1)]
+    assert {r["gate"] for r in rows} == {MergeParams().gate}
     for row in rows:
         direct = SkillMapper(built_store, encoder, ScoringParams(lam=0.4, k=16, tau=0.05), exact=True, decompose=True)
-        direct.merge_params = MergeParams(row["weight"], row["protect"])
+        direct.merge_params = MergeParams(row["weight"], row["protect"], row["gate"])
         report = run_eval(direct, "tech-validation")["knnbe"]
         for metric in ("rp@5", "rp@10", "mrr"):
             assert row["tech-validation"][metric] == pytest.approx(report[metric])
@@ -81,12 +90,12 @@ def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_store
 
 def test_a_store_tuned_with_decomposition_maps_with_it_unless_told_not_to(built_store, encoder):
     manifest = built_store.manifest
-    best = {"lam": 0.4, "k": 16, "tau": 0.05, "aggregation": "softmax", "weight": 0.9, "protect": 2}
+    best = {"lam": 0.4, "k": 16, "tau": 0.05, "aggregation": "softmax", "weight": 0.9, "protect": 2, "gate": 1.01}
     try:
         save_params(SkillMapper(built_store, encoder), best, ["tech-validation"])
-        assert built_store.manifest.params["decompose"] == {"weight": 0.9, "protect": 2}
+        assert built_store.manifest.params["decompose"] == {"weight": 0.9, "protect": 2, "gate": 1.01}
         mapper = SkillMapper(built_store, encoder, exact=True)
-        assert mapper.decompose and mapper.merge_params == MergeParams(0.9, 2)
+        assert mapper.decompose and mapper.merge_params == MergeParams(0.9, 2, 1.01)
         result = mapper.map([MULTI])[0]
         assert result == mapper.map([MULTI], decompose=True)[0] and any(s.piece for s in result.skills)
         off = SkillMapper(built_store, encoder, exact=True, decompose=False)

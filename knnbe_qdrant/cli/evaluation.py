@@ -38,7 +38,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     tu.add_argument("--show", type=int, default=10, help="grid points to print (default 10)")
     tu.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     tu.add_argument("--decompose", action="store_true", help="tune for query decomposition (the merge weight and "
-                    "protected places too); the store then maps with it by default")
+                    "protected places too; the gate stays at its default); the store then maps with it by default")
     tu.set_defaults(func=tune)
 
     un = sub.add_parser("unseen", parents=[parent], help="unseen skills without retraining: remove some skills' "
@@ -113,7 +113,7 @@ def tune(args: argparse.Namespace) -> int:
             return f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8}{merged}"
 
         def describe(r: dict[str, Any]) -> str:
-            merged = f", weight {r['weight']}, protect {r['protect']}" if args.decompose else ""
+            merged = f", weight {r['weight']}, protect {r['protect']}, gate {r['gate']}" if args.decompose else ""
             return f"lam {r['lam']}, k {r['k']}, tau {r['tau']}, {r['aggregation']}{merged}"
 
         for r in rows[: args.show]:

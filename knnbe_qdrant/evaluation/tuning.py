@@ -65,8 +65,9 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
     first. `checks` are evaluated at every point too, and reported, but do not enter the objective. With
     `decompose`, a point also has the merge settings (`weight`, `protect`: from `grid`, else `_decompose.GRID`)."""
     grid = {**GRID, **(MERGE_GRID if decompose else {}), **(grid or {})}
-    merges = ([MergeParams(w, p) for w, p in itertools.product(grid["weight"], grid["protect"])] if decompose
-              else [None])
+    gates = grid.get("gate", (MergeParams().gate,))
+    merges = ([MergeParams(w, p, g) for w, p, g in itertools.product(grid["weight"], grid["protect"], gates)]
+              if decompose else [None])
     replay = _Replay(mapper.store)
     data = []
     for path in [*files, *checks]:
@@ -92,7 +93,7 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
         for merge in merges:
             row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation}
             if merge is not None:
-                row.update(weight=merge.weight, protect=merge.protect)
+                row.update(weight=merge.weight, protect=merge.protect, gate=merge.gate)
             for path, (results, parts, golds) in point.items():
                 ranked = collapse(results, parts, DEPTH, merge) if merge is not None else results
                 row[path] = evaluate([[s.id for s in r.skills] for r in ranked], golds)
@@ -110,7 +111,7 @@ def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapp
         "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
     }
     if "weight" in best:  # tuned with decomposition: the store maps with it by default
-        record["decompose"] = {"weight": best["weight"], "protect": best["protect"]}
+        record["decompose"] = {"weight": best["weight"], "protect": best["protect"], "gate": best["gate"]}
     return record
 
 
