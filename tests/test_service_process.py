@@ -135,6 +135,7 @@ def test_curator_flow_in_a_real_browser(served):
         page.check("#decompose")
         page.click("#map")
         expect(page.locator(".result .piece").first).to_contain_text("from the piece “")
+        page.screenshot(path=str(shots / "curator-decomposed.png"), full_page=True)
         page.uncheck("#decompose")
         page.fill("#top", "5")
         page.click("#map")
