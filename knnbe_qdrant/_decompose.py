@@ -90,24 +90,24 @@ def collapse(results: Sequence[SentenceResult], parts: Sequence[Sequence[str]], 
     """One result per sentence from the results of `expand`'s texts, in the same order."""
     out, at = [], len(parts)
     for i, ps in enumerate(parts):
-        out.append(merge(results[i], results[at : at + len(ps)], top, params.weight, params.protect, params.gate))
+        out.append(merge(results[i], results[at : at + len(ps)], top, params))
         at += len(ps)
     return out
 
 
-def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int, weight: float = DEFAULT_WEIGHT,
-          protect: int = DEFAULT_PROTECT, gate: float = DEFAULT_GATE) -> SentenceResult:
+def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
+          params: MergeParams = MergeParams()) -> SentenceResult:
     """The whole sentence's result with its pieces' skills merged in: its first `protect` matches stay first; the
     others rank by max(whole, weight * best piece), ties keeping the whole sentence's match. A match that won
     through a piece carries that piece. A sentence whose nearest memory sentence is at `gate` or above stays whole."""
-    if whole.nearest_memory is not None and whole.nearest_memory >= gate:
+    if whole.nearest_memory is not None and whole.nearest_memory >= params.gate:
         return SentenceResult(text=whole.text, skills=whole.skills[:top], nearest_memory=whole.nearest_memory)
-    kept = whole.skills[:protect]
-    best: dict[str, SkillMatch] = {s.id: s for s in whole.skills[protect:]}
+    kept = whole.skills[: params.protect]
+    best: dict[str, SkillMatch] = {s.id: s for s in whole.skills[params.protect :]}
     skip = {s.id for s in kept}
     for part in parts:
         for s in part.skills:
-            scaled = weight * s.score
+            scaled = params.weight * s.score
             current = best.get(s.id)
             if s.id not in skip and (current is None or scaled > current.score):
                 best[s.id] = replace(s, score=scaled, piece=part.text)

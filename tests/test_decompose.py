@@ -29,7 +29,7 @@ def test_merge_takes_the_larger_of_the_whole_and_the_weighted_best_piece():
     whole = SentenceResult("a and b", [match("a", 0.5), match("x", 0.3)])
     parts = [SentenceResult("piece a", [match("a", 0.55), match("b", 0.45)]),
              SentenceResult("piece b", [match("b", 0.7)])]
-    merged = merge(whole, parts, top=3, weight=0.8, protect=0)
+    merged = merge(whole, parts, top=3, params=MergeParams(weight=0.8, protect=0))
     assert [(s.id, round(s.score, 3), s.piece) for s in merged.skills] == [
         ("b", 0.56, "piece b"), ("a", 0.5, None), ("x", 0.3, None)]
     assert merged.to_dict()["skills"][0]["piece"] == "piece b" and "piece" not in merged.to_dict()["skills"][1]
@@ -39,17 +39,17 @@ def test_merge_keeps_the_whole_sentences_best_skills_first():
     whole = SentenceResult("a and b", [match("a", 0.5), match("x", 0.3), match("y", 0.2)])
     parts = [SentenceResult("piece a", [match("a", 0.9), match("b", 0.7)]),
              SentenceResult("piece y", [match("y", 0.3)])]
-    merged = merge(whole, parts, top=3, weight=0.8, protect=1)
+    merged = merge(whole, parts, top=3, params=MergeParams(weight=0.8, protect=1))
     assert [(s.id, round(s.score, 3), s.piece) for s in merged.skills] == [
         ("a", 0.5, None), ("b", 0.56, "piece a"), ("x", 0.3, None)]
-    assert merge(whole, parts, top=2, protect=3).skills == whole.skills[:2]
+    assert merge(whole, parts, top=2, params=MergeParams(protect=3)).skills == whole.skills[:2]
 
 
 def test_a_sentence_the_memory_knows_stays_whole():
     parts = [SentenceResult("piece b", [match("b", 0.9)])]
     for nearest, merged in [(0.9, ["a", "x"]), (0.74, ["a", "b"]), (None, ["a", "b"])]:
         whole = SentenceResult("a and b", [match("a", 0.5), match("x", 0.3)], nearest_memory=nearest)
-        result = merge(whole, parts, top=2, weight=0.8, protect=1, gate=0.75)
+        result = merge(whole, parts, top=2, params=MergeParams(weight=0.8, protect=1, gate=0.75))
         assert [s.id for s in result.skills] == merged and result.nearest_memory == nearest
 
 

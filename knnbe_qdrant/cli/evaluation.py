@@ -121,9 +121,9 @@ def tune(args: argparse.Namespace) -> int:
                               for n in names)
             print(f"{setting(r)} {cells}  {100 * r['objective']:.1f}")
         best = rows[0]
-        now = (default.lam, default.k, default.tau, default.aggregation, merge.weight, merge.protect)
-        before = next((r for r in rows if (r["lam"], r["k"], r["tau"], r["aggregation"], r.get("weight", merge.weight),
-                                           r.get("protect", merge.protect)) == now), None)
+        current = {"lam": default.lam, "k": default.k, "tau": default.tau, "aggregation": default.aggregation,
+                   **({"weight": merge.weight, "protect": merge.protect, "gate": merge.gate} if args.decompose else {})}
+        before = next((r for r in rows if all(r[k] == v for k, v in current.items())), None)
         if before is not None:
             print(f"current defaults ({describe(before)}): objective {100 * before['objective']:.1f}")
         chosen = describe(best) + (" with decomposition" if args.decompose else "")
