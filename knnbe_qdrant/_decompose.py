@@ -14,8 +14,11 @@ memory's labelled sentences carry all the skills of a multi-skill sentence, so t
 and pieces only add noise there (SkillSkape dev RP@5 −3.3 without the gate, −0.3 with it; TECH and HOUSE
 validation unchanged, their sentences being mostly unfamiliar: docs/accuracy.md).
 
-Every caller (the mapper, the service's batcher, `tune`) decomposes the same way: `expand` the sentences into the
-texts to map (the sentences, then all their pieces), map those in one pass, `collapse` the results back.
+Mapping (the mapper, the service's batcher) runs in two passes: map the sentences; map the pieces of those the
+memory does not know (`pieces_to_map`); `fold` the piece results into the sentences'. The memory-familiar sentences'
+pieces are never encoded: most of SkillSkape's sentences, few of real postings'. `tune`, which scores many merge
+settings on one mapping, maps every piece in one pass (`expand`, then `collapse`); `merge` applies the gate itself,
+so both give the same rankings.
 """
 
 from __future__ import annotations
@@ -78,6 +81,26 @@ def pieces(sentence: str, min_words: int = 2) -> list[str]:
     return out if len(out) > 1 or (out and out[0] != sentence) else []
 
 
+def familiar(whole: SentenceResult, params: MergeParams) -> bool:
+    """Whether the memory knows the sentence well enough that it stays whole."""
+    return whole.nearest_memory is not None and whole.nearest_memory >= params.gate
+
+
+def pieces_to_map(wholes: Sequence[SentenceResult], params: MergeParams) -> list[list[str]]:
+    """Each mapped sentence's pieces that still need mapping: none for a sentence the memory knows."""
+    return [[] if familiar(w, params) else pieces(w.text) for w in wholes]
+
+
+def fold(wholes: Sequence[SentenceResult], mapped: Sequence[SentenceResult], parts: Sequence[Sequence[str]],
+         top: int, params: MergeParams = MergeParams()) -> list[SentenceResult]:
+    """One result per sentence: `wholes` with their pieces' results (`mapped`, all of `parts` in order) merged in."""
+    out, at = [], 0
+    for whole, ps in zip(wholes, parts, strict=True):
+        out.append(merge(whole, mapped[at : at + len(ps)], top, params))
+        at += len(ps)
+    return out
+
+
 def expand(sentences: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     """The texts to map for decomposed `sentences`: the sentences themselves, then every sentence's pieces in order;
     and each sentence's pieces, which `collapse` needs to fold the results back."""
@@ -88,11 +111,7 @@ def expand(sentences: Sequence[str]) -> tuple[list[str], list[list[str]]]:
 def collapse(results: Sequence[SentenceResult], parts: Sequence[Sequence[str]], top: int,
              params: MergeParams = MergeParams()) -> list[SentenceResult]:
     """One result per sentence from the results of `expand`'s texts, in the same order."""
-    out, at = [], len(parts)
-    for i, ps in enumerate(parts):
-        out.append(merge(results[i], results[at : at + len(ps)], top, params))
-        at += len(ps)
-    return out
+    return fold(results[: len(parts)], results[len(parts) :], parts, top, params)
 
 
 def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
@@ -100,7 +119,7 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
     """The whole sentence's result with its pieces' skills merged in: its first `protect` matches stay first; the
     others rank by max(whole, weight * best piece), ties keeping the whole sentence's match. A match that won
     through a piece carries that piece. A sentence whose nearest memory sentence is at `gate` or above stays whole."""
-    if whole.nearest_memory is not None and whole.nearest_memory >= params.gate:
+    if familiar(whole, params):
         return SentenceResult(text=whole.text, skills=whole.skills[:top], nearest_memory=whole.nearest_memory)
     kept = whole.skills[: params.protect]
     best: dict[str, SkillMatch] = {s.id: s for s in whole.skills[params.protect :]}

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _schema as S
 from ._data import tuned_defaults
-from ._decompose import MergeParams, collapse, expand
+from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
@@ -128,8 +128,8 @@ class SkillMapper:
         self.exact = exact
         self.hnsw_ef = hnsw_ef
         self.memory_payloads = MemoryPayloads(store)
-        # Decomposition is on when asked, else when the store was tuned with it (`tune --decompose`), with the
-        # merge settings chosen there.
+        # Decomposition as asked, else as tuned: the store's own tuning (`tune --decompose` or `--no-decompose`),
+        # else the model's shipped defaults (with it, for the shipped model), with the merge settings chosen there.
         merging = tuned.get("decompose")
         self.decompose = bool(merging) if decompose is None else decompose
         self.merge_params = MergeParams.from_record(merging)
@@ -194,12 +194,14 @@ class SkillMapper:
         results: list[SentenceResult] = []
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
+            wholes = self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
             if not decompose:
-                results += self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
+                results += wholes
                 continue
-            flat, parts = expand(batch)  # one encode, one query per collection, for sentences and pieces together
+            parts = pieces_to_map(wholes, self.merge_params)  # a second pass, for the sentences the memory lacks
+            flat = [p for ps in parts for p in ps]
             mapped = self.map_vectors(flat, self.encoder.encode(flat), top=top, mode=mode, tenant=tenant)
-            results += collapse(mapped, parts, top, self.merge_params)
+            results += fold(wholes, mapped, parts, top, self.merge_params)
         return results
 
     def map_vectors(

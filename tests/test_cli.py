@@ -175,6 +175,22 @@ def test_eval_reads_jsonl_and_span_csv_alike_and_counts_unknown_gold(cli_store, 
     assert all(0.0 <= report[k] <= 1.0 for k in ("rp@5", "rp@10", "mrr"))
 
 
+def test_eval_evaluates_as_the_store_maps_and_compares_both_ways(cli_store):
+    def scores(*flags):
+        r = run("eval", "--json", "--exact", "tech-validation", *flags, store=cli_store)
+        assert r.returncode == 0, r.stderr.decode()
+        return {m: v for m, v in json.loads(r.stdout).items() if m in ("rp@5", "rp@10", "mrr")}
+
+    default, on, off = scores(), scores("--decompose"), scores("--no-decompose")
+    assert default == on != off  # the shipped model decomposes by default
+    r = run("eval", "--json", "--exact", "tech-validation", "--compare-decompose", store=cli_store)
+    assert r.returncode == 0, r.stderr.decode()
+    compared = json.loads(r.stdout)
+    assert compared["plain"] == pytest.approx(off, abs=1e-4) and compared["decomposed"] == pytest.approx(on, abs=1e-4)
+    for metric, (gain, lo, hi) in compared["gain"].items():
+        assert gain == pytest.approx(on[metric] - off[metric], abs=1e-4) and lo <= gain <= hi
+
+
 def test_eval_names_the_bad_line(cli_store, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"sentence": "ok", "labels": ["English"]}\n{"sentence": "no labels"}\n', encoding="utf-8")

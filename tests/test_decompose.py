@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from knnbe_qdrant import InvalidInputError, ScoringParams, SkillMapper
-from knnbe_qdrant._decompose import MergeParams, merge, pieces
+from knnbe_qdrant._decompose import MergeParams, collapse, expand, merge, pieces, pieces_to_map
 from knnbe_qdrant._results import SentenceResult, SkillMatch
 from knnbe_qdrant.evaluation import run_eval
 from knnbe_qdrant.evaluation.tuning import save_params, tune
@@ -19,6 +19,12 @@ def test_a_multi_skill_sentence_splits_into_pieces_of_two_words_or_more():
     assert pieces("Fluent English; German, such as spoken German, is an advantage.") == [
         "Fluent English", "spoken German", "is an advantage"]
     assert pieces("Programming in Python") == []  # nothing to split: the whole sentence alone
+
+
+def ranking(result: SentenceResult) -> list:
+    """What a result ranks, with its scores compared up to float noise (qdrant-client's local mode and the batched
+    matrix products sum in an order that varies with the batch)."""
+    return [(s.id, s.piece, pytest.approx(s.score, abs=1e-6)) for s in result.skills]
 
 
 def match(sid: str, score: float) -> SkillMatch:
@@ -55,13 +61,31 @@ def test_a_sentence_the_memory_knows_stays_whole():
 
 def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encoder):
     mapper = SkillMapper(built_store, encoder, exact=True)
-    plain = mapper.map([MULTI], top=10)[0]
+    plain = mapper.map([MULTI], top=10, decompose=False)[0]
     decomposed = mapper.map([MULTI], top=10, decompose=True)[0]
     rank = {s.id: i for i, s in enumerate(decomposed.skills)}
     python = next(s for s in decomposed.skills if s.label == "Python (computer programming)")
     assert rank[python.id] <= next((i for i, s in enumerate(plain.skills) if s.id == python.id), 99)
     assert all(s.piece is None or s.piece in pieces(MULTI) for s in decomposed.skills)
-    assert [s.id for s in mapper.map([MULTI], top=10)[0].skills] == [s.id for s in plain.skills]  # off by default
+    # On by default for the shipped model (its package defaults), off when the mapper is told so.
+    assert mapper.decompose and ranking(mapper.map([MULTI], top=10)[0]) == ranking(decomposed)
+    off = SkillMapper(built_store, encoder, exact=True, decompose=False)
+    assert ranking(off.map([MULTI], top=10)[0]) == ranking(plain)
+
+
+def test_mapping_only_the_unfamiliar_sentences_pieces_ranks_as_mapping_every_piece(built_store, encoder):
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    sentences = [MULTI, "Fluent English; German, such as spoken German, is an advantage.",
+                 "Provide nursing care to patients, and lead a small team of nurses.",
+                 "Cook meals and clean the kitchen, with attention to food safety."]
+    wholes = mapper.map(sentences)
+    nearest = sorted(r.nearest_memory for r in wholes)
+    mapper.merge_params = MergeParams(gate=(nearest[1] + nearest[2]) / 2)  # two of them familiar, two not
+    second_pass = pieces_to_map(wholes, mapper.merge_params)
+    assert sum(map(len, second_pass)) < len(expand(sentences)[0]) - len(sentences) and any(second_pass)
+    flat, parts = expand(sentences)
+    every_piece = collapse(mapper.map_vectors(flat, encoder.encode(flat)), parts, 10, mapper.merge_params)
+    assert [ranking(r) for r in mapper.map(sentences, decompose=True)] == [ranking(r) for r in every_piece]
 
 
 @pytest.mark.parametrize("sentence", ["Programming in Python"])
@@ -106,4 +130,12 @@ def test_a_store_tuned_with_decomposition_maps_with_it_unless_told_not_to(built_
     finally:
         manifest.params = None
         built_store._write_manifest(manifest)
-    assert not SkillMapper(built_store, encoder).decompose
+    shipped = SkillMapper(built_store, encoder)  # back to the package defaults: decomposition, shipped settings
+    assert shipped.decompose and shipped.merge_params == MergeParams()
+    try:
+        save_params(SkillMapper(built_store, encoder), {"lam": 0.4, "k": 16, "tau": 0.05, "aggregation": "softmax"},
+                    ["tech-validation"])
+        assert not SkillMapper(built_store, encoder).decompose  # tuned without it: the store maps without it
+    finally:
+        manifest.params = None
+        built_store._write_manifest(manifest)

@@ -54,7 +54,8 @@ def test_bench_reports_the_documented_fields(store):
     assert r.returncode == 0, r.stderr.decode()
     report = json.loads(r.stdout)
     for key in ("bi_encoder_sentences_per_s", "knnbe_sentences_per_s", "decompose_sentences_per_s",
-                "encode_ms_per_sentence", "qdrant_ms_per_sentence"):
+                "decompose_posting_sentences_per_s", "encode_ms_per_sentence", "qdrant_ms_per_sentence"):
         assert report[key] > 0
+    assert report["default_profile"] == "decompose"
     assert report["memory"] == 127054
     assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0

@@ -15,6 +15,7 @@ from knnbe_qdrant import (
     SkillMapper,
     build_store,
 )
+from knnbe_qdrant._decompose import pieces_to_map
 from knnbe_qdrant._schema import MEMORY, SKILLS
 
 SENTENCES = [
@@ -27,7 +28,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def mappers(built_store, encoder):
-    return SkillMapper(built_store, encoder, exact=True)
+    # kNNBE itself, one embedding per sentence (decomposition, which merges in the pieces' rankings: test_decompose)
+    return SkillMapper(built_store, encoder, exact=True, decompose=False)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,7 +58,7 @@ def test_expected_skills_come_first(mappers):
 
 def test_knn_only_skills_are_found_and_get_their_exact_bi_encoder_score(built_store, encoder, small_skills):
     # A small λ lets the vote outweigh b, so skills outside the bi-encoder's top reach the results.
-    mapper = SkillMapper(built_store, encoder, ScoringParams(lam=0.1, k=32, tau=0.1), exact=True)
+    mapper = SkillMapper(built_store, encoder, ScoringParams(lam=0.1, k=32, tau=0.1), exact=True, decompose=False)
     labels = {s.id: s.label for s in small_skills}
     for sentence, top in itertools.product(SENTENCES, (2, 5, 10)):
         [result] = mapper.map([sentence], top=top)
@@ -125,7 +127,7 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
                 return counted
             return attr
 
-    mapper = SkillMapper(Counting(), encoder, ScoringParams(n_candidates=5), exact=True)
+    mapper = SkillMapper(Counting(), encoder, ScoringParams(n_candidates=5), exact=True, decompose=False)
     sentences = SENTENCES * 5
     mapper.map(sentences, batch_size=len(sentences))
     queries = [c for c in calls if c[0] == "query_batch"]
@@ -139,6 +141,13 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     mapper.map(sentences, batch_size=len(sentences))  # the same sentences again: every memory payload is known
     assert [c[1] for c in calls if c[0] == "retrieve"] in ([], [SKILLS])
     assert mapper.memory_payloads.hits > 0
+    # With decomposition, one more query per collection, for the pieces of the sentences the memory does not know.
+    n_pieces = sum(map(len, pieces_to_map(mapper.map(sentences), mapper.merge_params)))
+    calls.clear()
+    mapper.map(sentences, batch_size=len(sentences), decompose=True)
+    queries = [c[1:] for c in calls if c[0] == "query_batch"]
+    assert n_pieces > 0 and sorted(queries) == sorted([(MEMORY, len(sentences)), (SKILLS, len(sentences)),
+                                                       (MEMORY, n_pieces), (SKILLS, n_pieces)])
 
 
 def test_a_batch_gives_what_each_sentence_gives_alone(mappers):

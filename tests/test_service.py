@@ -168,8 +168,12 @@ def test_decomposition_over_http_is_the_librarys(served):
     assert [[(s["id"], s.get("piece")) for s in g["skills"]] for g in got] == [
         [(s["id"], s.get("piece")) for s in w["skills"]] for w in want]
     assert any("piece" in s for s in got[0]["skills"])
-    plain = client.post("/v1/map", json={"sentences": [multi], "top": 6}, headers=auth(keys, "acme-reader")).json()
-    assert not any("piece" in s for s in plain["results"][0]["skills"])  # off unless asked (or the store tuned so)
+    plain = client.post("/v1/map", json={"sentences": [multi], "top": 6, "decompose": False},
+                        headers=auth(keys, "acme-reader")).json()
+    assert not any("piece" in s for s in plain["results"][0]["skills"])
+    default = client.post("/v1/map", json={"sentences": [multi], "top": 6}, headers=auth(keys, "acme-reader")).json()
+    assert default["results"][0] == got[0]  # the store's default: decomposition, for the shipped model
+    assert client.get("/v1/status", headers=auth(keys, "acme-reader")).json()["decompose"] is True
     r = client.post("/v1/map/posting", json={"text": multi, "top": 6, "decompose": True},
                     headers=auth(keys, "acme-reader"))
     assert any("piece" in s for skill in r.json()["skills"] for s in skill["sentences"])

@@ -129,10 +129,11 @@ def test_curator_flow_in_a_real_browser(served):
         expect(page.locator(".result")).to_have_count(1)
         assert page.locator('.skill-row[data-skill="acme:vdb"]').count() == 0
 
-        # Decomposition on request: a multi-skill sentence's matches say which piece they came from.
+        # Decomposition, ticked as the store maps (the shipped model's default): a multi-skill sentence's matches
+        # say which piece they came from; unticked, the sentence maps whole.
+        expect(page.locator("#decompose")).to_be_checked()
         page.fill("#sentences", MULTI)
         page.fill("#top", "10")
-        page.check("#decompose")
         page.click("#map")
         expect(page.locator(".result .piece").first).to_contain_text("from the piece “")
         page.screenshot(path=str(shots / "curator-decomposed.png"), full_page=True)

@@ -16,13 +16,13 @@ GRID = {"lam": (0.3, 0.6), "k": (8, 32), "tau": (0.05,), "aggregation": ("softma
 
 
 def test_grid_points_score_as_a_direct_evaluation_does(built_store, encoder):
-    mapper = SkillMapper(built_store, encoder, exact=True)
+    mapper = SkillMapper(built_store, encoder, exact=True, decompose=False)
     rows = tune(mapper, ["tech-validation"], grid=GRID, checks=["house-validation"])
     assert len(rows) == 4
     assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
     for row in rows:
         direct = SkillMapper(built_store, encoder, ScoringParams(lam=row["lam"], k=row["k"], tau=row["tau"]),
-                             exact=True)
+                             exact=True, decompose=False)
         report = run_eval(direct, "tech-validation")["knnbe"]
         for metric in ("rp@5", "rp@10", "mrr"):
             assert row["tech-validation"][metric] == pytest.approx(report[metric])

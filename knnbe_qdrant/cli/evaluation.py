@@ -23,8 +23,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="one JSON object per file (per mode with --mode all)")
     ev.add_argument("--memory-sources", metavar="LIST", help="vote only with memory of these comma-separated sources "
                     "(to measure what each adds; default all)")
-    ev.add_argument("--decompose", action="store_true", help="compare kNNBE with and without query decomposition: "
-                    "both scores and the paired bootstrap interval of the gain")
+    ev.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="evaluate with or without query "
+                    "decomposition (default: as the store maps, which for the shipped model is with it)")
+    ev.add_argument("--compare-decompose", action="store_true", help="compare kNNBE with and without query "
+                    "decomposition: both scores and the paired bootstrap interval of the gain")
     ev.set_defaults(func=evaluate)
 
     tu = sub.add_parser("tune", parents=[parent], help="choose lam, k, tau on validation files; save them as the "
@@ -37,8 +39,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                     help="save them as the shipped defaults for this model (maintainers), not in the store")
     tu.add_argument("--show", type=int, default=10, help="grid points to print (default 10)")
     tu.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
-    tu.add_argument("--decompose", action="store_true", help="tune for query decomposition (the merge weight and "
-                    "protected places too; the gate stays at its default); the store then maps with it by default")
+    tu.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="tune for query decomposition (the "
+                    "merge weight and protected places too; the gate stays at its default; minutes rather than "
+                    "seconds) or without it; the store then maps so by default (default: as the store maps now)")
     tu.set_defaults(func=tune)
 
     un = sub.add_parser("unseen", parents=[parent], help="unseen skills without retraining: remove some skills' "
@@ -67,8 +70,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     modes = MODES if args.mode == "all" else (args.mode,)
     sources = [s.strip() for s in args.memory_sources.split(",")] if args.memory_sources else None
-    with open_mapper(args, exact=args.exact, memory_sources=sources) as mapper:
-        if args.decompose:
+    with open_mapper(args, exact=args.exact, memory_sources=sources, decompose=args.decompose) as mapper:
+        if args.compare_decompose:
             from ..evaluation.evaluate import compare_decomposition
 
             for path in args.files:
@@ -99,8 +102,9 @@ def tune(args: argparse.Namespace) -> int:
     from ..evaluation.tuning import save_package_defaults, save_params
     from ..evaluation.tuning import tune as run
 
-    with open_mapper(args, exact=args.exact) as mapper:
+    with open_mapper(args, exact=args.exact, decompose=args.decompose) as mapper:
         default, merge = mapper.params, mapper.merge_params
+        args.decompose = mapper.decompose  # the store's own way of mapping, unless told
         rows = run(mapper, args.files, checks=args.check, decompose=args.decompose)
         names = [str(f) for f in [*args.files, *args.check]]
         extra = f" {'wt':>4} {'prot':>4}" if args.decompose else ""

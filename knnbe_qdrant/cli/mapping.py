@@ -30,8 +30,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     m.add_argument("--tenant", help="also see this tenant's skills and memory")
     m.add_argument("--exact", action="store_true", help="exact search instead of HNSW")
     m.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="also map each piece of a sentence "
-                   "that names several skills; a skill found through a piece says which (default: off, unless the "
-                   "store was tuned with `tune --decompose`; see docs/accuracy.md)")
+                   "that names several skills and that the memory does not know; a skill found through a piece says "
+                   "which (default: the store's: on for the shipped model, unless the store was tuned without it; "
+                   "see docs/accuracy.md)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=map_sentences)
 

@@ -17,6 +17,10 @@ from .._data import skillskape_sentences
 from .._mapper import SkillMapper
 from ..encoding import Encoder
 from ..store.connection import Connection, Location, as_connection
+from .benchmarks import read_benchmark
+
+POSTING_TEXT = ("tech-validation", "house-validation")
+"""Real postings' sentences, for the decomposition profile's speed where the memory does not know the text."""
 
 
 def _time_to_first_result(connection: Connection) -> float:
@@ -163,11 +167,16 @@ def run_bench(
         for _ in range(repeats):
             for mode, timings in runs.items():  # interleaved, so both modes see the same machine conditions
                 timings.append(_pipeline(mapper, sentences, batch_size, mode))
-        decomposed = []  # the `--decompose` profile, end to end as `map --decompose` runs it
+        # The decomposition profile (the shipped model's default), end to end as `map --decompose` runs it: on the
+        # SkillSkape sentences, which the memory mostly knows (their pieces are not mapped), and on real postings'
+        # sentences (TECH + HOUSE validation), most of which it does not (about 3 texts mapped per sentence).
+        postings = [i.sentence for name in POSTING_TEXT for i in read_benchmark(name)]
+        decomposed: dict[str, list[float]] = {"skillskape": [], "postings": []}
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            mapper.map(sentences, batch_size=batch_size, decompose=True)
-            decomposed.append(time.perf_counter() - t0)
+            for text, batch in (("skillskape", sentences), ("postings", postings)):
+                t0 = time.perf_counter()
+                mapper.map(batch, batch_size=batch_size, decompose=True)
+                decomposed[text].append(len(batch) / (time.perf_counter() - t0))
         split = _cost_split(mapper, sentences, batch_size)
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
@@ -197,7 +206,9 @@ def run_bench(
         "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
         "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
         "knnbe_vs_bi_encoder": round(median("bi-encoder") / median("knnbe"), 3),
-        "decompose_sentences_per_s": round(n / statistics.median(decomposed), 1),
+        "default_profile": "decompose" if mapper.decompose else "plain kNNBE",
+        "decompose_sentences_per_s": round(statistics.median(decomposed["skillskape"]), 1),
+        "decompose_posting_sentences_per_s": round(statistics.median(decomposed["postings"]), 1),
         "encode_ms_per_sentence": round(encode_ms, 3),
         "qdrant_ms_per_sentence": round(qdrant_ms, 3),
         "bi_encoder_qdrant_ms_per_sentence": round(median("bi-encoder", 1) / n * 1000, 3),
@@ -214,7 +225,10 @@ def run_bench(
     }
 
 
-_TARGETS: Targets = {
+_TARGETS: Targets = {  # the default profile keeps 150 sentences/s on 2 cores, whichever profile a store uses
+    "knnbe_sentences_per_s": ("≥ 150", lambda v: v >= 150),
+    "decompose_sentences_per_s": ("≥ 150", lambda v: v >= 150),
+    "decompose_posting_sentences_per_s": ("≥ 150", lambda v: v >= 150),
     "qdrant_work_ms_per_sentence": ("≤ 0.6", lambda v: v <= 0.6),
     "python_scoring_ms_per_sentence": ("≤ 0.15", lambda v: v <= 0.15),
     "knnbe_vs_bi_encoder": ("≥ 0.9", lambda v: v >= 0.9),

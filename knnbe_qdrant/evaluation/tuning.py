@@ -60,10 +60,12 @@ class _Replay:
 
 
 def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Sequence[Any]] | None = None,
-         checks: Sequence[str | Path] = (), *, decompose: bool = False) -> list[dict[str, Any]]:
+         checks: Sequence[str | Path] = (), *, decompose: bool | None = None) -> list[dict[str, Any]]:
     """Every grid point with its metrics per file and the objective (mean of RP@5 and RP@10 over `files`), best
     first. `checks` are evaluated at every point too, and reported, but do not enter the objective. With
-    `decompose`, a point also has the merge settings (`weight`, `protect`: from `grid`, else `_decompose.GRID`)."""
+    `decompose` (default: as the mapper maps), a point also has the merge settings (`weight`, `protect`: from `grid`,
+    else `_decompose.GRID`)."""
+    decompose = mapper.decompose if decompose is None else decompose
     grid = {**GRID, **(MERGE_GRID if decompose else {}), **(grid or {})}
     gates = grid.get("gate", (MergeParams().gate,))
     merges = ([MergeParams(w, p, g) for w, p, g in itertools.product(grid["weight"], grid["protect"], gates)]

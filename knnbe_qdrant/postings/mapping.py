@@ -1,7 +1,7 @@
 """`knnbe-qdrant map-postings`: whole job postings in, skills per posting out; streaming, resumable.
 
-Aggregation (per posting): each sentence is mapped with kNNBE (decomposed, when asked or when the store was tuned
-so); a skill's posting score is the highest score it gets in any of the posting's sentences, and its support is
+Aggregation (per posting): each sentence is mapped with kNNBE (decomposed or not as asked, else as the store
+maps); a skill's posting score is the highest score it gets in any of the posting's sentences, and its support is
 every sentence in whose top `sentence_top` it appears (with that sentence's score, and the piece of the sentence it
 came from when decomposition found it there). Skills rank by posting score, then by how many sentences support them,
 then by id.

@@ -16,7 +16,7 @@ class MapRequest(_Body):
     sentences: list[str] = Field(description="the sentences to map, each non-empty")
     top: int = Field(10, ge=1, description="skills per sentence")
     decompose: bool | None = Field(None, description="also map each piece of a sentence that names several skills "
-                                   "(`map --decompose`); default: the store's")
+                                   "(`map --decompose`); default: the store's (on for the shipped model)")
 
 
 class EvidenceOut(BaseModel):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from .. import _schema as S
-from .._decompose import collapse, expand
+from .._decompose import fold, pieces_to_map
 from .._mapper import validate_sentences
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
@@ -77,11 +77,15 @@ def router(service: Service) -> APIRouter:
     async def map_batched(sentences: list[str], top: int, tenant: str | None, decompose: bool | None) -> list[Any]:
         mapper, _, _, batcher = service.require_ready()
         service.metrics.request_sentences.observe(len(sentences))
+        wholes = await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
         if not (mapper.decompose if decompose is None else decompose):
-            return await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
-        texts, parts = expand(sentences)  # batched like any request's sentences, then folded back as `map` does
-        mapped = await asyncio.wrap_future(batcher.submit(texts, top, tenant))
-        return collapse(mapped, parts, top, mapper.merge_params)
+            return wholes
+        # The pieces of the sentences the memory lacks, batched like any request's sentences, then folded back
+        # as `SkillMapper.map` does.
+        parts = pieces_to_map(wholes, mapper.merge_params)
+        flat = [p for ps in parts for p in ps]
+        mapped = await asyncio.wrap_future(batcher.submit(flat, top, tenant)) if flat else []
+        return fold(wholes, mapped, parts, top, mapper.merge_params)
 
     @api.post("/map", response_model=MapResponse, summary="Map sentences to skills")
     async def map_sentences(body: MapRequest, key: Reader) -> Response:
@@ -113,7 +117,8 @@ def router(service: Service) -> APIRouter:
         mapper, _, _, _ = service.require_ready()
         m = mapper.store.manifest
         out: dict[str, Any] = {"model": m.model, "dimension": m.dimension, "schema_version": m.schema_version,
-                               "state": m.state, "tenant": key.tenant, "params": mapper.params.__dict__}
+                               "state": m.state, "tenant": key.tenant, "params": mapper.params.__dict__,
+                               "decompose": mapper.decompose, "merge": mapper.merge_params.__dict__}
         owner = key.tenant or S.GLOBAL_TENANT
         out["own"] = {c: mapper.store.count(c, where={S.F_TENANT: owner}) for c in S.COLLECTIONS}
         if key.role == "admin":

@@ -48,6 +48,8 @@ async function signIn(key) {
   $("#key").value = "";
   say("Signed in.");
   loadAudit();
+  // The tick box starts as the store maps (decomposition is the shipped model's default).
+  api("GET", "/v1/status").then((s) => { $("#decompose").checked = s.decompose; }).catch(() => {});
 }
 
 function signOut() {
@@ -67,8 +69,7 @@ async function mapSentences() {
   if (!sentences.length) return say("Type at least one sentence.", "error");
   const top = parseInt($("#top").value, 10) || 5;
   try {
-    // Unticked sends nothing: the store's own default (on where it was tuned with `tune --decompose`).
-    const decompose = $("#decompose").checked ? true : undefined;
+    const decompose = $("#decompose").checked;
     const { results } = await api("POST", "/v1/map", { sentences, top, decompose });
     $("#results").replaceChildren(...results.map(renderResult));
     say(`Mapped ${results.length} sentence(s).`);
