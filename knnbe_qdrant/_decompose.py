@@ -35,6 +35,10 @@ DEFAULT_PROTECT = 1
 """Chosen on TECH + HOUSE validation (mean RP@5 and RP@10 over weight 0.7/0.8/0.9 × protect 0–3; docs/accuracy.md)."""
 DEFAULT_GATE = 0.75
 """Chosen on TECH + HOUSE validation and one half of SkillSkape dev (the other half kept to check it)."""
+MAX_PIECES = 32
+"""At most this many pieces of one sentence are mapped, its first ones: a sentence splitting into more is a list
+pasted as one line, whose cost would otherwise grow with its length (validation: one SkillSkape dev sentence of
+1,366 splits into more, 49)."""
 GRID = {"weight": (0.7, 0.8, 0.9), "protect": (0, 1, 2)}
 """What `tune --decompose` searches besides λ, k, τ (the gate stays at its default: TECH and HOUSE, the tuning
 files, barely tell gates apart)."""
@@ -72,13 +76,17 @@ _SPLIT = re.compile(
 
 
 def pieces(sentence: str, min_words: int = 2) -> list[str]:
-    """The distinct pieces of a sentence worth mapping on their own (none when it does not split)."""
-    parts = [p.strip(" .!?-") for p in _SPLIT.split(sentence)]
-    out = []
-    for p in parts:
-        if len(p.split()) >= min_words and p != sentence.strip(" .!?") and p not in out:
-            out.append(p)
-    return out if len(out) > 1 or (out and out[0] != sentence) else []
+    """The distinct pieces of a sentence worth mapping on their own, at most MAX_PIECES (none when it does not
+    split)."""
+    whole = sentence.strip(" .!?")
+    out: dict[str, None] = {}  # ordered and O(1) to test: a pasted list can split into thousands
+    for part in _SPLIT.split(sentence):
+        p = part.strip(" .!?-")
+        if len(p.split()) >= min_words and p != whole:
+            out.setdefault(p)
+            if len(out) == MAX_PIECES:
+                break
+    return list(out)
 
 
 def familiar(whole: SentenceResult, params: MergeParams) -> bool:
@@ -118,7 +126,9 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
           params: MergeParams = MergeParams()) -> SentenceResult:
     """The whole sentence's result with its pieces' skills merged in: its first `protect` matches stay first; the
     others rank by max(whole, weight * best piece), ties keeping the whole sentence's match. A match that won
-    through a piece carries that piece. A sentence whose nearest memory sentence is at `gate` or above stays whole."""
+    through a piece carries that piece. Scores fall down the ranking, as every caller may assume: a kept match
+    whose score is below the best merged one takes that score (its `bi_encoder` and `knn` stay its own). A sentence
+    whose nearest memory sentence is at `gate` or above stays whole."""
     if familiar(whole, params):
         return SentenceResult(text=whole.text, skills=whole.skills[:top], nearest_memory=whole.nearest_memory)
     kept = whole.skills[: params.protect]
@@ -131,4 +141,6 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
             if s.id not in skip and (current is None or scaled > current.score):
                 best[s.id] = replace(s, score=scaled, piece=part.text)
     ranked = sorted(best.values(), key=lambda s: (-s.score, -s.bi_encoder, s.id))
+    if ranked:
+        kept = [replace(s, score=ranked[0].score) if s.score < ranked[0].score else s for s in kept]
     return SentenceResult(text=whole.text, skills=[*kept, *ranked][:top], nearest_memory=whole.nearest_memory)

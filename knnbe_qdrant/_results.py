@@ -19,6 +19,8 @@ class SkillMatch:
     id: str
     label: str
     score: float
+    """lam * bi_encoder + (1 - lam) * knn; with decomposition, a piece's match has that times the merge weight, and
+    the sentence's kept best match at least the best merged score (_decompose.merge): scores fall down a ranking."""
     bi_encoder: float
     knn: float
     evidence: list[Evidence] = field(default_factory=list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from knnbe_qdrant import InvalidInputError, ScoringParams, SkillMapper
-from knnbe_qdrant._decompose import MergeParams, collapse, expand, merge, pieces, pieces_to_map
+from knnbe_qdrant._decompose import MAX_PIECES, MergeParams, collapse, expand, merge, pieces, pieces_to_map
 from knnbe_qdrant._results import SentenceResult, SkillMatch
 from knnbe_qdrant.evaluation import run_eval
 from knnbe_qdrant.evaluation.tuning import save_params, tune
@@ -19,6 +19,12 @@ def test_a_multi_skill_sentence_splits_into_pieces_of_two_words_or_more():
     assert pieces("Fluent English; German, such as spoken German, is an advantage.") == [
         "Fluent English", "spoken German", "is an advantage"]
     assert pieces("Programming in Python") == []  # nothing to split: the whole sentence alone
+
+
+def test_a_list_pasted_as_one_sentence_maps_its_first_pieces_only():
+    pasted = ", ".join(f"skill number {i}" for i in range(50_000))
+    assert pieces(pasted) == [f"skill number {i}" for i in range(MAX_PIECES)]
+    assert pieces("Python and SQL, Python and SQL, Python and SQL") == []  # one-word pieces, however many
 
 
 def ranking(result: SentenceResult) -> list:
@@ -46,9 +52,11 @@ def test_merge_keeps_the_whole_sentences_best_skills_first():
     parts = [SentenceResult("piece a", [match("a", 0.9), match("b", 0.7)]),
              SentenceResult("piece y", [match("y", 0.3)])]
     merged = merge(whole, parts, top=3, params=MergeParams(weight=0.8, protect=1))
+    # "a" stays first and takes the best merged score, so scores fall down the ranking; its parts stay its own.
     assert [(s.id, round(s.score, 3), s.piece) for s in merged.skills] == [
-        ("a", 0.5, None), ("b", 0.56, "piece a"), ("x", 0.3, None)]
-    assert merge(whole, parts, top=2, params=MergeParams(protect=3)).skills == whole.skills[:2]
+        ("a", 0.56, None), ("b", 0.56, "piece a"), ("x", 0.3, None)]
+    assert merged.skills[0].bi_encoder == 0.5
+    assert [s.id for s in merge(whole, parts, top=2, params=MergeParams(protect=3)).skills] == ["a", "x"]
 
 
 def test_a_sentence_the_memory_knows_stays_whole():
@@ -67,6 +75,7 @@ def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encod
     python = next(s for s in decomposed.skills if s.label == "Python (computer programming)")
     assert rank[python.id] <= next((i for i, s in enumerate(plain.skills) if s.id == python.id), 99)
     assert all(s.piece is None or s.piece in pieces(MULTI) for s in decomposed.skills)
+    assert [s.score for s in decomposed.skills] == sorted((s.score for s in decomposed.skills), reverse=True)
     # On by default for the shipped model (its package defaults), off when the mapper is told so.
     assert mapper.decompose and ranking(mapper.map([MULTI], top=10)[0]) == ranking(decomposed)
     off = SkillMapper(built_store, encoder, exact=True, decompose=False)
