@@ -130,7 +130,7 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
     whose score is below the best merged one takes that score (its `bi_encoder` and `knn` stay its own). A sentence
     whose nearest memory sentence is at `gate` or above stays whole."""
     if familiar(whole, params):
-        return SentenceResult(text=whole.text, skills=whole.skills[:top], nearest_memory=whole.nearest_memory)
+        return replace(whole, skills=whole.skills[:top])
     kept = whole.skills[: params.protect]
     best: dict[str, SkillMatch] = {s.id: s for s in whole.skills[params.protect :]}
     skip = {s.id for s in kept}
@@ -143,4 +143,4 @@ def merge(whole: SentenceResult, parts: Sequence[SentenceResult], top: int,
     ranked = sorted(best.values(), key=lambda s: (-s.score, -s.bi_encoder, s.id))
     if ranked:
         kept = [replace(s, score=ranked[0].score) if s.score < ranked[0].score else s for s in kept]
-    return SentenceResult(text=whole.text, skills=[*kept, *ranked][:top], nearest_memory=whole.nearest_memory)
+    return replace(whole, skills=[*kept, *ranked][:top])

@@ -104,20 +104,20 @@ def tune(args: argparse.Namespace) -> int:
 
     with open_mapper(args, exact=args.exact, decompose=args.decompose) as mapper:
         default, merge = mapper.params, mapper.merge_params
-        args.decompose = mapper.decompose  # the store's own way of mapping, unless told
-        rows = run(mapper, args.files, checks=args.check, decompose=args.decompose)
+        decompose = mapper.decompose  # as asked, else as the store maps
+        rows = run(mapper, args.files, checks=args.check, decompose=decompose)
         names = [str(f) for f in [*args.files, *args.check]]
-        extra = f" {'wt':>4} {'prot':>4}" if args.decompose else ""
+        extra = f" {'wt':>4} {'prot':>4}" if decompose else ""
         print(f"{'lam':>4} {'k':>4} {'tau':>5} {'agg':<8}{extra} "
               + "  ".join(f"{Path(n).name[:22]:>22}" for n in names) + "  objective")
         print(f"{'':>{24 + len(extra)}}" + "  ".join(f"{'RP@5 / RP@10 / MRR':>22}" for _ in names))
 
         def setting(r: dict[str, Any]) -> str:
-            merged = f" {r['weight']:>4} {r['protect']:>4}" if args.decompose else ""
+            merged = f" {r['weight']:>4} {r['protect']:>4}" if decompose else ""
             return f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8}{merged}"
 
         def describe(r: dict[str, Any]) -> str:
-            merged = f", weight {r['weight']}, protect {r['protect']}, gate {r['gate']}" if args.decompose else ""
+            merged = f", weight {r['weight']}, protect {r['protect']}, gate {r['gate']}" if decompose else ""
             return f"lam {r['lam']}, k {r['k']}, tau {r['tau']}, {r['aggregation']}{merged}"
 
         for r in rows[: args.show]:
@@ -126,11 +126,11 @@ def tune(args: argparse.Namespace) -> int:
             print(f"{setting(r)} {cells}  {100 * r['objective']:.1f}")
         best = rows[0]
         current = {"lam": default.lam, "k": default.k, "tau": default.tau, "aggregation": default.aggregation,
-                   **({"weight": merge.weight, "protect": merge.protect, "gate": merge.gate} if args.decompose else {})}
+                   **({"weight": merge.weight, "protect": merge.protect, "gate": merge.gate} if decompose else {})}
         before = next((r for r in rows if all(r[k] == v for k, v in current.items())), None)
         if before is not None:
             print(f"current defaults ({describe(before)}): objective {100 * before['objective']:.1f}")
-        chosen = describe(best) + (" with decomposition" if args.decompose else "")
+        chosen = describe(best) + (" with decomposition" if decompose else "")
         if args.package_defaults and not args.dry_run:
             path = save_package_defaults(mapper, best, args.files)
             print(f"saved {chosen} for {mapper.encoder.name} in {path}")
