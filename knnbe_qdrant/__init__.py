@@ -13,6 +13,7 @@ from ._build import build_store
 from ._curation import Curator, ImportReport
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
 from ._errors import (
+    ConflictError,
     InputFileError,
     InvalidInputError,
     KnnbeError,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_MEMORY_SOURCES",
     "DEFAULT_MODEL",
     "MODES",
+    "ConflictError",
     "Connection",
     "Curator",
     "EdgeStore",

@@ -4,6 +4,7 @@
     ├── InvalidInputError (also a ValueError)   a sentence, a parameter or a setting is unusable
     ├── InputFileError                          a file cannot be read; the message names file and line
     ├── NotFoundError (also a LookupError)      the skill or sentence named is not there for this tenant
+    ├── ConflictError                           another edit of the same item came first (HTTP 409)
     ├── ModelError                              a model cannot be loaded, patched or exported
     │   └── OnnxUnsupported                     its pipeline is not one the ONNX runtime reproduces
     └── StoreError                              the store cannot be used as asked
@@ -34,6 +35,11 @@ class InputFileError(KnnbeError):
 
 class NotFoundError(KnnbeError, LookupError):
     """The skill or sentence named does not exist, or is not visible to this tenant."""
+
+
+class ConflictError(KnnbeError):
+    """Another edit of the same item (a skill id, a sentence, a key name) came first, or holds it right now: this
+    one was not applied. Re-read and try again."""
 
 
 class ModelError(KnnbeError):

@@ -74,6 +74,11 @@ HIDERS = "hiders"
 payload key of its own, which no facet lists, so `Curator.tenants()` finds them through these."""
 
 
+TOMBSTONES = "removed"
+"""Store documents, one per global point a curator removed or moved away (by point id): {"collection", "at", "by"};
+`build --force` removes those points again from what it rebuilt from the sources."""
+
+
 def hidden_tenants(payload: dict[str, Any]) -> list[str]:
     """The tenants that hid this point, from its hide keys."""
     unescape = lambda m: _HIDE_UNESCAPES[m.group()]  # noqa: E731

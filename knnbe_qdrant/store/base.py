@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,16 @@ import numpy as np
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
+from .locks import process_lock
 
 Value = str | bool | Sequence[str]
+
+RECOVERY = ("restore it with `knnbe-qdrant restore BACKUP_DIR` (a backup made with `knnbe-qdrant backup`), or run "
+            "`knnbe-qdrant build --force`, which rebuilds it and carries over every curated skill, sentence and hide "
+            "mark it can still read")
+"""The way out of a damaged store that keeps the curated data; every 'damaged' message ends with it."""
+MANIFEST_RECOVERY = ("restore a backup into a new location (`knnbe-qdrant --store NEW_DIR restore BACKUP_DIR`, or "
+                     "`--prefix NEW_` on a server), or rebuild there with `knnbe-qdrant build`")
 
 
 @dataclass(frozen=True)
@@ -164,27 +173,21 @@ class Store(ABC):
             self.verify(m)
         return m
 
-    def verify(self, manifest: Manifest, *, sample: int = 32) -> None:
-        """Refuse a store whose engine no longer holds what its manifest promises: a collection emptied or shrunk
-        to under half of what was built (a lost segment), or vectors that are not unit vectors (a damaged vector
-        file). Costs two counts and two small reads."""
-        advice = "rebuild it with `knnbe-qdrant build --force`, or restore it from a backup"
-        for collection in COLLECTIONS:
-            promised = int(manifest.counts.get(collection, 0) or 0)
-            held = self.count(collection)
-            if promised and held < promised / 2:
-                raise StoreCorruptError(
-                    f"{self.describe()} is damaged: its manifest promises {promised} points in {collection!r}, the "
-                    f"engine holds {held}; {advice}"
-                )
-            ids = [r.id for _, r in zip(range(sample), self.scroll(collection, payload=False, batch=sample))]
-            vectors = [r.vector for r in self.retrieve(collection, ids, with_vectors=True, payload=False)]
-            norms = [float(np.linalg.norm(v)) for v in vectors if v is not None]
-            if len(norms) != len(ids) or any(not 0.98 < n < 1.02 for n in norms):
-                raise StoreCorruptError(
-                    f"{self.describe()} is damaged: stored vectors of {collection!r} are not unit vectors "
-                    f"(norms {sorted(round(n, 3) for n in norms)[:3]}...); {advice}"
-                )
+    def verify(self, manifest: Manifest) -> None:
+        """Refuse a store whose engine no longer holds what its manifest promises (store.integrity)."""
+        from .integrity import verify
+
+        verify(self, manifest)
+
+    def damaged(self, what: str) -> StoreCorruptError:
+        """The one error for a store found damaged, with the ways out that keep the curated data."""
+        return StoreCorruptError(f"{self.describe()} is damaged: {what}; {RECOVERY}")
+
+    def item_lock(self, *key: str) -> AbstractContextManager[None]:
+        """Hold one item (`("skill", tenant, id)`, `("memory", tenant, text)`) against every other edit of it, for
+        an edit made of several writes; ConflictError when another edit holds it too long (see store.locks). This
+        default serves backends that one process at a time may open."""
+        return process_lock(self.describe(), tuple(key))
 
     def _serves(self, generation: int) -> bool:
         """Whether the collections that answer queries are those of `generation` (aliases can disagree with the
@@ -272,6 +275,10 @@ class Store(ABC):
         payload: bool | Sequence[str] = True,
         batch: int = 1000,
     ) -> Iterator[Record]: ...
+
+    @abstractmethod
+    def scroll_page(self, collection: str, *, offset: str | None, limit: int) -> list[Record]:
+        """Up to `limit` points (ids and payloads) in id order, from the first whose id is `offset` or after."""
 
     @abstractmethod
     def count(self, collection: str, *, where: WhereLike | None = None) -> int: ...

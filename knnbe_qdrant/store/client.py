@@ -18,14 +18,17 @@ from qdrant_client import QdrantClient, models
 
 from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import MetaDocuments
+from .locks import lease
 from .retry import RetryPolicy, call_with_retries, describe_fault
 
 META = "meta"
 _MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))
 _NEXT_MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest/next"))  # a rebuild in progress
 _UPSERT_CHUNK = 256
+DEFAULT_DEADLINE_S = 60.0
+"""The whole-call deadline (retries included) when no timeout is configured (`--timeout`, `QDRANT_TIMEOUT`)."""
 T = TypeVar("T")
 
 
@@ -78,7 +81,9 @@ class QdrantClientStore(Store):
                 url=url, api_key=api_key, timeout=timeout, prefer_grpc=prefer_grpc,
                 check_compatibility=check_compatibility,
             )
-        return cls(client, prefix=prefix, retry=retry, url=url, deadline=float(timeout) if timeout else None)
+        # No timeout configured still means a deadline: a server that drips bytes must not hold a call for minutes.
+        return cls(client, prefix=prefix, retry=retry, url=url,
+                   deadline=float(timeout) if timeout else DEFAULT_DEADLINE_S)
 
     def describe(self) -> str:
         where = "qdrant-client local mode" if self._local else "the Qdrant server"
@@ -113,7 +118,13 @@ class QdrantClientStore(Store):
         try:
             return Manifest.from_dict(records[0].payload or {})
         except ValueError as exc:
-            raise StoreCorruptError(f"the manifest in {self.name(META)} is damaged: {exc}") from exc
+            raise StoreCorruptError(f"the manifest in {self.name(META)} is damaged: {exc}; {MANIFEST_RECOVERY}"
+                                    ) from exc
+
+    def meta_collection(self) -> str:
+        """The meta collection's name, created where missing."""
+        self._ensure_meta()
+        return self.name(META)
 
     def _ensure_meta(self) -> None:
         if not self._call(self.client.collection_exists, self.name(META)):
@@ -233,6 +244,11 @@ class QdrantClientStore(Store):
                 yield to_record(r, with_vectors=False)
             if offset is None:
                 return
+
+    def scroll_page(self, collection: str, *, offset: str | None, limit: int) -> list[Record]:
+        records, _ = self._call(self.client.scroll, self.name(collection), limit=limit, offset=offset,
+                                with_payload=True, with_vectors=False)
+        return [to_record(r, with_vectors=False) for r in records]
 
     def count(self, collection: str, *, where: WhereLike | None = None) -> int:
         flt = build_filter(where, models)
@@ -373,23 +389,11 @@ class QdrantClientStore(Store):
     def documents(self) -> MetaDocuments:
         return MetaDocuments(self)
 
-    def put_meta(self, point_id: str, payload: dict[str, Any]) -> None:
-        self._ensure_meta()
-        self._call(self.client.upsert, self.name(META),
-                   points=[models.PointStruct(id=point_id, vector={}, payload=payload)], wait=True)
+    def item_lock(self, *key: str) -> contextlib.AbstractContextManager[None]:
+        return lease(self, tuple(key))
 
-    def scroll_meta(self, kind: str) -> Iterator[Record]:
-        if not self._call(self.client.collection_exists, self.name(META)):
-            return
-        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))])
-        offset = None
-        while True:
-            records, offset = self._call(self.client.scroll, self.name(META), scroll_filter=where, limit=1000,
-                                         offset=offset, with_payload=True, with_vectors=False)
-            for r in records:
-                yield to_record(r, with_vectors=False)
-            if offset is None:
-                return
+    def meta_exists(self) -> bool:
+        return bool(self._call(self.client.collection_exists, self.name(META)))
 
     def close(self) -> None:
         if self._view_generation is None:  # a migration's view shares the client of the store it came from

@@ -18,12 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .._errors import StoreCorruptError
 
+if TYPE_CHECKING:  # the client store makes these documents; this module needs nothing of it at import time
+    from .client import QdrantClientStore
+
 _NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
-FILES = ("keys.json", "hiders.json", "audit.jsonl", ".documents.lock")
+_RESTORE = ("restore the store with `knnbe-qdrant restore --force BACKUP_DIR` (a backup made with `knnbe-qdrant "
+            "backup`, which keeps the keys and the audit log)")
+TAIL_BYTES = 4 << 20
+"""The most a `tail` of a log file reads: old entries beyond it are not shown (they stay in the file)."""
+FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", ".documents.lock")
 """What FileDocuments may leave in a store directory besides the store itself."""
 
 
@@ -41,6 +48,11 @@ class Documents(ABC):
     @abstractmethod
     def put(self, kind: str, doc_id: str, document: dict[str, Any]) -> None:
         """Insert or replace one document; returns once it is durable."""
+
+    @abstractmethod
+    def put_new(self, kind: str, doc_id: str, document: dict[str, Any]) -> bool:
+        """Insert one document unless one with this id exists, atomically (two writers racing for one id: one
+        wins); True when this call inserted it. Returns once it is durable."""
 
     @abstractmethod
     def append(self, kind: str, entry: dict[str, Any]) -> None:
@@ -75,27 +87,36 @@ class FileDocuments(Documents):
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise StoreCorruptError(f"{path} is damaged ({exc}); restore it from a backup") from exc
+            raise StoreCorruptError(f"{path} is damaged ({exc}); {_RESTORE}") from exc
         if not isinstance(data, dict):
-            raise StoreCorruptError(f"{path} is damaged (not a JSON object); restore it from a backup")
+            raise StoreCorruptError(f"{path} is damaged (not a JSON object); {_RESTORE}")
         return data
 
     def put(self, kind: str, doc_id: str, document: dict[str, Any]) -> None:
-        path = self.root / f"{kind}.json"
         with self._locked():
+            self._write(kind, {**self.all(kind), doc_id: document})
+
+    def put_new(self, kind: str, doc_id: str, document: dict[str, Any]) -> bool:
+        with self._locked():  # the check and the write under one file lock, shared by every process
             data = self.all(kind)
-            data[doc_id] = document
-            tmp = path.with_suffix(".json.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)  # key hashes: readable by the store's owner only
-            os.replace(tmp, path)
-            fsync_dir(self.root)
+            if doc_id in data:
+                return False
+            self._write(kind, {**data, doc_id: document})
+            return True
+
+    def _write(self, kind: str, data: dict[str, Any]) -> None:
+        path = self.root / f"{kind}.json"
+        tmp = path.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # key hashes: readable by the store's owner only
+        os.replace(tmp, path)
+        fsync_dir(self.root)
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
-        line = json.dumps({**entry, "at": _now()}, ensure_ascii=False) + "\n"
+        line = json.dumps({"at": _now(), **entry}, ensure_ascii=False) + "\n"  # a restored entry keeps its time
         with self._locked(), open(self.root / f"{kind}.jsonl", "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -107,12 +128,17 @@ class FileDocuments(Documents):
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
-                block, data = 1 << 16, b""
-                while size > 0 and data.count(b"\n") <= n:
-                    step = min(block, size)
+                blocks: list[bytes] = []
+                lines = read = 0
+                # Bounded: however long the log or its lines, one read takes at most TAIL_BYTES.
+                while size > 0 and lines <= n and read < TAIL_BYTES:
+                    step = min(1 << 16, size)
                     size -= step
                     f.seek(size)
-                    data = f.read(step) + data
+                    blocks.append(f.read(step))
+                    lines += blocks[-1].count(b"\n")
+                    read += step
+                data = b"".join(reversed(blocks))
         except FileNotFoundError:
             return []
         entries = []
@@ -133,20 +159,10 @@ class FileDocuments(Documents):
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-class MetaCollection(Protocol):
-    """What MetaDocuments needs of a server store (QdrantClientStore provides it)."""
-
-    def put_meta(self, point_id: str, payload: dict[str, Any]) -> None: ...
-
-    def scroll_meta(self, kind: str) -> Iterator[Any]: ...
-
-    def close(self) -> None: ...
-
-
 class MetaDocuments(Documents):
     """Documents as points of the server store's meta collection."""
 
-    def __init__(self, store: MetaCollection, *, owned: bool = False) -> None:
+    def __init__(self, store: QdrantClientStore, *, owned: bool = False) -> None:
         self.store = store
         self.owned = owned  # opened for these documents alone: closed with them
 
@@ -158,16 +174,46 @@ class MetaDocuments(Documents):
         return str(uuid.uuid5(_NAMESPACE, json.dumps([kind, doc_id])))
 
     def _scroll(self, kind: str) -> list[dict[str, Any]]:
-        return [r.payload for r in self.store.scroll_meta(kind)]
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return []
+        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))])
+        out, offset = [], None
+        while True:
+            records, offset = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                               scroll_filter=where, limit=1000, offset=offset, with_payload=True,
+                                               with_vectors=False)
+            out += [dict(r.payload or {}) for r in records]
+            if offset is None:
+                return out
+
+    def _put(self, point_id: str, payload: dict[str, Any], *, new: bool = False) -> bool:
+        """Upsert one meta point; with `new`, only where no point has this id (one conditional upsert, so of two
+        writers racing for one id one wins), telling whether this call inserted it."""
+        from qdrant_client import models
+
+        meta, token = self.store.meta_collection(), uuid.uuid4().hex
+        mode = models.UpdateMode.INSERT_ONLY if new else None
+        point = models.PointStruct(id=point_id, vector={}, payload={**payload, "_write": token})
+        self.store._call(self.store.client.upsert, meta, points=[point], update_mode=mode, wait=True)
+        if not new:
+            return True
+        found = self.store._call(self.store.client.retrieve, meta, [point_id], with_payload=["_write"])
+        return bool(found) and (found[0].payload or {}).get("_write") == token
 
     def all(self, kind: str) -> dict[str, dict[str, Any]]:
         return {p["doc_id"]: p["document"] for p in self._scroll(kind) if "doc_id" in p}
 
     def put(self, kind: str, doc_id: str, document: dict[str, Any]) -> None:
-        self.store.put_meta(self._point_id(kind, doc_id), {"kind": kind, "doc_id": doc_id, "document": document})
+        self._put(self._point_id(kind, doc_id), {"kind": kind, "doc_id": doc_id, "document": document})
+
+    def put_new(self, kind: str, doc_id: str, document: dict[str, Any]) -> bool:
+        return self._put(self._point_id(kind, doc_id), {"kind": kind, "doc_id": doc_id, "document": document},
+                         new=True)
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
-        self.store.put_meta(str(uuid.uuid4()), {"kind": kind, "entry": {**entry, "at": _now()}})
+        self._put(str(uuid.uuid4()), {"kind": kind, "entry": {"at": _now(), **entry}})
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         entries = [p["entry"] for p in self._scroll(kind) if "entry" in p]

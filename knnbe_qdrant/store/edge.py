@@ -12,15 +12,16 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
-from .._errors import StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
+from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
 from .._schema import COLLECTIONS, TENANT_INDEX, Manifest
-from .base import Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
 from .documents import FILES as DOCUMENT_FILES
 from .documents import FileDocuments, fsync_dir
 
@@ -95,7 +96,8 @@ class EdgeStore(Store):
                     "(close the other one, or share a Qdrant server between processes)"
                 ) from exc
             self.close()
-            raise StoreCorruptError(f"{self.describe()}: cannot load collection {name!r}: {text}") from exc
+            raise self.damaged(f"cannot load collection {name!r} ({text.splitlines()[0][:300] if text else '?'})"
+                               ) from exc
 
     # ---- manifest -----------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest | None:
@@ -105,7 +107,7 @@ class EdgeStore(Store):
         try:
             return Manifest.from_dict(json.loads(file.read_text(encoding="utf-8")))
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise StoreCorruptError(f"{file} is damaged: {exc}") from exc
+            raise StoreCorruptError(f"{file} is damaged: {exc}; {MANIFEST_RECOVERY}") from exc
 
     def _write_manifest(self, manifest: Manifest) -> None:
         # Write-then-rename, with fsyncs: readers see the old manifest or the new one, never half of one.
@@ -143,6 +145,17 @@ class EdgeStore(Store):
         for field in self.index_fields(name):
             self.create_keyword_index(name, field)
 
+    @contextmanager
+    def _reading(self, collection: str) -> Iterator[None]:
+        """Edge raises a bare Exception when a file it reads is damaged (a payload page that does not decompress,
+        say): that is the store's damage, said once with the way out, not a traceback."""
+        try:
+            yield
+        except KnnbeError:
+            raise
+        except Exception as exc:
+            raise self.damaged(f"reading {collection!r} failed ({str(exc).splitlines()[0][:300]})") from exc
+
     def _shard(self, collection: str) -> qe.EdgeShard:
         try:
             return self._shards[collection]
@@ -172,10 +185,11 @@ class EdgeStore(Store):
     ) -> list[Record]:
         if not ids:
             return []
-        records = self._shard(collection).retrieve(
-            list(ids), with_payload=payload_selector(payload), with_vector=with_vectors
-        )
-        return [to_record(r, with_vectors) for r in records]
+        with self._reading(collection):
+            records = self._shard(collection).retrieve(
+                list(ids), with_payload=payload_selector(payload), with_vector=with_vectors
+            )
+            return [to_record(r, with_vectors) for r in records]
 
     def query_batch(
         self,
@@ -200,9 +214,10 @@ class EdgeStore(Store):
             )
             for v in vectors
         ]
-        results = self._shard(collection).query_batch(qe.QueryBatchRequest(requests))
-        # Reading p.id would build a uuid.UUID per point (a third of the conversion cost): Hit reads it on demand.
-        return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
+        with self._reading(collection):
+            results = self._shard(collection).query_batch(qe.QueryBatchRequest(requests))
+            # Reading p.id would build a uuid.UUID per point (a third of the conversion cost): Hit reads it late.
+            return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
 
     def scroll(
         self,
@@ -215,19 +230,27 @@ class EdgeStore(Store):
         shard = self._shard(collection)
         offset = None
         while True:
-            records, offset = shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=batch, filter=build_filter(where, qe), with_payload=payload_selector(payload),
-                    with_vector=False,
+            with self._reading(collection):
+                page, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset, limit=batch, filter=build_filter(where, qe),
+                        with_payload=payload_selector(payload), with_vector=False,
+                    )
                 )
-            )
-            for r in records:
-                yield to_record(r, with_vectors=False)
+                records = [to_record(r, with_vectors=False) for r in page]
+            yield from records
             if offset is None:
                 return
 
+    def scroll_page(self, collection: str, *, offset: str | None, limit: int) -> list[Record]:
+        with self._reading(collection):
+            records, _ = self._shard(collection).scroll(
+                qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
+            return [to_record(r, with_vectors=False) for r in records]
+
     def count(self, collection: str, *, where: WhereLike | None = None) -> int:
-        return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=build_filter(where, qe))))
+        with self._reading(collection):
+            return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=build_filter(where, qe))))
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
@@ -257,9 +280,10 @@ class EdgeStore(Store):
             self._shard(collection).update(qe.UpdateOperation.delete_points_by_filter(build_filter(where, qe)))
 
     def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
-        response = self._shard(collection).facet(
-            qe.FacetRequest(key=field, limit=1_000_000, exact=True, filter=build_filter(where, qe))
-        )
+        with self._reading(collection):
+            response = self._shard(collection).facet(
+                qe.FacetRequest(key=field, limit=1_000_000, exact=True, filter=build_filter(where, qe))
+            )
         return {str(hit.value): hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
     def optimize(self) -> None:

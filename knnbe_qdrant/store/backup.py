@@ -1,0 +1,182 @@
+"""`knnbe-qdrant backup` / `restore`: a whole store, curated data included, as a folder that any backend can load
+back without re-encoding anything.
+
+A backup folder holds `backup.json` (the format, the store's manifest, and the SHA-256 and point count of every
+other file), one `<collection>.jsonl.gz` per collection (a point a line: id, payload, the float32 vector in
+base64) and `documents.json` (the service's keys, the tenants that hide points, the tombstones of removed points,
+the audit log). It is written under a temporary name and renamed when complete, so a killed backup never looks
+whole; a restore checks every checksum before it writes anything, and replaces an existing store only with
+`--force`, building beside it and swapping in atomically, as `build --force` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import InputFileError, InvalidInputError, StoreError
+from .._schema import COLLECTIONS, HIDERS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
+from .base import Store
+
+FORMAT = "knnbe-qdrant backup"
+VERSION = 1
+KEYED_DOCUMENTS = ("keys", HIDERS, TOMBSTONES)
+LOG_DOCUMENTS = ("audit",)
+_CHUNK = 1000
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def backup(store: Store, folder: str | os.PathLike[str]) -> dict[str, int]:
+    """Write the whole store to `folder` (which must not exist yet); returns the points written per collection."""
+    target = Path(folder).expanduser()
+    if target.exists():
+        raise InvalidInputError(f"{target} exists already: a backup goes into a new folder")
+    if not target.parent.is_dir():
+        raise InvalidInputError(f"{target}: the folder {target.parent} does not exist")
+    manifest = store.check_ready()
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files: dict[str, dict[str, Any]] = {}
+    for collection in COLLECTIONS:
+        name = f"{collection}.jsonl.gz"
+        n = 0
+        with gzip.open(tmp / name, "wt", encoding="utf-8", compresslevel=1) as f:
+            ids = [r.id for r in store.scroll(collection, payload=False)]
+            for start in range(0, len(ids), _CHUNK):
+                for r in store.retrieve(collection, ids[start : start + _CHUNK], with_vectors=True):
+                    if r.vector is None:
+                        raise store.damaged(f"point {r.id} of {collection!r} came back without its vector")
+                    vector = base64.b64encode(np.asarray(r.vector, dtype="<f4").tobytes()).decode("ascii")
+                    f.write(json.dumps({"id": r.id, "payload": r.payload, "vector": vector}, ensure_ascii=False))
+                    f.write("\n")
+                    n += 1
+        files[name] = {"sha256": _sha256(tmp / name), "points": n}
+    documents = store.documents()
+    docs: dict[str, Any] = {kind: documents.all(kind) for kind in KEYED_DOCUMENTS}
+    docs.update({kind: documents.tail(kind, 10**9)[::-1] for kind in LOG_DOCUMENTS})
+    (tmp / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
+    files["documents.json"] = {"sha256": _sha256(tmp / "documents.json")}
+    index = {"format": FORMAT, "version": VERSION, "created_at": utc_now(), "source": store.describe(),
+             "manifest": manifest.__dict__, "files": files}
+    (tmp / "backup.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    for path in tmp.iterdir():  # durable before the rename makes it a backup
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return {c: files[f"{c}.jsonl.gz"]["points"] for c in COLLECTIONS}
+
+
+def read_index(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The backup's index, every file checked against its checksum; InputFileError naming what is wrong."""
+    root = Path(folder).expanduser()
+    try:
+        index = json.loads((root / "backup.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputFileError(f"{root} is not a backup: it has no backup.json "
+                             "(a backup stopped half-way is left as <name>.partial)") from None
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{root / 'backup.json'} is damaged: {exc}") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("files"), dict):
+        raise InputFileError(f"{root / 'backup.json'} is not a knnbe-qdrant backup index")
+    if index.get("version") != VERSION:
+        raise InputFileError(f"{root} is a backup of format version {index.get('version')}; this knnbe-qdrant "
+                             f"reads version {VERSION}")
+    for name, meta in index["files"].items():
+        path = root / name
+        if not path.is_file():
+            raise InputFileError(f"{path} is missing from the backup")
+        if _sha256(path) != meta.get("sha256"):
+            raise InputFileError(f"{path} is damaged: its SHA-256 is not the one the backup recorded")
+    try:
+        Manifest.from_dict(index.get("manifest"))
+    except ValueError as exc:
+        raise InputFileError(f"{root / 'backup.json'}: its manifest is damaged: {exc}") from exc
+    return root, index
+
+
+def _points(path: Path) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                vector = np.frombuffer(base64.b64decode(row["vector"]), dtype="<f4").astype(np.float32)
+                yield str(row["id"]), dict(row["payload"]), vector
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputFileError(f"{path}:{line_no}: not a backed-up point ({exc})") from exc
+
+
+def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False) -> Manifest:
+    """Load a backup into `store`: a new store, or with `force` a replacement of the existing one, built beside it
+    and swapped in atomically (killed half-way, the old store still serves)."""
+    root, index = read_index(folder)
+    saved = Manifest.from_dict(index["manifest"])
+    if saved.schema_version > SCHEMA_VERSION:
+        raise StoreError(f"{root} was made at schema version {saved.schema_version}, newer than this knnbe-qdrant "
+                         f"({SCHEMA_VERSION}): upgrade knnbe-qdrant")
+    if store.exists() and not force:
+        raise StoreError(f"{store.describe()} exists: `knnbe-qdrant restore --force` replaces it with the backup "
+                         "(built beside it and swapped in atomically)")
+    target = store.rebuild_view() if store.exists() else store
+    try:
+        fields = {k: getattr(saved, k) for k in ("schema_version", "skill_text", "sources", "migrations", "params",
+                                                 "previous", "created_at")}
+        # A view left by a stopped rebuild or restore is resumed (initialize), then made exactly the backup.
+        target.initialize(saved.model, saved.dimension, **fields)
+        target.update_manifest(**fields)
+        for collection in COLLECTIONS:
+            restored: set[str] = set()
+            batch: list[tuple[str, dict[str, Any], np.ndarray]] = []
+            for point in _points(root / f"{collection}.jsonl.gz"):
+                batch.append(point)
+                restored.add(point[0])
+                if len(batch) >= _CHUNK:
+                    _write(target, collection, batch)
+                    batch = []
+            _write(target, collection, batch)
+            stray = [r.id for r in target.scroll(collection, payload=False) if r.id not in restored]
+            for start in range(0, len(stray), _CHUNK):
+                target.delete(collection, stray[start : start + _CHUNK])
+        _restore_documents(target, json.loads((root / "documents.json").read_text(encoding="utf-8")))
+        target.optimize()
+        target.mark_ready(counts={c: target.count(c) for c in COLLECTIONS}, build_seconds=saved.build_seconds)
+        if target is not store:
+            store.promote(target)
+    finally:
+        if target is not store:
+            target.close()
+    return store.manifest
+
+
+def _write(store: Store, collection: str, batch: list[tuple[str, dict[str, Any], np.ndarray]]) -> None:
+    if batch:
+        store.upsert(collection, [p[0] for p in batch], np.stack([p[2] for p in batch]), [p[1] for p in batch])
+
+
+def _restore_documents(store: Store, docs: dict[str, Any]) -> None:
+    """The backup's keys, hiders and tombstones join the store's (a key made since the backup stays); its audit log
+    is written only into a store whose log is empty, so restoring twice does not repeat it."""
+    documents = store.documents()
+    for kind in KEYED_DOCUMENTS:
+        for doc_id, document in (docs.get(kind) or {}).items():
+            documents.put(kind, doc_id, document)
+    for kind in LOG_DOCUMENTS:
+        if not documents.tail(kind, 1):
+            for entry in docs.get(kind) or []:
+                documents.append(kind, entry)
