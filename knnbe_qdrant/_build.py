@@ -140,15 +140,22 @@ def build_store(
     return store.mark_ready(counts=counts, build_seconds=round(time.perf_counter() - started, 1))
 
 
-def rebuild_store(store: Store, encoder: Encoder, **build: Any) -> Manifest:
+def rebuild_store(store: Store, encoder: Encoder, *, carry: Callable[[Store, Store], Any] | None = None,
+                  **build: Any) -> Manifest:
     """`build --force`: a fresh store built beside this one, which serves untouched until the new one is complete
     and swaps in atomically. Killed half-way, the old store still serves; run again, the rebuild resumes. Every
-    argument is checked (the model loaded, the taxonomy read) before this is called, so a bad one changes nothing."""
+    argument is checked (the model loaded, the taxonomy read) before this is called, so a bad one changes nothing.
+
+    `carry(old, new)` runs after the new store is built and before the swap: `_carry.carry_edits` brings every
+    curated point over (the command line passes it unless --discard-edits)."""
     if not store.exists():
         return build_store(store, encoder, **build)
     target = store.rebuild_view()
     try:
         build_store(target, encoder, **build)
+        if carry is not None:
+            carry(store, target)
+            target.mark_ready(counts={c: target.count(c) for c in S.COLLECTIONS})
         store.promote(target)
     finally:
         target.close()

@@ -19,11 +19,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import _schema as S
+from . import _text as T
 from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
+from ._carry import record_removal
 from ._data import LabelledSentence, Skill
-from ._errors import InputFileError, InvalidInputError, KnnbeError, NotFoundError, StoreError
-from ._labelled import _typed, check_readable, read_labelled
+from ._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
+from ._labelled import check_readable, hf_rows, read_labelled, row_problem
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
+from ._text import check_optional_text, check_text
 from .encoding import Encoder
 from .store.base import Store, Where, vectors_of
 
@@ -63,9 +66,7 @@ class Curator:
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:
         """The payload of the skill `ref` names for this tenant: a skill id, else an exact preferred label."""
-        if not isinstance(ref, str) or not ref.strip():
-            raise InvalidInputError("a skill must be named by its id or its exact preferred label")
-        ref = ref.strip()
+        ref = check_text(ref, "the skill (its id or exact preferred label)", max_chars=T.MAX_SKILL_REF)
         where = Where(must={S.F_TENANT: layers(tenant)})
         for key in (S.F_SKILL_ID, S.F_LABEL):
             found = [
@@ -90,17 +91,18 @@ class Curator:
         """A skill the taxonomy lacks, in the tenant's own layer (or the global one)."""
         self._check_editable()
         owner = _own(tenant)
-        if not skill_id or not skill_id.strip():
-            raise InvalidInputError("a new skill needs an id")
-        if not label or not label.strip():
-            raise InvalidInputError("a new skill needs a label")
-        clash = self.store.count(S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill_id.strip()})
-        if clash:
-            raise InvalidInputError(f"skill id {skill_id!r} already exists for this tenant: use `skill update`")
-        skill = Skill(id=skill_id.strip(), label=label.strip(), alt_labels=alt_labels, description=description.strip(),
+        skill = Skill(id=check_text(skill_id, "the new skill's id", max_chars=T.MAX_SKILL_ID),
+                      label=check_text(label, "the new skill's label", max_chars=T.MAX_LABEL),
+                      alt_labels=tuple(check_text(a, "alt label", max_chars=T.MAX_LABEL) for a in alt_labels),
+                      description=check_optional_text(description, "description", max_chars=T.MAX_DESCRIPTION),
                       taxonomy="custom", taxonomy_version="")
-        payload = {**skill_payload(skill, owner), **self._provenance("curator")}
-        self._write_skill(owner, skill.id, skill.label, payload)
+        vector = self.encoder.encode([skill.label])  # a skill is embedded by its label (manifest skill_text "label")
+        # Checked and written under the item's lock: of two curators adding one id at once, one is refused.
+        with self.store.item_lock("skill", owner, skill.id):
+            if self.store.count(S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill.id}):
+                raise ConflictError(f"skill id {skill.id!r} already exists for this tenant: use `skill update`")
+            payload = {**skill_payload(skill, owner), **self._provenance("curator")}
+            self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
         return payload
 
     def update_skill(
@@ -108,18 +110,23 @@ class Curator:
     ) -> dict[str, Any]:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else."""
         self._check_editable()
-        payload = self._own_skill(ref, tenant, "update")
-        changes: dict[str, Any] = {S.F_UPDATED_AT: S.utc_now()}
+        label = None if label is None or not label.strip() else check_text(label, "the label", max_chars=T.MAX_LABEL)
+        changes: dict[str, Any] = {}
         if description is not None:
-            changes[S.F_DESCRIPTION] = description.strip()
-        point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
-        if label is not None and label.strip() and label.strip() != payload[S.F_LABEL]:
-            # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
-            # would undo what another curator did in between (a retirement, a tenant's hide mark).
-            self.store.update_vectors(S.SKILLS, [point], self.encoder.encode([label.strip()]))
-            changes[S.F_LABEL] = label.strip()
-        self.store.set_payload(S.SKILLS, [point], changes)
-        return {**payload, **changes, **({S.F_LABEL: label.strip()} if label and label.strip() else {})}
+            changes[S.F_DESCRIPTION] = check_optional_text(description, "the description", max_chars=T.MAX_DESCRIPTION)
+        vector = self.encoder.encode([label]) if label is not None else None
+        payload = self._own_skill(ref, tenant, "update")
+        with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):  # label and vector agree
+            payload = self._own_skill(ref, tenant, "update")
+            point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
+            if vector is not None and label != payload[S.F_LABEL]:
+                # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
+                # would undo what another curator did in between (a retirement, a tenant's hide mark).
+                self.store.update_vectors(S.SKILLS, [point], vector)
+                changes[S.F_LABEL] = label
+            changes[S.F_UPDATED_AT] = S.utc_now()
+            self.store.set_payload(S.SKILLS, [point], changes)
+        return {**payload, **changes}
 
     def retire_skill(self, ref: str, *, tenant: str | None = None) -> str:
         """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant.
@@ -146,14 +153,17 @@ class Curator:
         """Teach the memory that `text` expresses `skill`. Returns False when it was already stored."""
         self._check_editable()
         text = self._check_text(text)
+        source = check_text(source, "the source", max_chars=T.MAX_SOURCE)
         skill_id = self.resolve_skill(skill, tenant)[S.F_SKILL_ID]
         owner = _own(tenant)
         point = S.memory_point_id(owner, skill_id, text)
-        if self.store.retrieve(S.MEMORY, [point], payload=False):
-            return False
-        payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
-                   **self._provenance(source)}
-        self.store.upsert(S.MEMORY, [point], self.encoder.encode([text]), [payload])
+        vector = self.encoder.encode([text])
+        with self.store.item_lock("memory", text):
+            if self.store.retrieve(S.MEMORY, [point], payload=False):
+                return False
+            payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
+                       **self._provenance(source)}
+            self.store.upsert(S.MEMORY, [point], vector, [payload])
         return True
 
     def remove_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
@@ -163,13 +173,16 @@ class Curator:
         skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         owner = _own(tenant)
         own_point = S.memory_point_id(owner, skill_id, text)
-        if self.store.retrieve(S.MEMORY, [own_point], payload=False):
-            self.store.delete(S.MEMORY, [own_point])
-            return "removed"
-        global_point = S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
-        if owner != S.GLOBAL_TENANT and self.store.retrieve(S.MEMORY, [global_point], payload=False):
-            self._hide(S.MEMORY, global_point, owner)
-            return "hidden"
+        with self.store.item_lock("memory", text):  # a relabel of this sentence is either before or after
+            if self.store.retrieve(S.MEMORY, [own_point], payload=False):
+                self.store.delete(S.MEMORY, [own_point])
+                if owner == S.GLOBAL_TENANT:  # a rebuild from the sources would make it anew: it removes it again
+                    record_removal(self.store, S.MEMORY, own_point, self.user)
+                return "removed"
+            global_point = S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
+            if owner != S.GLOBAL_TENANT and self.store.retrieve(S.MEMORY, [global_point], payload=False):
+                self._hide(S.MEMORY, global_point, owner)
+                return "hidden"
         raise NotFoundError(f"no memory sentence {text!r} labelled {skill_id!r} visible to this tenant")
 
     def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> None:
@@ -180,6 +193,12 @@ class Curator:
         old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         new_id = self.resolve_skill(new_skill, tenant)[S.F_SKILL_ID]
         owner = _own(tenant)
+        # Under the sentence's lock: of two relabels (or a relabel and a removal) at once, the second finds the
+        # sentence where the first left it.
+        with self.store.item_lock("memory", text):
+            self._relabel(text, old_id, new_id, owner)
+
+    def _relabel(self, text: str, old_id: str, new_id: str, owner: str) -> None:
         source_point = None
         for layer in (owner, S.GLOBAL_TENANT):
             found = self.store.retrieve(S.MEMORY, [S.memory_point_id(layer, old_id, text)], with_vectors=True)
@@ -204,6 +223,8 @@ class Curator:
                     if late:
                         self.store.set_payload(S.MEMORY, [new_point], late)
                 self.store.delete(S.MEMORY, [source_point.id])
+                if owner == S.GLOBAL_TENANT:
+                    record_removal(self.store, S.MEMORY, source_point.id, self.user)
         else:
             self._hide(S.MEMORY, source_point.id, owner)
 
@@ -237,22 +258,7 @@ class Curator:
         """Store the labelled sentences of a Hugging Face dataset (a hub name, which needs internet, or a local
         dataset directory), e.g. TechWolf/Synthetic-ESCO-skill-sentences: `skill` holds ESCO preferred labels,
         which resolve like any skill reference. Rows are numbered from 1 in error messages."""
-        try:
-            import datasets
-        except ImportError:
-            raise KnnbeError("importing a Hugging Face dataset needs the 'datasets' package: "
-                             "pip install 'knnbe-qdrant[datasets]'") from None
-        try:
-            rows = datasets.load_dataset(name, split=split, streaming=True)
-        except Exception as exc:  # hub or network errors, unknown split, unreadable files: all mean "cannot load"
-            raise InputFileError(f"{name}: cannot load the dataset split {split!r} ({exc})") from exc
-        columns = rows.column_names or []
-        missing = {text_column, skill_column} - set(columns) if columns else set()
-        if missing:
-            raise InputFileError(f"{name}: the dataset has no column {sorted(missing)}; it has {columns} "
-                                 "(name them with --text-column / --skill-column)")
-        numbered = ((i, *_typed({"text": r.get(text_column), "skill": r.get(skill_column)}))
-                    for i, r in enumerate(rows, 1))
+        numbered = hf_rows(name, split, text_column, skill_column)
         return self.import_rows(numbered, f"{name}[{split}] row", tenant=tenant, source=source or f"hf:{name}",
                                 progress=progress, chunk=chunk)
 
@@ -288,7 +294,8 @@ class Curator:
                 for line_no, row, read_problem in rows:
                     bar.update(1)
                     text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
-                    problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else None)
+                    problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else
+                                               row_problem(text, ref, row.get("source") or ""))
                     skill_id = skill_of(ref) if problem is None else None
                     if problem or isinstance(skill_id, Exception) or skill_id is None:
                         report.errors.append(f"{origin}:{line_no}: {problem or skill_id}")
@@ -370,13 +377,7 @@ class Curator:
 
     @staticmethod
     def _check_text(text: str) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError("a memory sentence must not be empty")
-        return text.strip()
-
-    def _write_skill(self, owner: str, skill_id: str, label: str, payload: dict[str, Any]) -> None:
-        vector = self.encoder.encode([label])  # a skill is embedded by its label (manifest skill_text "label")
-        self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill_id)], vector, [payload])
+        return check_text(text, "the memory sentence", max_chars=T.MAX_MEMORY_TEXT)
 
     def _own_skill(self, ref: str, tenant: str | None, action: str) -> dict[str, Any]:
         payload = self.resolve_skill(ref, tenant)

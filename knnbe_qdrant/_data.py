@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -105,14 +106,19 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 def iter_csv(path: str | Path, required: Sequence[str], what: str) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a UTF-8 CSV file whose header names at least the `required` columns."""
     path = Path(path)
+    csv.field_size_limit(sys.maxsize)  # a long sentence is a long field, not a broken file
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(required) - set(reader.fieldnames or [])
-            if missing:
-                raise InputFileError(f"{path}:1: not {what}: the header lacks {sorted(missing)}")
-            for row in reader:
-                yield reader.line_num, row
+        # strict: a quote left open runs to the end of the file, which is an error, not one merged last row
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, strict=True)
+            try:
+                missing = set(required) - set(reader.fieldnames or [])
+                if missing:
+                    raise InputFileError(f"{path}:1: not {what}: the header lacks {sorted(missing)}")
+                for row in reader:
+                    yield reader.line_num, row
+            except csv.Error as exc:
+                raise InputFileError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
     except UnicodeDecodeError as exc:
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:

@@ -10,13 +10,15 @@ stored, so such a file stores nothing.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ._data import jsonl_objects
-from ._errors import InputFileError
+from ._errors import InputFileError, InvalidInputError, KnnbeError
+from ._text import MAX_MEMORY_TEXT, MAX_SKILL_REF, MAX_SOURCE, check_optional_text, check_text
 
 FIELDS = ("text", "skill", "source")
 Row = tuple[int, dict[str, str], str | None]
@@ -57,7 +59,7 @@ def _csv(path: Path) -> Iterator[Row]:
     csv.field_size_limit(sys.maxsize)  # a long sentence is a long field, not a broken file
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, strict=True)  # a quote left open is an error, not a merged last row
             missing = {"text", "skill"} - set(reader.fieldnames or [])
             if missing:
                 raise InputFileError(f"{path}:1: not a labelled-sentence file: the header lacks {sorted(missing)}")
@@ -81,3 +83,50 @@ def check_readable(path: str | Path) -> int:
     """Read the whole file once, storing nothing; raise InputFileError if it cannot be read to the end. Returns the
     number of rows (good or bad)."""
     return sum(1 for _ in read_labelled(path))
+
+
+def hf_rows(name: str, split: str, text_column: str, skill_column: str) -> Iterator[Row]:
+    """The rows of a Hugging Face dataset split (a hub name, which needs internet, or a local dataset directory),
+    numbered from 1, as `read_labelled` gives a file's."""
+    try:
+        import datasets
+    except ImportError:
+        raise KnnbeError("importing a Hugging Face dataset needs the 'datasets' package: "
+                         "pip install 'knnbe-qdrant[datasets]'") from None
+    try:
+        rows = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as exc:  # hub or network errors, unknown split, unreadable files: all mean "cannot load"
+        raise InputFileError(f"{name}: cannot load the dataset split {split!r} ({exc})") from exc
+    columns = rows.column_names or []
+    missing = {text_column, skill_column} - set(columns) if columns else set()
+    if missing:
+        raise InputFileError(f"{name}: the dataset has no column {sorted(missing)}; it has {columns} "
+                             "(name them with --text-column / --skill-column)")
+    return ((i, *_typed({"text": r.get(text_column), "skill": r.get(skill_column)})) for i, r in enumerate(rows, 1))
+
+
+def write_labelled(path: str | Path, rows: list[dict[str, str]]) -> int:
+    """Write rows of `FIELDS` as JSONL, or CSV by suffix (`memory export`); returns how many."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"{path}: the folder {path.parent} does not exist")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(f, fieldnames=list(FIELDS))
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def row_problem(text: str, skill: str, source: str) -> str | None:
+    """Why a row's texts cannot be stored (see _text.check_text), or None."""
+    try:
+        check_text(text, "'text'", max_chars=MAX_MEMORY_TEXT)
+        check_text(skill, "'skill'", max_chars=MAX_SKILL_REF)
+        check_optional_text(source, "'source'", max_chars=MAX_SOURCE)
+    except InvalidInputError as exc:
+        return str(exc)
+    return None

@@ -16,6 +16,7 @@ from ._errors import InvalidInputError
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams, score_candidates, union_candidates
 from ._tenancy import is_tenant, layers, skill_is_visible, visible_memory, visible_skills
+from ._text import check_text
 from .encoding import Encoder, canonical_model_name
 from .store.base import Hit, Store, Where, vectors_of
 from .store.connection import Location, open_store
@@ -89,17 +90,11 @@ class MemoryPayloads:
         return [[h for h in hits if h.payload] for hits in hit_lists]
 
 
-def validate_sentences(sentences: Sequence[str]) -> list[str]:
+def validate_sentences(sentences: Sequence[str], what: str = "sentence") -> list[str]:
+    """The sentences stripped, or InvalidInputError naming the first unusable one (see _text.check_text)."""
     if isinstance(sentences, str):
         raise InvalidInputError("map() takes a list of sentences, not one string")
-    out = []
-    for i, s in enumerate(sentences):
-        if not isinstance(s, str):
-            raise InvalidInputError(f"sentence #{i} is a {type(s).__name__}, not a string")
-        if not s.strip():
-            raise InvalidInputError(f"sentence #{i} is empty or whitespace only")
-        out.append(s.strip())
-    return out
+    return [check_text(s, f"{what} #{i}") for i, s in enumerate(sentences)]
 
 
 class SkillMapper:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
-from knnbe_qdrant import Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
+from knnbe_qdrant import ConflictError, Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, hidden_tenants, memory_point_id, skill_point_id
 from tests.helpers import BACKENDS, build_small
 
@@ -199,7 +200,7 @@ def test_bad_curation_input_is_refused(curator):
         curator.add_sentence("text", "no such skill")
     with pytest.raises(InvalidInputError, match="not a valid name"):
         curator.add_sentence("text", QDRANT, tenant="../etc")
-    with pytest.raises(InvalidInputError, match="already exists"):
+    with pytest.raises(ConflictError, match="already exists"):
         curator.add_skill(curator.resolve_skill("SQL")["skill_id"], "dup", tenant="acme")
     with pytest.raises(InvalidInputError, match="global layer"):
         curator.update_skill("SQL", label="x", tenant="acme")
@@ -254,16 +255,35 @@ def test_renaming_a_skill_re_embeds_it_and_keeps_what_others_did_meanwhile(curat
         curator.update_skill(sql, label="SQL")
 
 
-def test_a_global_relabel_carries_a_hide_mark_set_while_it_ran(curator, store):
+def test_a_tenant_hiding_a_sentence_while_it_is_relabelled_globally_is_ordered(curator, store):
+    """The hide that would land between the relabel's read and its delete waits for the relabel (the sentence's
+    lock) and then finds the sentence moved: refused, not a mark lost with the old point."""
     sql = curator.resolve_skill("SQL")["skill_id"]
     text = next(curator.list_memory(sql))["text"]
-    racing = Curator(_AnotherCuratorActsFirst(store, lambda: curator.remove_sentence(text, sql, tenant="beta")),
-                     curator.encoder, user="bob")
+    outcome: list[object] = []
+
+    def hide_meanwhile():
+        def hide():
+            try:
+                outcome.append(curator.remove_sentence(text, sql, tenant="beta"))
+            except NotFoundError as exc:
+                outcome.append(exc)
+        thread = threading.Thread(target=hide)
+        thread.start()
+        thread.join(0.3)  # it cannot get in while the relabel holds the sentence
+        outcome.append("waited" if thread.is_alive() else "did not wait")
+        threads.append(thread)
+
+    threads: list[threading.Thread] = []
+    racing = Curator(_AnotherCuratorActsFirst(store, hide_meanwhile), curator.encoder, user="bob")
     racing.relabel(text, sql, "PostgreSQL")
+    threads[0].join()
     postgres = curator.resolve_skill("PostgreSQL")["skill_id"]
     try:
+        assert outcome[0] == "waited" and isinstance(outcome[1], NotFoundError), outcome
         [moved] = store.retrieve(MEMORY, [memory_point_id(GLOBAL_TENANT, postgres, text)])
-        assert hidden_tenants(moved.payload) == ["beta"]
+        assert hidden_tenants(moved.payload) == []
         assert not store.retrieve(MEMORY, [memory_point_id(GLOBAL_TENANT, sql, text)])
+        assert curator.remove_sentence(text, postgres, tenant="beta") == "hidden"  # where it is now
     finally:
         curator.relabel(text, postgres, sql)

@@ -5,6 +5,8 @@ Slow (minutes): run with `scripts/test.sh --slow`.
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,34 @@ def test_bench_reports_the_documented_fields(store):
     assert report["default_profile"] == "decompose"
     assert report["memory"] == 127054
     assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0
+
+
+def _damage(store: Path, how: str) -> None:
+    """Damage the memory's one indexed segment as the issue's probes did, on a store big enough to have one."""
+    [segment] = [m.parent.parent for m in store.glob("memory_g*/segments/*/vector_storage/matrix.dat")]
+    rng = random.Random(3)
+    target = {"truncated": "vector_storage/matrix.dat", "random bytes": "vector_storage/matrix.dat",
+              "quantized data": "vector_storage/quantized.data", "payload page": "payload_storage/page_0.dat"}[how]
+    path = segment / target
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        if how == "truncated":
+            f.truncate(size // 2)
+        elif how == "quantized data":
+            f.write(os.urandom(size))
+        else:
+            share = 10 if how == "random bytes" else 500
+            for _ in range(size // share // 64):
+                f.seek(rng.randrange(size - 64))
+                f.write(os.urandom(64))
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "quantized data", "payload page"])
+def test_a_damaged_full_store_is_refused_not_answered(store, tmp_path, how):
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    _damage(copy, how)
+    r = cli("map", "--json", "Experience with Python programming and SQL databases", store=copy)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    assert "is damaged" in err and "knnbe-qdrant restore" in err and "build --force" in err, err

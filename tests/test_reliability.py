@@ -179,6 +179,18 @@ def test_every_server_fault_is_one_line_within_the_timeout(server, words):
     one_clear_line(r, f"the Qdrant server at {server}", *words)
 
 
+@pytest.mark.parametrize("server", ["drip"], indirect=True)
+def test_with_no_timeout_configured_a_dripping_server_still_cannot_hold_a_call(server, monkeypatch):
+    from knnbe_qdrant.store import client
+
+    monkeypatch.setattr(client, "DEFAULT_DEADLINE_S", 2.0)  # the shipped 60 s, shortened for the test
+    store = QdrantClientStore.connect(server, check_compatibility=False)  # no --timeout, no QDRANT_TIMEOUT
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="within 2 s"):
+        store.exists()
+    assert time.monotonic() - started < 12
+
+
 def test_refused_connection_and_bad_settings_are_one_line():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,7 +289,9 @@ def test_import_reports_each_bad_row_and_stores_every_good_one(store_copy, tmp_p
     field = "Writing SQL " * 20_000  # 240,000 characters, over csv's default limit
     long.write_text(f'text,skill\n"{field}",SQL\n', encoding="utf-8")
     r = run("memory", "import", long, "--tenant", "acme", "--no-progress", store=store_copy)
-    assert r.returncode == 0 and b"stored 1" in r.stdout, r.stderr.decode()
+    # read whole (no csv field-size error), then refused as a row: a stored sentence is bounded
+    assert r.returncode == 1 and b"stored 0" in r.stdout, r.stderr.decode()
+    assert f"{long}:2: 'text' has 239999 characters, at most 5000" in r.stderr.decode()
     broken = tmp_path / "broken.csv"
     broken.write_bytes(b"text,skill\nGood SQL work,SQL\nBad \xff byte,SQL\n")
     r = run("memory", "import", broken, "--tenant", "beta", "--no-progress", store=store_copy)

@@ -1,4 +1,4 @@
-"""Commands that make or look after a store: build, migrate, status."""
+"""Commands that make or look after a store: build, migrate, backup, restore, status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from .._errors import InvalidInputError
+from ..store.base import Store
 from ._common import connection, shipped_sources
 
 
@@ -21,7 +23,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     b.add_argument("--skill-text", default="label", choices=["label", "label_description"],
                    help="what text embeds each skill (default: label)")
     b.add_argument("--force", action="store_true", help="rebuild from scratch: the new store is built beside the "
-                   "old one, which serves until the new one is complete and replaces it atomically")
+                   "old one, which serves until the new one is complete and replaces it atomically; every tenant's "
+                   "skills and sentences, hide marks and curator edits are carried over, re-encoded")
+    b.add_argument("--discard-edits", action="store_true", help="with --force: do not carry the curated data over "
+                   "(every tenant's skills and sentences, hide marks and curator edits are lost)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=build)
 
@@ -34,6 +39,17 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
                     "sentences were edited since the swap (those edits are lost)")
     mg.add_argument("--no-progress", action="store_true")
     mg.set_defaults(func=migrate)
+
+    bk = sub.add_parser("backup", parents=[parent], help="write the whole store (curated data, keys and audit log "
+                        "included) to a new folder")
+    bk.add_argument("folder", help="the backup folder to create")
+    bk.set_defaults(func=backup)
+
+    rs = sub.add_parser("restore", parents=[parent], help="load a backup made by `backup` (checksums checked first)")
+    rs.add_argument("folder", help="the backup folder")
+    rs.add_argument("--force", action="store_true", help="replace the existing store: the backup is loaded beside it "
+                    "and swapped in atomically")
+    rs.set_defaults(func=restore)
 
     st = sub.add_parser("status", parents=[parent], help="backend, collections and counts, model, schema version")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -57,9 +73,18 @@ def build(args: argparse.Namespace) -> int:
         progress = not args.no_progress
         if progress:
             print(f"building {store.describe()} ({len(skills)} skills) ...", file=sys.stderr, flush=True)
-        run = rebuild_store if args.force else build_store
-        manifest = run(store, encoder, skills=skills, memory_sources=sources, skill_text=args.skill_text,
-                       progress=progress)
+        if args.discard_edits and not args.force:
+            raise InvalidInputError("--discard-edits goes with --force")
+        build = {"skills": skills, "memory_sources": sources, "skill_text": args.skill_text, "progress": progress}
+        if args.force:
+            from .._carry import carry_edits
+
+            def carry(old: Store, new: Store) -> None:
+                print(carry_edits(old, new, encoder, progress=progress).summary(), file=sys.stderr, flush=True)
+
+            manifest = rebuild_store(store, encoder, carry=None if args.discard_edits else carry, **build)
+        else:
+            manifest = build_store(store, encoder, **build)
     print(f"store ready: {store.describe()}, model {manifest.model} ({manifest.dimension}-d), "
           f"{manifest.counts.get('skills', 0)} skills, {manifest.counts.get('memory', 0)} memory sentences, "
           f"built in {manifest.build_seconds} s")
@@ -85,6 +110,28 @@ def migrate(args: argparse.Namespace) -> int:
             print(f"{verb}: {step}")
         if not steps:
             print(f"nothing to do: {store.describe()} is at schema version {store.manifest.schema_version}")
+    return 0
+
+
+def backup(args: argparse.Namespace) -> int:
+    from ..store.backup import backup as write_backup
+
+    with connection(args).open() as store:
+        counts = write_backup(store, args.folder)
+    print(f"backed up {store.describe()} to {args.folder}: {counts.get('skills', 0)} skills, "
+          f"{counts.get('memory', 0)} memory sentences, keys and audit log")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    from ..store.backup import read_index
+    from ..store.backup import restore as load_backup
+
+    read_index(args.folder)  # a damaged or foreign backup is refused before the store is opened
+    with connection(args).open(create=True) as store:
+        manifest = load_backup(store, args.folder, force=args.force)
+    print(f"restored {store.describe()} from {args.folder}: {manifest.counts.get('skills', 0)} skills, "
+          f"{manifest.counts.get('memory', 0)} memory sentences")
     return 0
 
 

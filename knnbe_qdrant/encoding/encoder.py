@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._errors import InvalidInputError, ModelError, OnnxUnsupported
+from .._text import check_text
 from .models import BASE_MODEL, canonical_model_name, local_model_dir
 from .onnx import OnnxRuntime, TokenizedRuntime, export_onnx, onnx_path_for
 from .openvino import OpenVinoRuntime, cpu_has_bf16_units
@@ -33,9 +34,8 @@ ENCODE_BATCH = 256
 
 
 def _check_texts(texts: Sequence[str]) -> None:
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise InvalidInputError(f"text #{i} is empty or not a string: {t!r}")
+    for i, t in enumerate(texts):  # the last door before the tokenizer, which fails a whole batch on one bad text
+        check_text(t, f"text #{i}")
 
 
 class _TorchRuntime:

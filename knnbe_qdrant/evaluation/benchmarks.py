@@ -37,7 +37,7 @@ def read_benchmark(path: str | Path) -> list[GoldSentence]:
         path = data_file(SHIPPED[str(path)])
     path = Path(path)
     try:
-        head = path.read_bytes()[:4096].decode("utf-8", errors="replace").lstrip()
+        head = path.read_bytes()[:4096].decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return _read_jsonl(path) if head.startswith("{") else _read_span_csv(path)

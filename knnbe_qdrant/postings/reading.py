@@ -87,8 +87,9 @@ def _csv_rows(path: Path, id_field: str, text_field: str) -> Iterator[tuple[str,
     csv.field_size_limit(sys.maxsize)  # a posting is a long field
     # Bytes that are not UTF-8 become lone surrogates, so one bad row is reported and skipped, not the whole file.
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            reader = csv.DictReader(f)
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            # strict: a quote left open would otherwise swallow every later posting into one silently
+            reader = csv.DictReader(f, strict=True)
             missing = {id_field, text_field} - set(reader.fieldnames or [])
             if missing:
                 raise InputFileError(f"{path}:1: not a postings file: the header lacks {sorted(missing)}")

@@ -1,0 +1,53 @@
+"""Which texts the package accepts, checked once at every door (the library, the command line, the service) before
+a text reaches a shared batch or the store: a string, valid Unicode that UTF-8 can carry, not empty once control
+characters are taken out, and no longer than what is stored for that kind of field.
+
+A lone surrogate (JSON's "\\ud800", or a byte that is not UTF-8 in a command-line argument, which Python decodes as
+one) cannot be tokenized or stored; one such text used to fail the whole micro-batch it travelled in.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from ._errors import InvalidInputError
+
+# What every stored field may hold at most, in characters. ESCO v1.1.0's longest preferred label has 87 characters,
+# its longest description 692, its longest id 69; the bounds leave room for any real taxonomy while keeping one
+# tenant's point (and so the audit log, the listings and every other tenant's reads) small.
+MAX_SKILL_ID = 512
+MAX_LABEL = 512
+MAX_DESCRIPTION = 8_000
+MAX_SOURCE = 200
+MAX_MEMORY_TEXT = 5_000
+MAX_SKILL_REF = max(MAX_SKILL_ID, MAX_LABEL)
+"""A skill named by its id or its exact preferred label."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
+    """`value` stripped, or InvalidInputError naming `what` and the problem."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} is a {type(value).__name__}, not a string")
+    bad = _SURROGATE.search(value)
+    if bad is not None:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode: a lone surrogate (U+{ord(bad.group()):04X}) at character {bad.start()}; "
+            "in a command-line argument this is a byte that is not UTF-8"
+        )
+    text = value.strip()
+    if not any(not unicodedata.category(c).startswith("C") and not c.isspace() for c in text):
+        raise InvalidInputError(f"{what} is empty once whitespace and control characters are taken out")
+    if max_chars is not None and len(text) > max_chars:
+        raise InvalidInputError(f"{what} has {len(text)} characters, at most {max_chars}")
+    return text
+
+
+def check_optional_text(value: Any, what: str, *, max_chars: int) -> str:
+    """Like check_text, where an empty text is allowed (a description, say): returns "" for one."""
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return check_text(value, what, max_chars=max_chars)
