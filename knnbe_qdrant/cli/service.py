@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
-from .._errors import KnnbeError
+from .._errors import InvalidInputError, KnnbeError
 from ._common import connection
 
 
@@ -14,12 +15,14 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv = sub.add_parser("serve", parents=[parent], help="serve the store over HTTP: JSON API with scoped keys, curator "
                         "page, /docs, /healthz, /readyz, /metrics (needs the server extra)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (default 1000000)")
-    sv.add_argument("--max-sentences", type=int, default=256, help="sentences per map request (default 256)")
-    sv.add_argument("--max-chars", type=int, default=5_000, help="characters per sentence (default 5000)")
-    sv.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long a map request waits for others to "
-                    "batch with (default 3)")
+    sv.add_argument("--port", type=_ranged(int, 1, 65535), default=8000, help="port (default 8000)")
+    sv.add_argument("--max-body-bytes", type=_ranged(int, 1), default=1_000_000,
+                    help="largest request body (default 1000000)")
+    sv.add_argument("--max-sentences", type=_ranged(int, 1), default=256, help="sentences per map request "
+                    "(default 256)")
+    sv.add_argument("--max-chars", type=_ranged(int, 1), default=5_000, help="characters per sentence (default 5000)")
+    sv.add_argument("--batch-wait-ms", type=_ranged(float, 0, 1000), default=3.0, help="how long a map request "
+                    "waits for others to batch with (default 3; 0 to 1000)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable; default: none, CORS off)")
     sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
@@ -53,6 +56,22 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     lt.set_defaults(func=loadtest)
 
 
+def _ranged(kind: type, low: float, high: float | None = None) -> Any:
+    """An argparse type: a number of `kind` from `low` to `high`, else argparse's one-line error naming the flag."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (value >= low and (high is None or value <= high)):  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is not between {low} and {high}" if high is not None
+                                             else f"{text} is below {low}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _server_extra() -> None:
     try:
         import fastapi  # noqa: F401
@@ -68,11 +87,27 @@ def serve(args: argparse.Namespace) -> int:
     from ..service.app import create_app
     from ..service.state import Limits
 
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise InvalidInputError(f"{flag} {path}: no such file")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None) and args.ssl_keyfile is not None:
+        raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
                     batch_wait_ms=args.batch_wait_ms)
     app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ssl_certfile=args.ssl_certfile,
-                ssl_keyfile=args.ssl_keyfile, access_log=False)  # no access log: it would hold request details
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, timeout_graceful_shutdown=30,
+                            access_log=False)  # no access log: it would hold request details
+
+    class Server(uvicorn.Server):
+        """SIGTERM or SIGINT: /readyz turns 503 at once, new connections are refused, the requests in flight
+        finish (30 s at most), then the batcher stops and the store is flushed and closed (app shutdown)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.service.draining = True
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import InvalidInputError, KnnbeError, NotFoundError, StoreError
+from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
 from .._mapper import SkillMapper
 from ..store.connection import Connection
 from . import page, routes
@@ -31,7 +31,8 @@ log = logging.getLogger("knnbe_qdrant.service")
 
 
 class BodyLimit:
-    """Refuses a request body over the limit with 413, whether it announces its length or streams it."""
+    """Refuses a request body over the limit with 413, whether it announces its length or streams it (chunked):
+    the body is read here, up to the limit, before the app sees any of it."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -41,23 +42,33 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body over {self.limit} bytes (the service's --max-body-bytes)"
+        too_long = JSONResponse({"error": f"request body over {self.limit} bytes (the service's --max-body-bytes)"},
+                                status_code=413)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+            await too_long(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise ApiError(413, message)
-            return msg
+            if msg["type"] != "http.request":  # the client went away mid-body
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if seen > self.limit:
+                await too_long(scope, receive, send)
+                return
+        body, replayed = b"".join(chunks), False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
 
 def _endpoint(request: Request) -> str:
@@ -83,7 +94,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
         yield
         service.close()
 
-    app = FastAPI(title="knnbe-qdrant", version="1", lifespan=lifespan,
+    app = FastAPI(title="knnbe-qdrant", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Map job-posting text to ESCO skills with kNNBE on Qdrant; curate the memory live.")
     app.state.service = service
 
@@ -107,8 +118,8 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
     @app.exception_handler(KnnbeError)
     async def knnbe_error(request: Request, exc: KnnbeError) -> JSONResponse:
-        status = 422 if isinstance(exc, InvalidInputError) else 404 if isinstance(exc, NotFoundError) else (
-            503 if isinstance(exc, StoreError) else 400)
+        status = next((code for kind, code in ((InvalidInputError, 422), (NotFoundError, 404), (ConflictError, 409),
+                                               (StoreError, 503)) if isinstance(exc, kind)), 400)
         return error(status, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -121,7 +132,9 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        response = error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405's Allow, for one
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -134,6 +147,8 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> JSONResponse:
+        if service.draining:  # SIGTERM: a load balancer stops sending here while in-flight requests finish
+            return error(503, "draining: shutting down after the requests in flight")
         if service.ready:
             return JSONResponse({"status": "ready", "seconds_to_ready": round(service.ready_after or 0.0, 3)})
         return error(503, service.failure or "starting")
@@ -144,6 +159,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
     app.include_router(routes.router(service))
     page.mount(app)
+    page.mount_docs(app)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -2,9 +2,13 @@
 64 batches of one, so requests that arrive within a few milliseconds of each other are encoded in one call and
 queried together (one query per collection per tenant), then answered each with its own results.
 
+A batch that fails for any reason is done again request by request, so one request's fault (a text the tokenizer
+refuses, say) fails that request alone and every other one in the batch still gets its answer. A request whose
+client went away before its batch started is dropped, not computed.
+
 Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
 queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. A request is
-never split, and a failure fails only the requests of the batch that hit it.
+never split.
 """
 
 from __future__ import annotations
@@ -83,20 +87,38 @@ class MapBatcher:
             if first is None:
                 self._encoded.put(None)
                 return
-            batch, stop = self._gather(first)
+            gathered, stop = self._gather(first)
+            # A request cancelled while it queued (its client went away) is not computed.
+            batch = [job for job in gathered if job.future.set_running_or_notify_cancel()]
             texts = [s for job in batch for s in job.sentences]
-            if self.on_batch is not None:
+            if batch and self.on_batch is not None:
                 self.on_batch(len(batch), len(texts))
-            try:
-                vectors = self.mapper.encoder.encode(texts)
-            except Exception as exc:  # delivered to every waiting request; the worker lives on
-                for job in batch:
-                    job.future.set_exception(exc)
-            else:
-                self._encoded.put((batch, texts, vectors))
+            if batch:
+                encoded = self._encode(batch, texts)
+                if encoded is not None:
+                    self._encoded.put(encoded)
             if stop:
                 self._encoded.put(None)
                 return
+
+    def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], np.ndarray] | None:
+        try:
+            return batch, texts, self.mapper.encoder.encode(texts)
+        except Exception as exc:
+            if len(batch) == 1:  # the worker lives on; the request gets the error
+                batch[0].future.set_exception(exc)
+                return None
+        # One request's texts broke the batch: each request on its own, so only that one fails.
+        kept, vectors = [], []
+        for job in batch:
+            try:
+                vectors.append(self.mapper.encoder.encode(list(job.sentences)))
+                kept.append(job)
+            except Exception as exc:
+                job.future.set_exception(exc)
+        if not kept:
+            return None
+        return kept, [s for job in kept for s in job.sentences], np.concatenate(vectors)
 
     def _query_loop(self) -> None:
         while True:
@@ -116,8 +138,18 @@ class MapBatcher:
             try:
                 results = self.mapper.map_vectors([texts[r] for r in rows], vectors[rows], top=top, tenant=tenant)
             except Exception as exc:
-                for i in members:
-                    batch[i].future.set_exception(exc)
+                if len(members) == 1:
+                    batch[members[0]].future.set_exception(exc)
+                    continue
+                for i in members:  # each request on its own: only the one at fault fails
+                    own = np.arange(starts[i], starts[i + 1])
+                    try:
+                        one = self.mapper.map_vectors([texts[r] for r in own], vectors[own], top=batch[i].top,
+                                                      tenant=tenant)
+                    except Exception as exc_i:
+                        batch[i].future.set_exception(exc_i)
+                    else:
+                        batch[i].future.set_result(one)
                 continue
             at = 0
             for i in members:

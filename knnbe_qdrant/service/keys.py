@@ -18,7 +18,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .._errors import InvalidInputError, NotFoundError
+from .._errors import ConflictError, InvalidInputError, NotFoundError
 from .._schema import GLOBAL_TENANT, check_tenant, utc_now
 from ..store.documents import Documents
 
@@ -78,11 +78,14 @@ class KeyRing:
         name = name or f"{tenant or 'admin'}-{role}-{secrets.token_hex(3)}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name):
             raise InvalidInputError(f"key name {name!r}: letters, digits, '_', '.', '@', '-'; at most 64")
+        taken = f"a key named {name!r} exists already (revoked keys keep their name)"
         if name in self._records():
-            raise InvalidInputError(f"a key named {name!r} exists already (revoked keys keep their name)")
+            raise ConflictError(taken)
         secret = _PREFIX + secrets.token_urlsafe(32)
         key = Key(name=name, tenant=tenant, role=role, created_at=utc_now())
-        self.documents.put(KIND, name, {**key.public(), "sha256": _digest(secret)})
+        # Inserted only where no key of that name is: of two creations racing for one name, one gets a secret.
+        if not self.documents.put_new(KIND, name, {**key.public(), "sha256": _digest(secret)}):
+            raise ConflictError(taken)
         return key, secret
 
     def list(self) -> list[Key]:

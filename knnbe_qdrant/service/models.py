@@ -3,9 +3,39 @@ the command line's own: `id`, `label`, `description` for a skill; `skill`, `text
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .._text import (
+    MAX_DESCRIPTION,
+    MAX_LABEL,
+    MAX_MEMORY_TEXT,
+    MAX_SKILL_ID,
+    MAX_SKILL_REF,
+    MAX_SOURCE,
+    check_optional_text,
+    check_text,
+)
+
+
+def _checked(max_chars: int, *, optional: bool = False) -> AfterValidator:
+    """A text checked as every door checks it (_text.check_text: valid Unicode, not empty once control characters
+    are out, at most `max_chars`), so that a bad one is a 422 naming its field before it reaches a shared batch."""
+    check = check_optional_text if optional else check_text
+    return AfterValidator(lambda v: check(v, "the text", max_chars=max_chars))
+
+
+Sentence = Annotated[str, Field(min_length=1, max_length=MAX_MEMORY_TEXT), _checked(MAX_MEMORY_TEXT)]
+MapSentence = Annotated[str, Field(min_length=1), _checked(10_000_000)]
+"""Its length is checked against the service's --max-chars."""
+PostingText = Annotated[str, Field(min_length=1), _checked(10_000_000)]
+SkillId = Annotated[str, Field(min_length=1, max_length=MAX_SKILL_ID), _checked(MAX_SKILL_ID)]
+SkillName = Annotated[str, Field(min_length=1, max_length=MAX_SKILL_REF), _checked(MAX_SKILL_REF)]
+"""A skill named by its id or its exact preferred label."""
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL), _checked(MAX_LABEL)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), _checked(MAX_DESCRIPTION, optional=True)]
+Source = Annotated[str, Field(min_length=1, max_length=MAX_SOURCE), _checked(MAX_SOURCE)]
 
 
 class _Body(BaseModel):
@@ -13,7 +43,7 @@ class _Body(BaseModel):
 
 
 class MapRequest(_Body):
-    sentences: list[str] = Field(description="the sentences to map, each non-empty")
+    sentences: list[MapSentence] = Field(description="the sentences to map, each non-empty")
     top: int = Field(10, ge=1, description="skills per sentence")
     decompose: bool | None = Field(None, description="also map each piece of a sentence that names several skills "
                                    "(`map --decompose`); default: the store's (on for the shipped model)")
@@ -46,44 +76,50 @@ class MapResponse(BaseModel):
 
 
 class PostingRequest(_Body):
-    text: str = Field(description="the whole posting; it is split into sentences as map-postings does")
-    id: str | None = None
+    text: PostingText = Field(description="the whole posting; it is split into sentences as map-postings does")
+    id: SkillId | None = None
     top: int = Field(20, ge=1, description="skills for the posting")
     sentence_top: int = Field(10, ge=1, description="skills kept per sentence")
     decompose: bool | None = Field(None, description="as for /map")
 
 
 class SkillCreate(_Body):
-    id: str
-    label: str
-    description: str = ""
+    id: SkillId
+    label: Label
+    description: Description = ""
 
 
 class SkillUpdate(_Body):
-    skill: str = Field(description="skill id or exact preferred label")
-    label: str | None = None
-    description: str | None = None
+    skill: SkillName = Field(description="skill id or exact preferred label")
+    label: Label | None = None
+    description: Description | None = None
 
 
 class SkillRef(_Body):
-    skill: str = Field(description="skill id or exact preferred label")
+    skill: SkillName = Field(description="skill id or exact preferred label")
 
 
 class MemoryAdd(_Body):
-    skill: str = Field(description="skill id or exact preferred label")
-    text: str
-    source: str = "curator"
+    skill: SkillName = Field(description="skill id or exact preferred label")
+    text: Sentence
+    source: Source = "curator"
 
 
 class MemoryRef(_Body):
-    skill: str
-    text: str
+    skill: SkillName
+    text: Sentence
 
 
 class MemoryRelabel(_Body):
-    skill: str = Field(description="its skill now")
-    text: str
-    to: str = Field(description="its new skill")
+    skill: SkillName = Field(description="its skill now")
+    text: Sentence
+    to: SkillName = Field(description="its new skill")
+
+
+class ErrorOut(BaseModel):
+    """Every answer other than 2xx: one line the client can show."""
+
+    error: str = Field(description="what went wrong and, where there is one, what to do")
 
 
 class Message(BaseModel):

@@ -6,7 +6,9 @@ dependencies (Reader, Curator_, Admin) are local to `router`."""
 
 import asyncio
 import json
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from itertools import islice
 from typing import Annotated, Any
 
@@ -15,10 +17,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from .. import _schema as S
 from .._decompose import fold, pieces_to_map
 from .._mapper import validate_sentences
+from .._text import MAX_SKILL_REF
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
 from .keys import Key
 from .models import (
+    ErrorOut,
     Listing,
     MapRequest,
     MapResponse,
@@ -32,6 +36,26 @@ from .models import (
     SkillUpdate,
 )
 from .state import ApiError, Service
+
+
+async def answered(request: Request, job: Future[Any]) -> Any:
+    """The job's result; if the client goes away first, the job is cancelled (the batcher drops a job that has not
+    started) and the request ends there."""
+    waiting = asyncio.wrap_future(job)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if waiting in done:
+        return waiting.result()
+    waiting.cancel()
+    raise ApiError(499, "the client closed the request")
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def router(service: Service) -> APIRouter:
@@ -57,7 +81,14 @@ def router(service: Service) -> APIRouter:
     Reader = Annotated[Key, Depends(role("reader"))]
     Curator_ = Annotated[Key, Depends(role("curator"))]
     Admin = Annotated[Key, Depends(role("admin"))]
-    api = APIRouter(prefix="/v1")
+    errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in (
+        (401, "no key, or an unknown or revoked one"), (403, "the key's role does not allow this"),
+        (404, "no such skill or sentence for this key's tenant"),
+        (409, "another edit of the same item came first: re-read and retry"),
+        (413, "the body is over the service's --max-body-bytes"), (422, "bad input: the message names the field"),
+        (499, "the client closed the request before its answer"), (500, "internal error (see the service's log)"),
+        (503, "not ready, or the store is unusable or damaged"))}
+    api = APIRouter(prefix="/v1", responses=errors)
     limits = service.limits
 
     def check_sentences(sentences: list[str]) -> list[str]:
@@ -74,30 +105,41 @@ def router(service: Service) -> APIRouter:
         if top > limits.max_top:
             raise ApiError(422, f"top: at most {limits.max_top}, got {top}")
 
-    async def map_batched(sentences: list[str], top: int, tenant: str | None, decompose: bool | None) -> list[Any]:
+    async def map_batched(request: Request, sentences: list[str], top: int, tenant: str | None,
+                          decompose: bool | None) -> list[Any]:
         mapper, _, _, batcher = service.require_ready()
         service.metrics.request_sentences.observe(len(sentences))
-        wholes = await asyncio.wrap_future(batcher.submit(sentences, top, tenant))
+        wholes = await answered(request, batcher.submit(sentences, top, tenant))
         if not (mapper.decompose if decompose is None else decompose):
             return wholes
         # The pieces of the sentences the memory lacks, batched like any request's sentences, then folded back
         # as `SkillMapper.map` does.
         parts = pieces_to_map(wholes, mapper.merge_params)
         flat = [p for ps in parts for p in ps]
-        mapped = await asyncio.wrap_future(batcher.submit(flat, top, tenant)) if flat else []
+        mapped = await answered(request, batcher.submit(flat, top, tenant)) if flat else []
         return fold(wholes, mapped, parts, top, mapper.merge_params)
 
+    # Listings and the audit tail read and serialise much: a few at a time, so that many of them (or slow readers
+    # of them) cannot take every worker thread from the other requests.
+    # Per tenant too: one tenant's flood of them holds at most two of the four.
+    heavy = asyncio.Semaphore(4)
+    heavy_per_tenant: dict[str | None, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(2))
+
+    async def bounded(key: Key, fn: Callable[[], Any]) -> Any:
+        async with heavy_per_tenant[key.tenant], heavy:
+            return await asyncio.to_thread(fn)
+
     @api.post("/map", response_model=MapResponse, summary="Map sentences to skills")
-    async def map_sentences(body: MapRequest, key: Reader) -> Response:
+    async def map_sentences(body: MapRequest, key: Reader, request: Request) -> Response:
         check_top(body.top)
-        results = await map_batched(check_sentences(body.sentences), body.top, key.tenant, body.decompose)
+        results = await map_batched(request, check_sentences(body.sentences), body.top, key.tenant, body.decompose)
         # Serialised here: the response model documents the shape, but validating and encoding every evidence
         # sentence through it again would cost more than the mapping's own Python work.
         return Response(json.dumps({"results": [r.to_dict() for r in results]}, ensure_ascii=False),
                         media_type="application/json")
 
     @api.post("/map/posting", summary="Map a whole posting: split into sentences, skills aggregated per posting")
-    async def map_posting(body: PostingRequest, key: Reader) -> dict[str, Any]:
+    async def map_posting(body: PostingRequest, key: Reader, request: Request) -> dict[str, Any]:
         check_top(body.top)
         check_top(body.sentence_top)
         if len(body.text) > limits.max_chars * limits.max_sentences:
@@ -105,7 +147,8 @@ def router(service: Service) -> APIRouter:
         sentences = [s[: limits.max_chars] for s in split_sentences(body.text)]
         if len(sentences) > limits.max_sentences:
             raise ApiError(422, f"text: {len(sentences)} sentences, at most {limits.max_sentences} per request")
-        results = await map_batched(sentences, body.sentence_top, key.tenant, body.decompose) if sentences else []
+        results = (await map_batched(request, sentences, body.sentence_top, key.tenant, body.decompose)
+                   if sentences else [])
         return aggregate(Posting(body.id or "", body.text), results, body.top)
 
     @api.get("/whoami", summary="The key's name, role and tenant")
@@ -142,26 +185,31 @@ def router(service: Service) -> APIRouter:
         return {"items": items, "truncated": next(it, None) is not None}
 
     @api.get("/skills", response_model=Listing, summary="Skills visible to the key (or only its own layer's)")
-    def list_skills(key: Reader, own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
-                    ) -> dict[str, Any]:
+    async def list_skills(key: Reader, own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+                          ) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return listing(curator.list_skills(tenant=key.tenant, own_only=own), limit)
+        return await bounded(key, lambda: listing(curator.list_skills(tenant=key.tenant, own_only=own), limit))
 
     @api.get("/memory", response_model=Listing, summary="A skill's memory sentences visible to the key, with "
              "provenance")
-    def list_memory(key: Reader, skill: str, own: bool = False,
-                    limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+    async def list_memory(key: Reader, skill: Annotated[str, Query(min_length=1, max_length=MAX_SKILL_REF)],
+                          own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit)
+        return await bounded(key, lambda: listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit))
 
     @api.get("/audit", response_model=Listing, summary="Recent edits of the key's tenant (all, for an admin)")
-    def audit(key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+    async def audit(key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
         mapper, _, _, _ = service.require_ready()
         documents = mapper.store.documents()
-        if key.role == "admin":
-            entries = documents.tail("audit", limit + 1)
-        else:  # read further back, so that a busy neighbour does not push this tenant's own edits out of view
-            entries = [e for e in documents.tail("audit", 20 * limit) if e.get("tenant") == key.tenant]
+
+        def tail() -> list[dict[str, Any]]:
+            if key.role == "admin":
+                return documents.tail("audit", limit + 1)
+            # Further back, so that a busy neighbour does not push this tenant's own edits out of view (the
+            # read is bounded in bytes all the same: store.documents.TAIL_BYTES).
+            return [e for e in documents.tail("audit", 20 * limit) if e.get("tenant") == key.tenant]
+
+        entries = await bounded(key, tail)
         return {"items": entries[:limit], "truncated": len(entries) > limit}
 
     @api.post("/skills", response_model=Message, status_code=201, summary="Add a skill to the key's layer")

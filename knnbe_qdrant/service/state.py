@@ -29,6 +29,10 @@ class Limits:
     batch_wait_ms: float = 3.0
 
 
+AUDIT_TEXT = 300
+"""Characters of each text an audit entry keeps (the edit itself is in the store, whole)."""
+
+
 class ApiError(KnnbeError):
     """An answer other than 200, with its HTTP status and the message the client reads."""
 
@@ -52,6 +56,7 @@ class Service:
         self.keys: KeyRing | None = None
         self.batcher: MapBatcher | None = None
         self.failure: str | None = None
+        self.draining = False
         self.started = time.perf_counter()
         self.ready_after: float | None = None
 
@@ -93,7 +98,10 @@ class Service:
 
     def audit(self, key: Key, action: str, **details: Any) -> None:
         mapper, _, _, _ = self.require_ready()
-        mapper.store.documents().append("audit", {"tenant": key.tenant, "key": key.name, "action": action, **details})
+        # Texts are cut: an entry stays small whatever was edited, so reading the log's tail stays cheap for all.
+        short = {k: v if not isinstance(v, str) or len(v) <= AUDIT_TEXT else v[:AUDIT_TEXT] + "…"
+                 for k, v in details.items()}
+        mapper.store.documents().append("audit", {"tenant": key.tenant, "key": key.name, "action": action, **short})
 
     def close(self) -> None:
         if self.batcher is not None:
