@@ -105,9 +105,12 @@ def memory_point_id(tenant: str, skill_id: str, text: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, json.dumps([MEMORY, tenant, skill_id, text])))
 
 
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 def check_tenant(tenant: str) -> str:
     """Tenant names are plain identifiers; the global layer's reserved name is not one of them."""
-    if not isinstance(tenant, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", tenant):
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN[1:-1], tenant):
         raise InvalidInputError(
             f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting "
             "with '_' or another sign)"

@@ -9,7 +9,6 @@ one) cannot be tokenized or stored; one such text used to fail the whole micro-b
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
 
 from ._errors import InvalidInputError
@@ -26,6 +25,10 @@ MAX_SKILL_REF = max(MAX_SKILL_ID, MAX_LABEL)
 """A skill named by its id or its exact preferred label."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+VISIBLE = "[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+"""A character that is neither whitespace (str.isspace) nor a control character (Unicode Cc), spelled out so that
+Python and an OpenAPI client's JSON Schema (ECMA-262) read the same pattern: a text must hold one."""
+_VISIBLE = re.compile(VISIBLE)
 
 
 def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
@@ -39,7 +42,7 @@ def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
             "in a command-line argument this is a byte that is not UTF-8"
         )
     text = value.strip()
-    if not any(not unicodedata.category(c).startswith("C") and not c.isspace() for c in text):
+    if _VISIBLE.search(text) is None:
         raise InvalidInputError(f"{what} is empty once whitespace and control characters are taken out")
     if max_chars is not None and len(text) > max_chars:
         raise InvalidInputError(f"{what} has {len(text)} characters, at most {max_chars}")
@@ -48,6 +51,6 @@ def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
 
 def check_optional_text(value: Any, what: str, *, max_chars: int) -> str:
     """Like check_text, where an empty text is allowed (a description, say): returns "" for one."""
-    if isinstance(value, str) and not value.strip():
-        return ""
+    if isinstance(value, str) and _VISIBLE.search(value) is None and not _SURROGATE.search(value):
+        return ""  # nothing visible: no text, as an empty one
     return check_text(value, what, max_chars=max_chars)

@@ -61,3 +61,29 @@ def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict 
         full_env["KNNBE_STORE"] = str(store)
     return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True, env=full_env,
                           check=False)
+
+
+def start_service(store: Path, port: int, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`knnbe-qdrant serve` on the store as a real process on loopback, its stderr into `log`; returns it once
+    /readyz answers (60 s at most)."""
+    import time
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}
+    env["KNNBE_STORE"] = str(store)
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "serve", "--port", str(port), *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    while time.perf_counter() - started < 60:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"not ready within 60 s: {log.read_text()}")

@@ -9,8 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from knnbe_qdrant import Connection
 from knnbe_qdrant.service.loadtest import _free_port, run_loadtest
-from tests.helpers import run
+from tests.helpers import run, start_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROBE = "You will administer our Qdrant vector database and tune its HNSW indexes."
@@ -39,29 +37,12 @@ def create_key(store: Path, *args: str) -> dict:
 def served(cli_store, tmp_path_factory):
     path = tmp_path_factory.mktemp("served") / "store"
     shutil.copytree(cli_store, path)
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))},
-           "KNNBE_STORE": str(path)}
     started = time.perf_counter()
-    log = open(path.parent / "serve.log", "wb")  # noqa: SIM115  (closed after the server stops)
-    proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    ready_after = None
-    while time.perf_counter() - started < 60:
-        assert proc.poll() is None, (path.parent / "serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                ready_after = time.perf_counter() - started
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    assert ready_after is not None, "not ready within 60 s"
+    proc, base = start_service(path, _free_port(), path.parent / "serve.log")
+    ready_after = time.perf_counter() - started
     yield base, path, ready_after
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
 
 
 def test_keys_made_on_the_command_line_work_at_once_and_revoke_at_once(served):
@@ -233,21 +214,9 @@ def test_docs_render_from_this_origin_under_a_strict_policy(served):
 def test_sigterm_finishes_what_is_in_flight_and_keeps_acknowledged_writes(cli_store, tmp_path):
     path = tmp_path / "store"
     shutil.copytree(cli_store, path)
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}, "KNNBE_STORE": str(path)}
     curator = create_key(path, "--role", "curator", "--tenant", "acme")
     log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "serve", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    base = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    while time.perf_counter() - started < 60:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    proc, base = start_service(path, _free_port(), log)
     headers = {"Authorization": f"Bearer {curator['secret']}"}
     r = httpx.post(f"{base}/v1/memory", json={"skill": "SQL", "text": "Acknowledged just before the SIGTERM"},
                    headers=headers, timeout=30)

@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
@@ -133,8 +136,17 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error(exc.status_code, str(exc.detail))
-        response.headers.update(exc.headers or {})  # a 405's Allow, for one
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route that matched it
+            response.headers["Allow"] = ", ".join(allowed(request.url.path))
         return response
+
+    def allowed(path: str) -> list[str]:
+        methods: set[str] = set()
+        for route in app.routes:
+            if isinstance(route, APIRoute | Route) and route.path_regex.fullmatch(path):
+                methods |= route.methods or set()
+        return sorted(methods - ({"HEAD"} if path.startswith("/v1/") else set()))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -166,4 +178,22 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, limit=service.limits.max_body_bytes)
+    app.openapi = lambda: openapi_with_limits(app, service.limits)  # type: ignore[method-assign]
     return app
+
+
+def openapi_with_limits(app: FastAPI, limits: Limits) -> dict[str, Any]:
+    """The OpenAPI document with this service's configured limits (--max-sentences, --max-chars) where the models
+    carry the defaults, so that a generated client knows the bounds the service enforces."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        models = schema.get("components", {}).get("schemas", {})
+        sentences = models.get("MapRequest", {}).get("properties", {}).get("sentences", {})
+        sentences["maxItems"] = limits.max_sentences
+        sentences.setdefault("items", {})["maxLength"] = limits.max_chars
+        text = models.get("PostingRequest", {}).get("properties", {}).get("text", {})
+        text["maxLength"] = limits.max_chars * limits.max_sentences
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from .._text import (
     MAX_DESCRIPTION,
@@ -14,9 +14,14 @@ from .._text import (
     MAX_SKILL_ID,
     MAX_SKILL_REF,
     MAX_SOURCE,
+    VISIBLE,
     check_optional_text,
     check_text,
 )
+
+MAX_CHARS, MAX_SENTENCES, MAX_TOP = 5_000, 256, 100
+"""The service's defaults for --max-chars and --max-sentences, and the largest `top`; the schema it serves carries
+the configured ones (app.openapi_with_limits)."""
 
 
 def _checked(max_chars: int, *, optional: bool = False) -> AfterValidator:
@@ -26,16 +31,22 @@ def _checked(max_chars: int, *, optional: bool = False) -> AfterValidator:
     return AfterValidator(lambda v: check(v, "the text", max_chars=max_chars))
 
 
-Sentence = Annotated[str, Field(min_length=1, max_length=MAX_MEMORY_TEXT), _checked(MAX_MEMORY_TEXT)]
-MapSentence = Annotated[str, Field(min_length=1), _checked(10_000_000)]
-"""Its length is checked against the service's --max-chars."""
-PostingText = Annotated[str, Field(min_length=1), _checked(10_000_000)]
-SkillId = Annotated[str, Field(min_length=1, max_length=MAX_SKILL_ID), _checked(MAX_SKILL_ID)]
-SkillName = Annotated[str, Field(min_length=1, max_length=MAX_SKILL_REF), _checked(MAX_SKILL_REF)]
+def _text(max_chars: int) -> Any:
+    # The pattern is the check's own (a visible character somewhere), so the schema says what the service takes.
+    return Field(min_length=1, max_length=max_chars, pattern=VISIBLE)
+
+
+Sentence = Annotated[str, _text(MAX_MEMORY_TEXT), _checked(MAX_MEMORY_TEXT)]
+MapSentence = Annotated[str, _text(MAX_CHARS), _checked(MAX_CHARS)]
+"""Its bound in the schema is the service's --max-chars (app.openapi_with_limits)."""
+PostingText = Annotated[str, _text(MAX_CHARS * MAX_SENTENCES), _checked(MAX_CHARS * MAX_SENTENCES)]
+SkillId = Annotated[str, _text(MAX_SKILL_ID), _checked(MAX_SKILL_ID)]
+SkillName = Annotated[str, _text(MAX_SKILL_REF), _checked(MAX_SKILL_REF)]
 """A skill named by its id or its exact preferred label."""
-Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL), _checked(MAX_LABEL)]
+Label = Annotated[str, _text(MAX_LABEL), _checked(MAX_LABEL)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), _checked(MAX_DESCRIPTION, optional=True)]
-Source = Annotated[str, Field(min_length=1, max_length=MAX_SOURCE), _checked(MAX_SOURCE)]
+Source = Annotated[str, _text(MAX_SOURCE), _checked(MAX_SOURCE)]
+Top = Annotated[int, Field(ge=1, le=MAX_TOP)]
 
 
 class _Body(BaseModel):
@@ -43,10 +54,11 @@ class _Body(BaseModel):
 
 
 class MapRequest(_Body):
-    sentences: list[MapSentence] = Field(description="the sentences to map, each non-empty")
-    top: int = Field(10, ge=1, description="skills per sentence")
-    decompose: bool | None = Field(None, description="also map each piece of a sentence that names several skills "
-                                   "(`map --decompose`); default: the store's (on for the shipped model)")
+    sentences: list[MapSentence] = Field(max_length=MAX_SENTENCES, description="the sentences to map, each "
+                                         "non-empty")
+    top: Top = Field(10, description="skills per sentence")
+    decompose: StrictBool | None = Field(None, description="also map each piece of a sentence that names several "
+                                         "skills (`map --decompose`); default: the store's (on for the shipped model)")
 
 
 class EvidenceOut(BaseModel):
@@ -78,9 +90,9 @@ class MapResponse(BaseModel):
 class PostingRequest(_Body):
     text: PostingText = Field(description="the whole posting; it is split into sentences as map-postings does")
     id: SkillId | None = None
-    top: int = Field(20, ge=1, description="skills for the posting")
-    sentence_top: int = Field(10, ge=1, description="skills kept per sentence")
-    decompose: bool | None = Field(None, description="as for /map")
+    top: Top = Field(20, description="skills for the posting")
+    sentence_top: Top = Field(10, description="skills kept per sentence")
+    decompose: StrictBool | None = Field(None, description="as for /map")
 
 
 class SkillCreate(_Body):
@@ -124,6 +136,11 @@ class ErrorOut(BaseModel):
 
 class Message(BaseModel):
     result: str
+
+
+class Edited(Message):
+    skill: str = Field(description="the skill's id: name it so in later calls (skills/update, skills/retire, ...)")
+    text: str | None = Field(None, description="the memory sentence, as stored")
 
 
 class Listing(BaseModel):

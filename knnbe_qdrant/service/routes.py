@@ -13,15 +13,17 @@ from itertools import islice
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
 
 from .. import _schema as S
 from .._decompose import fold, pieces_to_map
 from .._mapper import validate_sentences
-from .._text import MAX_SKILL_REF
+from .._text import MAX_SKILL_REF, VISIBLE
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
 from .keys import Key
 from .models import (
+    Edited,
     ErrorOut,
     Listing,
     MapRequest,
@@ -82,7 +84,8 @@ def router(service: Service) -> APIRouter:
     Curator_ = Annotated[Key, Depends(role("curator"))]
     Admin = Annotated[Key, Depends(role("admin"))]
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in (
-        (401, "no key, or an unknown or revoked one"), (403, "the key's role does not allow this"),
+        (400, "the body is not JSON"), (401, "no key, or an unknown or revoked one"),
+        (403, "the key's role does not allow this"),
         (404, "no such skill or sentence for this key's tenant"),
         (409, "another edit of the same item came first: re-read and retry"),
         (413, "the body is over the service's --max-body-bytes"), (422, "bad input: the message names the field"),
@@ -169,7 +172,7 @@ def router(service: Service) -> APIRouter:
         return out
 
     @api.get("/skills/search", response_model=Listing, summary="Skills visible to the key, by similarity to a label")
-    async def search_skills(key: Reader, q: Annotated[str, Query(min_length=1, max_length=500)],
+    async def search_skills(key: Reader, q: Annotated[str, Query(min_length=1, max_length=500, pattern=VISIBLE)],
                             limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict[str, Any]:
         mapper, _, _, _ = service.require_ready()
         [query] = validate_sentences([q])
@@ -192,7 +195,8 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/memory", response_model=Listing, summary="A skill's memory sentences visible to the key, with "
              "provenance")
-    async def list_memory(key: Reader, skill: Annotated[str, Query(min_length=1, max_length=MAX_SKILL_REF)],
+    async def list_memory(key: Reader, skill: Annotated[str, Query(min_length=1, max_length=MAX_SKILL_REF,
+                                                                    pattern=VISIBLE)],
                           own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
         return await bounded(key, lambda: listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit))
@@ -212,11 +216,12 @@ def router(service: Service) -> APIRouter:
         entries = await bounded(key, tail)
         return {"items": entries[:limit], "truncated": len(entries) > limit}
 
-    @api.post("/skills", response_model=Message, status_code=201, summary="Add a skill to the key's layer")
+    @api.post("/skills", response_model=Edited, status_code=201, summary="Add a skill to the key's layer")
     def add_skill(body: SkillCreate, key: Curator_) -> dict[str, str]:
-        service.curator_for(key).add_skill(body.id, body.label, description=body.description, tenant=key.tenant)
+        added = service.curator_for(key).add_skill(body.id, body.label, description=body.description,
+                                                   tenant=key.tenant)
         service.audit(key, "skill add", skill=body.id, label=body.label)
-        return {"result": "added"}
+        return {"result": "added", "skill": added[S.F_SKILL_ID]}
 
     @api.post("/skills/update", response_model=Message, summary="Change a skill of the key's layer")
     def update_skill(body: SkillUpdate, key: Curator_) -> dict[str, str]:
@@ -232,13 +237,15 @@ def router(service: Service) -> APIRouter:
         service.audit(key, f"skill {outcome}", skill=body.skill)
         return {"result": outcome}
 
-    @api.post("/memory", response_model=Message, status_code=201, summary="Teach the memory a labelled sentence")
+    @api.post("/memory", response_model=Edited, status_code=201, summary="Teach the memory a labelled sentence")
     def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
         [text] = check_sentences([body.text])
-        added = service.curator_for(key).add_sentence(text, body.skill, tenant=key.tenant, source=body.source)
+        curator = service.curator_for(key)
+        added = curator.add_sentence(text, body.skill, tenant=key.tenant, source=body.source)
         if added:
             service.audit(key, "memory add", skill=body.skill, text=text)
-        return {"result": "added" if added else "already stored"}
+        skill = curator.resolve_skill(body.skill, key.tenant)[S.F_SKILL_ID]
+        return {"result": "added" if added else "already stored", "skill": skill, "text": text}
 
     @api.post("/memory/remove", response_model=Message, summary="Remove a sentence of the key's layer, or hide a "
               "global one")
@@ -259,7 +266,7 @@ def router(service: Service) -> APIRouter:
         return {"tenants": curator.tenants()}
 
     @api.delete("/tenants/{name}", response_model=Message, summary="Remove exactly this tenant's data (admin)")
-    def delete_tenant(name: str, key: Admin) -> dict[str, str]:
+    def delete_tenant(name: Annotated[str, PathParam(pattern=S.TENANT_PATTERN)], key: Admin) -> dict[str, str]:
         service.curator_for(key).delete_tenant(name)
         service.audit(key, "tenant delete", tenant_deleted=name)
         return {"result": "deleted"}
