@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from knnbe_qdrant import Curator, InvalidInputError, NotFoundError, SkillMapper
+from knnbe_qdrant import ConflictError, Curator, InvalidInputError, NotFoundError, SkillMapper
 from knnbe_qdrant._schema import GLOBAL_TENANT
 from tests.helpers import BACKENDS, build_small
 
@@ -94,7 +94,7 @@ def test_tenants_never_see_or_change_each_other(world, ops):
         for op in ops:
             actor = tenants[op[1]]
             # A documented refusal (a duplicate skill id, say) is an allowed outcome; it must change nothing.
-            with contextlib.suppress(InvalidInputError, NotFoundError):
+            with contextlib.suppress(InvalidInputError, NotFoundError, ConflictError):  # a duplicate skill id
                 apply(curator, op, actor)
             for t in tenants:
                 observed = view(curator, mapper, probes, t)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from knnbe_qdrant import ConflictError, Curator, InvalidInputError, NotFoundError, SkillMapper
+from knnbe_qdrant import ConflictError, Curator, InvalidInputError, NotFoundError, SkillMapper, default_memory
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
@@ -55,7 +55,7 @@ def served(request, tmp_path_factory, encoder, small_skills, small_memory):
     store.close()
 
 
-BAD_TEXTS = ["x \ud800", "\udcff", "\x00\x00", " \x07\u200b ", ""]
+BAD_TEXTS = ["x \ud800", "\udcff", "\x00\x00", " \x07\x1b\x85 ", ""]
 
 
 @pytest.mark.parametrize("text", BAD_TEXTS)
@@ -155,8 +155,8 @@ def test_a_chunked_body_over_the_limit_is_413_and_head_is_answered(served):
 
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
 @pytest.fixture(params=BACKENDS)
-def racing(request, tmp_path, encoder, small_skills, small_memory):
-    store = build_small(request.param, tmp_path, encoder, small_skills, small_memory)
+def racing(request, tmp_path, encoder, small_skills):
+    store = build_small(request.param, tmp_path, encoder, small_skills[:20])  # the anchors: a store in seconds
     yield store, encoder
     store.close()
 
@@ -353,6 +353,64 @@ def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path):
 
 def test_library_texts_are_checked_before_the_tokenizer(built_store, encoder):
     mapper = SkillMapper(built_store, encoder)
-    for bad in ("x \ud800", "\x00", "\u200b\u200b"):
+    for bad in ("x \ud800", "\x00", "\x07 \x1b"):
         with pytest.raises(InvalidInputError, match="sentence #1"):
             mapper.map(["fine", bad])
+
+
+# ---- fairness ---------------------------------------------------------------------------------------------------
+def test_one_tenants_flood_does_not_hold_another_tenants_request_behind_all_of_it(built_stores, encoder):
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    batcher = MapBatcher(SkillMapper(built_stores["embedded"], encoder), max_sentences=32)
+    try:
+        flood = [batcher.submit([f"Writing SQL queries, report {i}.{j}" for j in range(32)], 3, "acme")
+                 for i in range(12)]
+        [mine] = batcher.submit(["Programming in Python"], 3, "beta").result(timeout=120)
+        ahead = sum(f.done() for f in flood)
+        assert mine.skills[0].id == PYTHON_ID
+        assert ahead <= 4, f"{ahead} of the other tenant's 12 requests were answered first"  # FIFO: 12
+        for f in flood:
+            f.result(timeout=120)
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "embedded"])  # the CLI tests above: embedded
+def test_rebuild_carry_and_backup_restore_on_a_server_store(backend, tmp_path, encoder, small_skills):
+    """The library path of both on qdrant-client (aliases, the meta collection): a rebuild keeps the curated data,
+    and a backup of it restores into an embedded store that maps the same."""
+    small_skills = small_skills[:60]
+    small_memory = default_memory(small_skills)
+    from knnbe_qdrant._build import rebuild_store
+    from knnbe_qdrant._carry import carry_edits
+    from knnbe_qdrant.store.backup import backup, restore
+    from tests.helpers import make_store
+
+    store = build_small(backend, tmp_path, encoder, small_skills, small_memory)
+    curator = Curator(store, encoder)
+    curator.add_skill("acme:kafka", "Apache Kafka streaming", tenant="acme")
+    curator.add_sentence("Building Kafka pipelines", "acme:kafka", tenant="acme")
+    sql_id = curator.resolve_skill("SQL")[S.F_SKILL_ID]
+    text = next(curator.list_memory("SQL"))["text"]
+    curator.remove_sentence(text, "SQL")  # a built global sentence removed: a tombstone
+    curator.retire_skill("SQL", tenant="beta")
+    curator.update_skill("acme:kafka", description="streams", tenant="acme")
+    sentences = ["Building Kafka pipelines for events", SQL]
+    want = {t: [[s.id for s in r.skills] for r in SkillMapper(store, encoder, exact=True).map(sentences, tenant=t)]
+            for t in ("acme", "beta")}
+    rebuild_store(store, encoder, skills=small_skills, memory=small_memory, progress=False,
+                  carry=lambda old, new: carry_edits(old, new, encoder))
+    mapper = SkillMapper(store, encoder, exact=True)
+    got = {t: [[s.id for s in r.skills] for r in mapper.map(sentences, tenant=t)] for t in ("acme", "beta")}
+    assert got == want
+    assert not store.retrieve(S.MEMORY, [S.memory_point_id(S.GLOBAL_TENANT, sql_id, text)])
+    assert text not in [p["text"] for p in Curator(store, encoder).list_memory("SQL")]
+    backup(store, tmp_path / "bk")
+    restored = make_store("embedded", tmp_path / "restored")
+    restore(restored, tmp_path / "bk")
+    mapper = SkillMapper(restored, encoder, exact=True)
+    assert {t: [[s.id for s in r.skills] for r in mapper.map(sentences, tenant=t)] for t in ("acme", "beta")} == want
+    assert Curator(restored, encoder).tenants() == Curator(store, encoder).tenants()
+    restored.close()
+    store.close()

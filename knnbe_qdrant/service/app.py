@@ -18,14 +18,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
 from .._mapper import SkillMapper
+from .._text import VISIBLE
 from ..store.connection import Connection
 from . import page, routes
 from .state import ApiError, Limits, Service
@@ -130,7 +130,10 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
         problems = []
         for e in exc.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+            msg = e.get("msg", "invalid")
+            if e.get("type") == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == VISIBLE:
+                msg = "empty once whitespace and control characters are taken out"
+            problems.append(f"{where or 'body'}: {msg}")
         return error(422, "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
@@ -138,15 +141,13 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
         response = error(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
         if exc.status_code == 405:  # every method of the path, not only those of the first route that matched it
-            response.headers["Allow"] = ", ".join(allowed(request.url.path))
+            response.headers["Allow"] = ", ".join(allowed(request.scope))
         return response
 
-    def allowed(path: str) -> list[str]:
-        methods: set[str] = set()
-        for route in app.routes:
-            if isinstance(route, APIRoute | Route) and route.path_regex.fullmatch(path):
-                methods |= route.methods or set()
-        return sorted(methods - ({"HEAD"} if path.startswith("/v1/") else set()))
+    def allowed(scope: Scope) -> list[str]:
+        methods = ("GET", "POST", "PUT", "PATCH", "DELETE") + (() if scope["path"].startswith("/v1/") else ("HEAD",))
+        return [m for m in methods
+                if any(route.matches({**scope, "method": m})[0] == Match.FULL for route in app.router.routes)]
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

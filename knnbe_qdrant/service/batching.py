@@ -4,7 +4,8 @@ queried together (one query per collection per tenant), then answered each with 
 
 A batch that fails for any reason is done again request by request, so one request's fault (a text the tokenizer
 refuses, say) fails that request alone and every other one in the batch still gets its answer. A request whose
-client went away before its batch started is dropped, not computed.
+client went away before its batch started is dropped, not computed. Requests queue per tenant and are taken
+round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
 Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
 queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. A request is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,45 @@ class _Job:
     future: Future[list[SentenceResult]] = field(default_factory=Future)
 
 
+class _FairQueue:
+    """Jobs by tenant, handed out round-robin across tenants: a tenant that queued a hundred requests delays another
+    tenant's next request by one of them, not by all of them. `close` ends it once every queued job is out."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str | None, deque[_Job]] = {}
+        self._turns: deque[str | None] = deque()  # tenants with queued jobs, whose turn is next first
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, job: _Job) -> None:
+        with self._ready:
+            if job.tenant not in self._jobs:
+                self._jobs[job.tenant] = deque()
+                self._turns.append(job.tenant)
+            self._jobs[job.tenant].append(job)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def get(self, timeout: float | None = None) -> _Job | None:
+        """The next job, None once closed and empty; queue.Empty after `timeout` seconds without one."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._turns or self._closed, timeout):
+                raise queue.Empty
+            if not self._turns:
+                return None
+            tenant = self._turns.popleft()
+            job = self._jobs[tenant].popleft()
+            if self._jobs[tenant]:
+                self._turns.append(tenant)  # its next job waits behind the other tenants' first ones
+            else:
+                del self._jobs[tenant]
+            return job
+
+
 class MapBatcher:
     def __init__(
         self,
@@ -47,7 +88,7 @@ class MapBatcher:
         self.max_wait_s = max_wait_s
         self.max_sentences = max_sentences
         self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue = _FairQueue()
         # One encoded batch waits at most: more would only add latency, fewer would idle the encoder.
         self._encoded: queue.Queue[tuple[list[_Job], list[str], np.ndarray] | None] = queue.Queue(maxsize=1)
         self._threads = [threading.Thread(target=self._encode_loop, name="knnbe-encode", daemon=True),
@@ -62,7 +103,7 @@ class MapBatcher:
         return job.future
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.close()
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -72,7 +113,7 @@ class MapBatcher:
         while n < self.max_sentences:
             remaining = deadline - time.perf_counter()
             try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                job = self._queue.get(timeout=max(remaining, 0.0))
             except queue.Empty:
                 break
             if job is None:
