@@ -7,9 +7,7 @@ else.
 
 from __future__ import annotations
 
-import csv
 import getpass
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
 from ._carry import record_removal
 from ._data import LabelledSentence, Skill
 from ._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
-from ._labelled import check_readable, hf_rows, read_labelled, row_problem
+from ._labelled import check_readable, hf_rows, read_labelled, row_problem, write_labelled
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
@@ -321,18 +319,7 @@ class Curator:
             {"text": p[S.F_TEXT], "skill": p[S.F_SKILL_ID], "source": p.get(S.F_SOURCE, "")}
             for p in self.list_memory(skill, tenant=tenant, own_only=True)
         ]
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise InvalidInputError(f"{path}: the folder {path.parent} does not exist")
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            if path.suffix.lower() == ".csv":
-                writer = csv.DictWriter(f, fieldnames=["text", "skill", "source"])
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return len(rows)
+        return write_labelled(path, rows)
 
     # ---- tenants --------------------------------------------------------------------------------------------
     def tenants(self) -> dict[str, dict[str, int]]:

@@ -87,3 +87,14 @@ def start_service(store: Path, port: int, log: Path, *args: str) -> tuple[subpro
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"not ready within 60 s: {log.read_text()}")
+
+
+def one_clear_line(r, *words: str) -> str:
+    """The one line a failed command prints: `error: ...`, no traceback, holding each of `words`."""
+    err = r.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

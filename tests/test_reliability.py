@@ -21,17 +21,7 @@ from knnbe_qdrant import Curator, EdgeStore, Encoder, QdrantClientStore, SkillMa
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant._tenancy import visible_memory
 from knnbe_qdrant.store.base import Where
-from tests.helpers import SMALL_BUILD, run
-
-
-def one_clear_line(r, *words: str) -> str:
-    err = r.stderr.decode()
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
+from tests.helpers import SMALL_BUILD, one_clear_line, run
 
 
 def mapped(store: Path) -> list[str]:

@@ -23,20 +23,10 @@ from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.state import Limits
 from knnbe_qdrant.store.documents import FileDocuments
-from tests.helpers import BACKENDS, SMALL_BUILD, build_small, run
+from tests.helpers import BACKENDS, SMALL_BUILD, build_small, one_clear_line, run
 
 PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"
 SQL = "Experience writing SQL queries against relational databases"
-
-
-def one_clear_line(r, *words: str) -> str:
-    err = r.stderr.decode()
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 # ---- one request's bad input fails that request alone --------------------------------------------------------
