@@ -7,9 +7,11 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -258,12 +260,29 @@ def test_a_forced_rebuild_carries_every_tenant_and_curator_edit(store_copy, cli_
     assert _tenants(store_copy) == {}
 
 
+@pytest.mark.parametrize("kill_after", [1.0, 3.0])
+def test_an_edit_made_while_a_killed_rebuild_is_pending_survives_its_resumption(store_copy, cli_taxonomy, kill_after):
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store_copy), "build", "--force", "--taxonomy",
+           str(cli_taxonomy), *SMALL_BUILD]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run("memory", "add", "--skill", "SQL", "--text", "Taught while the rebuild was pending", "--tenant", "acme",
+            store=store_copy)
+    assert r.returncode == 0, r.stderr.decode()
+    r = run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "Taught while the rebuild was pending" in _memory_of(store_copy, "SQL", "acme")
+
+
 def test_backup_and_restore_bring_back_a_damaged_store_with_its_curated_data(store_copy, tmp_path):
     _curate(store_copy)
     before = _tenants(store_copy)
     r = run("backup", tmp_path / "bk", store=store_copy)
     assert r.returncode == 0, r.stderr.decode()
     assert run("backup", tmp_path / "bk", store=store_copy).returncode == 2  # never over another backup
+    one_clear_line(run("backup", store_copy / "bk", store=store_copy), "inside the store")  # a drop would take it
     _damage_vectors(store_copy, "truncate")
     assert run("map", "Programming in Python", store=store_copy).returncode == 1
     assert run("restore", tmp_path / "bk", store=store_copy).returncode == 1  # a store is there: --force
@@ -404,3 +423,34 @@ def test_rebuild_carry_and_backup_restore_on_a_server_store(backend, tmp_path, e
     assert Curator(restored, encoder).tenants() == Curator(store, encoder).tenants()
     restored.close()
     store.close()
+
+
+def test_a_lease_on_a_server_store_has_one_holder_at_a_time_and_expires_when_its_holder_dies(built_stores,
+                                                                                              monkeypatch):
+    """The lease a server store uses for item locks, on qdrant-client's local mode (which implements the same
+    conditional upsert): six threads contend for one item, never two inside; a holder that died frees it after
+    the lease time."""
+    from knnbe_qdrant.store import locks
+
+    store = built_stores["qdrant-local"]
+    inside: list[int] = []
+    overlaps: list[list[int]] = []
+
+    def hold(i):
+        with locks.lease(store, ("skill", "acme", "leased")):
+            inside.append(i)
+            if len(inside) > 1:
+                overlaps.append(list(inside))
+            time.sleep(0.02)
+            inside.remove(i)
+
+    _race(6, hold)
+    assert not overlaps, overlaps
+    monkeypatch.setattr(locks, "LEASE_S", 0.2)
+    dead = locks.lease(store, ("skill", "acme", "orphan"))
+    dead.__enter__()  # acquired, never released: its process died
+    with pytest.raises(ConflictError), locks.lease(store, ("skill", "acme", "orphan"), wait=0.05):
+        pass
+    started = time.monotonic()
+    with locks.lease(store, ("skill", "acme", "orphan"), wait=5):
+        assert time.monotonic() - started < 2

@@ -188,6 +188,9 @@ def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 
         "latency_p95_ms": round(1000 * _percentile([t for _, t in lat], 0.95), 1),
         "latency_p99_ms": round(1000 * _percentile([t for _, t in lat], 0.99), 1),
         "one_sentence_p95_ms": round(1000 * _percentile(single, 0.95), 1),
+        # by size class: whether small requests wait behind large ones, and whether large ones starve
+        "two_to_three_sentence_p95_ms": round(1000 * _percentile([t for n, t in lat if 2 <= n <= 3], 0.95), 1),
+        "four_to_five_sentence_p95_ms": round(1000 * _percentile([t for n, t in lat if 4 <= n <= 5], 0.95), 1),
         "mean_sentences_per_batch": round(_metric(metrics, "knnbe_map_batch_sentences_sum") / batches, 1)
         if math.isfinite(batches) and batches else None,
         "load_generator_cpu_share": round(client_cpu / (out["elapsed"] * (os.cpu_count() or 1)), 3),

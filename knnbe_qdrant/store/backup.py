@@ -44,11 +44,22 @@ def _sha256(path: Path) -> str:
 
 def backup(store: Store, folder: str | os.PathLike[str]) -> dict[str, int]:
     """Write the whole store to `folder` (which must not exist yet); returns the points written per collection."""
-    target = Path(folder).expanduser()
+    target = Path(folder).expanduser().absolute()
     if target.exists():
         raise InvalidInputError(f"{target} exists already: a backup goes into a new folder")
     if not target.parent.is_dir():
         raise InvalidInputError(f"{target}: the folder {target.parent} does not exist")
+    inside = getattr(store, "path", None)
+    if isinstance(inside, Path) and target.resolve().is_relative_to(inside.resolve()):
+        raise InvalidInputError(f"{target} is inside the store it backs up: choose a folder outside {inside}")
+    try:
+        return _backup(store, target)
+    except OSError as exc:
+        raise StoreError(f"cannot write the backup to {target}: {exc.strerror or exc}; the store is unchanged, and "
+                         f"{target.name}.partial can be deleted") from exc
+
+
+def _backup(store: Store, target: Path) -> dict[str, int]:
     manifest = store.check_ready()
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -125,7 +136,10 @@ def _points(path: Path) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
 def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False) -> Manifest:
     """Load a backup into `store`: a new store, or with `force` a replacement of the existing one, built beside it
     and swapped in atomically (killed half-way, the old store still serves)."""
-    root, index = read_index(folder)
+    try:
+        root, index = read_index(folder)
+    except OSError as exc:
+        raise InputFileError(f"{folder}: cannot read the backup ({exc.strerror or exc})") from exc
     saved = Manifest.from_dict(index["manifest"])
     if saved.schema_version > SCHEMA_VERSION:
         raise StoreError(f"{root} was made at schema version {saved.schema_version}, newer than this knnbe-qdrant "

@@ -390,7 +390,7 @@ class QdrantClientStore(Store):
         return MetaDocuments(self)
 
     def item_lock(self, *key: str) -> contextlib.AbstractContextManager[None]:
-        return lease(self, tuple(key))
+        return super().item_lock(*key) if self._local else lease(self, tuple(key))  # local mode: one process
 
     def meta_exists(self) -> bool:
         return bool(self._call(self.client.collection_exists, self.name(META)))

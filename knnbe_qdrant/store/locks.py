@@ -79,7 +79,7 @@ def lease(store: QdrantClientStore, key: tuple[str, ...], wait: float = LOCK_WAI
             break
         if time.monotonic() - started > wait:
             raise ConflictError(f"another edit of {describe_item(key)} has held it for {wait:.0f} s; try again")
-        time.sleep(min(0.2, 0.005 * 2**attempt))
+        time.sleep(min(0.05, 0.002 * 2**attempt))
         attempt += 1
     try:
         yield
