@@ -98,3 +98,16 @@ def one_clear_line(r, *words: str) -> str:
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
+
+
+def kill_a_rebuild_after(store: Path, taxonomy: Path, seconds: float) -> None:
+    """Start `build --force` of the small taxonomy on the store and SIGKILL it after `seconds`."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store), "build", "--force", "--taxonomy",
+           str(taxonomy), *SMALL_BUILD]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +19,7 @@ from knnbe_qdrant import Curator, EdgeStore, Encoder, QdrantClientStore, SkillMa
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant._tenancy import visible_memory
 from knnbe_qdrant.store.base import Where
-from tests.helpers import SMALL_BUILD, one_clear_line, run
+from tests.helpers import SMALL_BUILD, kill_a_rebuild_after, one_clear_line, run
 
 
 def mapped(store: Path) -> list[str]:
@@ -50,12 +48,7 @@ def test_force_with_a_mistyped_model_changes_nothing(store_copy, cli_taxonomy):
 @pytest.mark.parametrize("kill_after", [0.5, 2.0, 4.0, 7.0])
 def test_a_killed_forced_rebuild_leaves_the_old_store_serving_and_resumes(store_copy, cli_taxonomy, kill_after):
     expected = mapped(store_copy)
-    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store_copy), "build", "--force", "--taxonomy",
-           str(cli_taxonomy), *SMALL_BUILD]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_a_rebuild_after(store_copy, cli_taxonomy, kill_after)
     assert mapped(store_copy) == expected  # whichever store serves now (old, or new if the swap happened), it is whole
     r = run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy)
     assert r.returncode == 0, r.stderr.decode()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.state import Limits
 from knnbe_qdrant.store.documents import FileDocuments
-from tests.helpers import BACKENDS, SMALL_BUILD, build_small, one_clear_line, run
+from tests.helpers import BACKENDS, SMALL_BUILD, build_small, kill_a_rebuild_after, one_clear_line, run
 
 PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"
 SQL = "Experience writing SQL queries against relational databases"
@@ -262,12 +261,7 @@ def test_a_forced_rebuild_carries_every_tenant_and_curator_edit(store_copy, cli_
 
 @pytest.mark.parametrize("kill_after", [1.0, 3.0])
 def test_an_edit_made_while_a_killed_rebuild_is_pending_survives_its_resumption(store_copy, cli_taxonomy, kill_after):
-    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store_copy), "build", "--force", "--taxonomy",
-           str(cli_taxonomy), *SMALL_BUILD]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_a_rebuild_after(store_copy, cli_taxonomy, kill_after)
     r = run("memory", "add", "--skill", "SQL", "--text", "Taught while the rebuild was pending", "--tenant", "acme",
             store=store_copy)
     assert r.returncode == 0, r.stderr.decode()
