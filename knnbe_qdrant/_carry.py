@@ -25,7 +25,6 @@ from ._errors import KnnbeError, StoreError
 from .encoding import Encoder
 from .store.base import Record, Store
 
-TOMBSTONES = S.TOMBSTONES
 _CHUNK = 512
 
 
@@ -49,7 +48,7 @@ class CarryReport:
 
 def record_removal(store: Store, collection: str, point_id: str, user: str) -> None:
     """Remember that a curator removed a global point, so that a rebuild from the sources removes it again."""
-    store.documents().put(TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user})
+    store.documents().put(S.TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user})
 
 
 def _curated(payload: dict[str, Any]) -> bool:
@@ -85,7 +84,7 @@ def carry_edits(old: Store, new: Store, encoder: Encoder, *, progress: bool = Fa
     """Carry every curated point of `old` into `new` (see the module's docstring)."""
     report = CarryReport()
     skill_text = new.manifest.skill_text
-    tombstones = old.documents().all(TOMBSTONES)
+    tombstones = old.documents().all(S.TOMBSTONES)
     for collection in S.COLLECTIONS:
         gone = [pid for pid, t in tombstones.items() if t.get("collection") == collection]
         present = {r.id for start in range(0, len(gone), 1000)
@@ -111,15 +110,14 @@ def carry_edits(old: Store, new: Store, encoder: Encoder, *, progress: bool = Fa
 
 def _carry_chunk(new: Store, collection: str, records: list[Record], encoder: Encoder, skill_text: str,
                  report: CarryReport) -> None:
-    built = {r.id: r.payload for r in new.retrieve(collection, [r.id for r in records])}
     whole = [r for r in records if _own_point(r.payload)]
+    edited = [r for r in records if not _own_point(r.payload)]
     if whole:  # a tenant's or a curator's own point: all of it, re-encoded with the new model
         texts = [_text_of(collection, r.payload, skill_text) for r in whole]
         new.upsert(collection, [r.id for r in whole], encoder.encode(texts), [r.payload for r in whole])
         report.points[collection] += len(whole)
-    for r in records:
-        if _own_point(r.payload):
-            continue
+    built = {r.id: r.payload for r in new.retrieve(collection, [r.id for r in edited])}
+    for r in edited:
         if r.id not in built:
             report.lost.append(f"{collection} {r.payload.get(S.F_SKILL_ID)}")
             continue
@@ -127,8 +125,8 @@ def _carry_chunk(new: Store, collection: str, records: list[Record], encoder: En
         changes = {k: v for k, v in r.payload.items() if k.startswith(S.HIDE_PREFIX)}
         report.marks += len(changes)
         if S.F_UPDATED_AT in r.payload or r.payload.get(S.F_STATUS) == S.RETIRED:
-            edited = (S.F_UPDATED_AT, S.F_STATUS, S.F_LABEL, S.F_DESCRIPTION)
-            changes.update({k: r.payload[k] for k in edited if k in r.payload})
+            fields = (S.F_UPDATED_AT, S.F_STATUS, S.F_LABEL, S.F_DESCRIPTION)
+            changes.update({k: r.payload[k] for k in fields if k in r.payload})
             report.edits += 1
             label = r.payload.get(S.F_LABEL)
             if collection == S.SKILLS and label != built[r.id].get(S.F_LABEL):
