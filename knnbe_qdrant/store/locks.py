@@ -39,8 +39,8 @@ def describe_item(key: tuple[str, ...]) -> str:
     return f"{kind} {' / '.join(repr(part) for part in rest)}"
 
 
-def _held(key: tuple[str, ...], wait: float) -> ConflictError:
-    return ConflictError(f"another edit of {describe_item(key)} has held it for {wait:.0f} s; try again")
+def _held(key: tuple[str, ...], wait: float) -> str:
+    return f"another edit of {describe_item(key)} has held it for {wait:.0f} s; try again"
 
 
 @contextmanager
@@ -51,7 +51,7 @@ def process_lock(location: str, key: tuple[str, ...], wait: float = LOCK_WAIT_S)
         entry[1] += 1
     try:
         if not entry[0].acquire(timeout=wait):
-            raise _held(key, wait)
+            raise ConflictError(_held(key, wait))
         try:
             yield
         finally:
@@ -82,7 +82,7 @@ def lease(store: QdrantClientStore, key: tuple[str, ...], wait: float = LOCK_WAI
         if found and (found[0].payload or {}).get("token") == token:
             break
         if time.monotonic() - started > wait:
-            raise _held(key, wait)
+            raise ConflictError(_held(key, wait))
         time.sleep(min(0.05, 0.002 * 2**attempt))
         attempt += 1
     try:
