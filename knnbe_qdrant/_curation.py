@@ -122,7 +122,7 @@ class Curator:
                 # would undo what another curator did in between (a retirement, a tenant's hide mark).
                 self.store.update_vectors(S.SKILLS, [point], vector)
                 changes[S.F_LABEL] = label
-            changes[S.F_UPDATED_AT] = S.utc_now()
+            changes[S.F_UPDATED_AT] = S.utc_now(precise=True)  # mapping's vector cache keys on it (_lookups)
             self.store.set_payload(S.SKILLS, [point], changes)
         return {**payload, **changes}
 

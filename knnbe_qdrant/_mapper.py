@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -13,11 +11,19 @@ from . import _schema as S
 from ._data import tuned_defaults
 from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
-from ._results import Evidence, SentenceResult, SkillMatch
-from ._scoring import ScoringParams, score_candidates, union_candidates
+from ._lookups import MemoryPayloads, SkillVectors
+from ._results import Evidence, SentenceResult, SkillMatch, attended_words
+from ._scoring import (
+    MIN_TOKEN_CANDIDATES,
+    ScoringParams,
+    blend_bi_encoder,
+    score_candidates,
+    token_attention,
+    union_candidates,
+)
 from ._tenancy import is_tenant, layers, skill_is_visible, visible_memory, visible_skills
 from ._text import check_text
-from .encoding import Encoder, canonical_model_name
+from .encoding import Encoded, Encoder, canonical_model_name
 from .store.base import Hit, Store, Where, vectors_of
 from .store.connection import Location, open_store
 
@@ -39,55 +45,6 @@ def nearest(hits: list[Hit], k: int) -> list[Hit]:
         (h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT])
     )
     return head + tied[: k - len(head)]
-
-
-class MemoryPayloads:
-    """The (skill id, text) of memory points by point id, for the vote. The kNN query then returns ids and scores
-    only: each returned point's payload costs Qdrant Edge's binding microseconds to materialise, and k is 128.
-
-    Memory point ids are content-addressed (UUIDv5 of tenant, skill and text), so an id's skill and text never
-    change: nothing here needs invalidating under live curation (a removed point is simply no longer returned, a
-    relabelled sentence is a new id). Misses are fetched in one retrieve. Bounded, thread-safe."""
-
-    FIELDS = (S.F_SKILL_ID, S.F_TEXT)
-
-    def __init__(self, store: Store, capacity: int = 250_000) -> None:
-        self.store = store
-        self.capacity = capacity
-        self._data: dict[Any, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def fill(self, hit_lists: list[list[Hit]]) -> list[list[Hit]]:
-        """The hits with their payloads set; a point deleted between the query and the fetch is left out."""
-        data = self._data
-        missing: dict[str, Any] = {}  # id string -> key, for the retrieve
-        unfilled: list[tuple[Hit, Any]] = []
-        n = 0
-        for hits in hit_lists:
-            n += len(hits)
-            for h in hits:
-                key = h.key  # builds a UUID on Edge: read once per hit
-                payload = data.get(key)
-                if payload is None:
-                    missing[str(key)] = key
-                    unfilled.append((h, key))
-                else:
-                    h.payload = payload
-        self.hits += n - len(unfilled)
-        self.misses += len(unfilled)
-        if not unfilled:
-            return hit_lists
-        records = self.store.retrieve(S.MEMORY, list(missing), payload=list(self.FIELDS))
-        with self._lock:
-            if len(data) + len(records) > self.capacity:
-                data.clear()  # a whole reset: rare (the capacity is above the default memory), and O(1) per hit
-            fetched = {missing[r.id]: {f: r.payload.get(f) for f in self.FIELDS} for r in records}
-            data.update(fetched)
-        for h, key in unfilled:
-            h.payload = fetched.get(key) or {}
-        return [[h for h in hits if h.payload] for hits in hit_lists]
 
 
 def validate_sentences(sentences: Sequence[str], what: str = "sentence") -> list[str]:
@@ -123,6 +80,7 @@ class SkillMapper:
         self.exact = exact
         self.hnsw_ef = hnsw_ef
         self.memory_payloads = MemoryPayloads(store)
+        self.skill_vectors = SkillVectors(store, cacheable=manifest.skill_text == "label")
         # Decomposition as asked, else as tuned: the store's own tuning (`tune --decompose` or `--no-decompose`),
         # else the model's shipped defaults (with it, for the shipped model), with the merge settings chosen there.
         merging = tuned.get("decompose")
@@ -189,26 +147,32 @@ class SkillMapper:
         results: list[SentenceResult] = []
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
-            wholes = self.map_vectors(batch, self.encoder.encode(batch), top=top, mode=mode, tenant=tenant)
+            wholes = self.map_vectors(batch, self.encode(batch), top=top, mode=mode, tenant=tenant)
             if not decompose:
                 results += wholes
                 continue
             parts = pieces_to_map(wholes, self.merge_params)  # a second pass, for the sentences the memory lacks
             flat = [p for ps in parts for p in ps]
-            mapped = self.map_vectors(flat, self.encoder.encode(flat), top=top, mode=mode, tenant=tenant)
+            mapped = self.map_vectors(flat, self.encode(flat), top=top, mode=mode, tenant=tenant)
             results += fold(wholes, mapped, parts, top, self.merge_params)
         return results
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray | Encoded:
+        """What `map_vectors` needs for these texts, from one forward pass: with token-level matching (the params'
+        token_weight > 0), the token states as well as the vectors."""
+        return self.encoder.encode_tokens(texts) if self.params.token_weight > 0 else self.encoder.encode(texts)
 
     def map_vectors(
         self,
         texts: Sequence[str],
-        vectors: np.ndarray,
+        vectors: np.ndarray | Encoded,
         *,
         top: int = 10,
         mode: str = "knnbe",
         tenant: str | None = None,
     ) -> list[SentenceResult]:
-        """Score already-encoded sentences: one query to `skills`, one to `memory`, at most one retrieve."""
+        """Score already-encoded sentences (`encode`'s output): one query to `skills`, one to `memory`, at most
+        two retrieves. Plain vectors where token-level matching needs the token states are encoded again."""
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if top < 1:
@@ -216,10 +180,16 @@ class SkillMapper:
         if len(texts) == 0:
             return []
         p = self.params
-        n_skills = max(p.n_candidates or top, top)
+        use_tokens = p.token_weight > 0 and mode != "knn"
+        encoded = vectors if isinstance(vectors, Encoded) else None
+        if use_tokens and encoded is None:
+            encoded = self.encoder.encode_tokens(texts)
+        pooled = encoded.vectors if encoded is not None else np.asarray(vectors)
+        n_skills = max(p.n_candidates or top, top, MIN_TOKEN_CANDIDATES if use_tokens else 0)
         marked = self._has_marks(tenant)
+        fields = [S.F_SKILL_ID, S.F_LABEL, *([S.F_UPDATED_AT] if use_tokens else [])]
         skill_hits = self.store.query_batch(
-            S.SKILLS, vectors, n_skills, where=visible_skills(tenant, marked=marked), payload=[S.F_SKILL_ID, S.F_LABEL],
+            S.SKILLS, pooled, n_skills, where=visible_skills(tenant, marked=marked), payload=fields,
             exact=self.exact, hnsw_ef=self.hnsw_ef,
         )
         if mode == "bi-encoder":
@@ -229,7 +199,7 @@ class SkillMapper:
             if self.memory_sources:
                 where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
             fetched = self.store.query_batch(
-                S.MEMORY, vectors, p.k + TIE_MARGIN, where=where, payload=False, exact=self.exact,
+                S.MEMORY, pooled, p.k + TIE_MARGIN, where=where, payload=False, exact=self.exact,
                 hnsw_ef=self.hnsw_ef,
             )
             neighbours = [nearest(hits, p.k) for hits in self.memory_payloads.fill(fetched)]
@@ -243,7 +213,9 @@ class SkillMapper:
         )
         extra_labels, extra_vectors = self._skill_vectors(missing, tenant)
         extra_row = {sid: i for i, sid in enumerate(extra_labels)}
-        extra_b = vectors @ extra_vectors.T  # (sentences, kNN-only skills); empty when there are none
+        extra_b = pooled @ extra_vectors.T  # (sentences, kNN-only skills); empty when there are none
+        hit_vectors = (self.skill_vectors.get(list({SkillVectors.key(h.id, h.payload) for hits in skill_hits
+                                                    for h in hits})) if use_tokens else {})
 
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         results = []
@@ -254,6 +226,7 @@ class SkillMapper:
             b[: len(hits)] = [h.score for h in hits]
             labels = [h.payload[S.F_LABEL] for h in hits]
             hidden = np.zeros(len(candidates), dtype=bool)
+            extra_at = np.full(len(candidates), -1)
             for i in range(len(hits), len(candidates)):
                 j = extra_row.get(candidates[i])
                 if j is None:  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
@@ -261,7 +234,11 @@ class SkillMapper:
                     labels.append("")
                 else:
                     b[i] = extra_b[row, j]
+                    extra_at[i] = j
                     labels.append(extra_labels[candidates[i]])
+            attention = None
+            if use_tokens and encoded is not None:
+                b, attention = self._token_scores(encoded.states[row], b, hits, hit_vectors, extra_vectors, extra_at)
             sims = [h.score for h in nbrs]
             scored = score_candidates(b, np.array(sims), votes_for, params)
             voters: dict[int, list[int]] = {}
@@ -285,10 +262,29 @@ class SkillMapper:
                         bi_encoder=float(scored.bi_encoder[i]),
                         knn=float(scored.knn[i]),
                         evidence=evidence,
+                        tokens=(attended_words(text, encoded.spans[row], attention[:, i])
+                                if attention is not None and encoded is not None else None),
                     )
                 )
             results.append(SentenceResult(text=text, skills=matches, nearest_memory=max(sims) if sims else None))
         return results
+
+    def _token_scores(self, states: np.ndarray, pooled_b: np.ndarray, hits: list[Hit],
+                      hit_vectors: dict[tuple[str, str, str], np.ndarray], extra_vectors: np.ndarray,
+                      extra_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """b blended with the token-attention score for one sentence's candidates, and the attention (tokens,
+        candidates). A candidate whose vector is gone (deleted or renamed since the query) keeps its cosine."""
+        matrix = np.zeros((len(pooled_b), self.encoder.dimension), dtype=np.float32)
+        known = np.zeros(len(pooled_b), dtype=bool)
+        for i, h in enumerate(hits):
+            v = hit_vectors.get(SkillVectors.key(h.id, h.payload))
+            if v is not None:
+                matrix[i], known[i] = v, True
+        extra = extra_at >= 0
+        matrix[extra], known[extra] = extra_vectors[extra_at[extra]], True
+        t, attention = token_attention(states, matrix, self.params.token_temperature)
+        t = np.where(known, t, pooled_b)
+        return blend_bi_encoder(pooled_b, t, self.params.token_weight), attention
 
     def _has_marks(self, tenant: str | None) -> bool:
         """Whether `tenant` may have hidden global points, read from the store's registry on every call (cheaply:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(slots=True)
@@ -26,13 +29,43 @@ class SkillMatch:
     evidence: list[Evidence] = field(default_factory=list)
     piece: str | None = None
     """With decomposition: the piece of the sentence this match came from (its score is weighted); else None."""
+    tokens: list[str] | None = None
+    """With token-level matching: the words of the sentence the skill attended to most, in the sentence's order;
+    else None."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {"id": self.id, "label": self.label, "score": self.score, "bi_encoder": self.bi_encoder, "knn": self.knn,
                "evidence": [{"text": e.text, "similarity": e.similarity} for e in self.evidence]}
         if self.piece is not None:
             out["piece"] = self.piece
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
         return out
+
+
+ATTENDED_SHARE = 0.5
+ATTENDED_MAX = 3
+
+
+def attended_words(text: str, spans: Sequence[tuple[int, int]], weights: np.ndarray) -> list[str]:
+    """The words holding the largest attention weights, until they hold ATTENDED_SHARE of what all words hold
+    (punctuation shows no word and counts for nothing), ATTENDED_MAX words at most, in the text's order; a
+    word-piece token shows as its whole word."""
+    words = [t for t, (a, b) in enumerate(spans[: len(weights)]) if any(c.isalnum() for c in text[a:b])]
+    total = float(sum(weights[t] for t in words))
+    chosen: dict[tuple[int, int], None] = {}
+    held = 0.0
+    for t in sorted(words, key=lambda t: -float(weights[t])):
+        if len(chosen) == ATTENDED_MAX or held >= ATTENDED_SHARE * total:
+            break
+        start, end = spans[t]
+        while start > 0 and text[start - 1].isalnum():
+            start -= 1
+        while end < len(text) and text[end].isalnum():
+            end += 1
+        held += float(weights[t])
+        chosen.setdefault((start, end))
+    return [text[a:b] for a, b in sorted(chosen)]
 
 
 @dataclass(slots=True)

@@ -9,6 +9,15 @@ For a sentence x and a candidate skill s:
 
 Candidates are the top-N skills by b united with every skill that labels one of the k neighbours; a candidate
 found only through the kNN side must be given its exact b by the caller, never 0.
+
+Token-level matching (ConTeXT-match, Decorte et al., IEEE Access 2025) gives b a second part. With the sentence's
+content-token states x_t (the encoder's last hidden states, special tokens left out) and the skill's unit vector s:
+
+    t(x, s) = sum over tokens t of softmax_t(<x_t, s> / T) * cos(x_t, s)
+    b(x, s) = (1 - alpha) * cosine(x, s) + alpha * t(x, s)
+
+so a skill named in one clause is matched by that clause's tokens. With alpha > 0 the top-N by cosine are
+candidates (a generator), no longer a guarantee of the exact top results; the mapper takes N >= MIN_TOKEN_CANDIDATES.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import numpy as np
 from ._errors import InvalidInputError
 
 AGGREGATIONS = ("softmax", "uniform")
+MIN_TOKEN_CANDIDATES = 32
+"""With token-level matching, at least this many skills come from the cosine side: the token score reorders them
+(validation: docs/accuracy.md)."""
 K = TypeVar("K", bound=Hashable)  # a skill key: its id in the product, anything hashable in tests
 
 
@@ -41,6 +53,11 @@ class ScoringParams:
     scores lam * b, no more than any of the N skills above it, so it can never outrank them."""
     aggregation: str = "softmax"
     """How neighbours are weighed: "softmax" (the contract above) or "uniform" (each neighbour 1/k)."""
+    token_weight: float = 0.0
+    """alpha: the share of the token-attention score in b; 0 is the pooled cosine alone (one forward pass either
+    way: the token states are what pooling reads)."""
+    token_temperature: float = 1.0
+    """T of the token attention, the one the encoder was trained with (its recipe's `token_temperature`)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -51,6 +68,10 @@ class ScoringParams:
             raise InvalidInputError(f"tau must be > 0, got {self.tau}")
         if self.n_candidates is not None and self.n_candidates < 1:
             raise InvalidInputError(f"n_candidates must be >= 1, got {self.n_candidates}")
+        if not 0.0 <= self.token_weight <= 1.0:
+            raise InvalidInputError(f"token_weight must be in [0, 1], got {self.token_weight}")
+        if not self.token_temperature > 0.0:
+            raise InvalidInputError(f"token_temperature must be > 0, got {self.token_temperature}")
         if self.aggregation not in AGGREGATIONS:
             raise InvalidInputError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
 
@@ -80,6 +101,25 @@ def knn_vote(
     """
     weights = neighbour_weights(similarities, tau, aggregation)
     return np.bincount(np.asarray(labels, dtype=np.int64), weights=weights, minlength=n_candidates)[:n_candidates]
+
+
+def token_attention(states: np.ndarray, skills: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """t(x, s) for each skill (row of `skills`, unit vectors) against one sentence's token `states` (tokens, d), and
+    the attention each skill gives each token (tokens, skills), whose columns sum to 1. The training loss
+    (encoding.token_loss) is the same formula in torch."""
+    x = np.asarray(states, dtype=np.float32)
+    dots = x @ np.asarray(skills, dtype=np.float32).T
+    cos = dots / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    z = (dots - dots.max(axis=0, keepdims=True)) / temperature
+    w = np.exp(z)
+    w /= w.sum(axis=0, keepdims=True)
+    return (w * cos).sum(axis=0).astype(np.float64), w
+
+
+def blend_bi_encoder(pooled: np.ndarray, tokens: np.ndarray, token_weight: float) -> np.ndarray:
+    """b = (1 - alpha) * pooled cosine + alpha * token-attention score."""
+    return (1.0 - token_weight) * np.asarray(pooled, dtype=np.float64) + token_weight * np.asarray(tokens,
+                                                                                                   dtype=np.float64)
 
 
 def interpolate(bi_encoder: np.ndarray, knn: np.ndarray, lam: float) -> np.ndarray:

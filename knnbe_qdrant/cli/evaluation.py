@@ -108,17 +108,21 @@ def tune(args: argparse.Namespace) -> int:
         rows = run(mapper, args.files, checks=args.check, decompose=decompose)
         names = [str(f) for f in [*args.files, *args.check]]
         extra = f" {'wt':>4} {'prot':>4}" if decompose else ""
+        extra += f" {'tok':>4}"
         print(f"{'lam':>4} {'k':>4} {'tau':>5} {'agg':<8}{extra} "
               + "  ".join(f"{Path(n).name[:22]:>22}" for n in names) + "  objective")
         print(f"{'':>{24 + len(extra)}}" + "  ".join(f"{'RP@5 / RP@10 / MRR':>22}" for _ in names))
 
         def setting(r: dict[str, Any]) -> str:
             merged = f" {r['weight']:>4} {r['protect']:>4}" if decompose else ""
+            merged += f" {r['token_weight']:>4}"
             return f"{r['lam']:>4} {r['k']:>4} {r['tau']:>5} {r['aggregation']:<8}{merged}"
 
         def describe(r: dict[str, Any]) -> str:
             merged = f", weight {r['weight']}, protect {r['protect']}, gate {r['gate']}" if decompose else ""
-            return f"lam {r['lam']}, k {r['k']}, tau {r['tau']}, {r['aggregation']}{merged}"
+            tokens = (f", token weight {r['token_weight']} (T {r['token_temperature']})" if r["token_weight"]
+                      else "")
+            return f"lam {r['lam']}, k {r['k']}, tau {r['tau']}, {r['aggregation']}{tokens}{merged}"
 
         for r in rows[: args.show]:
             cells = "  ".join(f"{100 * r[n]['rp@5']:6.1f} /{100 * r[n]['rp@10']:5.1f} /{100 * r[n]['mrr']:5.1f}"
@@ -126,6 +130,7 @@ def tune(args: argparse.Namespace) -> int:
             print(f"{setting(r)} {cells}  {100 * r['objective']:.1f}")
         best = rows[0]
         current = {"lam": default.lam, "k": default.k, "tau": default.tau, "aggregation": default.aggregation,
+                   "token_weight": default.token_weight,
                    **({"weight": merge.weight, "protect": merge.protect, "gate": merge.gate} if decompose else {})}
         before = next((r for r in rows if all(r[k] == v for k, v in current.items())), None)
         if before is not None:

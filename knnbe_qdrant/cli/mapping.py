@@ -82,6 +82,8 @@ def print_table(results: list[SentenceResult], out: TextIO) -> None:
         print(f"  {'#':>2}  {'score':>6}  {'bi-enc':>6}  {'kNN':>6}  skill", file=out)
         for rank, s in enumerate(r.skills, start=1):
             piece = f"   (from \"{s.piece[:60]}\")" if s.piece else ""
+            if s.tokens:
+                piece += f"   (on \"{' … '.join(s.tokens)[:60]}\")"
             print(f"  {rank:>2}  {s.score:6.3f}  {s.bi_encoder:6.3f}  {s.knn:6.3f}  {s.label}{piece}", file=out)
             if s.evidence:
                 e = max(s.evidence, key=lambda e: e.similarity)

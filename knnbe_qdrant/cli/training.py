@@ -23,6 +23,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     ft.add_argument("--hard-negatives", action="store_true",
                     help="add one mined negative label per pair (ranked 3-30 by the base model, not a label of the "
                          "sentence)")
+    ft.add_argument("--token-attention", action="store_true",
+                    help="train with the token-attention score beside the pooled one (token-level matching)")
+    ft.add_argument("--token-temperature", type=float, default=1.0, metavar="T",
+                    help="temperature of the token-attention softmax (default 1.0)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--no-progress", action="store_true")
     ft.set_defaults(func=finetune)
@@ -35,10 +39,13 @@ def finetune(args: argparse.Namespace) -> int:
 
     if args.pairs < args.batch_size:
         raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
+    if not args.token_temperature > 0:
+        raise InvalidInputError(f"--token-temperature must be > 0, got {args.token_temperature}")
     sources = shipped_sources(args.memory_sources)
     recipe = Recipe(base=args.base or BASE_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                    hard_negatives=args.hard_negatives)
+                    hard_negatives=args.hard_negatives, token_attention=args.token_attention,
+                    token_temperature=args.token_temperature)
     out = run(args.out, recipe, progress=not args.no_progress)
     print(f"fine-tuned model saved in {out}; build a store with it: knnbe-qdrant --store DIR build --model {out}")
     return 0

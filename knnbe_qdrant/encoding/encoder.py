@@ -14,7 +14,8 @@ import numpy as np
 
 from .._errors import InvalidInputError, ModelError, OnnxUnsupported
 from .._text import check_text
-from .models import BASE_MODEL, canonical_model_name, local_model_dir
+from .encoded import Encoded
+from .models import BASE_MODEL, canonical_model_name, local_model_dir, training_recipe
 from .onnx import OnnxRuntime, TokenizedRuntime, export_onnx, onnx_path_for
 from .openvino import OpenVinoRuntime, cpu_has_bf16_units
 from .openvino import available as openvino_available
@@ -53,6 +54,24 @@ class _TorchRuntime:
             show_progress_bar=False,
         )
 
+    def encode_tokens(self, texts: Sequence[str], batch_size: int) -> Encoded:
+        outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None, show_progress_bar=False)
+        tokenizer = self.model.tokenizer
+        special = set(tokenizer.all_special_ids)
+        vectors, states, spans = [], [], []
+        for text, out in zip(texts, outputs):
+            pooled = out["sentence_embedding"].float().cpu().numpy()
+            vectors.append(pooled / max(float(np.linalg.norm(pooled)), 1e-12))
+            tokens = out["token_embeddings"].float().cpu().numpy()
+            ids = out["input_ids"].tolist() if "input_ids" in out else []
+            content = [t for t, i in enumerate(ids[: len(tokens)]) if i not in special] or list(range(len(tokens)))
+            states.append(np.ascontiguousarray(tokens[content], dtype=np.float32))
+            offsets = (tokenizer(text, return_offsets_mapping=True, truncation=True,
+                                 max_length=self.model.max_seq_length).get("offset_mapping", [])
+                       if getattr(tokenizer, "is_fast", False) else [])
+            spans.append([tuple(offsets[t]) if t < len(offsets) else (0, 0) for t in content])
+        return Encoded(np.asarray(vectors, dtype=np.float32), states, spans)
+
 
 def _cuda_present() -> bool:
     """An NVIDIA driver on this machine (checked without importing torch, which costs seconds)."""
@@ -90,6 +109,8 @@ class Encoder:
             raise InvalidInputError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.name = canonical_model_name(name_or_path)
         model_dir = local_model_dir(self.name)
+        self.recipe = training_recipe(model_dir)
+        """How the model was fine-tuned (`finetune`'s recipe), {} for a model this project did not train."""
         self._runtime: TokenizedRuntime | _TorchRuntime | None = None
         if runtime == "auto" and device != "cpu" and _cuda_present() and not _onnx_has_cuda():
             # A GPU, but an ONNX Runtime build without CUDA: sentence-transformers puts the model on the GPU itself.
@@ -131,3 +152,12 @@ class Encoder:
         _check_texts(texts)
         texts = [t if len(t) <= MAX_CHARS else t[:MAX_CHARS] for t in texts]
         return np.ascontiguousarray(self._model.encode(texts, batch_size), dtype=np.float32)
+
+    def encode_tokens(self, texts: Sequence[str], batch_size: int = ENCODE_BATCH) -> Encoded:
+        """As `encode`, with each text's content-token states and spans (`Encoded`), from the same forward pass:
+        what token-level matching scores skills against."""
+        if len(texts) == 0:
+            return Encoded.concat([], self.dimension)
+        _check_texts(texts)
+        texts = [t if len(t) <= MAX_CHARS else t[:MAX_CHARS] for t in texts]
+        return self._model.encode_tokens(texts, batch_size)

@@ -41,6 +41,12 @@ class Recipe:
     hard_negatives: bool = False
     """Give each pair one mined negative label as well: a skill the base model ranks near the top for the sentence
     (ranks HARD_NEGATIVE_RANKS) that labels none of the memory sentences with this text."""
+    token_attention: bool = False
+    """Train with the token-attention score (encoding.token_loss) beside the pooled one: the model a store uses
+    with token-level matching."""
+    token_temperature: float = 1.0
+    """T of the token-attention softmax, in units of <token state, unit skill vector>; the product scores with the
+    same T (it is saved with the model)."""
     seed: int = 0
 
 
@@ -149,9 +155,13 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
         report_to="none",
         disable_tqdm=not progress,
     )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=losses.MultipleNegativesRankingLoss(model)
-    )
+    if recipe.token_attention:
+        from .token_loss import TokenAttentionLoss
+
+        loss = TokenAttentionLoss(model, recipe.token_temperature)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
     with work:
         result = trainer.train()
     model.max_seq_length = served_length

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._errors import ModelError
-from .patch import materialize, shipped_models
+from .patch import META_FILE, materialize, shipped_models
 
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # all-MiniLM-L6-v2 fine-tuned on the default memory (`knnbe-qdrant finetune`, recipe in its patch.json), shipped as
@@ -54,3 +54,21 @@ def local_model_dir(name: str) -> Path | None:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # not cached (or no such repo): the torch runtime will download it, if it can
         return None
+
+
+def training_recipe(model_dir: Path | None) -> dict:
+    """How a model fine-tuned by `finetune` was trained (its knnbe_finetune.json, or the shipped patch's recipe);
+    {} for any other model."""
+    import json
+
+    if model_dir is None:
+        return {}
+    for name, key in (("knnbe_finetune.json", None), (META_FILE, "recipe")):
+        try:
+            data = json.loads((Path(model_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        found = data.get(key) if key else data
+        if isinstance(found, dict):
+            return found
+    return {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import OnnxUnsupported
+from .encoded import Encoded
 
 ONNX_FILE = "knnbe-qdrant.onnx"
 TOKEN_BUDGET = 1024
@@ -73,7 +74,14 @@ class TokenizedRuntime:
         raise NotImplementedError
 
     def encode(self, texts: Sequence[str], batch_size: int, token_budget: int = TOKEN_BUDGET) -> np.ndarray:
+        return self.encode_tokens(texts, batch_size, token_budget, keep_tokens=False).vectors
+
+    def encode_tokens(self, texts: Sequence[str], batch_size: int, token_budget: int = TOKEN_BUDGET,
+                      keep_tokens: bool = True) -> Encoded:
+        """Pooled unit vectors and, with `keep_tokens`, each text's content-token states, from one forward pass."""
         encodings = self.tokenizer.encode_batch(list(texts))
+        states: list[np.ndarray] = [np.empty(0)] * len(texts) if keep_tokens else []
+        spans: list[list[tuple[int, int]]] = [[] for _ in texts] if keep_tokens else []
         # Length-bucketed passes: texts sorted by token count, each pass padded only to its own longest text and
         # holding as many texts as fit `token_budget` padded tokens (at most `batch_size`): many short labels in
         # one pass, few long sentences.
@@ -104,7 +112,14 @@ class TokenizedRuntime:
                 mask = feed["attention_mask"][..., None].astype(np.float32)
                 pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[rows] = pooled
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            if keep_tokens:
+                for r, i in enumerate(rows):
+                    e = encodings[i]
+                    content = [t for t, special in enumerate(e.special_tokens_mask) if not special] or list(
+                        range(len(e.ids)))
+                    states[i] = np.ascontiguousarray(hidden[r, content], dtype=np.float32)
+                    spans[i] = [e.offsets[t] for t in content]
+        return Encoded(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), states, spans)
 
 
 class OnnxRuntime(TokenizedRuntime):

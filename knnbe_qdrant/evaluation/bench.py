@@ -15,7 +15,7 @@ from typing import Any
 from .. import _schema as S
 from .._data import skillskape_sentences
 from .._mapper import SkillMapper
-from ..encoding import Encoder
+from ..encoding import Encoded, Encoder
 from ..store.connection import Connection, Location, as_connection
 from .benchmarks import read_benchmark
 
@@ -39,7 +39,7 @@ def _pipeline(mapper: SkillMapper, sentences: list[str], batch_size: int, mode: 
     for start in range(0, len(sentences), batch_size):
         batch = sentences[start : start + batch_size]
         t0 = time.perf_counter()
-        vectors = mapper.encoder.encode(batch)
+        vectors = mapper.encode(batch)
         t1 = time.perf_counter()
         mapper.map_vectors(batch, vectors, mode=mode)
         t2 = time.perf_counter()
@@ -73,7 +73,7 @@ class _Timed:
 def _cost_split(mapper: SkillMapper, sentences: list[str], batch_size: int) -> dict[str, float]:
     """Per sentence, in ms: the Qdrant work of kNNBE mapping (both queries, the retrieves, the payload cache) and
     the Python scoring around it; and the cache's hit rate over these calls."""
-    vectors = mapper.encoder.encode(sentences)
+    vectors = mapper.encode(sentences)
     timed = _Timed(mapper.store)
     store, fill = mapper.store, mapper.memory_payloads.fill
     fill_seconds = 0.0
@@ -108,16 +108,17 @@ def _cost_split(mapper: SkillMapper, sentences: list[str], batch_size: int) -> d
 
 def _hnsw_agreement(mapper: SkillMapper, sentences: list[str]) -> tuple[float, float]:
     """(recall of the k memory neighbours, share of identical top-10 skills) of HNSW search against exact search."""
-    vectors = mapper.encoder.encode(sentences)
+    encoded = mapper.encode(sentences)
+    vectors = encoded.vectors if isinstance(encoded, Encoded) else encoded
     where = {S.F_TENANT: [S.GLOBAL_TENANT]}
     k = mapper.params.k
     approx = mapper.store.query_batch(S.MEMORY, vectors, k, where=where, payload=False, hnsw_ef=mapper.hnsw_ef)
     exact = mapper.store.query_batch(S.MEMORY, vectors, k, where=where, payload=False, exact=True)
     recall = statistics.mean(len({h.id for h in a} & {h.id for h in e}) / max(len(e), 1) for a, e in zip(approx, exact))
-    fast = mapper.map_vectors(sentences, vectors)
+    fast = mapper.map_vectors(sentences, encoded)
     mapper.exact = True
     try:
-        slow = mapper.map_vectors(sentences, vectors)
+        slow = mapper.map_vectors(sentences, encoded)
     finally:
         mapper.exact = False
     same = statistics.mean(

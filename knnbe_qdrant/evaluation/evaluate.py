@@ -32,7 +32,7 @@ def eval_items(
     """As run_eval, for items already read; `resolved` is their resolve_gold result, where the caller has it."""
     golds, unknown = resolved or resolve_gold(items, mapper.store)
     sentences = [i.sentence for i in items]
-    vectors = None if mapper.decompose else mapper.encoder.encode(sentences)
+    vectors = None if mapper.decompose else mapper.encode(sentences)
     report = {}
     for mode in modes:
         if mode not in MODES:

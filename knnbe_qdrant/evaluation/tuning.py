@@ -26,6 +26,7 @@ from .._decompose import MergeParams, collapse, expand
 from .._mapper import TIE_MARGIN, SkillMapper
 from .._scoring import ScoringParams
 from .._tenancy import visible_memory, visible_skills
+from ..encoding import Encoded
 from .benchmarks import read_benchmark, resolve_gold
 from .metrics import evaluate
 
@@ -36,6 +37,15 @@ GRID: Mapping[str, Sequence[Any]] = {
     "aggregation": ("softmax", "uniform"),
 }
 DEPTH = 100
+TOKEN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def token_grid(recipe: Mapping[str, Any]) -> dict[str, tuple]:
+    """Token-level matching's share of b is searched for a model trained with it (its recipe says so), at the
+    temperature it was trained with; any other model maps with the pooled cosine alone."""
+    if recipe.get("token_attention"):
+        return {"token_weight": TOKEN_WEIGHTS, "token_temperature": (float(recipe.get("token_temperature", 1.0)),)}
+    return {"token_weight": (0.0,), "token_temperature": (ScoringParams().token_temperature,)}
 
 
 class _Replay:
@@ -66,7 +76,7 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
     `decompose` (default: as the mapper maps), a point also has the merge settings (`weight`, `protect`: from `grid`,
     else `_decompose.GRID`)."""
     decompose = mapper.decompose if decompose is None else decompose
-    grid = {**GRID, **(MERGE_GRID if decompose else {}), **(grid or {})}
+    grid = {**GRID, **(MERGE_GRID if decompose else {}), **token_grid(mapper.encoder.recipe), **(grid or {})}
     gates = grid.get("gate", (MergeParams().gate,))
     merges = ([MergeParams(w, p, g) for w, p, g in itertools.product(grid["weight"], grid["protect"], gates)]
               if decompose else [None])
@@ -77,23 +87,30 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
         golds, _ = resolve_gold(items, mapper.store)
         sentences = [i.sentence for i in items]
         texts, parts = expand(sentences) if decompose else (sentences, [])
-        vectors = mapper.encoder.encode(texts)
+        vectors: np.ndarray | Encoded = (mapper.encoder.encode_tokens(texts) if max(grid["token_weight"]) > 0
+                                         else mapper.encoder.encode(texts))
         replay.prepare(
-            vectors, {S.SKILLS: visible_skills(None), S.MEMORY: visible_memory(None)},
+            vectors.vectors if isinstance(vectors, Encoded) else vectors,
+            {S.SKILLS: visible_skills(None), S.MEMORY: visible_memory(None)},
             {S.SKILLS: DEPTH, S.MEMORY: max(grid["k"]) + TIE_MARGIN}, exact=mapper.exact, hnsw_ef=mapper.hnsw_ef,
         )
         data.append((str(path), texts, parts, vectors, golds))
     tuned = SkillMapper.__new__(SkillMapper)
     tuned.__dict__.update(mapper.__dict__, store=replay)
     rows = []
-    for lam, k, tau, aggregation in itertools.product(grid["lam"], grid["k"], grid["tau"], grid["aggregation"]):
+    for lam, k, tau, aggregation, alpha, temperature in itertools.product(
+            grid["lam"], grid["k"], grid["tau"], grid["aggregation"], grid["token_weight"], grid["token_temperature"]):
         if aggregation == "uniform" and tau != grid["tau"][0]:
             continue  # τ does not enter the uniform vote
-        tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation)
+        if alpha == 0 and temperature != grid["token_temperature"][0]:
+            continue  # nor T a b without tokens
+        tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation, token_weight=alpha,
+                                     token_temperature=temperature)
         point = {path: (tuned.map_vectors(texts, vectors, top=DEPTH), parts, golds)
                  for path, texts, parts, vectors, golds in data}
         for merge in merges:
-            row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation}
+            row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation,
+                                   "token_weight": alpha, "token_temperature": temperature}
             if merge is not None:
                 row.update(weight=merge.weight, protect=merge.protect, gate=merge.gate)
             for path, (results, parts, golds) in point.items():
@@ -109,6 +126,7 @@ def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapp
     manifest = mapper.store.manifest
     record = {
         "lam": best["lam"], "k": best["k"], "tau": best["tau"], "aggregation": best["aggregation"],
+        "token_weight": best.get("token_weight", 0.0), "token_temperature": best.get("token_temperature", 1.0),
         "tuned_on": [Path(f).name for f in files], "tuned_at": S.utc_now(),
         "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
     }

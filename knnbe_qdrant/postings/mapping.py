@@ -68,6 +68,8 @@ class _Aggregate:
                 support = {"text": result.text, "score": match.score}
                 if match.piece is not None:
                     support["piece"] = match.piece
+                if match.tokens is not None:
+                    support["tokens"] = match.tokens
                 entry["sentences"].append(support)
 
     def record(self, posting: Posting, top: int) -> dict[str, Any]:

@@ -26,6 +26,10 @@ import numpy as np
 
 from .._mapper import SkillMapper
 from .._results import SentenceResult
+from ..encoding import Encoded
+
+Vectors = np.ndarray | Encoded
+"""What the mapper's `encode` gives: vectors, or vectors with their token states."""
 
 
 @dataclass
@@ -90,7 +94,7 @@ class MapBatcher:
         self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
         self._queue = _FairQueue()
         # One encoded batch waits at most: more would only add latency, fewer would idle the encoder.
-        self._encoded: queue.Queue[tuple[list[_Job], list[str], np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._encoded: queue.Queue[tuple[list[_Job], list[str], Vectors] | None] = queue.Queue(maxsize=1)
         self._threads = [threading.Thread(target=self._encode_loop, name="knnbe-encode", daemon=True),
                          threading.Thread(target=self._query_loop, name="knnbe-query", daemon=True)]
         for thread in self._threads:
@@ -142,24 +146,28 @@ class MapBatcher:
                 self._encoded.put(None)
                 return
 
-    def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], np.ndarray] | None:
+    def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
         try:
-            return batch, texts, self.mapper.encoder.encode(texts)
+            return batch, texts, self.mapper.encode(texts)
         except Exception as exc:
             if len(batch) == 1:  # the worker lives on; the request gets the error
                 batch[0].future.set_exception(exc)
                 return None
         # One request's texts broke the batch: each request on its own, so only that one fails.
-        kept, vectors = [], []
+        kept: list[_Job] = []
+        vectors: list[Vectors] = []
         for job in batch:
             try:
-                vectors.append(self.mapper.encoder.encode(list(job.sentences)))
+                vectors.append(self.mapper.encode(list(job.sentences)))
                 kept.append(job)
             except Exception as exc:
                 job.future.set_exception(exc)
         if not kept:
             return None
-        return kept, [s for job in kept for s in job.sentences], np.concatenate(vectors)
+        encoded = [v for v in vectors if isinstance(v, Encoded)]
+        joined = (Encoded.concat(encoded, self.mapper.encoder.dimension) if len(encoded) == len(vectors)
+                  else np.concatenate([np.asarray(v) for v in vectors]))
+        return kept, [s for job in kept for s in job.sentences], joined
 
     def _query_loop(self) -> None:
         while True:
@@ -168,7 +176,7 @@ class MapBatcher:
                 return
             self._map(*item)
 
-    def _map(self, batch: list[_Job], texts: list[str], vectors: np.ndarray) -> None:
+    def _map(self, batch: list[_Job], texts: list[str], vectors: Vectors) -> None:
         starts = np.cumsum([0] + [len(job.sentences) for job in batch])
         by_tenant: dict[str | None, list[int]] = {}
         for i, job in enumerate(batch):

@@ -75,6 +75,8 @@ class SkillOut(BaseModel):
     evidence: list[EvidenceOut]
     piece: str | None = Field(None, description="with decomposition: the piece of the sentence the match came from "
                               "(absent when it came from the whole sentence)")
+    tokens: list[str] | None = Field(None, description="with token-level matching: the words of the sentence the "
+                                     "skill attended to most, in the sentence's order")
 
 
 class SentenceOut(BaseModel):

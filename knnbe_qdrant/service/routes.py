@@ -176,7 +176,7 @@ def router(service: Service) -> APIRouter:
                             limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict[str, Any]:
         mapper, _, _, _ = service.require_ready()
         [query] = validate_sentences([q])
-        vector = await asyncio.to_thread(mapper.encoder.encode, [query])
+        vector = await asyncio.to_thread(mapper.encode, [query])
         [result] = mapper.map_vectors([query], vector, top=limit, mode="bi-encoder", tenant=key.tenant)
         return {"items": [{"id": s.id, "label": s.label, "similarity": s.bi_encoder} for s in result.skills],
                 "truncated": False}

@@ -1,0 +1,174 @@
+"""Token-level matching: the pure score, its torch twin used in training, the encoder's token states, and the
+mapper scoring candidates with them (exactly the formula, live under curation), on the real MiniLM and real ESCO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knnbe_qdrant import Curator, InvalidInputError, ScoringParams, SkillMapper
+from knnbe_qdrant._results import attended_words
+from knnbe_qdrant._scoring import blend_bi_encoder, token_attention
+from knnbe_qdrant.encoding import Encoder
+
+SENTENCE = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
+TOKENS = ScoringParams(lam=0.4, k=32, tau=0.05, token_weight=0.5, token_temperature=1.0)
+
+
+def test_token_attention_is_a_softmax_weighted_cosine():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(7, 16)).astype(np.float32)
+    skills = rng.normal(size=(3, 16)).astype(np.float32)
+    skills /= np.linalg.norm(skills, axis=1, keepdims=True)
+    score, weights = token_attention(states, skills, 1.0)
+    assert score.shape == (3,) and weights.shape == (7, 3)
+    assert np.allclose(weights.sum(axis=0), 1.0)
+    cos = (states / np.linalg.norm(states, axis=1, keepdims=True)) @ skills.T
+    for c in range(3):  # written out: sum_t softmax_t(<x_t, s> / T) * cos(x_t, s)
+        z = np.exp(states @ skills[c] - (states @ skills[c]).max())
+        assert score[c] == pytest.approx(float((z / z.sum()) @ cos[:, c]), rel=1e-5)
+    # T -> infinity: the mean cosine; T -> 0: the cosine of the token with the largest dot product
+    assert token_attention(states, skills, 1e6)[0] == pytest.approx(cos.mean(axis=0), rel=1e-4)
+    best = np.argmax(states @ skills.T, axis=0)
+    assert token_attention(states, skills, 1e-4)[0] == pytest.approx(cos[best, range(3)], rel=1e-4)
+    assert blend_bi_encoder(np.array([0.2]), np.array([0.6]), 0.25)[0] == pytest.approx(0.3)
+
+
+def test_training_loss_scores_with_the_same_formula():
+    torch = pytest.importorskip("torch")
+    from knnbe_qdrant.encoding.token_loss import content_mask
+    from knnbe_qdrant.encoding.token_loss import token_attention as torch_attention
+
+    rng = np.random.default_rng(1)
+    tokens = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    skills = rng.normal(size=(4, 8)).astype(np.float32)
+    skills /= np.linalg.norm(skills, axis=1, keepdims=True)
+    ids = torch.tensor([[101, 7, 8, 102, 0], [101, 102, 0, 0, 0]])  # [CLS] a b [SEP] pad; [CLS] [SEP] pad...
+    mask = content_mask(ids, (ids != 0).long(), torch.tensor([0, 101, 102]))
+    assert mask.tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
+    got = torch_attention(torch.from_numpy(tokens), mask, torch.from_numpy(skills), 0.7).numpy()
+    assert np.allclose(got[0], token_attention(tokens[0, 1:3], skills, 0.7)[0], atol=1e-5)
+    assert np.allclose(got[1], token_attention(tokens[1, :2], skills, 0.7)[0], atol=1e-5)
+
+
+def test_params_refuse_a_bad_token_weight_or_temperature():
+    with pytest.raises(InvalidInputError, match="token_weight"):
+        ScoringParams(token_weight=1.5)
+    with pytest.raises(InvalidInputError, match="token_temperature"):
+        ScoringParams(token_temperature=0)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_encoder_gives_token_states_from_the_same_pass(encoder, runtime):
+    other = encoder if runtime == "onnx" else Encoder(encoder.name, runtime="torch")
+    texts = [SENTENCE, "cook", "Kochen & Backen (m/w/d)"]
+    encoded = other.encode_tokens(texts)
+    assert np.allclose(encoded.vectors, encoder.encode(texts), atol=1e-5)
+    for text, states, spans in zip(texts, encoded.states, encoded.spans):
+        assert states.shape == (len(spans), encoder.dimension) and len(spans) > 0  # [CLS]/[SEP] left out
+        assert [text[a:b] for a, b in spans][:1] == [text[spans[0][0]:spans[0][1]]]
+    assert [SENTENCE[a:b] for a, b in encoded.spans[0]][:5] == ["You", "will", "design", "and", "maintain"]
+    picked = encoded[[2, 0]]
+    assert len(picked) == 2 and picked.spans[1] == encoded.spans[0]
+    if runtime == "torch":
+        reference = encoder.encode_tokens(texts)
+        assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(encoded.states, reference.states))
+
+
+def test_attended_words_are_whole_words_in_order():
+    text = "Experience with PostgreSQL."
+    spans = [(0, 10), (11, 15), (16, 20), (20, 26), (26, 27)]  # Experience with Post ##greSQL .
+    assert attended_words(text, spans, np.array([0.05, 0.05, 0.3, 0.3, 0.3])) == ["PostgreSQL"]
+    assert attended_words(text, spans, np.array([0.2, 0.15, 0.0, 0.18, 0.47])) == ["Experience", "PostgreSQL"]
+    assert attended_words(text, spans, np.array([0.4, 0.0, 0.0, 0.05, 0.55])) == ["Experience"]
+
+
+@pytest.fixture(scope="module")
+def token_mapper(built_store, encoder):
+    return SkillMapper(built_store, encoder, TOKENS, exact=True, decompose=False)
+
+
+def test_mapper_scores_candidates_by_the_blended_formula(token_mapper, encoder):
+    [result] = token_mapper.map([SENTENCE], top=5)
+    encoded = encoder.encode_tokens([SENTENCE])
+    records = token_mapper.store.retrieve("skills", [], with_vectors=True)  # nothing asked, nothing back
+    assert records == []
+    for match in result.skills:
+        assert match.tokens and all(w in SENTENCE for w in match.tokens)
+        label_vector = encoder.encode([match.label])  # a skill's vector is its label's embedding
+        pooled = float(encoded.vectors[0] @ label_vector[0])
+        tokens, _ = token_attention(encoded.states[0], label_vector, TOKENS.token_temperature)
+        want = blend_bi_encoder(np.array([pooled]), tokens, TOKENS.token_weight)[0]
+        assert match.bi_encoder == pytest.approx(want, abs=2e-4)
+        assert match.score == pytest.approx(TOKENS.lam * match.bi_encoder + (1 - TOKENS.lam) * match.knn, abs=1e-9)
+    # The same call through plain vectors (a caller that encoded without token states) gives the same results.
+    [again] = token_mapper.map_vectors([SENTENCE], encoder.encode([SENTENCE]), top=5)
+    assert [(s.id, round(s.score, 6)) for s in again.skills] == [(s.id, round(s.score, 6)) for s in result.skills]
+
+
+def test_without_token_weight_nothing_changes(built_store, encoder):
+    plain = SkillMapper(built_store, encoder, ScoringParams(lam=0.4, k=32, tau=0.05), exact=True, decompose=False)
+    [result] = plain.map([SENTENCE], top=5)
+    assert all(s.tokens is None for s in result.skills)
+    vector = encoder.encode([SENTENCE])[0]
+    for match in result.skills:
+        assert match.bi_encoder == pytest.approx(float(vector @ encoder.encode([match.label])[0]), abs=2e-4)
+
+
+def test_a_renamed_skill_is_scored_with_its_new_vector_at_once(tmp_path, encoder, small_skills):
+    from tests.helpers import build_small
+
+    store = build_small("embedded", tmp_path, encoder, small_skills[:40], [])
+    try:
+        mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
+        curator = Curator(store, encoder)
+        curator.add_skill("t-1", "bake bread", tenant="acme")
+        sentence = "You will bake bread and pastries every morning."
+        encoded = encoder.encode_tokens([sentence])
+
+        def b_of(label: str) -> float:
+            v = encoder.encode([label])
+            t, _ = token_attention(encoded.states[0], v, TOKENS.token_temperature)
+            return float(blend_bi_encoder(encoded.vectors[0] @ v.T, t, TOKENS.token_weight)[0])
+
+        def score_of_t1() -> float:
+            [r] = mapper.map([sentence], top=40, tenant="acme")
+            return next(s.bi_encoder for s in r.skills if s.id == "t-1")
+
+        assert score_of_t1() == pytest.approx(b_of("bake bread"), abs=2e-4)  # cached from here on
+        for label in ("repair engines", "bake bread", "repair engines"):  # back and forth: no stale vector
+            curator.update_skill("t-1", label=label, tenant="acme")
+            assert score_of_t1() == pytest.approx(b_of(label), abs=2e-4)
+    finally:
+        store.close()
+
+
+def test_a_vector_read_inside_a_rename_is_never_served_after_it(tmp_path, encoder, small_skills):
+    """A rename writes the vector, then the label: a mapper reading in between sees the new vector under the old
+    label. Renaming back must not be scored with that vector."""
+    from knnbe_qdrant import _schema as S
+    from tests.helpers import build_small
+
+    store = build_small("embedded", tmp_path, encoder, small_skills[:40], [])
+    try:
+        mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
+        curator = Curator(store, encoder)
+        curator.add_skill("t-1", "bake bread", tenant="acme")
+        sentence = "You will bake bread and pastries every morning."
+        encoded = encoder.encode_tokens([sentence])
+        v = encoder.encode(["bake bread"])
+        t, _ = token_attention(encoded.states[0], v, TOKENS.token_temperature)
+        want = float(blend_bi_encoder(encoded.vectors[0] @ v.T, t, TOKENS.token_weight)[0])
+
+        def b_of_t1() -> float:
+            [r] = mapper.map([sentence], top=40, tenant="acme")
+            return next(s.bi_encoder for s in r.skills if s.id == "t-1")
+
+        point = S.skill_point_id("acme", "t-1")
+        store.update_vectors(S.SKILLS, [point], encoder.encode(["repair engines"]))  # the rename's first write
+        b_of_t1()  # reads (and caches) the new vector under the old label
+        store.set_payload(S.SKILLS, [point], {S.F_LABEL: "repair engines", S.F_UPDATED_AT: S.utc_now(precise=True)})
+        curator.update_skill("t-1", label="bake bread", tenant="acme")
+        assert b_of_t1() == pytest.approx(want, abs=2e-4)
+    finally:
+        store.close()
