@@ -24,8 +24,11 @@ ESCO_ALT_LABELS = "esco_alt_labels"
 ESCO_DESCRIPTIONS = "esco_descriptions"
 SKILLSKAPE_TRAIN = "skillskape_train"
 ESCO_TEMPLATES = "esco_templates"
+ESCO_TRANSVERSAL = "esco_transversal"
 DEFAULT_MEMORY_SOURCES = (ESCO_ALT_LABELS, ESCO_DESCRIPTIONS, SKILLSKAPE_TRAIN)
-MEMORY_SOURCES = (*DEFAULT_MEMORY_SOURCES, ESCO_TEMPLATES)
+MEMORY_SOURCES = (*DEFAULT_MEMORY_SOURCES, ESCO_TEMPLATES, ESCO_TRANSVERSAL)
+TRANSVERSAL = "transversal"
+"""ESCO's reuse level of the skills that cross every occupation: attitudes, values, social skills, languages."""
 
 # Job-ad phrasings for ESCO's two kinds of skill: competences are verb phrases ("manage staff"), knowledge items are
 # noun phrases ("SQL"). Two per skill (preferred label, one alternative label), picked by a hash of the skill id.
@@ -36,6 +39,14 @@ _TEMPLATES = {
                   "Familiarity with {x} is essential.", "You have a background in {x}."),
 }
 
+# How postings describe the person they want, for ESCO's transversal skills: every label and alternative label of
+# each, one phrasing each (picked by a hash of the skill id and the label).
+_PERSON_TEMPLATES = ("You are able to {x}.", "We are looking for someone who can {x}.",
+                     "The ideal candidate knows how to {x}.", "You {x} in your daily work.",
+                     "As a person, you are expected to {x}.")
+_PERSON_NOUN_TEMPLATES = ("You are good at {x}.", "We value {x} in the people we hire.",
+                          "The ideal candidate is strong in {x}.")  # for "writing Polish", "teamwork principles"
+
 
 @dataclass(frozen=True)
 class Skill:
@@ -44,6 +55,7 @@ class Skill:
     alt_labels: tuple[str, ...] = ()
     description: str = ""
     skill_type: str = ""
+    reuse_level: str = ""
     taxonomy: str = TAXONOMY
     taxonomy_version: str = TAXONOMY_VERSION
 
@@ -147,6 +159,7 @@ def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
                 alt_labels=tuple(a.strip() for a in alts if a.strip()),
                 description=str(row.get("description") or "").strip(),
                 skill_type=str(row.get("skill_type") or ""),
+                reuse_level=str(row.get("reuse_level") or ""),
                 taxonomy=str(row.get("taxonomy") or TAXONOMY),
                 taxonomy_version=str(row.get("taxonomy_version") or TAXONOMY_VERSION),
             )
@@ -175,6 +188,18 @@ def template_sentences(skill: Skill) -> list[str]:
     return out
 
 
+def person_sentences(skill: Skill) -> list[str]:
+    """Posting-style sentences describing a person with a transversal skill: one per label and alternative label,
+    the same on every run."""
+    out = []
+    for label in dict.fromkeys((skill.label, *skill.alt_labels)):
+        h = int(hashlib.sha256(f"{skill.id}|{label}".encode()).hexdigest(), 16)
+        verb = skill.skill_type != "knowledge" and not label.split(" ", 1)[0].endswith("ing")
+        templates = _PERSON_TEMPLATES if verb else _PERSON_NOUN_TEMPLATES
+        out.append(templates[h % len(templates)].format(x=label))
+    return out
+
+
 def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEMORY_SOURCES) -> list[LabelledSentence]:
     """The labelled sentences of the default memory bank, restricted to skills in `skills`, without duplicates."""
     known = {s.id for s in skills}
@@ -186,6 +211,9 @@ def default_memory(skills: Sequence[Skill], sources: Iterable[str] = DEFAULT_MEM
             out += [LabelledSentence(s.description, s.id, source) for s in skills if s.description]
         elif source == ESCO_TEMPLATES:
             out += [LabelledSentence(t, s.id, source) for s in skills for t in template_sentences(s)]
+        elif source == ESCO_TRANSVERSAL:
+            out += [LabelledSentence(t, s.id, source) for s in skills if s.reuse_level == TRANSVERSAL
+                    for t in person_sentences(s)]
         elif source == SKILLSKAPE_TRAIN:
             out += [
                 LabelledSentence(text, uri, source)

@@ -2,8 +2,9 @@
 does not collapse it onto its dominant topic. Pure: text in, pieces out; scores in, merged ranking out.
 
 Pieces: the sentence split on commas, semicolons, colons, bullets, parentheses and the words "and", "or", "with",
-"such as", "including", "as well as"; pieces of two or more words are kept (a lone word is usually a fragment, and
-a skill named by one word is found by the whole sentence). The whole sentence's best `protect` skills keep their
+"such as", "including", "as well as"; pieces with two or more words that are not function words or job-ad
+boilerplate are kept (a lone word is usually a fragment, a skill named by one word is found by the whole sentence,
+and a clause such as "You will design" names no skill of its own). The whole sentence's best `protect` skills keep their
 places; below them, a skill's score is the larger of its score for the whole sentence and `weight` times its best
 score over the pieces, and the result says which piece it came from. Pieces add the skills one embedding drowns;
 protecting the top keeps a piece such as "You will design" from pushing generic skills above the sentence's main
@@ -75,14 +76,30 @@ _SPLIT = re.compile(
 )
 
 
+NAMING_NOTHING = frozenset("""
+a an the this that these those it its our your their my his her we you they i he she who whom which what us them
+will would shall should can could may might must be is are am was were been being have has had do does did
+to of in on at by for from with as into about than then so also very all any some each such
+looking seek seeking join joining offer offers candidate ideal successful role position opportunity
+""".split())
+"""Words that name no skill: function words and the boilerplate of job ads. A piece needs two other words to be
+mapped on its own: "You will design" and "We are looking for" do not, "patient education" and "maintain REST APIs in
+Python" do (on the default store "You will design" brought *think creatively*, *develop design plans*)."""
+
+
+def names_something(piece: str, min_words: int = 2) -> bool:
+    words = re.findall(r"[^\W_]+(?:[.+#-][^\W_]+)*[+#]*", piece)
+    return sum(w.lower() not in NAMING_NOTHING for w in words) >= min_words
+
+
 def pieces(sentence: str, min_words: int = 2) -> list[str]:
-    """The distinct pieces of a sentence worth mapping on their own, at most MAX_PIECES (none when it does not
-    split)."""
+    """The distinct pieces of a sentence worth mapping on their own (each naming something: `names_something`), at
+    most MAX_PIECES (none when it does not split)."""
     whole = sentence.strip(" .!?")
     out: dict[str, None] = {}  # ordered and O(1) to test: a pasted list can split into thousands
     for part in _SPLIT.split(sentence):
         p = part.strip(" .!?-")
-        if len(p.split()) >= min_words and p != whole:
+        if names_something(p, min_words) and p != whole:
             out.setdefault(p)
             if len(out) == MAX_PIECES:
                 break

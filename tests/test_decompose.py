@@ -13,11 +13,15 @@ from knnbe_qdrant.evaluation.tuning import save_params, tune
 MULTI = "You will design and maintain REST APIs in Python and write efficient SQL queries against PostgreSQL."
 
 
-def test_a_multi_skill_sentence_splits_into_pieces_of_two_words_or_more():
-    assert pieces(MULTI) == ["You will design", "maintain REST APIs in Python",
-                             "write efficient SQL queries against PostgreSQL"]
+def test_a_multi_skill_sentence_splits_into_pieces_that_name_something():
+    # "You will design" names no skill of its own: it brought "think creatively" and "develop design plans"
+    assert pieces(MULTI) == ["maintain REST APIs in Python", "write efficient SQL queries against PostgreSQL"]
     assert pieces("Fluent English; German, such as spoken German, is an advantage.") == [
-        "Fluent English", "spoken German", "is an advantage"]
+        "Fluent English", "spoken German"]
+    assert pieces("We are looking for a nurse with experience in wound care and patient education.") == [
+        "experience in wound care", "patient education"]
+    assert pieces("Knowledge of C++ and C# or Node.js and React.js, as well as ASP.NET Core") == [
+        "Knowledge of C++", "ASP.NET Core"]
     assert pieces("Programming in Python") == []  # nothing to split: the whole sentence alone
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _schema as S
-from .._data import data_file, iter_csv, iter_jsonl, skillskape_sentences
+from .._data import TRANSVERSAL, data_file, iter_csv, iter_jsonl, load_taxonomy, skillskape_sentences
 from .._errors import InputFileError
 from ..store.base import Store
 
@@ -23,6 +23,10 @@ class GoldSentence:
 
 SKILLSKAPE_DEV = "skillskape-dev"
 """Names the SkillSkape dev split shipped with the package (held out of the default memory): a third check."""
+TRANSVERSAL_DEV = "transversal-dev"
+"""Names a check of ESCO's transversal skills (attitudes, values, social skills, languages), which annotators of
+generic postings infer from how a posting describes the person it wants: the sentences of SkillSkape dev and the
+TECH and HOUSE validation splits with a transversal gold skill, scored against those gold skills alone."""
 SHIPPED = {"tech-validation": "tech_validation.jsonl", "house-validation": "house_validation.jsonl"}
 """The validation splits of the TECH and HOUSE benchmarks, shipped (CC BY 4.0). The test splits are not."""
 
@@ -33,6 +37,8 @@ def read_benchmark(path: str | Path) -> list[GoldSentence]:
     a label dropped); or `skillskape-dev`, the shipped SkillSkape dev split."""
     if str(path) == SKILLSKAPE_DEV:
         return [GoldSentence(text, tuple(uris)) for text, uris in skillskape_sentences("dev") if uris]
+    if str(path) == TRANSVERSAL_DEV:
+        return transversal_items()
     if str(path) in SHIPPED:
         path = data_file(SHIPPED[str(path)])
     path = Path(path)
@@ -41,6 +47,20 @@ def read_benchmark(path: str | Path) -> list[GoldSentence]:
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return _read_jsonl(path) if head.startswith("{") else _read_span_csv(path)
+
+
+def transversal_items() -> list[GoldSentence]:
+    """See TRANSVERSAL_DEV. Validation files give preferred labels or URIs; both are mapped to the skills' URIs."""
+    skills = load_taxonomy()
+    transversal = {s.id for s in skills if s.reuse_level == TRANSVERSAL}
+    by_label = {s.label: s.id for s in skills}
+    items = []
+    for source in (SKILLSKAPE_DEV, *SHIPPED):
+        for item in read_benchmark(source):
+            gold = tuple(dict.fromkeys(u for u in (by_label.get(x, x) for x in item.labels) if u in transversal))
+            if gold:
+                items.append(GoldSentence(item.sentence, gold))
+    return items
 
 
 def _read_jsonl(path: Path) -> list[GoldSentence]:
