@@ -76,7 +76,15 @@ _SPLIT = re.compile(
 )
 
 
-NAMING_NOTHING = frozenset(["a", "an", "the", "this", "that", "these", "those", "it", "its", "our", "your", "their", "my", "his", "her", "we", "you", "they", "i", "he", "she", "who", "whom", "which", "what", "us", "them", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "be", "is", "are", "am", "was", "were", "been", "being", "have", "has", "had", "do", "does", "did", "to", "of", "in", "on", "at", "by", "for", "from", "with", "as", "into", "about", "than", "then", "so", "also", "very", "all", "any", "some", "each", "such", "looking", "seek", "seeking", "join", "joining", "offer", "offers", "candidate", "ideal", "successful", "role", "position", "opportunity"])
+NAMING_NOTHING = frozenset({
+    "a", "an", "the", "this", "that", "these", "those", "it", "its", "our", "your", "their", "my", "his", "her",
+    "we", "you", "they", "i", "he", "she", "who", "whom", "which", "what", "us", "them", "will", "would", "shall",
+    "should", "can", "could", "may", "might", "must", "be", "is", "are", "am", "was", "were", "been", "being",
+    "have", "has", "had", "do", "does", "did", "to", "of", "in", "on", "at", "by", "for", "from", "with", "as",
+    "into", "about", "than", "then", "so", "also", "very", "all", "any", "some", "each", "such", "looking", "seek",
+    "seeking", "join", "joining", "offer", "offers", "candidate", "ideal", "successful", "role", "position",
+    "opportunity"
+})
 """Words that name no skill: function words and the boilerplate of job ads. A piece needs two other words to be
 mapped on its own: "You will design" and "We are looking for" do not, "patient education" and "maintain REST APIs in
 Python" do (on the default store "You will design" brought *think creatively*, *develop design plans*)."""
