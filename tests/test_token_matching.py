@@ -172,3 +172,12 @@ def test_a_vector_read_inside_a_rename_is_never_served_after_it(tmp_path, encode
         assert b_of_t1() == pytest.approx(want, abs=2e-4)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("text", ["[CLS] [SEP]", "[PAD]", "!!!", "Python " * 400, "naïve café 東京 🚀"])
+def test_odd_texts_still_have_token_states_and_map(token_mapper, encoder, text):
+    encoded = encoder.encode_tokens([text])
+    assert encoded.states[0].shape[0] >= 1 and np.isfinite(encoded.states[0]).all()
+    assert all(0 <= a <= b <= len(text) for a, b in encoded.spans[0])
+    [result] = token_mapper.map([text], top=3)
+    assert len(result.skills) == 3 and all(np.isfinite(s.score) for s in result.skills)

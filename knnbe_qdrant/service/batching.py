@@ -8,8 +8,8 @@ client went away before its batch started is dropped, not computed. Requests que
 round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
 Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
-queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. A request is
-never split.
+queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. What is
+gathered goes as two batches by size, one-sentence requests first (`size_lanes`). A request is never split.
 """
 
 from __future__ import annotations
@@ -79,6 +79,20 @@ class _FairQueue:
             return job
 
 
+SMALL_REQUEST = 1
+"""Requests of this many sentences or fewer form a batch of their own, encoded and answered before the rest of what
+was gathered with them: an interactive one-sentence lookup waits for its own small batch, not behind a hundred
+sentences of other requests. The rest follow in the next batch, right after (nothing waits longer than one small
+batch more), and the pipeline keeps the encoder busy meanwhile."""
+
+
+def size_lanes(jobs: list[_Job]) -> list[list[_Job]]:
+    """Gathered jobs as batches, small requests first (each lane keeps its arrival order); empty lanes left out."""
+    small = [j for j in jobs if len(j.sentences) <= SMALL_REQUEST]
+    rest = [j for j in jobs if len(j.sentences) > SMALL_REQUEST]
+    return [lane for lane in (small, rest) if lane]
+
+
 class MapBatcher:
     def __init__(
         self,
@@ -133,15 +147,16 @@ class MapBatcher:
                 self._encoded.put(None)
                 return
             gathered, stop = self._gather(first)
-            # A request cancelled while it queued (its client went away) is not computed.
-            batch = [job for job in gathered if job.future.set_running_or_notify_cancel()]
-            texts = [s for job in batch for s in job.sentences]
-            if batch and self.on_batch is not None:
-                self.on_batch(len(batch), len(texts))
-            if batch:
-                encoded = self._encode(batch, texts)
-                if encoded is not None:
-                    self._encoded.put(encoded)
+            for lane in size_lanes(gathered):
+                # A request cancelled while it queued (its client went away) is not computed.
+                batch = [job for job in lane if job.future.set_running_or_notify_cancel()]
+                texts = [s for job in batch for s in job.sentences]
+                if batch and self.on_batch is not None:
+                    self.on_batch(len(batch), len(texts))
+                if batch:
+                    encoded = self._encode(batch, texts)
+                    if encoded is not None:
+                        self._encoded.put(encoded)
             if stop:
                 self._encoded.put(None)
                 return
