@@ -448,3 +448,22 @@ def test_a_lease_on_a_server_store_has_one_holder_at_a_time_and_expires_when_its
     started = time.monotonic()
     with locks.lease(store, ("skill", "acme", "orphan"), wait=5):
         assert time.monotonic() - started < 2
+
+
+def test_a_one_sentence_request_gathered_with_bigger_ones_is_answered_first(built_stores, encoder):
+    from knnbe_qdrant.service.batching import MapBatcher, _Job, size_lanes
+
+    jobs = [_Job(["a", "b", "c"], 3, None), _Job(["d"], 3, None), _Job(["e", "f"], 3, "t"), _Job(["g"], 3, "t")]
+    assert [[len(j.sentences) for j in lane] for lane in size_lanes(jobs)] == [[1, 1], [3, 2]]
+    batcher = MapBatcher(SkillMapper(built_stores["embedded"], encoder), max_wait_s=0.5)
+    try:
+        done: list[str] = []
+        big = batcher.submit([f"Writing SQL queries, report {j}" for j in range(64)], 3, None)
+        small = batcher.submit(["Programming in Python"], 3, None)  # gathered with the big one (0.5 s window)
+        big.add_done_callback(lambda _: done.append("big"))
+        small.add_done_callback(lambda _: done.append("small"))
+        assert small.result(timeout=120)[0].skills[0].id == PYTHON_ID
+        big.result(timeout=120)
+        assert done == ["small", "big"]
+    finally:
+        batcher.close()
