@@ -1,6 +1,7 @@
 """The encoder runtimes: ONNX export checked against sentence-transformers, and the choice of runtime."""
 
 import numpy as np
+import pytest
 
 from knnbe_qdrant import Encoder, InvalidInputError
 from knnbe_qdrant.encoding import encoder as encoder_module
@@ -61,3 +62,20 @@ def test_empty_text_is_refused(encoder):
 
     with pytest.raises(InvalidInputError, match="#1"):
         encoder.encode(["fine", " "])
+
+
+@pytest.mark.parametrize("config, mode", [({"pooling_mode": "mean"}, "mean"), ({"pooling_mode": "cls"}, "cls"),
+                                          ({"pooling_mode_mean_tokens": True}, "mean")])
+def test_pooling_configs_of_every_sentence_transformers_version_export_to_onnx(tmp_path, config, mode):
+    """sentence-transformers 6 saves {"pooling_mode": "mean"}: a model it fine-tuned must still run on ONNX (it
+    fell back to torch, 4x slower here, before this was read)."""
+    import json
+
+    from knnbe_qdrant.encoding.onnx import pipeline
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 384, **config}))
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"}]))
+    assert pipeline(tmp_path)[0] == mode

@@ -45,6 +45,23 @@ def test_sample_posting_maps_to_the_expected_skills(store):
     assert {"English", "German"} & set(labels["Fluency in English i"])
 
 
+def map_json(store, *args):
+    r = cli("map", "--json", *args, store=store)
+    assert r.returncode == 0, r.stderr.decode()
+    return [json.loads(line) for line in r.stdout.decode().splitlines()]
+
+
+@pytest.mark.parametrize("decompose", ["--decompose", "--no-decompose"])
+def test_each_clause_of_a_sentence_finds_its_own_skill_and_boilerplate_finds_none(store, decompose):
+    rest, languages = map_json(store, "--top", "3", decompose,
+                               "You will design and maintain REST APIs in Python and write efficient SQL queries "
+                               "against PostgreSQL.", "Fluency in English is required; German is an advantage.")
+    assert "Python (computer programming)" in [s["label"] for s in rest["skills"]], rest
+    assert "English" in [s["label"] for s in languages["skills"]], languages
+    [whole] = map_json(store, "--top", "20", decompose, rest["text"])
+    assert not [s for s in whole["skills"] if s.get("piece") == "You will design"]
+
+
 def test_rebuild_finds_everything_stored(store):
     r = cli("build", "--no-progress", store=store)
     assert r.returncode == 0, r.stderr.decode()

@@ -45,7 +45,12 @@ def pipeline(model_dir: Path) -> tuple[str, int]:
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
         raise OnnxUnsupported(f"pipeline {kinds} is not Transformer -> Pooling [-> Normalize]")
     pooling = json.loads((model_dir / modules[1]["path"] / "config.json").read_text())
-    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    if isinstance(pooling.get("pooling_mode"), str):  # sentence-transformers 6 saves {"pooling_mode": "mean"}
+        modes = [f"pooling_mode_{pooling['pooling_mode']}"]
+    else:
+        modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    modes = [{"pooling_mode_mean": "pooling_mode_mean_tokens", "pooling_mode_cls": "pooling_mode_cls_token"}.get(m, m)
+             for m in modes]
     if modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"]):
         raise OnnxUnsupported(f"pooling {modes} is not plain mean or CLS pooling")
     config_file = model_dir / "sentence_bert_config.json"
