@@ -64,7 +64,7 @@ def test_empty_text_is_refused(encoder):
         encoder.encode(["fine", " "])
 
 
-@pytest.mark.parametrize("config, mode", [({"pooling_mode": "mean"}, "mean"), ({"pooling_mode": "cls"}, "cls"),
+@pytest.mark.parametrize(("config", "mode"), [({"pooling_mode": "mean"}, "mean"), ({"pooling_mode": "cls"}, "cls"),
                                           ({"pooling_mode_mean_tokens": True}, "mean")])
 def test_pooling_configs_of_every_sentence_transformers_version_export_to_onnx(tmp_path, config, mode):
     """sentence-transformers 6 saves {"pooling_mode": "mean"}: a model it fine-tuned must still run on ONNX (it
