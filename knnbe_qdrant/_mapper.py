@@ -237,9 +237,9 @@ class SkillMapper:
                     extra_at[i] = j
                     labels.append(extra_labels[candidates[i]])
             attention = None
-            if use_tokens and encoded is not None:
-                b, attention = self._token_scores(encoded.states[row], b, hits, hit_vectors, extra_vectors, extra_at)
             sims = [h.score for h in nbrs]
+            if use_tokens and encoded is not None and (not sims or max(sims) < p.token_gate):
+                b, attention = self._token_scores(encoded.states[row], b, hits, hit_vectors, extra_vectors, extra_at)
             scored = score_candidates(b, np.array(sims), votes_for, params)
             voters: dict[int, list[int]] = {}
             for j, i in enumerate(votes_for.tolist()):

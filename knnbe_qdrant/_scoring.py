@@ -57,7 +57,10 @@ class ScoringParams:
     """alpha: the share of the token-attention score in b; 0 is the pooled cosine alone (one forward pass either
     way: the token states are what pooling reads)."""
     token_temperature: float = 1.0
-    """T of the token attention, the one the encoder was trained with (its recipe's `token_temperature`)."""
+    """T of the token attention (for a model trained with it, its recipe's `token_temperature`)."""
+    token_gate: float = 2.0
+    """A sentence whose nearest memory sentence is at this similarity or more keeps the pooled cosine as b: the
+    memory knows it, and its vote covers every skill it names (as decomposition's gate; above 1: never)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -70,6 +73,8 @@ class ScoringParams:
             raise InvalidInputError(f"n_candidates must be >= 1, got {self.n_candidates}")
         if not 0.0 <= self.token_weight <= 1.0:
             raise InvalidInputError(f"token_weight must be in [0, 1], got {self.token_weight}")
+        if not self.token_gate > 0.0:
+            raise InvalidInputError(f"token_gate must be > 0, got {self.token_gate}")
         if not self.token_temperature > 0.0:
             raise InvalidInputError(f"token_temperature must be > 0, got {self.token_temperature}")
         if self.aggregation not in AGGREGATIONS:

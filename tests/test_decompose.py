@@ -80,10 +80,10 @@ def test_the_mapper_finds_the_skill_a_single_embedding_drowns(built_store, encod
     assert rank[python.id] <= next((i for i, s in enumerate(plain.skills) if s.id == python.id), 99)
     assert all(s.piece is None or s.piece in pieces(MULTI) for s in decomposed.skills)
     assert [s.score for s in decomposed.skills] == sorted((s.score for s in decomposed.skills), reverse=True)
-    # On by default for the shipped model (its package defaults), off when the mapper is told so.
-    assert mapper.decompose and ranking(mapper.map([MULTI], top=10)[0]) == ranking(decomposed)
-    off = SkillMapper(built_store, encoder, exact=True, decompose=False)
-    assert ranking(off.map([MULTI], top=10)[0]) == ranking(plain)
+    # Opt-in for the shipped model (its package defaults map one embedding per sentence, with token matching).
+    assert not mapper.decompose and ranking(mapper.map([MULTI], top=10)[0]) == ranking(plain)
+    on = SkillMapper(built_store, encoder, exact=True, decompose=True)
+    assert ranking(on.map([MULTI], top=10)[0]) == ranking(decomposed)
 
 
 def test_mapping_only_the_unfamiliar_sentences_pieces_ranks_as_mapping_every_piece(built_store, encoder):

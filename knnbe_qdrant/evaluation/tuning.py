@@ -98,19 +98,21 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
     tuned = SkillMapper.__new__(SkillMapper)
     tuned.__dict__.update(mapper.__dict__, store=replay)
     rows = []
-    for lam, k, tau, aggregation, alpha, temperature in itertools.product(
-            grid["lam"], grid["k"], grid["tau"], grid["aggregation"], grid["token_weight"], grid["token_temperature"]):
+    gates_t = grid.get("token_gate", (ScoringParams().token_gate,))
+    for lam, k, tau, aggregation, alpha, temperature, token_gate in itertools.product(
+            grid["lam"], grid["k"], grid["tau"], grid["aggregation"], grid["token_weight"], grid["token_temperature"],
+            gates_t):
         if aggregation == "uniform" and tau != grid["tau"][0]:
             continue  # τ does not enter the uniform vote
-        if alpha == 0 and temperature != grid["token_temperature"][0]:
-            continue  # nor T a b without tokens
+        if alpha == 0 and (temperature != grid["token_temperature"][0] or token_gate != gates_t[0]):
+            continue  # nor T and the gate a b without tokens
         tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation, token_weight=alpha,
-                                     token_temperature=temperature)
+                                     token_temperature=temperature, token_gate=token_gate)
         point = {path: (tuned.map_vectors(texts, vectors, top=DEPTH), parts, golds)
                  for path, texts, parts, vectors, golds in data}
         for merge in merges:
             row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation,
-                                   "token_weight": alpha, "token_temperature": temperature}
+                                   "token_weight": alpha, "token_temperature": temperature, "token_gate": token_gate}
             if merge is not None:
                 row.update(weight=merge.weight, protect=merge.protect, gate=merge.gate)
             for path, (results, parts, golds) in point.items():
@@ -127,6 +129,7 @@ def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapp
     record = {
         "lam": best["lam"], "k": best["k"], "tau": best["tau"], "aggregation": best["aggregation"],
         "token_weight": best.get("token_weight", 0.0), "token_temperature": best.get("token_temperature", 1.0),
+        "token_gate": best.get("token_gate", ScoringParams().token_gate),
         "tuned_on": [Path(f).name for f in files], "tuned_at": S.utc_now(),
         "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
     }
