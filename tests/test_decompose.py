@@ -143,8 +143,8 @@ def test_a_store_tuned_with_decomposition_maps_with_it_unless_told_not_to(built_
     finally:
         manifest.params = None
         built_store._write_manifest(manifest)
-    shipped = SkillMapper(built_store, encoder)  # back to the package defaults: decomposition, shipped settings
-    assert shipped.decompose and shipped.merge_params == MergeParams()
+    shipped = SkillMapper(built_store, encoder)  # back to the package defaults: token matching, no decomposition
+    assert not shipped.decompose and shipped.merge_params == MergeParams() and shipped.params.token_weight == 0.75
     try:
         save_params(SkillMapper(built_store, encoder), {"lam": 0.4, "k": 16, "tau": 0.05, "aggregation": "softmax"},
                     ["tech-validation"])
