@@ -90,15 +90,18 @@ def test_a_batch_that_fails_is_retried_request_by_request(served):
     surrogate), only the request that brought it fails."""
     client, auth, mapper = served
     encoder = mapper.encoder
-    original = encoder.encode
     poison = "poisoned text that the encoder refuses"
 
-    def encode(texts, *args, **kwargs):
-        if poison in texts:
-            raise TypeError("the tokenizer cannot read this text")
-        return original(texts, *args, **kwargs)
+    def refusing(original):
+        def encode(texts, *args, **kwargs):
+            if poison in texts:
+                raise TypeError("the tokenizer cannot read this text")
+            return original(texts, *args, **kwargs)
+        return encode
 
-    encoder.encode = encode  # type: ignore[method-assign]
+    # Both doors: the pooled vectors, and the vectors with token states (token-level matching)
+    encoder.encode = refusing(encoder.encode)  # type: ignore[method-assign]
+    encoder.encode_tokens = refusing(encoder.encode_tokens)  # type: ignore[method-assign]
     try:
         barrier = threading.Barrier(6)
 
@@ -110,7 +113,7 @@ def test_a_batch_that_fails_is_retried_request_by_request(served):
         with ThreadPoolExecutor(6) as pool:
             statuses = list(pool.map(send, range(6)))
     finally:
-        del encoder.encode
+        del encoder.encode, encoder.encode_tokens
     assert statuses[0] == 500 and statuses[1:] == [200] * 5, statuses
 
 
