@@ -112,11 +112,16 @@ def test_curator_flow_in_a_real_browser(served):
         expect(page.locator(".result")).to_have_count(1)
         assert page.locator('.skill-row[data-skill="acme:vdb"]').count() == 0
 
-        # Decomposition, ticked as the store maps (the shipped model's default): a multi-skill sentence's matches
-        # say which piece they came from; unticked, the sentence maps whole.
-        expect(page.locator("#decompose")).to_be_checked()
+        # Token-level matching, the shipped model's default: each match says which words it matched on. Decomposition
+        # is opt-in (unticked, as the store maps); ticked, a multi-skill sentence's matches say which piece they
+        # came from.
+        expect(page.locator("#decompose")).not_to_be_checked()
         page.fill("#sentences", MULTI)
         page.fill("#top", "10")
+        page.click("#map")
+        expect(page.locator(".result .tokens").first).to_contain_text("matched on “")
+        expect(page.locator(".result .piece")).to_have_count(0)
+        page.check("#decompose")
         page.click("#map")
         expect(page.locator(".result .piece").first).to_contain_text("from the piece “")
         page.screenshot(path=str(shots / "curator-decomposed.png"), full_page=True)

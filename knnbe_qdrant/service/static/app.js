@@ -83,7 +83,7 @@ function renderResult(result) {
     const evidence = el("ul", { class: "evidence" }, ...s.evidence.map((e) => renderEvidence(e, s)));
     const label = el("a", { href: "#", class: "skill-link", onclick: (ev) => { ev.preventDefault(); browse(s.id); } }, s.label);
     const piece = s.piece ? el("div", { class: "piece" }, `from the piece “${s.piece}”`) : "";
-    const tokens = s.tokens && s.tokens.length ? el("div", { class: "piece tokens" }, `matched on “${s.tokens.join(" … ")}”`) : "";
+    const tokens = s.tokens && s.tokens.length ? el("div", { class: "tokens" }, `matched on “${s.tokens.join(" … ")}”`) : "";
     return el("tr", { class: "skill-row", "data-skill": s.id },
       el("td", { class: "num" }, i + 1), el("td", { class: "num score" }, fmt(s.score)),
       el("td", { class: "num" }, fmt(s.bi_encoder)), el("td", { class: "num" }, fmt(s.knn)),
