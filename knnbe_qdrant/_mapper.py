@@ -238,7 +238,8 @@ class SkillMapper:
                     labels.append(extra_labels[candidates[i]])
             attention = None
             sims = [h.score for h in nbrs]
-            if use_tokens and encoded is not None and (not sims or max(sims) < p.token_gate):
+            closest = max(sims) if sims else None
+            if use_tokens and encoded is not None and (closest is None or closest < p.token_gate):
                 b, attention = self._token_scores(encoded.states[row], b, hits, hit_vectors, extra_vectors, extra_at)
             scored = score_candidates(b, np.array(sims), votes_for, params)
             voters: dict[int, list[int]] = {}
@@ -266,7 +267,7 @@ class SkillMapper:
                                 if attention is not None and encoded is not None else None),
                     )
                 )
-            results.append(SentenceResult(text=text, skills=matches, nearest_memory=max(sims) if sims else None))
+            results.append(SentenceResult(text=text, skills=matches, nearest_memory=closest))
         return results
 
     def _token_scores(self, states: np.ndarray, pooled_b: np.ndarray, hits: list[Hit],

@@ -32,8 +32,8 @@ from ._errors import InvalidInputError
 
 AGGREGATIONS = ("softmax", "uniform")
 MIN_TOKEN_CANDIDATES = 32
-"""With token-level matching, at least this many skills come from the cosine side: the token score reorders them
-(validation: docs/accuracy.md)."""
+"""With token-level matching, at least this many skills come from the cosine side: the token score reorders them.
+Set by judgement (the 10 of `top` seemed too few to reorder), not searched: no other value was measured."""
 K = TypeVar("K", bound=Hashable)  # a skill key: its id in the product, anything hashable in tests
 
 

@@ -115,30 +115,39 @@ def test_without_token_weight_nothing_changes(built_store, encoder):
         assert match.bi_encoder == pytest.approx(float(vector @ encoder.encode([match.label])[0]), abs=2e-4)
 
 
-def test_a_renamed_skill_is_scored_with_its_new_vector_at_once(tmp_path, encoder, small_skills):
+def _baker(tmp_path, encoder, small_skills):
+    """A small store whose tenant acme has skill t-1 "bake bread", a token mapper over it, a curator, and the
+    b that skill t-1 must have, for the sentence below, under a given label."""
     from tests.helpers import build_small
 
     store = build_small("embedded", tmp_path, encoder, small_skills[:40], [])
+    mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
+    curator = Curator(store, encoder)
+    curator.add_skill("t-1", "bake bread", tenant="acme")
+    encoded = encoder.encode_tokens([BAKING])
+
+    def b_for(label: str) -> float:
+        v = encoder.encode([label])
+        t, _ = token_attention(encoded.states[0], v, TOKENS.token_temperature)
+        return float(blend_bi_encoder(encoded.vectors[0] @ v.T, t, TOKENS.token_weight)[0])
+
+    def b_of_t1() -> float:
+        [r] = mapper.map([BAKING], top=40, tenant="acme")
+        return next(s.bi_encoder for s in r.skills if s.id == "t-1")
+
+    return store, curator, b_for, b_of_t1
+
+
+BAKING = "You will bake bread and pastries every morning."
+
+
+def test_a_renamed_skill_is_scored_with_its_new_vector_at_once(tmp_path, encoder, small_skills):
+    store, curator, b_for, b_of_t1 = _baker(tmp_path, encoder, small_skills)
     try:
-        mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
-        curator = Curator(store, encoder)
-        curator.add_skill("t-1", "bake bread", tenant="acme")
-        sentence = "You will bake bread and pastries every morning."
-        encoded = encoder.encode_tokens([sentence])
-
-        def b_of(label: str) -> float:
-            v = encoder.encode([label])
-            t, _ = token_attention(encoded.states[0], v, TOKENS.token_temperature)
-            return float(blend_bi_encoder(encoded.vectors[0] @ v.T, t, TOKENS.token_weight)[0])
-
-        def score_of_t1() -> float:
-            [r] = mapper.map([sentence], top=40, tenant="acme")
-            return next(s.bi_encoder for s in r.skills if s.id == "t-1")
-
-        assert score_of_t1() == pytest.approx(b_of("bake bread"), abs=2e-4)  # cached from here on
+        assert b_of_t1() == pytest.approx(b_for("bake bread"), abs=2e-4)  # cached from here on
         for label in ("repair engines", "bake bread", "repair engines"):  # back and forth: no stale vector
             curator.update_skill("t-1", label=label, tenant="acme")
-            assert score_of_t1() == pytest.approx(b_of(label), abs=2e-4)
+            assert b_of_t1() == pytest.approx(b_for(label), abs=2e-4)
     finally:
         store.close()
 
@@ -147,29 +156,15 @@ def test_a_vector_read_inside_a_rename_is_never_served_after_it(tmp_path, encode
     """A rename writes the vector, then the label: a mapper reading in between sees the new vector under the old
     label. Renaming back must not be scored with that vector."""
     from knnbe_qdrant import _schema as S
-    from tests.helpers import build_small
 
-    store = build_small("embedded", tmp_path, encoder, small_skills[:40], [])
+    store, curator, b_for, b_of_t1 = _baker(tmp_path, encoder, small_skills)
     try:
-        mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
-        curator = Curator(store, encoder)
-        curator.add_skill("t-1", "bake bread", tenant="acme")
-        sentence = "You will bake bread and pastries every morning."
-        encoded = encoder.encode_tokens([sentence])
-        v = encoder.encode(["bake bread"])
-        t, _ = token_attention(encoded.states[0], v, TOKENS.token_temperature)
-        want = float(blend_bi_encoder(encoded.vectors[0] @ v.T, t, TOKENS.token_weight)[0])
-
-        def b_of_t1() -> float:
-            [r] = mapper.map([sentence], top=40, tenant="acme")
-            return next(s.bi_encoder for s in r.skills if s.id == "t-1")
-
         point = S.skill_point_id("acme", "t-1")
         store.update_vectors(S.SKILLS, [point], encoder.encode(["repair engines"]))  # the rename's first write
         b_of_t1()  # reads (and caches) the new vector under the old label
         store.set_payload(S.SKILLS, [point], {S.F_LABEL: "repair engines", S.F_UPDATED_AT: S.utc_now(precise=True)})
         curator.update_skill("t-1", label="bake bread", tenant="acme")
-        assert b_of_t1() == pytest.approx(want, abs=2e-4)
+        assert b_of_t1() == pytest.approx(b_for("bake bread"), abs=2e-4)
     finally:
         store.close()
 
@@ -181,3 +176,4 @@ def test_odd_texts_still_have_token_states_and_map(token_mapper, encoder, text):
     assert all(0 <= a <= b <= len(text) for a, b in encoded.spans[0])
     [result] = token_mapper.map([text], top=3)
     assert len(result.skills) == 3 and all(np.isfinite(s.score) for s in result.skills)
+
