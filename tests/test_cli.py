@@ -60,6 +60,8 @@ def test_store_flag_overrides_environment(cli_store, tmp_path):
         (["map", "   "], b"", "argument 1 is an empty sentence"),
         (["map"], b"\n  \n", "no sentences in standard input"),
         (["map", "--top", "0", "x"], b"", "--top must be >= 1"),
+        (["tune", "tech-validation", "--token-weights", "0,x"], b"", "--token-weights: not a comma-separated list"),
+        (["tune", "tech-validation", "--token-weights", "0,1.5"], b"", "each weight must be in [0, 1], got [1.5]"),
     ],
 )
 def test_bad_sentences_exit_2_with_a_clear_message(cli_store, args, stdin, message):

@@ -108,7 +108,7 @@ def test_a_sentence_without_pieces_maps_as_before(built_store, encoder, sentence
 
 
 TUNE_GRID = {"lam": (0.4,), "k": (16,), "tau": (0.05,), "aggregation": ("softmax",), "weight": (0.7, 0.9),
-             "protect": (0, 1)}
+             "protect": (0, 1), "token_weight": (0.0,)}  # the merge settings are what this grid is about
 
 
 def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_store, encoder):

@@ -17,12 +17,19 @@ GRID = {"lam": (0.3, 0.6), "k": (8, 32), "tau": (0.05,), "aggregation": ("softma
 
 def test_grid_points_score_as_a_direct_evaluation_does(built_store, encoder):
     mapper = SkillMapper(built_store, encoder, exact=True, decompose=False)
+    shipped = mapper.params  # the shipped model maps with token matching, though it was not trained with it
+    assert shipped.token_weight > 0 and not encoder.recipe.get("token_attention")
     rows = tune(mapper, ["tech-validation"], grid=GRID, checks=["house-validation"])
-    assert len(rows) == 4
+    # Its own α, T and gate are searched beside the pooled cosine: tuning must not drop token matching.
+    assert sorted({r["token_weight"] for r in rows}) == [0.0, shipped.token_weight]
+    assert {(r["token_temperature"], r["token_gate"]) for r in rows if r["token_weight"]} == {
+        (shipped.token_temperature, shipped.token_gate)}
+    assert len(rows) == 8
     assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
     for row in rows:
-        direct = SkillMapper(built_store, encoder, ScoringParams(lam=row["lam"], k=row["k"], tau=row["tau"]),
-                             exact=True, decompose=False)
+        params = ScoringParams(lam=row["lam"], k=row["k"], tau=row["tau"], token_weight=row["token_weight"],
+                               token_temperature=row["token_temperature"], token_gate=row["token_gate"])
+        direct = SkillMapper(built_store, encoder, params, exact=True, decompose=False)
         report = run_eval(direct, "tech-validation")["knnbe"]
         for metric in ("rp@5", "rp@10", "mrr"):
             assert row["tech-validation"][metric] == pytest.approx(report[metric])

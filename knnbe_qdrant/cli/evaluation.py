@@ -42,6 +42,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     tu.add_argument("--decompose", action=argparse.BooleanOptionalAction, help="tune for query decomposition (the "
                     "merge weight and protected places too; the gate stays at its default; minutes rather than "
                     "seconds) or without it; the store then maps so by default (default: as the store maps now)")
+    tu.add_argument("--token-weights", metavar="LIST", help="comma-separated token-matching weights (alpha) to "
+                    "search, at the mapper's T and gate (default: those the mapper maps with, and 0; all of 0, 0.25, "
+                    "0.5, 0.75, 1 for a model trained with the token score)")
     tu.set_defaults(func=tune)
 
     un = sub.add_parser("unseen", parents=[parent], help="unseen skills without retraining: remove some skills' "
@@ -105,7 +108,19 @@ def tune(args: argparse.Namespace) -> int:
     with open_mapper(args, exact=args.exact, decompose=args.decompose) as mapper:
         default, merge = mapper.params, mapper.merge_params
         decompose = mapper.decompose  # as asked, else as the store maps
-        rows = run(mapper, args.files, checks=args.check, decompose=decompose)
+        grid = None
+        if args.token_weights:
+            try:
+                weights = tuple(float(w) for w in args.token_weights.split(","))
+            except ValueError:
+                raise InvalidInputError(f"--token-weights: not a comma-separated list of numbers: "
+                                        f"{args.token_weights!r}") from None
+            bad = [w for w in weights if not 0.0 <= w <= 1.0]
+            if bad:
+                raise InvalidInputError(f"--token-weights: each weight must be in [0, 1], got {bad}")
+            grid = {"token_weight": weights, "token_temperature": (default.token_temperature,),
+                    "token_gate": (default.token_gate,)}
+        rows = run(mapper, args.files, checks=args.check, decompose=decompose, grid=grid)
         names = [str(f) for f in [*args.files, *args.check]]
         extra = f" {'wt':>4} {'prot':>4}" if decompose else ""
         extra += f" {'tok':>4}"

@@ -40,11 +40,17 @@ DEPTH = 100
 TOKEN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def token_grid(recipe: Mapping[str, Any]) -> dict[str, tuple]:
+def token_grid(recipe: Mapping[str, Any], current: ScoringParams) -> dict[str, tuple]:
     """Token-level matching's share of b is searched for a model trained with it (its recipe says so), at the
-    temperature it was trained with; any other model maps with the pooled cosine alone."""
+    temperature it was trained with. Any other model is tuned with the pooled cosine alone and, where the mapper
+    already maps with tokens (the shipped model's defaults do), with its own α, T and gate as a second candidate:
+    `tune` must never drop token matching only because the grid left it out. (A wider search of the weight is
+    asked for explicitly, `tune --token-weights 0,0.25,0.5,0.75,1`: it multiplies the time by the number of weights.)"""
     if recipe.get("token_attention"):
         return {"token_weight": TOKEN_WEIGHTS, "token_temperature": (float(recipe.get("token_temperature", 1.0)),)}
+    if current.token_weight > 0:
+        return {"token_weight": (0.0, current.token_weight), "token_temperature": (current.token_temperature,),
+                "token_gate": (current.token_gate,)}
     return {"token_weight": (0.0,), "token_temperature": (ScoringParams().token_temperature,)}
 
 
@@ -76,7 +82,8 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
     `decompose` (default: as the mapper maps), a point also has the merge settings (`weight`, `protect`: from `grid`,
     else `_decompose.GRID`)."""
     decompose = mapper.decompose if decompose is None else decompose
-    grid = {**GRID, **(MERGE_GRID if decompose else {}), **token_grid(mapper.encoder.recipe), **(grid or {})}
+    grid = {**GRID, **(MERGE_GRID if decompose else {}), **token_grid(mapper.encoder.recipe, mapper.params),
+            **(grid or {})}
     gates = grid.get("gate", (MergeParams().gate,))
     merges = ([MergeParams(w, p, g) for w, p, g in itertools.product(grid["weight"], grid["protect"], gates)]
               if decompose else [None])
