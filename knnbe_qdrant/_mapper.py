@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import _schema as S
+from ._candidates import Candidates
 from ._data import tuned_defaults
 from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
@@ -17,9 +18,8 @@ from ._scoring import (
     MIN_TOKEN_CANDIDATES,
     ScoringParams,
     blend_bi_encoder,
-    score_candidates,
-    token_attention,
-    union_candidates,
+    score_batch,
+    token_attention_batch,
 )
 from ._tenancy import is_tenant, layers, skill_is_visible, visible_memory, visible_skills
 from ._text import check_text
@@ -33,6 +33,8 @@ DEFAULT_HNSW_EF = 128
 # a fixed tie-break makes the k voters the same on every backend instead of whichever tied point an engine saw first.
 TIE_MARGIN = 8
 _TIE = 1e-6
+TOKEN_CHUNK = 64
+"""Sentences whose token scores are computed at once: their candidates' vectors are gathered, 64 x ~160 x d."""
 
 
 def nearest(hits: list[Hit], k: int) -> list[Hit]:
@@ -204,88 +206,91 @@ class SkillMapper:
             )
             neighbours = [nearest(hits, p.k) for hits in self.memory_payloads.fill(fetched)]
 
-        # Skills that only the kNN side found need their exact b: fetch their vectors, all in one call, and score
-        # them against every sentence of the batch with one matrix product.
-        top_ids: list[list[str]] = [[h.payload[S.F_SKILL_ID] for h in hits] for hits in skill_hits]
-        # Per sentence: a skill in one sentence's top-N may be kNN-only in another's.
-        missing = sorted(
-            set().union(*({h.payload[S.F_SKILL_ID] for h in nbrs} - set(ids) for ids, nbrs in zip(top_ids, neighbours)))
-        )
-        extra_labels, extra_vectors = self._skill_vectors(missing, tenant)
-        extra_row = {sid: i for i, sid in enumerate(extra_labels)}
-        extra_b = pooled @ extra_vectors.T  # (sentences, kNN-only skills); empty when there are none
-        hit_vectors = (self.skill_vectors.get(list({SkillVectors.key(h.id, h.payload) for hits in skill_hits
-                                                    for h in hits})) if use_tokens else {})
-
+        candidates, rows = Candidates.of(skill_hits, neighbours)
+        extra_labels, extra_vectors = self._skill_vectors(rows.knn_only_ids(), tenant)
+        extra_at = rows.extra_rows(extra_labels)  # (sentences, candidates): row in extra_vectors, -1 if none
+        # b: the engine's score for the skills query's hits; for skills only the kNN side found, the exact cosine
+        # from their vectors (one retrieve, one matrix product for the batch). Those without a vector are skills
+        # this tenant cannot see (or deleted ones): they vote, never rank.
+        b = np.zeros(candidates.shape)
+        b[rows.is_top] = rows.top_scores
+        extra_b = pooled @ extra_vectors.T
+        knn_found = extra_at >= 0
+        b[knn_found] = extra_b[np.nonzero(knn_found)[0], extra_at[knn_found]]
+        ranked = rows.is_top | knn_found
+        attention: dict[int, np.ndarray] = {}
+        if use_tokens and encoded is not None:
+            closest = rows.closest
+            gated = np.flatnonzero(~(closest >= p.token_gate))  # NaN (no neighbour) counts as below the gate
+            if gated.size:
+                b[gated], attention = self._token_scores(encoded, gated, b[gated], rows, extra_vectors,
+                                                         extra_at[gated], skill_hits)
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
+        scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params)
+        shown = np.minimum(ranked.sum(axis=1), top)
         results = []
-        for row, (text, hits, ids, nbrs) in enumerate(zip(texts, skill_hits, top_ids, neighbours)):
-            candidates, votes_for = union_candidates(ids, [h.payload[S.F_SKILL_ID] for h in nbrs])
-            # union_candidates keeps the skills query's hits first, in order: their b is the engine's score.
-            b = np.zeros(len(candidates))
-            b[: len(hits)] = [h.score for h in hits]
-            labels = [h.payload[S.F_LABEL] for h in hits]
-            hidden = np.zeros(len(candidates), dtype=bool)
-            extra_at = np.full(len(candidates), -1)
-            for i in range(len(hits), len(candidates)):
-                j = extra_row.get(candidates[i])
-                if j is None:  # labels a skill this tenant cannot see (or one deleted): it votes, never ranks
-                    hidden[i] = True
-                    labels.append("")
-                else:
-                    b[i] = extra_b[row, j]
-                    extra_at[i] = j
-                    labels.append(extra_labels[candidates[i]])
-            attention = None
-            sims = [h.score for h in nbrs]
-            closest = max(sims) if sims else None
-            if use_tokens and encoded is not None and (closest is None or closest < p.token_gate):
-                b, attention = self._token_scores(encoded.states[row], b, hits, hit_vectors, extra_vectors, extra_at)
-            scored = score_candidates(b, np.array(sims), votes_for, params)
-            voters: dict[int, list[int]] = {}
-            for j, i in enumerate(votes_for.tolist()):
-                voters.setdefault(i, []).append(j)
-            matches: list[SkillMatch] = []
-            for i in scored.order.tolist():
-                if len(matches) == top:
-                    break
-                if hidden[i]:
-                    continue
+        for row, text in enumerate(texts):
+            hits, nbrs = skill_hits[row], neighbours[row]
+            chosen = scored.order[row, : shown[row]]
+            voters: dict[int, list[int]] = {int(c): [] for c in chosen}
+            for j, c in zip(*np.nonzero(rows.vote_cols[row][:, None] == chosen[None, :])):
+                voters[int(chosen[c])].append(int(j))
+            matches = []
+            for i in chosen.tolist():
                 # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so
                 # that the order does not depend on which tied point an engine returned first.
-                evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], sims[j]) for j in voters.get(i, ())),
+                evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], nbrs[j].score) for j in voters[i]),
                                   key=lambda e: (-e.similarity, e.text))
-                matches.append(
-                    SkillMatch(
-                        id=candidates[i],
-                        label=labels[i],
-                        score=float(scored.score[i]),
-                        bi_encoder=float(scored.bi_encoder[i]),
-                        knn=float(scored.knn[i]),
-                        evidence=evidence,
-                        tokens=(attended_words(text, encoded.spans[row], attention[:, i])
-                                if attention is not None and encoded is not None else None),
-                    )
-                )
-            results.append(SentenceResult(text=text, skills=matches, nearest_memory=closest))
+                weights = attention.get(row)
+                matches.append(SkillMatch(
+                    id=rows.ids[candidates[row, i]],
+                    label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[rows.ids[candidates[row, i]]],
+                    score=float(scored.score[row, i]), bi_encoder=float(scored.bi_encoder[row, i]),
+                    knn=float(scored.knn[row, i]), evidence=evidence,
+                    tokens=(attended_words(text, encoded.spans[row], weights[:, i])
+                            if weights is not None and encoded is not None else None),
+                ))
+            closest_memory = float(rows.closest[row]) if nbrs else None
+            results.append(SentenceResult(text=text, skills=matches, nearest_memory=closest_memory))
         return results
 
-    def _token_scores(self, states: np.ndarray, pooled_b: np.ndarray, hits: list[Hit],
-                      hit_vectors: dict[tuple[str, str, str], np.ndarray], extra_vectors: np.ndarray,
-                      extra_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """b blended with the token-attention score for one sentence's candidates, and the attention (tokens,
-        candidates). A candidate whose vector is gone (deleted or renamed since the query) keeps its cosine."""
-        matrix = np.zeros((len(pooled_b), self.encoder.dimension), dtype=np.float32)
-        known = np.zeros(len(pooled_b), dtype=bool)
-        for i, h in enumerate(hits):
-            v = hit_vectors.get(SkillVectors.key(h.id, h.payload))
+    def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
+                      extra_vectors: np.ndarray, extra_at: np.ndarray,
+                      skill_hits: list[list[Hit]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """b blended with the token-attention score for the `gated` sentences' candidates, and each one's
+        attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query)
+        keeps its cosine."""
+        keys = {rows.codes[h.payload[S.F_SKILL_ID]]: SkillVectors.key(h.id, h.payload)
+                for r in gated.tolist() for h in skill_hits[r]}
+        found = self.skill_vectors.get(list(set(keys.values())))
+        dimension = self.encoder.dimension
+        # One table: the hits' cached vectors by skill code, then the kNN-only skills' fresh vectors.
+        table = np.zeros((len(rows.ids) + len(extra_vectors) + 1, dimension), dtype=np.float32)
+        known_code = np.zeros(len(table), dtype=bool)
+        for code, key in keys.items():
+            v = found.get(key)
             if v is not None:
-                matrix[i], known[i] = v, True
-        extra = extra_at >= 0
-        matrix[extra], known[extra] = extra_vectors[extra_at[extra]], True
-        t, attention = token_attention(states, matrix, self.params.token_temperature)
+                table[code], known_code[code] = v, True
+        table[len(rows.ids): len(rows.ids) + len(extra_vectors)] = extra_vectors
+        known_code[len(rows.ids): len(rows.ids) + len(extra_vectors)] = True
+        codes = rows.candidates[gated]
+        at = np.where(rows.is_top[gated], codes, np.where(extra_at >= 0, len(rows.ids) + extra_at, len(table) - 1))
+        known = known_code[at]
+        states = [encoded.states[r] for r in gated.tolist()]
+        lengths = np.array([len(x) for x in states])
+        padded = np.zeros((len(states), int(lengths.max()), dimension), dtype=np.float32)
+        for i, x in enumerate(states):
+            padded[i, : len(x)] = x
+        present = np.arange(padded.shape[1]) < lengths[:, None]
+        t = np.empty(pooled_b.shape)
+        weights = np.empty((*padded.shape[:2], pooled_b.shape[1]), dtype=np.float32)
+        for start in range(0, len(gated), TOKEN_CHUNK):  # bounds the (sentences, candidates, d) gather
+            part = slice(start, start + TOKEN_CHUNK)
+            t[part], weights[part] = token_attention_batch(padded[part], present[part], table[at[part]],
+                                                           self.params.token_temperature)
         t = np.where(known, t, pooled_b)
-        return blend_bi_encoder(pooled_b, t, self.params.token_weight), attention
+        blended = blend_bi_encoder(pooled_b, t, self.params.token_weight)
+        return blended, {int(r): weights[i, : lengths[i]] for i, r in enumerate(gated.tolist())}
 
     def _has_marks(self, tenant: str | None) -> bool:
         """Whether `tenant` may have hidden global points, read from the store's registry on every call (cheaply:
@@ -317,3 +322,4 @@ class SkillMapper:
         matrix = vectors_of(list(found.values()))
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         return {sid: r.payload[S.F_LABEL] for sid, r in found.items()}, matrix
+

@@ -84,13 +84,21 @@ class ScoringParams:
 def neighbour_weights(similarities: np.ndarray, tau: float, aggregation: str = "softmax") -> np.ndarray:
     """Weight of each neighbour's vote; the weights of one sentence's neighbours sum to 1 (empty in, empty out)."""
     sims = np.asarray(similarities, dtype=np.float64)
-    if sims.size == 0:
-        return sims
+    return neighbour_weights_batch(sims[None], np.ones((1, sims.size), dtype=bool), tau, aggregation)[0]
+
+
+def neighbour_weights_batch(similarities: np.ndarray, present: np.ndarray, tau: float,
+                            aggregation: str = "softmax") -> np.ndarray:
+    """`neighbour_weights` for each row of (sentences, k) similarities, over the neighbours `present` marks (rows
+    may have fewer than k); absent ones weigh 0."""
+    sims = np.asarray(similarities, dtype=np.float64)
+    count = present.sum(axis=1, keepdims=True)
     if aggregation == "uniform":
-        return np.full_like(sims, 1.0 / sims.size)
-    z = (sims - sims.max()) / tau  # shifting by the max keeps exp() finite for any tau
+        return np.where(present, 1.0 / np.maximum(count, 1), 0.0)
+    peak = np.where(present, sims, -np.inf).max(axis=1, keepdims=True, initial=-np.inf)
+    z = np.where(present, (sims - np.where(count > 0, peak, 0.0)) / tau, -np.inf)  # the max shift keeps exp finite
     e = np.exp(z)
-    return e / e.sum()
+    return e / np.maximum(e.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
 
 
 def knn_vote(
@@ -104,8 +112,22 @@ def knn_vote(
 
     `labels[j]` is the candidate index that neighbour j votes for.
     """
-    weights = neighbour_weights(similarities, tau, aggregation)
-    return np.bincount(np.asarray(labels, dtype=np.int64), weights=weights, minlength=n_candidates)[:n_candidates]
+    labels = np.asarray(labels, dtype=np.int64)
+    return knn_vote_batch(np.asarray(similarities, dtype=np.float64)[None], labels[None], n_candidates, tau,
+                          aggregation)[0]
+
+
+def knn_vote_batch(similarities: np.ndarray, labels: np.ndarray, n_candidates: int, tau: float,
+                   aggregation: str = "softmax") -> np.ndarray:
+    """`knn_vote` for each row: (sentences, k) similarities and candidate columns (-1: no neighbour there) in,
+    (sentences, n_candidates) votes out."""
+    labels = np.asarray(labels, dtype=np.int64)
+    present = labels >= 0
+    weights = neighbour_weights_batch(similarities, present, tau, aggregation)
+    rows = np.broadcast_to(np.arange(labels.shape[0])[:, None], labels.shape)
+    flat = (rows * n_candidates + labels)[present]
+    size = labels.shape[0] * n_candidates
+    return np.bincount(flat, weights=weights[present], minlength=size)[:size].reshape(labels.shape[0], n_candidates)
 
 
 def token_attention(states: np.ndarray, skills: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +135,24 @@ def token_attention(states: np.ndarray, skills: np.ndarray, temperature: float) 
     the attention each skill gives each token (tokens, skills), whose columns sum to 1. The training loss
     (encoding.token_loss) is the same formula in torch."""
     x = np.asarray(states, dtype=np.float32)
-    dots = x @ np.asarray(skills, dtype=np.float32).T
-    cos = dots / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    z = (dots - dots.max(axis=0, keepdims=True)) / temperature
-    w = np.exp(z)
-    w /= w.sum(axis=0, keepdims=True)
-    return (w * cos).sum(axis=0).astype(np.float64), w
+    t, w = token_attention_batch(x[None], np.ones((1, len(x)), dtype=bool), np.asarray(skills)[None], temperature)
+    return t[0], w[0]
+
+
+def token_attention_batch(states: np.ndarray, present: np.ndarray, skills: np.ndarray,
+                          temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """`token_attention` for each row: token states (sentences, tokens, d) padded where `present` (sentences,
+    tokens) is False, against each sentence's own candidates (sentences, candidates, d). Returns t (sentences,
+    candidates) and the attention (sentences, tokens, candidates), 0 on padding."""
+    x = np.asarray(states, dtype=np.float32)
+    dots = np.matmul(x, np.asarray(skills, dtype=np.float32).transpose(0, 2, 1))
+    cos = dots / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-12)
+    mask = present[:, :, None]
+    z = np.where(mask, dots, -np.inf)
+    z = (z - z.max(axis=1, keepdims=True, initial=-np.inf)) / temperature
+    w = np.where(mask, np.exp(z), 0.0).astype(np.float32)
+    w /= np.maximum(w.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    return (w * cos).sum(axis=1).astype(np.float64), w
 
 
 def blend_bi_encoder(pooled: np.ndarray, tokens: np.ndarray, token_weight: float) -> np.ndarray:
@@ -137,18 +171,44 @@ def union_candidates(top_skills: Sequence[K], neighbour_skills: Sequence[K]) -> 
 
     Returns the candidate list and, for each neighbour, the index of the candidate it votes for.
     """
-    index: dict[K, int] = {}
-    for s in top_skills:
-        index.setdefault(s, len(index))
-    labels = np.empty(len(neighbour_skills), dtype=np.int64)
-    for j, s in enumerate(neighbour_skills):
-        labels[j] = index.setdefault(s, len(index))
-    return list(index), labels
+    codes: dict[K, int] = {}
+    top = np.array([[codes.setdefault(s, len(codes)) for s in top_skills]], dtype=np.int64).reshape(1, -1)
+    votes = np.array([[codes.setdefault(s, len(codes)) for s in neighbour_skills]], dtype=np.int64).reshape(1, -1)
+    candidates, labels = union_batch(top, votes)
+    keys = list(codes)
+    return [keys[c] for c in candidates[0] if c >= 0], labels[0]
+
+
+def union_batch(top: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`union_candidates` for each row, over integer skill codes (-1: padding): top (sentences, N) and the
+    neighbours' codes (sentences, k) in; the candidates' codes (sentences, C), -1-padded, and each neighbour's
+    candidate column (sentences, k), -1 where there is none, out. Row by row, a code's column is the rank of its
+    first appearance in the row's top codes followed by its neighbours' codes."""
+    n = top.shape[0]
+    both = np.concatenate([np.asarray(top, dtype=np.int64), np.asarray(votes, dtype=np.int64)], axis=1)
+    width = both.shape[1]
+    flat = both.ravel()
+    present = np.flatnonzero(flat >= 0)
+    span = int(flat.max()) + 1 if present.size else 1
+    keys = (present // width) * span + flat[present]  # one key per (row, code)
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first_at = present[first]  # where each (row, code) first appears, row-major: its row and its position
+    rows = first_at // width
+    by_place = np.lexsort((first_at % width, rows))
+    counts = np.bincount(rows, minlength=n)
+    column = np.empty(unique.size, dtype=np.int64)
+    column[by_place] = np.arange(unique.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    candidates = np.full((n, int(counts.max(initial=0))), -1, dtype=np.int64)
+    candidates[rows, column] = unique - rows * span
+    columns = np.full(flat.size, -1, dtype=np.int64)
+    columns[present] = column[inverse.ravel()]
+    return candidates, columns.reshape(n, width)[:, top.shape[1]:]
 
 
 @dataclass(frozen=True)
 class Scored:
-    """Per-candidate parts and final score, with `order` ranking the candidates best first."""
+    """Per-candidate parts and final score, with `order` ranking the candidates best first (for a batch: one row
+    per sentence)."""
 
     bi_encoder: np.ndarray
     knn: np.ndarray
@@ -168,7 +228,19 @@ def score_candidates(
     Ties on the score are broken by the higher b, then by candidate index, so rankings are deterministic.
     """
     b = np.asarray(bi_encoder, dtype=np.float64)
-    v = knn_vote(neighbour_similarities, neighbour_labels, b.size, params.tau, params.aggregation)
+    scored = score_batch(b[None], np.ones((1, b.size), dtype=bool), np.asarray(neighbour_similarities)[None],
+                         np.asarray(neighbour_labels, dtype=np.int64)[None], params)
+    return Scored(scored.bi_encoder[0], scored.knn[0], scored.score[0], scored.order[0])
+
+
+def score_batch(bi_encoder: np.ndarray, ranked: np.ndarray, neighbour_similarities: np.ndarray,
+                neighbour_labels: np.ndarray, params: ScoringParams) -> Scored:
+    """`score_candidates` for each row of (sentences, candidates) b, as one array operation. `ranked` marks the
+    candidates that may rank (padding, and skills that vote but may not be shown, are False: their row's `order`
+    lists them last); neighbour labels are candidate columns, -1 where a row has no neighbour."""
+    b = np.asarray(bi_encoder, dtype=np.float64)
+    v = knn_vote_batch(neighbour_similarities, neighbour_labels, b.shape[1], params.tau, params.aggregation)
     s = interpolate(b, v, params.lam)
-    order = np.lexsort((np.arange(b.size), -b, -s))
+    index = np.broadcast_to(np.arange(b.shape[1]), b.shape)
+    order = np.lexsort((index, -b, -s, ~ranked), axis=-1)
     return Scored(bi_encoder=b, knn=v, score=s, order=order)

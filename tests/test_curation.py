@@ -287,3 +287,21 @@ def test_a_tenant_hiding_a_sentence_while_it_is_relabelled_globally_is_ordered(c
         assert curator.remove_sentence(text, postgres, tenant="beta") == "hidden"  # where it is now
     finally:
         curator.relabel(text, postgres, sql)
+
+
+def test_a_global_skill_added_under_a_tenants_skill_id_maps_once_for_that_tenant(curator, mapper):
+    # A tenant may own an id first; the global layer does not check tenants' ids, so both can exist, and both can
+    # come back from one skills query. The tenant's mapping shows the skill once, with its votes.
+    sentence = "You will administer vector database clusters."
+    curator.add_skill("custom:shared-id", "administer vector databases", tenant="acme")
+    curator.add_skill("custom:shared-id", "administer vector database clusters")
+    try:
+        curator.add_sentence(NEW_SKILL_SENTENCES[0], "custom:shared-id", tenant="acme")
+        for tenant in ("acme", None):
+            [result] = mapper.map([sentence], top=20, tenant=tenant)
+            assert ids(result).count("custom:shared-id") == 1
+            assert len(ids(result)) == len(set(ids(result)))
+        [own] = [s for s in mapper.map([sentence], top=20, tenant="acme")[0].skills if s.id == "custom:shared-id"]
+        assert own.knn > 0 and NEW_SKILL_SENTENCES[0] in [e.text for e in own.evidence]
+    finally:
+        curator.retire_skill("custom:shared-id")

@@ -109,3 +109,57 @@ def test_votes_are_a_distribution_over_labels(sims, tau, n_labels):
 def test_bad_parameters_are_named(kwargs, field):
     with pytest.raises(InvalidInputError, match=field):
         ScoringParams(**kwargs)
+
+
+@st.composite
+def batches(draw):
+    """Rows of (top skills, neighbour skills, their similarities) over a few skill codes, ragged like a batch."""
+    rows = draw(st.integers(1, 6))
+    n_codes = draw(st.integers(1, 12))
+    out = []
+    for _ in range(rows):
+        top = draw(st.lists(st.integers(0, n_codes - 1), max_size=6, unique=True))
+        votes = draw(st.lists(st.integers(0, n_codes - 1), max_size=10))
+        sims = draw(st.lists(st.floats(-1, 1), min_size=len(votes), max_size=len(votes)))
+        out.append((top, votes, sims))
+    return out
+
+
+def padded(lists, fill):
+    width = max((len(x) for x in lists), default=0)
+    return np.array([list(x) + [fill] * (width - len(x)) for x in lists], dtype=float if fill != -1 else np.int64
+                    ).reshape(len(lists), width)
+
+
+@given(batch=batches(), tau=st.floats(1e-3, 1.0), lam=st.floats(0, 1),
+       aggregation=st.sampled_from(["softmax", "uniform"]))
+def test_the_batch_scores_each_row_as_the_per_sentence_formula(batch, tau, lam, aggregation):
+    """union_batch and score_batch (what the mapper runs) against a plain per-sentence reference written here."""
+    from knnbe_qdrant._scoring import score_batch, union_batch
+
+    tops, votes, sims = zip(*batch)
+    candidates, columns = union_batch(padded(tops, -1), padded(votes, -1))
+    rng = np.random.default_rng(len(batch))
+    b = rng.uniform(-1, 1, candidates.shape)
+    ranked = candidates >= 0
+    params = ScoringParams(lam=lam, tau=tau, aggregation=aggregation)
+    scored = score_batch(b, ranked, padded(sims, 0.0), columns, params)
+    for row, (top, vote, sim) in enumerate(batch):
+        order: list[int] = []
+        for code in [*top, *vote]:  # the reference union: first appearance
+            if code not in order:
+                order.append(code)
+        assert candidates[row, : len(order)].tolist() == order and (candidates[row, len(order):] == -1).all()
+        assert [order[c] for c in columns[row, : len(vote)]] == vote and (columns[row, len(vote):] == -1).all()
+        weights = (np.exp((np.array(sim) - max(sim, default=0)) / tau) if aggregation == "softmax"
+                   else np.ones(len(sim)))
+        weights = weights / weights.sum() if len(sim) else weights
+        want = np.zeros(len(order))
+        for w, code in zip(weights, vote):
+            want[order.index(code)] += w
+        assert scored.knn[row, : len(order)] == pytest.approx(want, abs=1e-9)
+        assert (scored.knn[row, len(order):] == 0).all()
+        s = lam * b[row, : len(order)] + (1 - lam) * want
+        assert scored.score[row, : len(order)] == pytest.approx(s, abs=1e-9)
+        best_first = sorted(range(len(order)), key=lambda i: (-scored.score[row, i], -b[row, i], i))
+        assert scored.order[row, : len(order)].tolist() == best_first

@@ -34,6 +34,25 @@ def test_token_attention_is_a_softmax_weighted_cosine():
     assert blend_bi_encoder(np.array([0.2]), np.array([0.6]), 0.25)[0] == pytest.approx(0.3)
 
 
+def test_padded_tokens_take_no_attention_in_a_batch():
+    """The mapper scores a batch of sentences of different lengths padded to one: padding must weigh nothing,
+    whatever it holds, and each row must equal its sentence scored alone against its own candidates."""
+    from knnbe_qdrant._scoring import token_attention_batch
+
+    rng = np.random.default_rng(1)
+    lengths = [7, 2, 5]
+    padded = rng.normal(size=(3, 7, 16)).astype(np.float32) * 50  # loud padding: it would win any softmax
+    present = np.arange(7) < np.array(lengths)[:, None]
+    skills = rng.normal(size=(3, 4, 16)).astype(np.float32)
+    skills /= np.linalg.norm(skills, axis=2, keepdims=True)
+    t, weights = token_attention_batch(padded, present, skills, 0.5)
+    assert np.allclose(weights[~present], 0.0) and np.allclose(weights.sum(axis=1), 1.0)
+    for row, n in enumerate(lengths):
+        alone, alone_weights = token_attention(padded[row, :n], skills[row], 0.5)
+        assert t[row] == pytest.approx(alone, rel=1e-5)
+        assert np.allclose(weights[row, :n], alone_weights, atol=1e-6)
+
+
 def test_training_loss_scores_with_the_same_formula():
     torch = pytest.importorskip("torch")
     from knnbe_qdrant.encoding.token_loss import content_mask

@@ -1,0 +1,78 @@
+"""One batch's candidate skills as arrays, for scoring the whole batch at once (`_scoring.score_batch`): what the
+two queries returned, coded and laid out one row per sentence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _schema as S
+from ._scoring import union_batch
+from .store.base import Hit
+
+
+def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged rows as one (rows, longest) array padded with `fill`, and the mask of the real entries."""
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    width = int(lengths.max(initial=0))
+    present = np.arange(width) < lengths[:, None]
+    out = np.full((len(lists), width), fill, dtype=dtype)
+    out[present] = np.fromiter((v for x in lists for v in x), dtype=dtype, count=int(lengths.sum()))
+    return out, present
+
+
+@dataclass
+class Candidates:
+    """One batch's candidates as arrays (one row per sentence): skill ids are coded as integers, the skills
+    query's hits take the first columns of their row, in order (their b is the engine's score), then every other
+    skill a neighbour votes for, in first-seen order (`_scoring.union_batch`)."""
+
+    ids: list[str]
+    codes: dict[str, int]
+    candidates: np.ndarray  # (sentences, C) skill codes, -1 = padding
+    is_top: np.ndarray  # (sentences, C) the column is one of the skills query's hits
+    top_scores: np.ndarray  # the hits' scores, in the order of is_top's True cells
+    vote_sims: np.ndarray  # (sentences, k) each neighbour's similarity
+    vote_cols: np.ndarray  # (sentences, k) the column it votes for, -1 = no neighbour
+    closest: np.ndarray  # (sentences,) the nearest neighbour's similarity, NaN without one
+
+    @classmethod
+    def of(cls, skill_hits: list[list[Hit]], neighbours: list[list[Hit]]) -> tuple[np.ndarray, Candidates]:
+        codes: dict[str, int] = {}
+        code = codes.setdefault
+        for i, hits in enumerate(skill_hits):
+            # One hit per skill: a tenant's skill and a global one may share an id (the global one added later);
+            # the better-scored one stands for it.
+            if len({h.payload[S.F_SKILL_ID] for h in hits}) < len(hits):
+                first: dict[str, Hit] = {}
+                for h in hits:
+                    first.setdefault(h.payload[S.F_SKILL_ID], h)
+                skill_hits[i] = list(first.values())
+        top, top_present = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in hits] for hits in skill_hits],
+                                   -1, np.int64)
+        votes, _ = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in nbrs] for nbrs in neighbours],
+                           -1, np.int64)
+        sims, _ = _padded([[h.score for h in nbrs] for nbrs in neighbours], np.nan, np.float64)
+        scores, _ = _padded([[h.score for h in hits] for hits in skill_hits], 0.0, np.float64)
+        candidates, vote_cols = union_batch(top, votes)
+        is_top = np.zeros(candidates.shape, dtype=bool)
+        is_top[:, : top.shape[1]] = top_present[:, : candidates.shape[1]]
+        closest = sims[:, 0] if sims.shape[1] else np.full(len(neighbours), np.nan)
+        rows = cls(list(codes), codes, candidates, is_top, scores[top_present], sims, vote_cols, closest)
+        return candidates, rows
+
+    def knn_only_ids(self) -> list[str]:
+        """Skills that some sentence has only from its neighbours (one sentence's hit may be another's kNN-only)."""
+        knn_only = (self.candidates >= 0) & ~self.is_top
+        return sorted(self.ids[c] for c in np.unique(self.candidates[knn_only]).tolist())
+
+    def extra_rows(self, extra_labels: dict[str, str]) -> np.ndarray:
+        """For each kNN-only cell, its row in the matrix of `_skill_vectors` (whose order `extra_labels` keeps);
+        -1 elsewhere and for a skill that came back without a vector."""
+        row_of = np.full(len(self.ids) + 1, -1, dtype=np.int64)
+        for j, sid in enumerate(extra_labels):
+            row_of[self.codes[sid]] = j
+        knn_only = (self.candidates >= 0) & ~self.is_top
+        return np.where(knn_only, row_of[self.candidates], -1)
