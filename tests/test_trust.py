@@ -454,10 +454,24 @@ def test_a_lease_on_a_server_store_has_one_holder_at_a_time_and_expires_when_its
 
 
 def test_a_one_sentence_request_gathered_with_bigger_ones_is_answered_first(built_stores, encoder):
-    from knnbe_qdrant.service.batching import MapBatcher, _Job, size_lanes
+    from knnbe_qdrant.service.batching import MapBatcher, _Job, _Lanes
 
-    jobs = [_Job(["a", "b", "c"], 3, None), _Job(["d"], 3, None), _Job(["e", "f"], 3, "t"), _Job(["g"], 3, "t")]
-    assert [[len(j.sentences) for j in lane] for lane in size_lanes(jobs)] == [[1, 1], [3, 2]]
+    lanes = _Lanes()
+    for sentences, tenant in [("abc", None), ("d", None), ("ef", "t"), ("g", "t"), ("hi", None)]:
+        lanes.put(_Job(list(sentences), 3, tenant))
+    passes = ["|".join("".join(j.sentences) for j in lanes.take(max_small=256, max_large=4)) for _ in range(3)]
+    # Small ones first; then larger ones up to 4 sentences, round-robin by tenant (never split); then the rest.
+    assert passes == ["d|g", "abc|ef", "hi"]
+    # Neither lane starves: while both wait, passes alternate.
+    for sentences in ("jkl", "m", "nop"):
+        lanes.put(_Job(list(sentences), 3, None))
+    assert "".join(lanes.take(max_small=256, max_large=3)[0].sentences) == "m"
+    lanes.put(_Job(["q"], 3, None))
+    assert "".join(lanes.take(max_small=256, max_large=3)[0].sentences) == "jkl"  # not the newer small one
+    assert "".join(lanes.take(max_small=256, max_large=3)[0].sentences) == "q"
+    lanes.close()
+    assert "".join(lanes.take(max_small=256, max_large=3)[0].sentences) == "nop"  # closed: what is queued still goes
+    assert lanes.take(max_small=256) is None
     batcher = MapBatcher(SkillMapper(built_stores["embedded"], encoder), max_wait_s=0.5)
     try:
         done: list[str] = []

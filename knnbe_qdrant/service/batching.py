@@ -8,8 +8,9 @@ client went away before its batch started is dropped, not computed. Requests que
 round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
 Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
-queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. What is
-gathered goes as two batches by size, one-sentence requests first (`size_lanes`). A request is never split.
+queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. Requests
+queue in two lanes by size, and passes alternate between them (`_Lanes`): under load a one-sentence request waits
+for one bounded pass of larger requests, not for everything gathered before it. A request is never split.
 """
 
 from __future__ import annotations
@@ -42,20 +43,55 @@ class _Job:
 
 class _FairQueue:
     """Jobs by tenant, handed out round-robin across tenants: a tenant that queued a hundred requests delays another
-    tenant's next request by one of them, not by all of them. `close` ends it once every queued job is out."""
+    tenant's next request by one of them, not by all of them. Not locked: `_Lanes` holds the lock."""
 
     def __init__(self) -> None:
         self._jobs: dict[str | None, deque[_Job]] = {}
         self._turns: deque[str | None] = deque()  # tenants with queued jobs, whose turn is next first
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def put(self, job: _Job) -> None:
+        if job.tenant not in self._jobs:
+            self._jobs[job.tenant] = deque()
+            self._turns.append(job.tenant)
+        self._jobs[job.tenant].append(job)
+
+    def pop(self) -> _Job:
+        tenant = self._turns.popleft()
+        job = self._jobs[tenant].popleft()
+        if self._jobs[tenant]:
+            self._turns.append(tenant)  # its next job waits behind the other tenants' first ones
+        else:
+            del self._jobs[tenant]
+        return job
+
+
+SMALL_REQUEST = 1
+"""Requests of this many sentences or fewer go in the small lane: an interactive one-sentence lookup waits for at
+most one pass of larger requests, not behind everything queued."""
+LARGE_PASS = 8
+"""The most sentences of larger requests encoded and mapped in one pass (a request is never split: a bigger one is
+a pass of its own). Smaller passes bound a small request's wait; larger ones encode a little more efficiently."""
+
+
+class _Lanes:
+    """Two fair queues, one per size class, under one lock. Passes alternate while both lanes wait: all the small
+    requests (up to `max_small` sentences), then larger requests up to LARGE_PASS sentences, then the small ones
+    that came meanwhile... so a small request waits at most one larger pass, and a larger request at most one small
+    pass per pass ahead of it: neither lane starves. `close` ends it once every queued job is out."""
+
+    def __init__(self) -> None:
+        self._small = _FairQueue()
+        self._large = _FairQueue()
         self._ready = threading.Condition()
         self._closed = False
+        self._small_next = True
 
     def put(self, job: _Job) -> None:
         with self._ready:
-            if job.tenant not in self._jobs:
-                self._jobs[job.tenant] = deque()
-                self._turns.append(job.tenant)
-            self._jobs[job.tenant].append(job)
+            (self._small if len(job.sentences) <= SMALL_REQUEST else self._large).put(job)
             self._ready.notify()
 
     def close(self) -> None:
@@ -63,34 +99,30 @@ class _FairQueue:
             self._closed = True
             self._ready.notify_all()
 
-    def get(self, timeout: float | None = None) -> _Job | None:
-        """The next job, None once closed and empty; queue.Empty after `timeout` seconds without one."""
+    def take(self, max_small: int, max_large: int = LARGE_PASS, wait_s: float = 0.0) -> list[_Job] | None:
+        """The next pass, gathered for up to `wait_s` after its first job (what arrives within a few milliseconds
+        shares the encoder call); None once closed and empty."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._turns or self._closed, timeout):
-                raise queue.Empty
-            if not self._turns:
+            self._ready.wait_for(lambda: self._small or self._large or self._closed)
+            if not (self._small or self._large):
                 return None
-            tenant = self._turns.popleft()
-            job = self._jobs[tenant].popleft()
-            if self._jobs[tenant]:
-                self._turns.append(tenant)  # its next job waits behind the other tenants' first ones
-            else:
-                del self._jobs[tenant]
-            return job
-
-
-SMALL_REQUEST = 1
-"""Requests of this many sentences or fewer form a batch of their own, encoded and answered before the rest of what
-was gathered with them: an interactive one-sentence lookup waits for its own small batch, not behind a hundred
-sentences of other requests. The rest follow in the next batch, right after (nothing waits longer than one small
-batch more), and the pipeline keeps the encoder busy meanwhile."""
-
-
-def size_lanes(jobs: list[_Job]) -> list[list[_Job]]:
-    """Gathered jobs as batches, small requests first (each lane keeps its arrival order); empty lanes left out."""
-    small = [j for j in jobs if len(j.sentences) <= SMALL_REQUEST]
-    rest = [j for j in jobs if len(j.sentences) > SMALL_REQUEST]
-    return [lane for lane in (small, rest) if lane]
+            small = bool(self._small) and (self._small_next or not self._large)
+            lane, limit = (self._small, max_small) if small else (self._large, max_large)
+            self._small_next = not small
+            batch = [lane.pop()]
+            n = len(batch[0].sentences)
+            deadline = time.perf_counter() + wait_s
+            while n < limit:
+                if not lane:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or self._closed or not self._ready.wait_for(lambda: bool(lane) or self._closed,
+                                                                                  remaining):
+                        break
+                    if not lane:
+                        break
+                batch.append(lane.pop())
+                n += len(batch[-1].sentences)
+            return batch
 
 
 class MapBatcher:
@@ -100,13 +132,15 @@ class MapBatcher:
         *,
         max_wait_s: float = 0.003,
         max_sentences: int = 256,
+        large_pass: int = LARGE_PASS,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.mapper = mapper
         self.max_wait_s = max_wait_s
         self.max_sentences = max_sentences
+        self.large_pass = min(large_pass, max_sentences)
         self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
-        self._queue = _FairQueue()
+        self._lanes = _Lanes()
         # One encoded batch waits at most: more would only add latency, fewer would idle the encoder.
         self._encoded: queue.Queue[tuple[list[_Job], list[str], Vectors] | None] = queue.Queue(maxsize=1)
         self._threads = [threading.Thread(target=self._encode_loop, name="knnbe-encode", daemon=True),
@@ -117,49 +151,29 @@ class MapBatcher:
     def submit(self, sentences: Sequence[str], top: int, tenant: str | None) -> Future[list[SentenceResult]]:
         """Map already-validated sentences; the future holds one result per sentence, in order."""
         job = _Job(list(sentences), top, tenant)
-        self._queue.put(job)
+        self._lanes.put(job)
         return job.future
 
     def close(self) -> None:
-        self._queue.close()
+        self._lanes.close()
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        batch, n = [first], len(first.sentences)
-        deadline = time.perf_counter() + self.max_wait_s
-        while n < self.max_sentences:
-            remaining = deadline - time.perf_counter()
-            try:
-                job = self._queue.get(timeout=max(remaining, 0.0))
-            except queue.Empty:
-                break
-            if job is None:
-                return batch, True
-            batch.append(job)
-            n += len(job.sentences)
-        return batch, False
-
     def _encode_loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            taken = self._lanes.take(self.max_sentences, self.large_pass, self.max_wait_s)
+            if taken is None:
                 self._encoded.put(None)
                 return
-            gathered, stop = self._gather(first)
-            for lane in size_lanes(gathered):
-                # A request cancelled while it queued (its client went away) is not computed.
-                batch = [job for job in lane if job.future.set_running_or_notify_cancel()]
-                texts = [s for job in batch for s in job.sentences]
-                if batch and self.on_batch is not None:
-                    self.on_batch(len(batch), len(texts))
-                if batch:
-                    encoded = self._encode(batch, texts)
-                    if encoded is not None:
-                        self._encoded.put(encoded)
-            if stop:
-                self._encoded.put(None)
-                return
+            # A request cancelled while it queued (its client went away) is not computed.
+            batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
+            texts = [s for job in batch for s in job.sentences]
+            if batch and self.on_batch is not None:
+                self.on_batch(len(batch), len(texts))
+            if batch:
+                encoded = self._encode(batch, texts)
+                if encoded is not None:
+                    self._encoded.put(encoded)
 
     def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
         try:
