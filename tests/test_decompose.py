@@ -111,7 +111,8 @@ TUNE_GRID = {"lam": (0.4,), "k": (16,), "tau": (0.05,), "aggregation": ("softmax
              "protect": (0, 1), "token_weight": (0.0,)}  # the merge settings are what this grid is about
 
 
-def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_store, encoder):
+def test_tuning_with_decomposition_scores_each_point_as_a_direct_run(built_stores, encoder):
+    built_store = built_stores["embedded"]  # one backend, as test_tuning's replay test (local mode: 96 s of the suite)
     mapper = SkillMapper(built_store, encoder, exact=True)
     rows = tune(mapper, ["tech-validation"], grid=TUNE_GRID, decompose=True)
     assert sorted((r["weight"], r["protect"]) for r in rows) == [(0.7, 0), (0.7, 1), (0.9, 0), (0.9, 1)]
