@@ -16,6 +16,7 @@ from ._lookups import MemoryPayloads, SkillVectors
 from ._results import Evidence, SentenceResult, SkillMatch, attended_words
 from ._scoring import (
     MIN_TOKEN_CANDIDATES,
+    Scored,
     ScoringParams,
     blend_bi_encoder,
     score_batch,
@@ -228,31 +229,34 @@ class SkillMapper:
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params)
         shown = np.minimum(ranked.sum(axis=1), top)
-        results = []
-        for row, text in enumerate(texts):
-            hits, nbrs = skill_hits[row], neighbours[row]
-            chosen = scored.order[row, : shown[row]]
-            voters: dict[int, list[int]] = {int(c): [] for c in chosen}
-            for j, c in zip(*np.nonzero(rows.vote_cols[row][:, None] == chosen[None, :])):
-                voters[int(chosen[c])].append(int(j))
-            matches = []
-            for i in chosen.tolist():
-                # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so
-                # that the order does not depend on which tied point an engine returned first.
-                evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], nbrs[j].score) for j in voters[i]),
-                                  key=lambda e: (-e.similarity, e.text))
-                weights = attention.get(row)
-                matches.append(SkillMatch(
-                    id=rows.ids[candidates[row, i]],
-                    label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[rows.ids[candidates[row, i]]],
-                    score=float(scored.score[row, i]), bi_encoder=float(scored.bi_encoder[row, i]),
-                    knn=float(scored.knn[row, i]), evidence=evidence,
-                    tokens=(attended_words(text, encoded.spans[row], weights[:, i])
-                            if weights is not None and encoded is not None else None),
-                ))
-            closest_memory = float(rows.closest[row]) if nbrs else None
-            results.append(SentenceResult(text=text, skills=matches, nearest_memory=closest_memory))
-        return results
+        return [self._result(text, scored, rows, row, scored.order[row, : shown[row]], skill_hits[row],
+                             neighbours[row], extra_labels, attention.get(row),
+                             encoded.spans[row] if encoded is not None else None)
+                for row, text in enumerate(texts)]
+
+    @staticmethod
+    def _result(text: str, scored: Scored, rows: Candidates, row: int, chosen: np.ndarray, hits: list[Hit],
+                nbrs: list[Hit], extra_labels: dict[str, str], weights: np.ndarray | None,
+                spans: list[tuple[int, int]] | None) -> SentenceResult:
+        """One sentence's result objects for its `chosen` candidate columns, best first: the part of mapping
+        that stays per sentence (each match's evidence, and the words it matched on)."""
+        voters: dict[int, list[int]] = {int(c): [] for c in chosen}
+        for j, c in zip(*np.nonzero(rows.vote_cols[row][:, None] == chosen[None, :])):
+            voters[int(chosen[c])].append(int(j))
+        matches = []
+        for i in chosen.tolist():
+            skill_id = rows.ids[rows.candidates[row, i]]
+            # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so that
+            # the order does not depend on which tied point an engine returned first.
+            evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], nbrs[j].score) for j in voters[i]),
+                              key=lambda e: (-e.similarity, e.text))
+            matches.append(SkillMatch(
+                id=skill_id, label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[skill_id],
+                score=float(scored.score[row, i]), bi_encoder=float(scored.bi_encoder[row, i]),
+                knn=float(scored.knn[row, i]), evidence=evidence,
+                tokens=attended_words(text, spans, weights[:, i]) if weights is not None and spans else None,
+            ))
+        return SentenceResult(text=text, skills=matches, nearest_memory=float(rows.closest[row]) if nbrs else None)
 
     def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
                       extra_vectors: np.ndarray, extra_at: np.ndarray,
