@@ -76,3 +76,10 @@ class Candidates:
             row_of[self.codes[sid]] = j
         knn_only = (self.candidates >= 0) & ~self.is_top
         return np.where(knn_only, row_of[self.candidates], -1)
+
+    def past_pool(self, pool: int) -> np.ndarray:
+        """(sentences, C): the skills query's hits past its first `pool` that no neighbour voted for."""
+        voted = np.zeros(self.candidates.shape, dtype=bool)
+        present = self.vote_cols >= 0
+        voted[np.nonzero(present)[0], self.vote_cols[present]] = True
+        return self.is_top & (np.arange(self.candidates.shape[1]) >= pool) & ~voted

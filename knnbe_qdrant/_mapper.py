@@ -219,15 +219,19 @@ class SkillMapper:
         knn_found = extra_at >= 0
         b[knn_found] = extra_b[np.nonzero(knn_found)[0], extra_at[knn_found]]
         ranked = rows.is_top | knn_found
+        # With tokens, the pool the token score reorders does not grow with `top`: the top 32 by cosine and the
+        # voters' skills. Further hits keep their cosine and rank after the pool, in cosine order, so the first
+        # results are the same whether 10 or 100 are asked for (`eval` ranks 100 deep: it measures what `map` gives).
+        later = rows.past_pool(max(p.n_candidates or 0, MIN_TOKEN_CANDIDATES)) if use_tokens else None
         attention: dict[int, np.ndarray] = {}
-        if use_tokens and encoded is not None:
+        if later is not None and encoded is not None:
             closest = rows.closest
             gated = np.flatnonzero(~(closest >= p.token_gate))  # NaN (no neighbour) counts as below the gate
             if gated.size:
                 b[gated], attention = self._token_scores(encoded, gated, b[gated], rows, extra_vectors,
-                                                         extra_at[gated], skill_hits)
+                                                         extra_at[gated], skill_hits, later[gated])
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
-        scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params)
+        scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params, later)
         shown = np.minimum(ranked.sum(axis=1), top)
         return [self._result(text, scored, rows, row, scored.order[row, : shown[row]], skill_hits[row],
                              neighbours[row], extra_labels, attention.get(row),
@@ -259,11 +263,11 @@ class SkillMapper:
         return SentenceResult(text=text, skills=matches, nearest_memory=float(rows.closest[row]) if nbrs else None)
 
     def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
-                      extra_vectors: np.ndarray, extra_at: np.ndarray,
-                      skill_hits: list[list[Hit]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                      extra_vectors: np.ndarray, extra_at: np.ndarray, skill_hits: list[list[Hit]],
+                      past_pool: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """b blended with the token-attention score for the `gated` sentences' candidates, and each one's
-        attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query)
-        keeps its cosine."""
+        attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query),
+        and a hit past the pool, keep their cosine."""
         keys = {rows.codes[h.payload[S.F_SKILL_ID]]: SkillVectors.key(h.id, h.payload)
                 for r in gated.tolist() for h in skill_hits[r]}
         found = self.skill_vectors.get(list(set(keys.values())))
@@ -279,7 +283,7 @@ class SkillMapper:
         known_code[len(rows.ids): len(rows.ids) + len(extra_vectors)] = True
         codes = rows.candidates[gated]
         at = np.where(rows.is_top[gated], codes, np.where(extra_at >= 0, len(rows.ids) + extra_at, len(table) - 1))
-        known = known_code[at]
+        known = known_code[at] & ~past_pool
         states = [encoded.states[r] for r in gated.tolist()]
         lengths = np.array([len(x) for x in states])
         padded = np.zeros((len(states), int(lengths.max()), dimension), dtype=np.float32)

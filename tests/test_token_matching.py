@@ -125,6 +125,29 @@ def test_mapper_scores_candidates_by_the_blended_formula(token_mapper, encoder):
     assert [(s.id, round(s.score, 6)) for s in again.skills] == [(s.id, round(s.score, 6)) for s in result.skills]
 
 
+@pytest.mark.parametrize("pool", [3, 32])  # 3: a small pool, so that this small store shows the effect
+def test_asking_for_more_results_never_reorders_the_first_ones(token_mapper, monkeypatch, pool):
+    """With tokens the cosine top-N is a candidate generator, not a guarantee; if N grew with `top`, candidates the
+    token score lifts would enter only for larger `top`, and `eval` (100 deep) would measure another ranking than
+    `map --top 10`. The pool the token score reorders is fixed; hits past it rank after it."""
+    from knnbe_qdrant import _mapper
+
+    monkeypatch.setattr(_mapper, "MIN_TOKEN_CANDIDATES", pool)
+    sentences = [SENTENCE, "Fluency in English is required; German is an advantage.",
+                 "You will design and maintain REST APIs in Python and write efficient SQL queries."]
+    def ranking(top):
+        return [[(s.id, s.score) for s in r.skills] for r in token_mapper.map(sentences, top=top)]
+
+    first = ranking(10)
+    for top in (3, 5, 33, 100):
+        for got, want in zip(ranking(top), first):
+            n = min(top, 10)
+            assert [i for i, _ in got[:n]] == [i for i, _ in want[:n]]
+            # A skill only a neighbour names at top 10 is a hit at 100: the engine's cosine, not numpy's.
+            assert [s for _, s in got[:n]] == pytest.approx([s for _, s in want[:n]], abs=1e-6)
+    assert all(len(r) == 100 for r in ranking(100))
+
+
 def test_without_token_weight_nothing_changes(built_store, encoder):
     plain = SkillMapper(built_store, encoder, ScoringParams(lam=0.4, k=32, tau=0.05), exact=True, decompose=False)
     [result] = plain.map([SENTENCE], top=5)
@@ -140,7 +163,9 @@ def _baker(tmp_path, encoder, small_skills):
     from tests.helpers import build_small
 
     store = build_small("embedded", tmp_path, encoder, small_skills[:40], [])
-    mapper = SkillMapper(store, encoder, TOKENS, exact=True, decompose=False)
+    # A pool of 64 holds all 41 skills: t-1 is token-scored under any label ("repair engines" ranks low by cosine).
+    pooled_all = ScoringParams(**{**TOKENS.__dict__, "n_candidates": 64})
+    mapper = SkillMapper(store, encoder, pooled_all, exact=True, decompose=False)
     curator = Curator(store, encoder)
     curator.add_skill("t-1", "bake bread", tenant="acme")
     encoded = encoder.encode_tokens([BAKING])
