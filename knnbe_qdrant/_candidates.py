@@ -23,6 +23,17 @@ def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, 
     return out, present
 
 
+def one_hit_per_skill(hits: list[Hit]) -> list[Hit]:
+    """The hits with each skill id once, at its best-scored hit: a tenant's skill and a global one may share an id
+    (the global one added later), and both come back from one skills query."""
+    if len({h.payload[S.F_SKILL_ID] for h in hits}) == len(hits):
+        return hits
+    first: dict[str, Hit] = {}
+    for h in hits:
+        first.setdefault(h.payload[S.F_SKILL_ID], h)
+    return list(first.values())
+
+
 @dataclass
 class Candidates:
     """One batch's candidates as arrays (one row per sentence): skill ids are coded as integers, the skills
@@ -39,17 +50,10 @@ class Candidates:
     closest: np.ndarray  # (sentences,) the nearest neighbour's similarity, NaN without one
 
     @classmethod
-    def of(cls, skill_hits: list[list[Hit]], neighbours: list[list[Hit]]) -> tuple[np.ndarray, Candidates]:
+    def of(cls, skill_hits: list[list[Hit]], neighbours: list[list[Hit]]) -> Candidates:
+        """The batch's arrays; `skill_hits` must hold one hit per skill (`one_hit_per_skill`)."""
         codes: dict[str, int] = {}
         code = codes.setdefault
-        for i, hits in enumerate(skill_hits):
-            # One hit per skill: a tenant's skill and a global one may share an id (the global one added later);
-            # the better-scored one stands for it.
-            if len({h.payload[S.F_SKILL_ID] for h in hits}) < len(hits):
-                first: dict[str, Hit] = {}
-                for h in hits:
-                    first.setdefault(h.payload[S.F_SKILL_ID], h)
-                skill_hits[i] = list(first.values())
         top, top_present = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in hits] for hits in skill_hits],
                                    -1, np.int64)
         votes, _ = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in nbrs] for nbrs in neighbours],
@@ -60,13 +64,16 @@ class Candidates:
         is_top = np.zeros(candidates.shape, dtype=bool)
         is_top[:, : top.shape[1]] = top_present[:, : candidates.shape[1]]
         closest = sims[:, 0] if sims.shape[1] else np.full(len(neighbours), np.nan)
-        rows = cls(list(codes), codes, candidates, is_top, scores[top_present], sims, vote_cols, closest)
-        return candidates, rows
+        return cls(list(codes), codes, candidates, is_top, scores[top_present], sims, vote_cols, closest)
+
+    @property
+    def knn_only(self) -> np.ndarray:
+        """(sentences, C): the skills a sentence has only from its neighbours."""
+        return (self.candidates >= 0) & ~self.is_top
 
     def knn_only_ids(self) -> list[str]:
         """Skills that some sentence has only from its neighbours (one sentence's hit may be another's kNN-only)."""
-        knn_only = (self.candidates >= 0) & ~self.is_top
-        return sorted(self.ids[c] for c in np.unique(self.candidates[knn_only]).tolist())
+        return sorted(self.ids[c] for c in np.unique(self.candidates[self.knn_only]).tolist())
 
     def extra_rows(self, extra_labels: dict[str, str]) -> np.ndarray:
         """For each kNN-only cell, its row in the matrix of `_skill_vectors` (whose order `extra_labels` keeps);
@@ -74,8 +81,7 @@ class Candidates:
         row_of = np.full(len(self.ids) + 1, -1, dtype=np.int64)
         for j, sid in enumerate(extra_labels):
             row_of[self.codes[sid]] = j
-        knn_only = (self.candidates >= 0) & ~self.is_top
-        return np.where(knn_only, row_of[self.candidates], -1)
+        return np.where(self.knn_only, row_of[self.candidates], -1)
 
     def past_pool(self, pool: int) -> np.ndarray:
         """(sentences, C): the skills query's hits past its first `pool` that no neighbour voted for."""

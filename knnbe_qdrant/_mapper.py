@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import _schema as S
-from ._candidates import Candidates
+from ._candidates import Candidates, one_hit_per_skill
 from ._data import tuned_defaults
 from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
@@ -207,13 +207,14 @@ class SkillMapper:
             )
             neighbours = [nearest(hits, p.k) for hits in self.memory_payloads.fill(fetched)]
 
-        candidates, rows = Candidates.of(skill_hits, neighbours)
+        skill_hits = [one_hit_per_skill(hits) for hits in skill_hits]
+        rows = Candidates.of(skill_hits, neighbours)
         extra_labels, extra_vectors = self._skill_vectors(rows.knn_only_ids(), tenant)
         extra_at = rows.extra_rows(extra_labels)  # (sentences, candidates): row in extra_vectors, -1 if none
         # b: the engine's score for the skills query's hits; for skills only the kNN side found, the exact cosine
         # from their vectors (one retrieve, one matrix product for the batch). Those without a vector are skills
         # this tenant cannot see (or deleted ones): they vote, never rank.
-        b = np.zeros(candidates.shape)
+        b = np.zeros(rows.candidates.shape)
         b[rows.is_top] = rows.top_scores
         extra_b = pooled @ extra_vectors.T
         knn_found = extra_at >= 0
@@ -330,4 +331,3 @@ class SkillMapper:
         matrix = vectors_of(list(found.values()))
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         return {sid: r.payload[S.F_LABEL] for sid, r in found.items()}, matrix
-

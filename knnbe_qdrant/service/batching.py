@@ -113,13 +113,11 @@ class _Lanes:
             n = len(batch[0].sentences)
             deadline = time.perf_counter() + wait_s
             while n < limit:
-                if not lane:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0 or self._closed or not self._ready.wait_for(lambda: bool(lane) or self._closed,
-                                                                                  remaining):
-                        break
-                    if not lane:
-                        break
+                # Wait out the gathering window for this lane (closing ends it); then take what came, if anything.
+                remaining = deadline - time.perf_counter()
+                if not lane and (remaining <= 0 or not self._ready.wait_for(lambda: bool(lane) or self._closed,
+                                                                            remaining) or not lane):
+                    break
                 batch.append(lane.pop())
                 n += len(batch[-1].sentences)
             return batch
