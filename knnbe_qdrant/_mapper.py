@@ -248,8 +248,10 @@ class SkillMapper:
         voters: dict[int, list[int]] = {int(c): [] for c in chosen}
         for j, c in zip(*np.nonzero(rows.vote_cols[row][:, None] == chosen[None, :])):
             voters[int(chosen[c])].append(int(j))
+        words = (attended_words(text, spans, weights[:, chosen]) if weights is not None and spans
+                 else [None] * len(chosen))
         matches = []
-        for i in chosen.tolist():
+        for i, matched in zip(chosen.tolist(), words):
             skill_id = rows.ids[rows.candidates[row, i]]
             # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so that
             # the order does not depend on which tied point an engine returned first.
@@ -259,7 +261,7 @@ class SkillMapper:
                 id=skill_id, label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[skill_id],
                 score=float(scored.score[row, i]), bi_encoder=float(scored.bi_encoder[row, i]),
                 knn=float(scored.knn[row, i]), evidence=evidence,
-                tokens=attended_words(text, spans, weights[:, i]) if weights is not None and spans else None,
+                tokens=matched,
             ))
         return SentenceResult(text=text, skills=matches, nearest_memory=float(rows.closest[row]) if nbrs else None)
 
@@ -269,8 +271,8 @@ class SkillMapper:
         """b blended with the token-attention score for the `gated` sentences' candidates, and each one's
         attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query),
         and a hit past the pool, keep their cosine."""
-        keys = {rows.codes[h.payload[S.F_SKILL_ID]]: SkillVectors.key(h.id, h.payload)
-                for r in gated.tolist() for h in skill_hits[r]}
+        hit_of = {rows.codes[h.payload[S.F_SKILL_ID]]: h for r in gated.tolist() for h in skill_hits[r]}
+        keys = {code: SkillVectors.key(h.id, h.payload) for code, h in hit_of.items()}  # a key per skill, not per hit
         found = self.skill_vectors.get(list(set(keys.values())))
         dimension = self.encoder.dimension
         # One table: the hits' cached vectors by skill code, then the kNN-only skills' fresh vectors.

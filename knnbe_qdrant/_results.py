@@ -47,25 +47,40 @@ ATTENDED_SHARE = 0.5
 ATTENDED_MAX = 3
 
 
-def attended_words(text: str, spans: Sequence[tuple[int, int]], weights: np.ndarray) -> list[str]:
-    """The words holding the largest attention weights, until they hold ATTENDED_SHARE of what all words hold
-    (punctuation shows no word and counts for nothing), ATTENDED_MAX words at most, in the text's order; a
-    word-piece token shows as its whole word."""
-    words = [t for t, (a, b) in enumerate(spans[: len(weights)]) if any(c.isalnum() for c in text[a:b])]
-    total = float(sum(weights[t] for t in words))
-    chosen: dict[tuple[int, int], None] = {}
-    held = 0.0
-    for t in sorted(words, key=lambda t: -float(weights[t])):
-        if len(chosen) == ATTENDED_MAX or held >= ATTENDED_SHARE * total:
-            break
-        start, end = spans[t]
-        while start > 0 and text[start - 1].isalnum():
-            start -= 1
-        while end < len(text) and text[end].isalnum():
-            end += 1
-        held += float(weights[t])
-        chosen.setdefault((start, end))
-    return [text[a:b] for a, b in sorted(chosen)]
+def attended_words(text: str, spans: Sequence[tuple[int, int]], weights: np.ndarray) -> list[list[str]]:
+    """For each column of `weights` (tokens, skills): the words holding the largest attention weights, until they
+    hold ATTENDED_SHARE of what all words hold (punctuation shows no word and counts for nothing), ATTENDED_MAX
+    words at most, in the text's order; a word-piece token shows as its whole word.
+
+    The sentence's words are found once for all its skills (they cost more than the choice: mapping asks this for
+    every match it returns)."""
+    spans = spans[: len(weights)]
+    words = [t for t, (a, b) in enumerate(spans) if any(c.isalnum() for c in text[a:b])]
+    if not words:
+        return [[] for _ in range(weights.shape[1])]
+    whole = [_whole_word(text, *spans[t]) for t in words]
+    held_by_word = np.asarray(weights, dtype=np.float64)[words]  # (words, skills)
+    order = np.argsort(-held_by_word, axis=0, kind="stable")  # ties in the text's order, as a stable sort keeps
+    totals = ATTENDED_SHARE * held_by_word.sum(axis=0)
+    out = []
+    for j in range(held_by_word.shape[1]):
+        chosen: dict[tuple[int, int], None] = {}
+        held = 0.0
+        for w in order[:, j].tolist():
+            if len(chosen) == ATTENDED_MAX or held >= totals[j]:
+                break
+            held += held_by_word[w, j]
+            chosen.setdefault(whole[w])
+        out.append([text[a:b] for a, b in sorted(chosen)])
+    return out
+
+
+def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return start, end
 
 
 @dataclass(slots=True)
