@@ -80,10 +80,11 @@ def test_bench_reports_the_documented_fields(store):
     r = cli("bench", "--json", "--sentences", "256", "--repeats", "1", store=store)
     assert r.returncode == 0, r.stderr.decode()
     report = json.loads(r.stdout)
-    for key in ("bi_encoder_sentences_per_s", "knnbe_sentences_per_s", "decompose_sentences_per_s",
+    for key in ("bi_encoder_sentences_per_s", "knnbe_sentences_per_s", "default_posting_sentences_per_s",
+                "decompose_sentences_per_s",
                 "decompose_posting_sentences_per_s", "encode_ms_per_sentence", "qdrant_ms_per_sentence"):
         assert report[key] > 0
-    assert report["default_profile"] == "plain kNNBE"
+    assert report["default_profile"] == "kNNBE + token matching"
     assert report["memory"] == 127054
     assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0
 

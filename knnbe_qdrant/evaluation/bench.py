@@ -155,6 +155,15 @@ def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
     return out
 
 
+def _profile_name(mapper: SkillMapper) -> str:
+    parts = ["kNNBE"]
+    if mapper.params.token_weight > 0:
+        parts.append("token matching")
+    if mapper.decompose:
+        parts.append("decomposition")
+    return " + ".join(parts)
+
+
 def run_bench(
     location: Location = None, *, n_sentences: int = 512, repeats: int = 3, batch_size: int = 256
 ) -> dict[str, Any]:
@@ -168,16 +177,19 @@ def run_bench(
         for _ in range(repeats):
             for mode, timings in runs.items():  # interleaved, so both modes see the same machine conditions
                 timings.append(_pipeline(mapper, sentences, batch_size, mode))
-        # The decomposition profile (the shipped model's default), end to end as `map --decompose` runs it: on the
-        # SkillSkape sentences, which the memory mostly knows (their pieces are not mapped), and on real postings'
-        # sentences (TECH + HOUSE validation), most of which it does not (about 3 texts mapped per sentence).
+        # End to end as `map` runs them: the default profile on real postings' sentences (TECH + HOUSE validation,
+        # longer than SkillSkape's and mostly unknown to the memory, so token matching scores most of them), and the
+        # decomposition profile (`map --decompose`) on the SkillSkape sentences, which the memory mostly knows (their
+        # pieces are not mapped), and on the postings' sentences (about 3 texts mapped per sentence).
         postings = [i.sentence for name in POSTING_TEXT for i in read_benchmark(name)]
-        decomposed: dict[str, list[float]] = {"skillskape": [], "postings": []}
+        profiles = {"default_postings": (postings, None), "decompose_skillskape": (sentences, True),
+                    "decompose_postings": (postings, True)}
+        end_to_end: dict[str, list[float]] = {name: [] for name in profiles}
         for _ in range(repeats):
-            for text, batch in (("skillskape", sentences), ("postings", postings)):
+            for name, (batch, decompose) in profiles.items():
                 t0 = time.perf_counter()
-                mapper.map(batch, batch_size=batch_size, decompose=True)
-                decomposed[text].append(len(batch) / (time.perf_counter() - t0))
+                mapper.map(batch, batch_size=batch_size, decompose=decompose)
+                end_to_end[name].append(len(batch) / (time.perf_counter() - t0))
         split = _cost_split(mapper, sentences, batch_size)
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
@@ -207,9 +219,10 @@ def run_bench(
         "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
         "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
         "knnbe_vs_bi_encoder": round(median("bi-encoder") / median("knnbe"), 3),
-        "default_profile": "decompose" if mapper.decompose else "plain kNNBE",
-        "decompose_sentences_per_s": round(statistics.median(decomposed["skillskape"]), 1),
-        "decompose_posting_sentences_per_s": round(statistics.median(decomposed["postings"]), 1),
+        "default_profile": _profile_name(mapper),
+        "default_posting_sentences_per_s": round(statistics.median(end_to_end["default_postings"]), 1),
+        "decompose_sentences_per_s": round(statistics.median(end_to_end["decompose_skillskape"]), 1),
+        "decompose_posting_sentences_per_s": round(statistics.median(end_to_end["decompose_postings"]), 1),
         "encode_ms_per_sentence": round(encode_ms, 3),
         "qdrant_ms_per_sentence": round(qdrant_ms, 3),
         "bi_encoder_qdrant_ms_per_sentence": round(median("bi-encoder", 1) / n * 1000, 3),
@@ -228,6 +241,8 @@ def run_bench(
 
 _TARGETS: Targets = {  # the default profile keeps 150 sentences/s on 2 cores, whichever profile a store uses
     "knnbe_sentences_per_s": ("≥ 150", lambda v: v >= 150),
+    # The default keeps its accuracy at one forward pass's cost: 350 on postings' text (#21's target, 2 cores).
+    "default_posting_sentences_per_s": ("≥ 350", lambda v: v >= 350),
     "decompose_sentences_per_s": ("≥ 150", lambda v: v >= 150),
     "decompose_posting_sentences_per_s": ("≥ 150", lambda v: v >= 150),
     "qdrant_work_ms_per_sentence": ("≤ 0.6", lambda v: v <= 0.6),
