@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +52,19 @@ class Curator:
         if encoder is not None:
             store.check_model(encoder.name, encoder.dimension)
         self.store = store
-        self._encoder = encoder
+        # A list, so that copies (the service makes one per key, to record who edits) share the one encoder that
+        # the first edit loads: each copy loading its own cost a model load per write.
+        self._encoder: list[Encoder] = [encoder] if encoder is not None else []
+        self._encoder_lock = threading.Lock()
         self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
 
     @property
     def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = Encoder(self.store.manifest.model, precision="fp32")  # stored vectors: full precision
-        return self._encoder
+        with self._encoder_lock:
+            if not self._encoder:
+                self._encoder.append(Encoder(self.store.manifest.model, precision="fp32"))  # stored: full precision
+            return self._encoder[0]
 
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from knnbe_qdrant import SkillMapper
 from knnbe_qdrant.service import KeyRing
+from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.state import Limits
 from tests.helpers import BACKENDS, build_small
@@ -108,6 +109,17 @@ def test_a_curator_edits_its_tenant_only_and_is_recorded(served):
     audit = client.get("/v1/audit", headers=auth(keys, "acme-reader")).json()["items"]
     assert {a["action"] for a in audit} >= {"skill add", "memory add"} and {a["tenant"] for a in audit} == {"acme"}
     assert client.get("/v1/audit", headers=auth(keys, "beta-reader")).json()["items"] == []
+
+
+def test_every_key_edits_with_the_one_encoder_loaded_at_the_first_edit(served):
+    """The service acts for each key through a copy of its curator: the copies share one encoder (each loading its
+    own cost a model load per write, with the GIL held, stalling every request in flight)."""
+    client, keys, _, _ = served
+    service = client.app.state.service
+    acme, beta = (Key(name, tenant, "curator", "2026-01-01") for name, tenant in (("a", "acme"), ("b", "beta")))
+    first, second = service.curator_for(acme), service.curator_for(beta)
+    assert first.user == "a" and second.user == "b"
+    assert first.encoder is second.encoder is service.curator_for(acme).encoder
 
 
 def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
