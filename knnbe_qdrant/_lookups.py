@@ -1,6 +1,6 @@
 """What mapping looks up by point id and may keep between calls: memory points' (skill id, text) for the vote, and
-skill points' vectors for token-level matching. Both are read in at most one retrieve per batch and are exact under
-live curation, for the reasons each class gives."""
+skill points' vectors for token-level matching and for the skills only the vote found. Each is read in at most one
+retrieve per batch and is exact under live curation, for the reasons each class gives."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from ._scoring import (
 from ._tenancy import is_tenant, layers, skill_is_visible, visible_memory, visible_skills
 from ._text import check_text
 from .encoding import Encoded, Encoder, canonical_model_name
-from .store.base import Hit, Store, Where, vectors_of
+from .store.base import Hit, Store, Where
 from .store.connection import Location, open_store
 
 MODES = ("knnbe", "bi-encoder", "knn")
@@ -209,10 +209,22 @@ class SkillMapper:
 
         skill_hits = [one_hit_per_skill(hits) for hits in skill_hits]
         rows = Candidates.of(skill_hits, neighbours)
-        extra_labels, extra_vectors = self._skill_vectors(rows.knn_only_ids(), tenant)
+        # Token matching scores the sentences the memory knows less well than the gate (NaN, no neighbour, counts
+        # as below it), against their hits' vectors: read with the kNN-only skills' ones, in one cache lookup.
+        gated = (np.flatnonzero(~(rows.closest >= p.token_gate)) if use_tokens and encoded is not None
+                 else np.zeros(0, dtype=np.int64))
+        gated_hits = {rows.codes[h.payload[S.F_SKILL_ID]]: h for r in gated.tolist() for h in skill_hits[r]}
+        hit_keys = {code: SkillVectors.key(h.id, h.payload) for code, h in gated_hits.items()}  # per skill, not hit
+        visible = self._visible_skills(rows.knn_only_ids(), tenant)
+        skill_vectors = self.skill_vectors.get(list({*visible.values(), *hit_keys.values()}))
+        # A skill changed between the two reads has no vector under its key: it votes and does not rank this time.
+        visible = {sid: key for sid, key in visible.items() if key in skill_vectors}
+        extra_labels = {sid: key[1] for sid, key in visible.items()}
+        extra_vectors = (np.stack([skill_vectors[key] for key in visible.values()]) if visible
+                         else np.zeros((0, self.encoder.dimension), dtype=np.float32))
         extra_at = rows.extra_rows(extra_labels)  # (sentences, candidates): row in extra_vectors, -1 if none
         # b: the engine's score for the skills query's hits; for skills only the kNN side found, the exact cosine
-        # from their vectors (one retrieve, one matrix product for the batch). Those without a vector are skills
+        # from their vectors (one matrix product for the batch). Those without a vector are skills
         # this tenant cannot see (or deleted ones): they vote, never rank.
         b = np.zeros(rows.candidates.shape)
         b[rows.is_top] = rows.top_scores
@@ -225,12 +237,9 @@ class SkillMapper:
         # results are the same whether 10 or 100 are asked for (`eval` ranks 100 deep: it measures what `map` gives).
         later = rows.past_pool(max(p.n_candidates or 0, MIN_TOKEN_CANDIDATES)) if use_tokens else None
         attention: dict[int, np.ndarray] = {}
-        if later is not None and encoded is not None:
-            closest = rows.closest
-            gated = np.flatnonzero(~(closest >= p.token_gate))  # NaN (no neighbour) counts as below the gate
-            if gated.size:
-                b[gated], attention = self._token_scores(encoded, gated, b[gated], rows, extra_vectors,
-                                                         extra_at[gated], skill_hits, later[gated])
+        if later is not None and encoded is not None and gated.size:
+            b[gated], attention = self._token_scores(encoded, gated, b[gated], rows, extra_vectors, extra_at[gated],
+                                                     hit_keys, skill_vectors, later[gated])
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params, later)
         shown = np.minimum(ranked.sum(axis=1), top)
@@ -266,14 +275,13 @@ class SkillMapper:
         return SentenceResult(text=text, skills=matches, nearest_memory=float(rows.closest[row]) if nbrs else None)
 
     def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
-                      extra_vectors: np.ndarray, extra_at: np.ndarray, skill_hits: list[list[Hit]],
+                      extra_vectors: np.ndarray, extra_at: np.ndarray, keys: dict[int, tuple[str, str, str]],
+                      found: dict[tuple[str, str, str], np.ndarray],
                       past_pool: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """b blended with the token-attention score for the `gated` sentences' candidates, and each one's
         attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query),
-        and a hit past the pool, keep their cosine."""
-        hit_of = {rows.codes[h.payload[S.F_SKILL_ID]]: h for r in gated.tolist() for h in skill_hits[r]}
-        keys = {code: SkillVectors.key(h.id, h.payload) for code, h in hit_of.items()}  # a key per skill, not per hit
-        found = self.skill_vectors.get(list(set(keys.values())))
+        and a hit past the pool, keep their cosine. `keys` are the hits' vector keys by skill code, `found` the
+        vectors read for them."""
         dimension = self.encoder.dimension
         # One table: the hits' cached vectors by skill code, then the kNN-only skills' fresh vectors.
         table = np.zeros((len(rows.ids) + len(extra_vectors) + 1, dimension), dtype=np.float32)
@@ -317,19 +325,17 @@ class SkillMapper:
             self._hiders = (version, hiders)
         return tenant in hiders
 
-    def _skill_vectors(self, skill_ids: Sequence[str], tenant: str | None) -> tuple[dict[str, str], np.ndarray]:
-        """Labels and unit vectors of the given skills that `tenant` may see, as {skill id: label} and a matrix in
-        the same order. Skills it may not see (another tenant's, retired, hidden) are simply absent."""
+    def _visible_skills(self, skill_ids: Sequence[str], tenant: str | None) -> dict[str, tuple[str, str, str]]:
+        """The given skills that `tenant` may see, as {skill id: its vector's key (SkillVectors.key)}, which
+        holds the label. Skills it may not see (another tenant's, retired, hidden) are simply absent."""
         if not skill_ids:
-            return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
+            return {}
         ids = [S.skill_point_id(t, sid) for t in layers(tenant) for sid in skill_ids]
-        fields = [S.F_SKILL_ID, S.F_LABEL, S.F_TENANT, S.F_STATUS]
+        fields = [S.F_SKILL_ID, S.F_LABEL, S.F_UPDATED_AT, S.F_TENANT, S.F_STATUS]
         if is_tenant(tenant):
             fields.append(S.hide_key(tenant))
-        records = self.store.retrieve(S.SKILLS, ids, with_vectors=True, payload=fields)
-        found = {r.payload[S.F_SKILL_ID]: r for r in records if skill_is_visible(r.payload, tenant)}
-        if not found:
-            return {}, np.zeros((0, self.encoder.dimension), dtype=np.float32)
-        matrix = vectors_of(list(found.values()))
-        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        return {sid: r.payload[S.F_LABEL] for sid, r in found.items()}, matrix
+        # Payloads only: the vectors come from the skill-vector cache (most of a batch's kNN-only skills were an
+        # earlier batch's too), keyed by label and stamp, so a skill renamed since is read afresh.
+        records = self.store.retrieve(S.SKILLS, ids, payload=fields)
+        return {r.payload[S.F_SKILL_ID]: SkillVectors.key(r.id, r.payload)
+                for r in records if skill_is_visible(r.payload, tenant)}

@@ -133,12 +133,13 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     queries = [c for c in calls if c[0] == "query_batch"]
     assert sorted(c[1] for c in queries) == [MEMORY, SKILLS]
     assert all(c[2] == len(sentences) for c in queries)
-    # At most one retrieve per collection: the payloads of memory points not seen before (the kNN query returns ids
-    # and scores only), and the vectors of skills only the vote found.
+    # Memory: at most one retrieve, the payloads of points not seen before (the kNN query returns ids and scores
+    # only). Skills: the payloads of those only the vote found (may this tenant see them?), and at most one more
+    # for the vectors not yet cached, theirs and the hits'.
     retrieves = [c[1] for c in calls if c[0] == "retrieve"]
-    assert sorted(set(retrieves)) == sorted(retrieves)
+    assert retrieves.count(MEMORY) <= 1 and retrieves.count(SKILLS) <= 2
     calls.clear()
-    mapper.map(sentences, batch_size=len(sentences))  # the same sentences again: every memory payload is known
+    mapper.map(sentences, batch_size=len(sentences))  # the same sentences again: every payload and vector is known
     assert [c[1] for c in calls if c[0] == "retrieve"] in ([], [SKILLS])
     assert mapper.memory_payloads.hits > 0
     # With decomposition, one more query per collection, for the pieces of the sentences the memory does not know.
