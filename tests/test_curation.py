@@ -305,3 +305,35 @@ def test_a_global_skill_added_under_a_tenants_skill_id_maps_once_for_that_tenant
         assert own.knn > 0 and NEW_SKILL_SENTENCES[0] in [e.text for e in own.evidence]
     finally:
         curator.retire_skill("custom:shared-id")
+
+
+def test_copies_of_a_curator_load_one_encoder_however_many_edit_at_once(store, monkeypatch):
+    """The service edits through a copy of one curator per key. The first edits, arriving together, load the
+    model once between them, and every copy edits with it."""
+    import copy
+
+    import knnbe_qdrant._curation as curation
+
+    loaded = []
+
+    class Counted(curation.Encoder):
+        def __init__(self, *args, **kwargs):
+            loaded.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(curation, "Encoder", Counted)
+    shared = Curator(store, user="service")  # no encoder given: loaded at the first edit
+    copies = [copy.copy(shared) for _ in range(4)]
+    got: list = []
+    start = threading.Barrier(len(copies))
+
+    def first_edit(c):
+        start.wait()
+        got.append(c.encoder)
+
+    threads = [threading.Thread(target=first_edit, args=(c,)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loaded) == 1 and all(e is loaded[0] for e in got) and shared.encoder is loaded[0]
