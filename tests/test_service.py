@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from knnbe_qdrant import SkillMapper
 from knnbe_qdrant.service import KeyRing
-from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.app import create_app
+from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.state import Limits
 from tests.helpers import BACKENDS, build_small
 
@@ -124,7 +124,7 @@ def test_a_curator_edits_its_tenant_only_and_is_recorded(served):
 def test_every_key_edits_with_the_one_encoder_loaded_at_the_first_edit(served):
     """The service acts for each key through a copy of its curator: the copies share one encoder (each loading its
     own cost a model load per write, with the GIL held, stalling every request in flight)."""
-    client, keys, _, _ = served
+    client, _, _, _ = served
     service = client.app.state.service
     acme, beta = (Key(name, tenant, "curator", "2026-01-01") for name, tenant in (("a", "acme"), ("b", "beta")))
     first, second = service.curator_for(acme), service.curator_for(beta)
