@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _schema as S
-from .store.base import Hit, Store
+from .store.base import Hit, Store, vectors_of
 
 
 class MemoryPayloads:
@@ -93,11 +93,10 @@ class SkillVectors:
         if not missing:
             return out
         records = self.store.retrieve(S.SKILLS, missing, with_vectors=True, payload=list(self.FIELDS))
-        fetched: dict[tuple[str, str, str], np.ndarray] = {}
-        for r in records:
-            if r.vector is not None:
-                v = np.asarray(r.vector, dtype=np.float32)
-                fetched[self.key(r.id, r.payload)] = v / max(float(np.linalg.norm(v)), 1e-12)
+        # A skill point always has its vector: one missing is a damaged store, said so (vectors_of), not skipped.
+        matrix = vectors_of(records).astype(np.float32, copy=False) if records else np.zeros((0, 0), np.float32)
+        matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        fetched = {self.key(r.id, r.payload): v for r, v in zip(records, matrix)}
         if self.cacheable:
             with self._lock:
                 if len(self._data) + len(fetched) > self.capacity:

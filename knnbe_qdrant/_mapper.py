@@ -283,7 +283,7 @@ class SkillMapper:
         and a hit past the pool, keep their cosine. `keys` are the hits' vector keys by skill code, `found` the
         vectors read for them."""
         dimension = self.encoder.dimension
-        # One table: the hits' cached vectors by skill code, then the kNN-only skills' fresh vectors.
+        # One table: the hits' vectors by skill code, then the kNN-only skills' vectors.
         table = np.zeros((len(rows.ids) + len(extra_vectors) + 1, dimension), dtype=np.float32)
         known_code = np.zeros(len(table), dtype=bool)
         for code, key in keys.items():
