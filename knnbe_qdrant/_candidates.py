@@ -3,14 +3,18 @@ two queries returned, coded and laid out one row per sentence."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _schema as S
 from ._scoring import union_batch
 from .store.base import Hit
+
+if TYPE_CHECKING:
+    from ._lookups import Neighbours
 
 
 def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -50,15 +54,15 @@ class Candidates:
     closest: np.ndarray  # (sentences,) the nearest neighbour's similarity, NaN without one
 
     @classmethod
-    def of(cls, skill_hits: list[list[Hit]], neighbours: list[list[Hit]]) -> Candidates:
+    def of(cls, skill_hits: list[list[Hit]], neighbours: Sequence[Neighbours]) -> Candidates:
         """The batch's arrays; `skill_hits` must hold one hit per skill (`one_hit_per_skill`)."""
         codes: dict[str, int] = {}
         code = codes.setdefault
         top, top_present = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in hits] for hits in skill_hits],
                                    -1, np.int64)
-        votes, _ = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in nbrs] for nbrs in neighbours],
+        votes, _ = _padded([[code(p[S.F_SKILL_ID], len(codes)) for p in nbrs.payloads] for nbrs in neighbours],
                            -1, np.int64)
-        sims, _ = _padded([[h.score for h in nbrs] for nbrs in neighbours], np.nan, np.float64)
+        sims, _ = _padded([nbrs.scores for nbrs in neighbours], np.nan, np.float64)
         scores, _ = _padded([[h.score for h in hits] for hits in skill_hits], 0.0, np.float64)
         candidates, vote_cols = union_batch(top, votes)
         is_top = np.zeros(candidates.shape, dtype=bool)

@@ -6,17 +6,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import _schema as S
-from .store.base import Hit, Store, vectors_of
+from .store.base import Store, key_id, point_key, vectors_of
+
+
+@dataclass(slots=True)
+class Neighbours:
+    """One sentence's nearest memory points, best first, as parallel lists: their similarities and their
+    (skill id, text) payloads. Not one object per point: a batch holds 256 x 136 of them, and as objects they kept
+    the garbage collector's full passes busy longer than the scoring took (measured: 0.4 ms per sentence)."""
+
+    scores: list[float]
+    payloads: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 class MemoryPayloads:
-    """The (skill id, text) of memory points by point id, for the vote. The kNN query then returns ids and scores
-    only: each returned point's payload costs Qdrant Edge's binding microseconds to materialise, and k is 128.
+    """The (skill id, text) of memory points by point key (`point_key`), for the vote. The kNN query then returns
+    keys and scores only: each returned point's payload costs Qdrant Edge's binding microseconds to materialise,
+    and k is 128.
 
     Memory point ids are content-addressed (UUIDv5 of tenant, skill and text), so an id's skill and text never
     change: nothing here needs invalidating under live curation (a removed point is simply no longer returned, a
@@ -27,40 +42,36 @@ class MemoryPayloads:
     def __init__(self, store: Store, capacity: int = 250_000) -> None:
         self.store = store
         self.capacity = capacity
-        self._data: dict[Any, dict[str, Any]] = {}
+        self._data: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def fill(self, hit_lists: list[list[Hit]]) -> list[list[Hit]]:
-        """The hits with their payloads set; a point deleted between the query and the fetch is left out."""
+    def fill(self, results: list[tuple[list[int], list[float]]]) -> list[Neighbours]:
+        """`query_keys_batch`'s results with their payloads; a point deleted between the query and the fetch is
+        left out."""
         data = self._data
-        missing: dict[str, Any] = {}  # id string -> key, for the retrieve
-        unfilled: list[tuple[Hit, Any]] = []
-        n = 0
-        for hits in hit_lists:
-            n += len(hits)
-            for h in hits:
-                key = h.key  # builds a UUID on Edge: read once per hit
-                payload = data.get(key)
-                if payload is None:
-                    missing[str(key)] = key
-                    unfilled.append((h, key))
-                else:
-                    h.payload = payload
-        self.hits += n - len(unfilled)
-        self.misses += len(unfilled)
-        if not unfilled:
-            return hit_lists
-        records = self.store.retrieve(S.MEMORY, list(missing), payload=list(self.FIELDS))
+        rows = [[data.get(key) for key in keys] for keys, _ in results]
+        missing = [key for (keys, _), row in zip(results, rows) for key, payload in zip(keys, row) if payload is None]
+        self.hits += sum(len(keys) for keys, _ in results) - len(missing)
+        self.misses += len(missing)
+        if not missing:
+            return [Neighbours(scores, row) for (_, scores), row in zip(results, rows)]  # type: ignore[arg-type]
+        records = self.store.retrieve(S.MEMORY, [key_id(k) for k in set(missing)], payload=list(self.FIELDS))
+        fetched = {point_key(r.id): {f: r.payload.get(f) for f in self.FIELDS} for r in records}
         with self._lock:
-            if len(data) + len(records) > self.capacity:
+            if len(data) + len(fetched) > self.capacity:
                 data.clear()  # a whole reset: rare (the capacity is above the default memory), and O(1) per hit
-            fetched = {missing[r.id]: {f: r.payload.get(f) for f in self.FIELDS} for r in records}
             data.update(fetched)
-        for h, key in unfilled:
-            h.payload = fetched.get(key) or {}
-        return [[h for h in hits if h.payload] for hits in hit_lists]
+        out = []
+        for (keys, scores), row in zip(results, rows):
+            if None not in row:
+                out.append(Neighbours(scores, row))  # type: ignore[arg-type]
+                continue
+            filled = [p if p is not None else fetched.get(k) for k, p in zip(keys, row)]
+            kept = [i for i, p in enumerate(filled) if p]
+            out.append(Neighbours([scores[i] for i in kept], [filled[i] for i in kept]))  # type: ignore[misc]
+        return out
 
 
 class SkillVectors:

@@ -12,7 +12,7 @@ from ._candidates import Candidates, one_hit_per_skill
 from ._data import tuned_defaults
 from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
-from ._lookups import MemoryPayloads, SkillVectors
+from ._lookups import MemoryPayloads, Neighbours, SkillVectors
 from ._results import Evidence, SentenceResult, SkillMatch, attended_words
 from ._scoring import (
     MIN_TOKEN_CANDIDATES,
@@ -38,16 +38,17 @@ TOKEN_CHUNK = 64
 """Sentences whose token scores are computed at once: their candidates' vectors are gathered, 64 x ~160 x d."""
 
 
-def nearest(hits: list[Hit], k: int) -> list[Hit]:
-    """The k best hits (already sorted by score); points tied at the cut are taken in (skill id, text) order."""
-    if len(hits) <= k or hits[k].score < hits[k - 1].score - _TIE:
-        return hits[:k]
-    cut = hits[k - 1].score
-    head = [h for h in hits if h.score > cut + _TIE]
-    tied = sorted(
-        (h for h in hits if abs(h.score - cut) <= _TIE), key=lambda h: (h.payload[S.F_SKILL_ID], h.payload[S.F_TEXT])
-    )
-    return head + tied[: k - len(head)]
+def nearest(nbrs: Neighbours, k: int) -> Neighbours:
+    """The k best neighbours (already sorted by score); points tied at the cut are taken in (skill id, text) order."""
+    scores, payloads = nbrs.scores, nbrs.payloads
+    if len(scores) <= k or scores[k] < scores[k - 1] - _TIE:
+        return Neighbours(scores[:k], payloads[:k])
+    cut = scores[k - 1]
+    head = [i for i, s in enumerate(scores) if s > cut + _TIE]
+    tied = sorted((i for i, s in enumerate(scores) if abs(s - cut) <= _TIE),
+                  key=lambda i: (payloads[i][S.F_SKILL_ID], payloads[i][S.F_TEXT]))
+    kept = head + tied[: k - len(head)]
+    return Neighbours([scores[i] for i in kept], [payloads[i] for i in kept])
 
 
 def validate_sentences(sentences: Sequence[str], what: str = "sentence") -> list[str]:
@@ -175,7 +176,8 @@ class SkillMapper:
         tenant: str | None = None,
     ) -> list[SentenceResult]:
         """Score already-encoded sentences (`encode`'s output): one query to `skills`, one to `memory`, at most
-        two retrieves. Plain vectors where token-level matching needs the token states are encoded again."""
+        two retrieves (and, inside the embedded store, one for skill payloads its cache lacks). Plain vectors where
+        token-level matching needs the token states are encoded again."""
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if top < 1:
@@ -196,16 +198,15 @@ class SkillMapper:
             exact=self.exact, hnsw_ef=self.hnsw_ef,
         )
         if mode == "bi-encoder":
-            neighbours: list[list] = [[] for _ in texts]
+            neighbours = [Neighbours([], []) for _ in texts]
         else:
             where = visible_memory(tenant, marked=marked)
             if self.memory_sources:
                 where = Where(must={**where.must, S.F_SOURCE: self.memory_sources}, must_not=where.must_not)
-            fetched = self.store.query_batch(
-                S.MEMORY, pooled, p.k + TIE_MARGIN, where=where, payload=False, exact=self.exact,
-                hnsw_ef=self.hnsw_ef,
+            fetched = self.store.query_keys_batch(
+                S.MEMORY, pooled, p.k + TIE_MARGIN, where=where, exact=self.exact, hnsw_ef=self.hnsw_ef,
             )
-            neighbours = [nearest(hits, p.k) for hits in self.memory_payloads.fill(fetched)]
+            neighbours = [nearest(nbrs, p.k) for nbrs in self.memory_payloads.fill(fetched)]
 
         skill_hits = [one_hit_per_skill(hits) for hits in skill_hits]
         rows = Candidates.of(skill_hits, neighbours)
@@ -250,7 +251,7 @@ class SkillMapper:
 
     @staticmethod
     def _result(text: str, scored: Scored, rows: Candidates, row: int, chosen: np.ndarray, hits: list[Hit],
-                nbrs: list[Hit], extra_labels: dict[str, str], weights: np.ndarray | None,
+                nbrs: Neighbours, extra_labels: dict[str, str], weights: np.ndarray | None,
                 spans: list[tuple[int, int]] | None) -> SentenceResult:
         """One sentence's result objects for its `chosen` candidate columns, best first: the part of mapping
         that stays per sentence (each match's evidence, and the words it matched on)."""
@@ -264,7 +265,7 @@ class SkillMapper:
             skill_id = rows.ids[rows.candidates[row, i]]
             # Best first; equal similarities (one text under two spellings the tokenizer folds) by text, so that
             # the order does not depend on which tied point an engine returned first.
-            evidence = sorted((Evidence(nbrs[j].payload[S.F_TEXT], nbrs[j].score) for j in voters[i]),
+            evidence = sorted((Evidence(nbrs.payloads[j][S.F_TEXT], nbrs.scores[j]) for j in voters[i]),
                               key=lambda e: (-e.similarity, e.text))
             matches.append(SkillMatch(
                 id=skill_id, label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[skill_id],

@@ -67,7 +67,12 @@ def hide_key(tenant: str) -> str:
     curators (threads, processes, service replicas) marking the same point never lose each other's mark, where a
     read-modify-write of a list could. Tenant names are escaped to letters, digits and "_" (an injective mapping),
     which every Qdrant payload path accepts unquoted."""
-    return HIDE_PREFIX + re.sub(r"[_.-]", lambda m: _HIDE_ESCAPES[m.group()], check_tenant(tenant))
+    return _escaped_hide_key(check_tenant(tenant))
+
+
+@functools.lru_cache(maxsize=4096)
+def _escaped_hide_key(tenant: str) -> str:  # cached: mapping asks for a tenant's key with every skill it may show
+    return HIDE_PREFIX + re.sub(r"[_.-]", lambda m: _HIDE_ESCAPES[m.group()], tenant)
 
 
 HIDERS = "hiders"
@@ -113,12 +118,17 @@ TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 def check_tenant(tenant: str) -> str:
     """Tenant names are plain identifiers; the global layer's reserved name is not one of them."""
-    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN[1:-1], tenant):
+    if not isinstance(tenant, str) or not _is_tenant_name(tenant):
         raise InvalidInputError(
             f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting "
             "with '_' or another sign)"
         )
     return tenant
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_tenant_name(name: str) -> bool:  # cached: mapping checks the tenant of every skill it may show
+    return re.fullmatch(TENANT_PATTERN[1:-1], name) is not None
 
 
 def utc_now(*, precise: bool = False) -> str:

@@ -60,3 +60,76 @@ def test_writers_and_mappers_in_parallel(shared, encoder):
         curator.delete_tenant(t)
     assert set(curator.tenants()) == set()
     assert shared.count("memory", where={"tenant": GLOBAL_TENANT}) > 0
+
+
+def test_reads_of_a_point_renamed_over_and_over_never_go_back_in_time(empty_store):
+    """The embedded backend serves payload fields from a cache. Threads read one point (query and retrieve) while
+    another renames it 200 times: no read may give a label older than one a thread has already seen, and once the
+    writer is done every read gives its last label. On a backend without the cache this holds by the engine."""
+    import numpy as np
+
+    from knnbe_qdrant._schema import SKILLS, skill_point_id
+
+    store = empty_store
+    store.initialize("test-model", 4)
+    vector = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    pid = skill_point_id(GLOBAL_TENANT, "s")
+    store.upsert(SKILLS, [pid], vector, [{"tenant": GLOBAL_TENANT, "skill_id": "s", "label": "0"}])
+    renames, done = 200, threading.Event()
+    errors: list[BaseException] = []
+    if store.backend == "embedded":
+        widen_the_race_windows(store, SKILLS)
+
+    def reader(use_query: bool) -> None:
+        last = 0
+        try:
+            while True:
+                finished = done.is_set()
+                if use_query:
+                    [[hit]] = store.query_batch(SKILLS, vector, 1, payload=["label"], exact=True)
+                    label = int(hit.payload["label"])
+                else:
+                    [record] = store.retrieve(SKILLS, [pid], payload=["label"])
+                    label = int(record.payload["label"])
+                assert label >= last, f"read {label} after {last}"
+                last = label
+                if finished:
+                    assert label == renames
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(1, renames + 1):
+        store.set_payload(SKILLS, [pid], {"label": str(i)})
+    done.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[0]
+
+
+def widen_the_race_windows(store, collection):
+    """Sleep inside the embedded backend's two windows where a cache goes wrong if anything does: between a
+    payload read from the shard and its filing, and between a write's change to the shard and its return."""
+    import random
+    import time
+
+    read, shard = store._retrieve, store._shards[collection]
+
+    def slow_read(*args, **kwargs):
+        out = read(*args, **kwargs)
+        time.sleep(random.random() / 1000)
+        return out
+
+    class SlowWrites:
+        def __getattr__(self, name):
+            return getattr(shard, name)
+
+        def update(self, operation):
+            shard.update(operation)
+            time.sleep(random.random() / 1000)
+
+    store._retrieve = slow_read
+    store._shards[collection] = SlowWrites()

@@ -120,9 +120,9 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     class Counting:
         def __getattr__(self, name):
             attr = getattr(built_store, name)
-            if name in ("query_batch", "retrieve"):
+            if name in ("query_batch", "query_keys_batch", "retrieve"):
                 def counted(collection, arg, *a, **kw):
-                    calls.append((name, collection, len(arg)))
+                    calls.append(("retrieve" if name == "retrieve" else "query", collection, len(arg)))
                     return attr(collection, arg, *a, **kw)
                 return counted
             return attr
@@ -130,7 +130,7 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     mapper = SkillMapper(Counting(), encoder, ScoringParams(n_candidates=5), exact=True, decompose=False)
     sentences = SENTENCES * 5
     mapper.map(sentences, batch_size=len(sentences))
-    queries = [c for c in calls if c[0] == "query_batch"]
+    queries = [c for c in calls if c[0] == "query"]
     assert sorted(c[1] for c in queries) == [MEMORY, SKILLS]
     assert all(c[2] == len(sentences) for c in queries)
     # Memory: at most one retrieve, the payloads of points not seen before (the kNN query returns ids and scores
@@ -146,7 +146,7 @@ def test_one_query_per_collection_per_batch(built_store, encoder):
     n_pieces = sum(map(len, pieces_to_map(mapper.map(sentences), mapper.merge_params)))
     calls.clear()
     mapper.map(sentences, batch_size=len(sentences), decompose=True)
-    queries = [c[1:] for c in calls if c[0] == "query_batch"]
+    queries = [c[1:] for c in calls if c[0] == "query"]
     assert n_pieces > 0 and sorted(queries) == sorted([(MEMORY, len(sentences)), (SKILLS, len(sentences)),
                                                        (MEMORY, n_pieces), (SKILLS, n_pieces)])
 

@@ -1,11 +1,15 @@
 """One behavioural suite, run unchanged on every backend (embedded Qdrant Edge, qdrant-client local mode, and a
 real server when QDRANT_URL is set)."""
 
+import uuid
+
 import numpy as np
 import pytest
 
 from knnbe_qdrant import ModelMismatchError, StoreCorruptError
-from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, memory_point_id, skill_point_id
+from knnbe_qdrant._lookups import MemoryPayloads
+from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, hide_key, memory_point_id, skill_point_id
+from knnbe_qdrant.store.base import key_id, point_key
 
 DIM = 8
 
@@ -69,6 +73,30 @@ def test_query_batch_is_exact_nearest_first_and_filtered(store):
     assert len(both[0]) == 40
 
 
+def test_query_keys_batch_is_query_batch_as_keys_and_scores(store):
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 30)
+    ids = [memory_point_id("a" if i % 3 else GLOBAL_TENANT, "s1", f"t{i}") for i in range(30)]
+    store.upsert(MEMORY, ids, vectors, [{"tenant": "a" if i % 3 else GLOBAL_TENANT, "skill_id": "s1", "text": f"t{i}"}
+                                        for i in range(30)])
+    queries = unit(rng, 4)
+    where = {"tenant": GLOBAL_TENANT}
+    hits = store.query_batch(MEMORY, queries, 6, where=where, payload=False, exact=True)
+    keyed = store.query_keys_batch(MEMORY, queries, 6, where=where, exact=True)
+    assert len(keyed) == 4 and all(len(keys) == 6 for keys, _ in keyed)
+    for row, (keys, scores) in zip(hits, keyed):
+        assert [key_id(k) for k in keys] == [h.id for h in row]
+        assert scores == pytest.approx([h.score for h in row], abs=1e-6)
+        assert all(isinstance(k, int) for k in keys)
+    assert store.query_keys_batch(MEMORY, queries[:0], 6) == []
+
+
+def test_point_keys_round_trip_and_an_integer_id_stays_an_integer():
+    pid = memory_point_id(GLOBAL_TENANT, "s1", "text")
+    assert key_id(point_key(pid)) == pid and point_key(uuid.UUID(pid)) == point_key(pid)
+    assert point_key(7) == 7
+
+
 def test_retrieve_returns_existing_points_with_unit_vectors(store):
     rng = np.random.default_rng(2)
     vectors = unit(rng, 3)
@@ -108,3 +136,94 @@ def test_an_empty_location_is_not_a_store(empty_store):
     assert not empty_store.exists()
     with pytest.raises(StoreNotFoundError, match="knnbe-qdrant build"):
         empty_store.check_ready()
+
+
+def test_a_neighbour_deleted_before_its_payload_is_read_is_left_out(store):
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 6)
+    texts = [f"t{i}" for i in range(6)]
+    ids = [memory_point_id(GLOBAL_TENANT, "s1", t) for t in texts]
+    store.upsert(MEMORY, ids, vectors, [{"tenant": GLOBAL_TENANT, "skill_id": "s1", "text": t} for t in texts])
+    cache = MemoryPayloads(store)
+    [(keys, scores)] = store.query_keys_batch(MEMORY, vectors[:1], 6, exact=True)
+    order = [texts[ids.index(key_id(k))] for k in keys]
+    [known] = cache.fill([(keys[:2], scores[:2])])  # the two nearest are cached now
+    assert [p["text"] for p in known.payloads] == order[:2]
+    store.delete(MEMORY, [ids[texts.index(order[1])], ids[texts.index(order[3])]])  # a cached one, an unread one
+    [nbrs] = cache.fill([(keys, scores)])
+    # The cached point's payload stays right (ids are content-addressed); the unread deleted one is left out, and
+    # each similarity stays beside its own payload.
+    kept = [i for i in range(6) if i != 3]
+    assert [p["text"] for p in nbrs.payloads] == [order[i] for i in kept]
+    assert nbrs.scores == [scores[i] for i in kept]
+    assert cache.hits == 2 and cache.misses == 2 + 4
+
+
+def test_a_memory_point_with_an_integer_id_is_no_neighbour_and_breaks_nothing(store):
+    """Qdrant also allows unsigned integer ids; this package writes none, but a point written by another hand
+    (on a shared server) must not break mapping: its key is not a UUID's, no retrieve finds it, it is left out."""
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 2)
+    ours = memory_point_id(GLOBAL_TENANT, "s1", "ours")
+    store.upsert(MEMORY, [ours], vectors[:1], [{"tenant": GLOBAL_TENANT, "skill_id": "s1", "text": "ours"}])
+    store.upsert(MEMORY, [7], vectors[1:], [{"tenant": GLOBAL_TENANT, "skill_id": "s2", "text": "foreign"}])
+    [(keys, scores)] = store.query_keys_batch(MEMORY, vectors[1:], 2, exact=True)
+    assert sorted(keys, key=str) == sorted([7, point_key(ours)], key=str)
+    [nbrs] = MemoryPayloads(store).fill([(keys, scores)])
+    assert [p["text"] for p in nbrs.payloads] == ["ours"]
+
+
+def test_every_kind_of_write_is_seen_by_the_next_read_of_its_fields(store):
+    """Reads of payload fields may be served from a cache (the embedded backend keeps one): each write must be seen
+    by the next query and retrieve, whichever fields they ask for, and changing what a read gave changes nothing."""
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 4)
+    ids = [skill_point_id(GLOBAL_TENANT, f"s{i}") for i in range(4)]
+    fields = ["skill_id", "label", hide_key("acme")]
+
+    def seen():
+        [hits] = store.query_batch(SKILLS, vectors[:1], 4, payload=fields, exact=True)
+        by_query = {h.payload["skill_id"]: h.payload for h in hits}
+        by_retrieve = {r.payload["skill_id"]: r.payload for r in store.retrieve(SKILLS, ids, payload=fields)}
+        assert by_query == by_retrieve
+        return by_query
+
+    store.upsert(SKILLS, ids, vectors, [{"tenant": GLOBAL_TENANT, "skill_id": f"s{i}", "label": f"L{i}"}
+                                        for i in range(4)])
+    assert {s: p["label"] for s, p in seen().items()} == {f"s{i}": f"L{i}" for i in range(4)}
+    seen()["s0"]["label"] = "changed by the caller"
+    assert seen()["s0"]["label"] == "L0"
+    store.set_payload(SKILLS, ids[:1], {"label": "renamed"})
+    assert seen()["s0"]["label"] == "renamed"
+    store.set_payload(SKILLS, ids[1:2], {hide_key("acme"): "acme"})
+    assert seen()["s1"][hide_key("acme")] == "acme"
+    store.delete_payload(SKILLS, ids[1:2], [hide_key("acme")])
+    assert hide_key("acme") not in seen()["s1"]
+    store.upsert(SKILLS, ids[2:3], vectors[2:3], [{"tenant": GLOBAL_TENANT, "skill_id": "s2", "label": "again"}])
+    assert seen()["s2"]["label"] == "again"
+    store.delete(SKILLS, ids[3:])
+    assert set(seen()) == {"s0", "s1", "s2"}
+    store.delete_where(SKILLS, {"skill_id": "s2"})
+    assert set(seen()) == {"s0", "s1"}
+    assert [r.payload["label"] for r in store.retrieve(SKILLS, ids[:1], payload=["label"])] == ["renamed"]
+
+
+def test_the_embedded_payload_cache_stays_within_its_capacity_however_many_tenants_read():
+    """Each tenant's reads ask for its own hide key, so one point's payload is held once per tenant: the bound
+    counts payloads, and a write forgets every copy of the points it touches."""
+    from knnbe_qdrant.store.payloads import PayloadCache
+
+    cache = PayloadCache(capacity=50)
+    for tenant in range(40):
+        fields = ("label", hide_key(f"t{tenant}"))
+        cache.put(cache.epoch, fields, {key: {"label": f"L{key}"} for key in range(5)})
+        assert len(cache) <= 50
+    assert cache.get(1, ("label", hide_key("t39"))) == {"label": "L1"}
+    with cache.writing([1]):
+        assert cache.get(2, ("label", hide_key("t39"))) is None  # nothing is served while a write is in flight
+    assert cache.get(1, ("label", hide_key("t39"))) is None and cache.get(2, ("label", hide_key("t39"))) is not None
+    epoch = cache.epoch
+    with cache.writing([3]):
+        pass
+    cache.put(epoch, ("label",), {4: {"label": "read before the write"}})  # a write came between: not filed
+    assert cache.get(4, ("label",)) is None

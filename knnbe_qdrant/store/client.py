@@ -1,8 +1,7 @@
 """qdrant-client backend: a Qdrant server (the production path) or qdrant-client's local mode (small data, tests).
 
 Collections are named with a prefix so the plugin never touches a team's other collections: <prefix>skills,
-<prefix>memory, and <prefix>meta, a vectorless collection holding the manifest.
-"""
+<prefix>memory, and <prefix>meta, a vectorless collection holding the manifest."""
 
 from __future__ import annotations
 
@@ -18,10 +17,11 @@ from qdrant_client import QdrantClient, models
 
 from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
-from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
 from .documents import MetaDocuments
 from .locks import lease
 from .retry import RetryPolicy, call_with_retries, describe_fault
+from .translate import build_filter, payload_selector, to_record
 
 META = "meta"
 _MANIFEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "knnbe-qdrant/manifest"))

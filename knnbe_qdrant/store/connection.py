@@ -128,7 +128,7 @@ class Connection:
                 )
             return MetaDocuments(store, owned=True)
         from .documents import FileDocuments
-        from .edge import MANIFEST_FILE
+        from .layout import MANIFEST_FILE
 
         assert self.path is not None
         if not (self.path / MANIFEST_FILE).exists():

@@ -1,35 +1,32 @@
 """Embedded backend: Qdrant's own engine in-process (Qdrant Edge), one shard per collection, in one directory.
 
-Layout: <root>/manifest.json, <root>/skills/, <root>/memory/. Writes go through Edge's write-ahead log, so an
-acknowledged upsert survives a crash. Edge holds an exclusive lock on each shard's WAL: one process at a time.
+Layout: store.layout. Writes go through Edge's write-ahead log, so an acknowledged upsert survives a crash. Edge
+holds an exclusive lock on each shard's WAL: one process at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
-from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedError, StoreNotFoundError
-from .._schema import COLLECTIONS, TENANT_INDEX, Manifest
-from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, build_filter, payload_selector, to_record
+from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedError
+from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
+from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
 from .documents import FILES as DOCUMENT_FILES
 from .documents import FileDocuments, fsync_dir
+from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
+from .payloads import PayloadCache
+from .translate import build_filter, payload_selector, to_record
 
-MANIFEST_FILE = "manifest.json"
-NEXT_MANIFEST_FILE = "manifest.next.json"
-"""The manifest of a rebuild in progress (`build --force`): it becomes MANIFEST_FILE, atomically, when the new
-collections are complete; until then the old ones serve."""
-_OWN = re.compile(r"(skills|memory)_g\d+|manifest(\.next)?\.json(\.tmp)?")
 _UPSERT_CHUNK = 1024
 
 
@@ -44,27 +41,11 @@ class EdgeStore(Store):
         self._fixed_generation = generation  # a view on another generation's shards (migrations, rebuilds)
         self.manifest_path = self.path / manifest_file
         self._shards: dict[str, qe.EdgeShard] = {}
+        # Skills only: mapping reads 32 skill payloads a sentence, and memory payloads, content-addressed, are kept
+        # above the store (_lookups.MemoryPayloads); a second copy of 127,000 of them would only cost memory.
+        self._payloads = {SKILLS: PayloadCache()}  # every write goes through _update
         self._lock = threading.RLock()  # one shard update at a time from this process's threads
-        if not self.path.exists():
-            if not create:
-                raise StoreNotFoundError(f"no store at {self.path}: run `knnbe-qdrant build` to create one")
-            self.path.mkdir(parents=True)
-        elif not self.path.is_dir():
-            raise StoreCorruptError(f"{self.path} is a file, not a store directory")
-        has_manifest = (self.path / MANIFEST_FILE).exists()
-        if not has_manifest and generation is None:
-            if not create:
-                leftovers = [p.name for p in self.path.iterdir() if _OWN.fullmatch(p.name)]
-                hint = (" (it holds the collections of a build that stopped before its manifest was written: run "
-                        "`knnbe-qdrant build` to build it afresh)") if leftovers else ""
-                raise StoreCorruptError(f"{self.path} is not a knnbe-qdrant store (no {MANIFEST_FILE}){hint}")
-            if any(p.name not in DOCUMENT_FILES and not _OWN.fullmatch(p.name) for p in self.path.iterdir()):
-                raise StoreCorruptError(
-                    f"{self.path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
-                )
-            for stale in self.path.iterdir():  # an unfinished first build: nothing in it can be trusted
-                if _OWN.fullmatch(stale.name):
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        has_manifest = prepare(self.path, create=create, generation=generation)
         manifest = self._read_manifest() if has_manifest else None
         self.generation = generation or (manifest.generation if manifest else 1)
         for name in COLLECTIONS:
@@ -130,15 +111,16 @@ class EdgeStore(Store):
                     vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
                     # Measured on the full ESCO memory (README, Performance): int8 vectors in RAM for the HNSW walk
                     # and payload kept in RAM cut a kNN query by about a quarter at the same recall.
-                    quantization_config=qe.ScalarQuantizationConfig(
-                        type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
-                    ),
+                    quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                                    always_ram=True),
                     payload_memory=qe.Memory.Cached,
                     # One search thread per query: mapping sends batches, and on few cores the per-segment fan-out
                     # of a single query costs more in hand-offs than it gains (measured: -20% per kNN query).
                     max_search_threads=1,
                 )
                 self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), config)
+                if name in self._payloads:
+                    self._payloads[name].clear()
                 self._create_indexes(name)
 
     def _create_indexes(self, name: str) -> None:
@@ -166,7 +148,6 @@ class EdgeStore(Store):
     def upsert(
         self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
-        shard = self._shard(collection)
         with self._lock:
             for start in range(0, len(ids), _UPSERT_CHUNK):
                 end = start + _UPSERT_CHUNK
@@ -174,15 +155,34 @@ class EdgeStore(Store):
                     qe.Point(id=pid, vector=vec, payload=pl)
                     for pid, vec, pl in zip(ids[start:end], vectors[start:end], payloads[start:end])
                 ]
-                shard.update(qe.UpdateOperation.upsert_points(points))
+                self._update(collection, qe.UpdateOperation.upsert_points(points), ids[start:end])
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         with self._lock:
-            self._shard(collection).update(qe.UpdateOperation.delete_points(list(ids)))
+            self._update(collection, qe.UpdateOperation.delete_points(list(ids)), ids)
+
+    def _update(self, collection: str, operation: Any, ids: Sequence[Any] | None) -> None:
+        """Every write to a shard, inside the payload cache's `writing` for the points it touches (`ids`; None:
+        any), so that no read served from the cache is older than the shard."""
+        shard = self._shard(collection)
+        cache = self._payloads.get(collection)
+        keys = None if ids is None or cache is None else [point_key(i) for i in ids]
+        with cache.writing(keys) if cache is not None else nullcontext():
+            shard.update(operation)
 
     def retrieve(
         self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
     ) -> list[Record]:
+        if not ids:
+            return []
+        if isinstance(payload, bool) or with_vectors or collection not in self._payloads:
+            return self._retrieve(collection, ids, with_vectors, payload)
+        found = self._payloads[collection].read([(pid, point_key(pid)) for pid in ids], tuple(payload),
+                                                lambda missing: self._retrieve(collection, missing, False, payload))
+        return [Record(id=str(pid), payload=p) for pid, p in found.items()]
+
+    def _retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool,
+                  payload: bool | Sequence[str]) -> list[Record]:
         if not ids:
             return []
         with self._reading(collection):
@@ -202,6 +202,38 @@ class EdgeStore(Store):
         exact: bool = False,
         hnsw_ef: int | None = None,
     ) -> list[list[Hit]]:
+        with self._reading(collection):  # a damaged payload page may only fail as it is read
+            fields = None if isinstance(payload, bool) or collection not in self._payloads else tuple(payload)
+            results = self._query(collection, vectors, limit, where, payload if fields is None else False, exact,
+                                  hnsw_ef)
+            if fields is None:
+                # Reading p.id would build a uuid.UUID per point (a third of the conversion cost): Hit reads it late.
+                return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
+            # p.id builds a new uuid.UUID on every read: read once per point.
+            rows = [[(pid, point_key(pid), p.score) for p in r for pid in (p.id,)] for r in results]
+        # The fields asked for come from the payload cache; those it lacks, from one retrieve for the batch.
+        found = self._payloads[collection].read([(pid, key) for row in rows for pid, key, _ in row], fields,
+                                                lambda missing: self._retrieve(collection, missing, False, payload))
+        # A point deleted between the query and the retrieve is left out.
+        return [[Hit(pid, score, found[pid]) for pid, _, score in row if pid in found] for row in rows]
+
+    def query_keys_batch(
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        *,
+        where: WhereLike | None = None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[tuple[list[int], list[float]]]:
+        with self._reading(collection):
+            results = self._query(collection, vectors, limit, where, False, exact, hnsw_ef)
+            # Each uuid.UUID the binding builds for p.id is freed at once: only its integer is kept.
+            return [([point_key(p.id) for p in r], [p.score for p in r]) for r in results]
+
+    def _query(self, collection: str, vectors: np.ndarray, limit: int, where: WhereLike | None,
+               payload: bool | Sequence[str], exact: bool, hnsw_ef: int | None) -> list[Any]:
         if len(vectors) == 0:
             return []
         flt = build_filter(where, qe)
@@ -214,10 +246,7 @@ class EdgeStore(Store):
             )
             for v in vectors
         ]
-        with self._reading(collection):
-            results = self._shard(collection).query_batch(qe.QueryBatchRequest(requests))
-            # Reading p.id would build a uuid.UUID per point (a third of the conversion cost): Hit reads it late.
-            return [[Hit(p, p.score, p.payload or {}) for p in r] for r in results]
+        return list(self._shard(collection).query_batch(qe.QueryBatchRequest(requests)))
 
     def scroll(
         self,
@@ -255,29 +284,29 @@ class EdgeStore(Store):
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
             with self._lock:
-                self._shard(collection).update(qe.UpdateOperation.set_payload(list(ids), payload))
+                self._update(collection, qe.UpdateOperation.set_payload(list(ids), payload), ids)
 
     def update_vectors(self, collection: str, ids: Sequence[str], vectors: np.ndarray) -> None:
         if ids:
             with self._lock:
                 points = [qe.PointVectors(pid, vec.tolist()) for pid, vec in zip(ids, vectors)]
-                self._shard(collection).update(qe.UpdateOperation.update_vectors(points))
+                self._update(collection, qe.UpdateOperation.update_vectors(points), ids)
 
     def create_keyword_index(self, collection: str, field: str) -> None:
         shard = self._shard(collection)
         with self._lock:
             if field not in shard.info().payload_schema:
                 params = qe.KeywordIndexParams(is_tenant=field == TENANT_INDEX)
-                shard.update(qe.UpdateOperation.create_field_index(field, params))
+                self._update(collection, qe.UpdateOperation.create_field_index(field, params), [])  # no payload changes
 
     def delete_payload(self, collection: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         if ids and keys:
             with self._lock:
-                self._shard(collection).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
+                self._update(collection, qe.UpdateOperation.delete_payload(list(ids), list(keys)), ids)
 
     def delete_where(self, collection: str, where: WhereLike) -> None:
         with self._lock:
-            self._shard(collection).update(qe.UpdateOperation.delete_points_by_filter(build_filter(where, qe)))
+            self._update(collection, qe.UpdateOperation.delete_points_by_filter(build_filter(where, qe)), None)
 
     def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
         with self._reading(collection):
@@ -296,7 +325,7 @@ class EdgeStore(Store):
 
     def rebuild_view(self) -> EdgeStore:
         next_file = self.path / NEXT_MANIFEST_FILE
-        pending = self._read_next_generation(next_file)
+        pending = read_next_generation(next_file)
         keep = {self.generation, *(g for g in [self._previous_generation()] if g)}
         generation = pending or max([*keep, *self._generations_on_disk()]) + 1
         for g in self._generations_on_disk() - keep - {generation}:  # leftovers of stopped rebuilds
@@ -320,20 +349,12 @@ class EdgeStore(Store):
             self.drop_generation(g)
 
     def _generations_on_disk(self) -> set[int]:
-        return {int(p.name.rsplit("_g", 1)[1]) for p in self.path.iterdir()
-                if p.is_dir() and re.fullmatch(r"(skills|memory)_g\d+", p.name)}
+        return generations_on_disk(self.path)
 
     def _previous_generation(self) -> int | None:
         manifest = self._read_manifest()
         previous = manifest.previous if manifest else None
         return int(previous["generation"]) if previous and "generation" in previous else None
-
-    @staticmethod
-    def _read_next_generation(next_file: Path) -> int | None:
-        try:
-            return int(Manifest.from_dict(json.loads(next_file.read_text(encoding="utf-8"))).generation)
-        except (OSError, ValueError):
-            return None
 
     def swap_to(self, generation: int, **manifest_updates: Any) -> None:
         # The manifest names the serving generation, and it is replaced atomically: that rename is the swap.
@@ -367,6 +388,8 @@ class EdgeStore(Store):
 
     def close(self) -> None:
         with self._lock:
+            for cache in self._payloads.values():  # the shards a later load opens may hold anything
+                cache.clear()
             for shard in self._shards.values():
                 try:
                     shard.flush()

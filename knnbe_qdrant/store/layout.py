@@ -1,0 +1,59 @@
+"""What an embedded store's directory holds, and what a directory must hold to be opened or built in:
+<root>/manifest.json, one folder per collection and generation (<root>/skills_g1/, <root>/memory_g1/), and the
+service's documents (documents.FILES)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from .._errors import StoreCorruptError, StoreNotFoundError
+from .._schema import Manifest
+from .documents import FILES as DOCUMENT_FILES
+
+MANIFEST_FILE = "manifest.json"
+NEXT_MANIFEST_FILE = "manifest.next.json"
+"""The manifest of a rebuild in progress (`build --force`): it becomes MANIFEST_FILE, atomically, when the new
+collections are complete; until then the old ones serve."""
+_COLLECTION_DIR = r"(skills|memory)_g(\d+)"
+_OWN = re.compile(_COLLECTION_DIR + r"|manifest(\.next)?\.json(\.tmp)?")
+
+
+def prepare(path: Path, *, create: bool, generation: int | None) -> bool:
+    """Check `path` before its shards are opened (and make it, or clear an unfinished first build, when
+    creating); whether it has a manifest. Refuses a directory that holds anything but a store."""
+    if not path.exists():
+        if not create:
+            raise StoreNotFoundError(f"no store at {path}: run `knnbe-qdrant build` to create one")
+        path.mkdir(parents=True)
+    elif not path.is_dir():
+        raise StoreCorruptError(f"{path} is a file, not a store directory")
+    has_manifest = (path / MANIFEST_FILE).exists()
+    if not has_manifest and generation is None:
+        if not create:
+            leftovers = [p.name for p in path.iterdir() if _OWN.fullmatch(p.name)]
+            hint = (" (it holds the collections of a build that stopped before its manifest was written: run "
+                    "`knnbe-qdrant build` to build it afresh)") if leftovers else ""
+            raise StoreCorruptError(f"{path} is not a knnbe-qdrant store (no {MANIFEST_FILE}){hint}")
+        if any(p.name not in DOCUMENT_FILES and not _OWN.fullmatch(p.name) for p in path.iterdir()):
+            raise StoreCorruptError(
+                f"{path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
+            )
+        for stale in path.iterdir():  # an unfinished first build: nothing in it can be trusted
+            if _OWN.fullmatch(stale.name):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return has_manifest
+
+
+def generations_on_disk(path: Path) -> set[int]:
+    """Every generation that has a folder here."""
+    return {int(m.group(2)) for p in path.iterdir() if p.is_dir() and (m := re.fullmatch(_COLLECTION_DIR, p.name))}
+
+
+def read_next_generation(next_file: Path) -> int | None:
+    try:
+        return int(Manifest.from_dict(json.loads(next_file.read_text(encoding="utf-8"))).generation)
+    except (OSError, ValueError):
+        return None
