@@ -20,6 +20,7 @@ import qdrant_edge as qe
 
 from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedError
 from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
+from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
 from .documents import FILES as DOCUMENT_FILES
 from .documents import FileDocuments, fsync_dir
@@ -118,7 +119,8 @@ class EdgeStore(Store):
                     # of a single query costs more in hand-offs than it gains (measured: -20% per kNN query).
                     max_search_threads=1,
                 )
-                self._shards[name] = qe.EdgeShard.create(str(self._dir(name)), config)
+                layout.create_whole(self._dir(name), qe.EdgeShard.create, config)
+                self._shards[name] = self._load_shard(name)
                 if name in self._payloads:
                     self._payloads[name].clear()
                 self._create_indexes(name)
@@ -369,7 +371,7 @@ class EdgeStore(Store):
         if generation == self.generation:
             raise StoreCorruptError("refusing to drop the generation that serves")
         for name in COLLECTIONS:
-            shutil.rmtree(self._dir(name, generation), ignore_errors=True)
+            layout.drop_whole(self._dir(name, generation))
 
     def drop(self) -> None:
         """The collections and the manifest go; the service's documents (API keys, audit log) stay."""

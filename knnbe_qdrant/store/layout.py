@@ -5,19 +5,27 @@ service's documents (documents.FILES)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .._errors import StoreCorruptError, StoreNotFoundError
 from .._schema import Manifest
 from .documents import FILES as DOCUMENT_FILES
+from .documents import fsync_dir
 
 MANIFEST_FILE = "manifest.json"
 NEXT_MANIFEST_FILE = "manifest.next.json"
 """The manifest of a rebuild in progress (`build --force`): it becomes MANIFEST_FILE, atomically, when the new
 collections are complete; until then the old ones serve."""
-_COLLECTION_DIR = r"(skills|memory)_g(\d+)"
+STAGING_SUFFIX = ".creating"
+"""A collection is created under <name>.creating and renamed into place once Edge has written it whole: Edge's own
+create leaves, when killed, a folder it refuses to load (a WAL, no config), so a folder with a collection's name is
+always a complete one."""
+_COLLECTION_DIR = r"(skills|memory)_g(\d+)(\.creating)?"
 _OWN = re.compile(_COLLECTION_DIR + r"|manifest(\.next)?\.json(\.tmp)?")
 
 
@@ -48,7 +56,7 @@ def prepare(path: Path, *, create: bool, generation: int | None) -> bool:
 
 
 def generations_on_disk(path: Path) -> set[int]:
-    """Every generation that has a folder here."""
+    """Every generation that has a folder here, complete or still being created."""
     return {int(m.group(2)) for p in path.iterdir() if p.is_dir() and (m := re.fullmatch(_COLLECTION_DIR, p.name))}
 
 
@@ -57,3 +65,32 @@ def read_next_generation(next_file: Path) -> int | None:
         return int(Manifest.from_dict(json.loads(next_file.read_text(encoding="utf-8"))).generation)
     except (OSError, ValueError):
         return None
+
+
+def _staging(final: Path) -> Path:
+    return final.with_name(final.name + STAGING_SUFFIX)
+
+
+def create_whole(final: Path, create: Callable[..., Any], *args: Any) -> None:
+    """Have `create(folder, *args)` make a collection (it returns the open shard) under a staging name, close it, and
+    rename it to `final`: killed at any moment, this leaves either no collection or a whole one."""
+    staging = _staging(final)
+    shutil.rmtree(staging, ignore_errors=True)  # a create killed before
+    shard = create(str(staging), *args)
+    try:
+        shard.flush()
+    finally:
+        shard.close()
+    os.replace(staging, final)
+    fsync_dir(final.parent)
+
+
+def drop_whole(final: Path) -> None:
+    """Delete a collection's folder so that a kill half-way leaves a staging folder, never a collection with
+    half its files: the rename comes first, and a staging folder is only ever garbage."""
+    staging = _staging(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    if final.exists():
+        os.replace(final, staging)
+        fsync_dir(final.parent)
+    shutil.rmtree(staging, ignore_errors=True)
