@@ -102,11 +102,15 @@ def one_clear_line(r, *words: str) -> str:
 
 def kill_a_rebuild_after(store: Path, taxonomy: Path, seconds: float) -> None:
     """Start `build --force` of the small taxonomy on the store and SIGKILL it after `seconds`."""
+    kill_a_command_after(store, seconds, "build", "--force", "--taxonomy", taxonomy, *SMALL_BUILD)
+
+
+def kill_a_command_after(store: Path, seconds: float, *args) -> None:
+    """Start `knnbe-qdrant --store STORE ARGS...` and SIGKILL it after `seconds` (no clean-up runs)."""
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store), "build", "--force", "--taxonomy",
-           str(taxonomy), *SMALL_BUILD]
+    cmd = [sys.executable, "-m", "knnbe_qdrant", "--store", str(store), *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(seconds)
     proc.send_signal(signal.SIGKILL)
