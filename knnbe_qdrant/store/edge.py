@@ -185,8 +185,7 @@ class EdgeStore(Store):
 
     def _retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool,
                   payload: bool | Sequence[str]) -> list[Record]:
-        if not ids:
-            return []
+        # Callers pass ids: retrieve returns early for none, and the payload cache fetches only what it lacks.
         with self._reading(collection):
             records = self._shard(collection).retrieve(
                 list(ids), with_payload=payload_selector(payload), with_vector=with_vectors
