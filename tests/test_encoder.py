@@ -79,3 +79,97 @@ def test_pooling_configs_of_every_sentence_transformers_version_export_to_onnx(t
         {"idx": 0, "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
         {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"}]))
     assert pipeline(tmp_path)[0] == mode
+
+
+TEXTS = ["Experience with Python and SQL databases.", "cook", "Provide nursing care to patients in a ward.",
+         "Fluency in English is required; German is an advantage.", "You will lead a small, friendly team."]
+
+
+@pytest.fixture
+def int8_in(tmp_path, monkeypatch):
+    """The int8 model quantized into `tmp_path` (not the user's cache) on few calibration sentences, for speed."""
+    from knnbe_qdrant.encoding import int8
+
+    if not int8.available():
+        pytest.skip("the int8 extra (nncf) is not installed")
+    monkeypatch.setattr(int8, "CALIBRATION_SENTENCES", 48)
+    monkeypatch.setattr(int8, "int8_dir_for", lambda onnx_path: tmp_path / "int8")
+    return tmp_path / "int8"
+
+
+def test_int8_queries_are_opt_in_close_to_fp32_and_quantized_once(int8_in, monkeypatch):
+    from knnbe_qdrant.encoding import int8
+
+    reference = Encoder(precision="fp32").encode(TEXTS)
+    assert Encoder().precision != "int8"  # opt-in
+    monkeypatch.setenv("KNNBE_PRECISION", "int8")
+    quick = Encoder()
+    assert (quick.runtime, quick.precision) == ("openvino", "int8")
+    assert int8.is_whole(int8_in)
+    assert np.min(np.sum(quick.encode(TEXTS) * reference, axis=1)) >= 0.99
+    tokens = quick.encode_tokens(TEXTS)
+    assert [len(s) for s in tokens.states] == [len(s) for s in Encoder(precision="fp32").encode_tokens(TEXTS).states]
+    # Cached: a second encoder loads the file and quantizes nothing.
+    monkeypatch.setattr(int8, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+    assert Encoder().precision == "int8"
+    # Stored vectors are encoded in fp32 whatever the environment says.
+    assert (Encoder(precision="fp32").runtime, Encoder(precision="fp32").precision) == ("onnx", "fp32")
+
+
+def test_a_damaged_int8_cache_is_quantized_again_not_loaded(int8_in):
+    from knnbe_qdrant.encoding import int8
+
+    reference = Encoder(precision="fp32").encode(TEXTS)
+    Encoder(precision="int8")
+    weights = int8_in / int8.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # a run of weights zeroed: it would still load
+    weights.write_bytes(bytes(data))
+    assert not int8.is_whole(int8_in)
+    again = Encoder(precision="int8")
+    assert int8.is_whole(int8_in)
+    assert np.min(np.sum(again.encode(TEXTS) * reference, axis=1)) >= 0.99
+    (int8_in / int8.CHECKSUMS_FILE).unlink()  # a cache cut short before its checksums: not whole either
+    assert not int8.is_whole(int8_in)
+    assert Encoder(precision="int8").precision == "int8" and int8.is_whole(int8_in)
+
+
+def test_precision_errors_name_the_setting(monkeypatch):
+    monkeypatch.setenv("KNNBE_PRECISION", "fp16")
+    with pytest.raises(InvalidInputError, match="KNNBE_PRECISION"):
+        Encoder()
+    assert Encoder(precision="fp32").precision == "fp32"  # the store's own writes are not stopped by it
+    monkeypatch.delenv("KNNBE_PRECISION")
+    for runtime in ("onnx", "torch"):
+        with pytest.raises(InvalidInputError, match=f"int8 runs on OpenVINO, not on the {runtime}"):
+            Encoder(runtime=runtime, precision="int8")
+
+
+def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in, monkeypatch, tmp_path):
+    """Two processes quantizing at once: the second to finish must not remove the first's model (it may be loading
+    it); and a killed quantization's staging folder, an hour old, is cleared by the next one."""
+    import os
+    import time
+
+    from knnbe_qdrant.encoding import int8, onnx
+
+    path = onnx.onnx_path_for(models.local_model_dir(Encoder(precision="fp32").name))
+    stale = path.parent / ".int8-killed"
+    stale.mkdir(exist_ok=True)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    Encoder(precision="int8")
+    assert not stale.exists()
+    winner = (int8_in / int8.WEIGHTS_FILE).stat().st_ino
+    real, asked = int8.is_whole, []
+
+    def late_winner(folder):  # not whole when this quantization starts; whole (the other's) when it ends
+        if folder == int8_in and not asked:
+            asked.append(folder)
+            return False
+        return real(folder)
+
+    monkeypatch.setattr(int8, "is_whole", late_winner)
+    reference = Encoder(precision="fp32")
+    int8.quantize(reference._model.inputs, reference._model.tokenizer, path, int8.calibration_texts(8))
+    assert (int8_in / int8.WEIGHTS_FILE).stat().st_ino == winner
+    assert not list(path.parent.glob(".int8-*"))

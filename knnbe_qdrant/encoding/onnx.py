@@ -26,7 +26,7 @@ TOKEN_BUDGET = 1024
 276/s with 1,024 tokens a pass against 254/s with 16 texts a pass and 178/s with 64; 4,096 ESCO labels 1,617/s
 against 1,146/s and 1,509/s. Small passes pad less and stay in cache; short texts still go many to a pass."""
 MIN_ONNX_COSINE = 0.999
-_PROBES = [
+PROBES = [
     "Experience with Python and SQL databases.",
     "You will provide nursing care to patients and lead a small team.",
     "Fluent English; German is an advantage.",
@@ -169,7 +169,7 @@ def export_onnx(model_dir: Path, target: Path) -> float:
 
     model = SentenceTransformer(str(model_dir), device="cpu")
     transformer = model[0].auto_model.eval()
-    sample = model.tokenizer(_PROBES[:2], padding=True, return_tensors="pt")
+    sample = model.tokenizer(PROBES[:2], padding=True, return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
 
     class LastHiddenState(torch.nn.Module):
@@ -193,8 +193,8 @@ def export_onnx(model_dir: Path, target: Path) -> float:
                 LastHiddenState(), tuple(sample[n] for n in names), str(tmp), input_names=names,
                 output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False,
             )
-        reference = model.encode(_PROBES, normalize_embeddings=True, convert_to_numpy=True)
-        candidate = OnnxRuntime(model_dir, tmp, "cpu").encode(_PROBES, batch_size=len(_PROBES))
+        reference = model.encode(PROBES, normalize_embeddings=True, convert_to_numpy=True)
+        candidate = OnnxRuntime(model_dir, tmp, "cpu").encode(PROBES, batch_size=len(PROBES))
         cosine = float(np.min(np.sum(reference * candidate, axis=1)))
         if cosine < MIN_ONNX_COSINE:
             raise OnnxUnsupported(f"ONNX export differs from the model (cosine {cosine:.5f} < {MIN_ONNX_COSINE})")
