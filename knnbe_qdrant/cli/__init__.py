@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
-        prog="knnbe-qdrant", description="Map job-posting text to ESCO skills with kNNBE on Qdrant."
+        prog="knnbe-qdrant", description="Map job-posting text to ESCO skills with kNNBE on Qdrant.",
+        epilog="The query encoder: env KNNBE_RUNTIME (auto, onnx, openvino, torch) and KNNBE_PRECISION (auto, fp32, "
+               "int8; int8 needs the int8 extra and is quantized once per model). Stored vectors are always fp32.",
     )
     parser.add_argument("--version", action="version", version=f"knnbe-qdrant {__version__}")
     add_store_args(parser)
