@@ -143,6 +143,21 @@ def test_precision_errors_name_the_setting(monkeypatch):
     for runtime in ("onnx", "torch"):
         with pytest.raises(InvalidInputError, match=f"int8 runs on OpenVINO, not on the {runtime}"):
             Encoder(runtime=runtime, precision="int8")
+    from knnbe_qdrant import ModelError
+    from knnbe_qdrant.encoding import int8
+
+    monkeypatch.setattr(int8, "available", lambda: False)  # installed without the int8 extra
+    with pytest.raises(ModelError, match=r"knnbe-qdrant\[int8\]"):
+        Encoder(precision="int8")
+
+
+def test_an_int8_cache_that_cannot_be_written_is_one_clear_error(int8_in, monkeypatch):
+    from knnbe_qdrant import ModelError
+
+    # A read-only cache folder (simulated: tests run as root, whom the mode does not stop).
+    monkeypatch.setattr("tempfile.mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+    with pytest.raises(ModelError, match="cannot write the int8 model"):
+        Encoder(precision="int8")
 
 
 def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in, monkeypatch, tmp_path):
@@ -154,7 +169,7 @@ def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in,
     from knnbe_qdrant.encoding import int8, onnx
 
     path = onnx.onnx_path_for(models.local_model_dir(Encoder(precision="fp32").name))
-    stale = path.parent / ".int8-killed"
+    stale = int8_in.parent / ".int8-killed"
     stale.mkdir(exist_ok=True)
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     Encoder(precision="int8")
@@ -172,4 +187,4 @@ def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in,
     reference = Encoder(precision="fp32")
     int8.quantize(reference._model.inputs, reference._model.tokenizer, path, int8.calibration_texts(8))
     assert (int8_in / int8.WEIGHTS_FILE).stat().st_ino == winner
-    assert not list(path.parent.glob(".int8-*"))
+    assert not list(int8_in.parent.glob(".int8-*"))

@@ -124,7 +124,7 @@ def quantize(runtime_inputs: Sequence[str], tokenizer: Any, onnx_path: Path, tex
             if "token_type_ids" in feed:
                 feed["token_type_ids"][r, : len(e.ids)] = e.type_ids
         feeds.append(feed)
-    _remove_stale_staging(onnx_path.parent)
+    _remove_stale_staging(target.parent)
     model = ov.Core().read_model(str(onnx_path))
     log.info("quantizing %s to int8 on %d sentences (once; cached in %s)", onnx_path, len(texts), target)
     nncf.set_log_level(logging.ERROR)
@@ -133,7 +133,7 @@ def quantize(runtime_inputs: Sequence[str], tokenizer: Any, onnx_path: Path, tex
         quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
                                   model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
                                   ignored_scope=nncf.IgnoredScope(names=_float_kept(model)))
-    staging = Path(tempfile.mkdtemp(dir=onnx_path.parent, prefix=f".{INT8_DIR}-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{INT8_DIR}-"))
     try:
         ov.save_model(quantized, str(staging / MODEL_FILE))
         (staging / CHECKSUMS_FILE).write_text(json.dumps(_checksums(staging)))
@@ -176,7 +176,10 @@ def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str) -> Open
     reference = None
     if not is_whole(folder):
         reference = OnnxRuntime(model_dir, onnx_path, "cpu")
-        quantize(reference.inputs, reference.tokenizer, onnx_path, calibration_texts())
+        try:
+            quantize(reference.inputs, reference.tokenizer, onnx_path, calibration_texts())
+        except OSError as exc:
+            raise ModelError(f"cannot write the int8 model into {folder.parent}: {exc}") from exc
     runtime = OpenVinoRuntime(model_dir, folder / MODEL_FILE, precision=float_precision)
     runtime.precision = "int8"
     if reference is not None:  # checked once, when made; is_whole keeps it the same file afterwards
