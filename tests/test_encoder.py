@@ -92,7 +92,7 @@ def int8_in(tmp_path, monkeypatch):
 
     if not int8.available():
         pytest.skip("the int8 extra (nncf) is not installed")
-    monkeypatch.setattr(int8, "CALIBRATION_SENTENCES", 48)
+    monkeypatch.setattr(int8, "CALIBRATION_SENTENCES", 16)
     monkeypatch.setattr(int8, "int8_dir_for", lambda onnx_path: tmp_path / "int8")
     return tmp_path / "int8"
 
@@ -117,6 +117,8 @@ def test_int8_queries_are_opt_in_close_to_fp32_and_quantized_once(int8_in, monke
 
 
 def test_a_damaged_int8_cache_is_quantized_again_not_loaded(int8_in):
+    import shutil
+
     from knnbe_qdrant.encoding import int8
 
     reference = Encoder(precision="fp32").encode(TEXTS)
@@ -132,6 +134,10 @@ def test_a_damaged_int8_cache_is_quantized_again_not_loaded(int8_in):
     (int8_in / int8.CHECKSUMS_FILE).unlink()  # a cache cut short before its checksums: not whole either
     assert not int8.is_whole(int8_in)
     assert Encoder(precision="int8").precision == "int8" and int8.is_whole(int8_in)
+    shutil.rmtree(int8_in)
+    int8_in.write_text("not a folder")  # a file where the folder was
+    assert Encoder(precision="int8").precision == "int8" and int8.is_whole(int8_in)
+    assert sorted(p.name for p in int8_in.parent.iterdir()) == ["int8"]  # nothing set aside is left behind
 
 
 def test_precision_errors_name_the_setting(monkeypatch):

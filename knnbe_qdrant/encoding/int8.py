@@ -147,7 +147,7 @@ def quantize(runtime_inputs: Sequence[str], tokenizer: Any, onnx_path: Path, tex
             aside = staging.with_name(staging.name + ".damaged")
             with contextlib.suppress(FileNotFoundError):
                 os.rename(target, aside)
-            shutil.rmtree(aside, ignore_errors=True)
+            _remove(aside)
         try:
             os.rename(staging, target)
         except OSError:  # another process renamed its own whole one into place first: use that one
@@ -163,8 +163,17 @@ def _remove_stale_staging(folder: Path, older_than_s: float = 3600.0) -> None:
     now = time.time()
     for leftover in folder.glob(f".{INT8_DIR}-*"):
         with contextlib.suppress(OSError):
-            if now - leftover.stat().st_mtime > older_than_s:
-                shutil.rmtree(leftover, ignore_errors=True)
+            if now - leftover.lstat().st_mtime > older_than_s:
+                _remove(leftover)
+
+
+def _remove(path: Path) -> None:
+    """A folder with what is in it, or a file or link (what someone put where the folder was)."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str) -> OpenVinoRuntime:
