@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ModelError
-from .onnx import PROBES, OnnxRuntime
+from .onnx import PROBES, OnnxRuntime, padded_feed
 from .openvino import OpenVinoRuntime
 
 log = logging.getLogger(__name__)
@@ -113,17 +113,8 @@ def quantize(runtime_inputs: Sequence[str], tokenizer: Any, onnx_path: Path, tex
     target = int8_dir_for(onnx_path)
     if is_whole(target):
         return target
-    feeds = []
-    for start in range(0, len(texts), CALIBRATION_BATCH):
-        encodings = tokenizer.encode_batch(list(texts[start: start + CALIBRATION_BATCH]))
-        width = max(len(e.ids) for e in encodings)
-        feed = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in runtime_inputs}
-        for r, e in enumerate(encodings):
-            feed["input_ids"][r, : len(e.ids)] = e.ids
-            feed["attention_mask"][r, : len(e.ids)] = 1
-            if "token_type_ids" in feed:
-                feed["token_type_ids"][r, : len(e.ids)] = e.type_ids
-        feeds.append(feed)
+    feeds = [padded_feed(runtime_inputs, tokenizer.encode_batch(list(texts[start: start + CALIBRATION_BATCH])))
+             for start in range(0, len(texts), CALIBRATION_BATCH)]
     _remove_stale_staging(target.parent)
     model = ov.Core().read_model(str(onnx_path))
     log.info("quantizing %s to int8 on %d sentences (once; cached in %s)", onnx_path, len(texts), target)
@@ -195,7 +186,7 @@ def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str) -> Open
         cosine = float(np.min(np.sum(runtime.encode(PROBES, len(PROBES)) * reference.encode(PROBES, len(PROBES)),
                                      axis=1)))
         if cosine < MIN_INT8_COSINE:
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove(folder)
             raise ModelError(f"{onnx_path.parent.parent.name}: its int8 model differs from fp32 (probe cosine "
                              f"{cosine:.4f} < {MIN_INT8_COSINE}); use precision auto or fp32 for it")
     return runtime

@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,19 @@ def pipeline(model_dir: Path) -> tuple[str, int]:
     config_file = model_dir / "sentence_bert_config.json"
     max_len = json.loads(config_file.read_text()).get("max_seq_length", 512) if config_file.exists() else 512
     return ("mean" if modes == ["pooling_mode_mean_tokens"] else "cls"), int(max_len)
+
+
+def padded_feed(inputs: Sequence[str], encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+    """One forward pass's inputs for these tokenizer encodings, padded to the longest of them."""
+    width = max(len(e.ids) for e in encodings)
+    feed = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in inputs}
+    for r, e in enumerate(encodings):
+        n = len(e.ids)
+        feed["input_ids"][r, :n] = e.ids
+        feed["attention_mask"][r, :n] = 1
+        if "token_type_ids" in feed:
+            feed["token_type_ids"][r, :n] = e.type_ids
+    return feed
 
 
 class TokenizedRuntime:
@@ -101,15 +115,7 @@ class TokenizedRuntime:
                 end += 1
             rows = order[start:end]
             start = end
-            width = max(lengths[i] for i in rows)
-            feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in self.inputs}
-            for r, i in enumerate(rows):
-                e = encodings[i]
-                n = len(e.ids)
-                feed["input_ids"][r, :n] = e.ids
-                feed["attention_mask"][r, :n] = 1
-                if "token_type_ids" in feed:
-                    feed["token_type_ids"][r, :n] = e.type_ids
+            feed = padded_feed(self.inputs, [encodings[i] for i in rows])
             hidden = self._run(feed)
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
