@@ -99,8 +99,8 @@ class Encoder:
     import, a curated sentence, a re-embedding) are encoded so, and queries may use bf16 (measured within 0.5 RP
     points of fp32 on every validation split; a store built in bf16 lost 0.7 RP@5 on TECH, see docs/performance.md).
     `precision="int8"` (or KNNBE_PRECISION=int8 where `precision` is "auto") runs the model quantized to int8 on
-    OpenVINO (encoding.int8; the `int8` extra): faster queries on CPUs with int8 dot-product units (VNNI, AMX),
-    within 0.7 RP points of bf16 on every validation split. It is opt-in and for queries: stored vectors are
+    OpenVINO (encoding.int8; the `int8` extra): faster queries (measured on a CPU with AVX-512 VNNI only),
+    within 0.71 RP points of bf16 on every validation split. It is opt-in and for queries: stored vectors are
     encoded with `precision="fp32"`, which no environment overrides.
     The `precision` attribute says which arithmetic encodes.
     """

@@ -3,7 +3,8 @@ tool), once per model, and cached next to the ONNX file.
 
 Measured on a 2-core AMD EPYC with AVX-512 VNNI (2026-12-03, docs/performance.md): 1.2-1.3x the sentences/s of
 OpenVINO bf16, embeddings at mean cosine 0.9992 (min 0.998) to fp32 on 1,024 SkillSkape dev sentences, and RP@5 /
-RP@10 within 0.7 points of bf16 on TECH and HOUSE validation and SkillSkape dev, no paired interval excluding 0.
+RP@10 within 0.71 points of bf16 (0.55 of fp32) on TECH and HOUSE validation and SkillSkape dev, no paired interval
+wholly below 0.
 Two kinds of matrix product stay in floating point, which is what keeps it that close:
 - the attention products (query x key, weights x value), whose both sides are activations;
 - the down-projections (input wider than output: each feed-forward block's output), whose inputs carry the
