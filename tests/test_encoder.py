@@ -50,6 +50,31 @@ def test_bf16_where_the_cpu_has_bf16_units_else_fp32_onnx(monkeypatch):
     assert Encoder().runtime == "torch"
 
 
+def test_pass_widths_move_to_an_aligned_length_only_when_it_is_near():
+    assert [onnx.padded_width(n, 16, 256) for n in (16, 17, 23, 24, 31, 32, 40, 47)] == [16, 17, 23, 32, 32, 32, 48, 48]
+    assert onnx.padded_width(250, 16, 252) == 250  # never past what the model reads
+    assert [onnx.padded_width(n, 1, 256) for n in (1, 17, 255)] == [1, 17, 255]  # align 1: the longest text's
+
+
+def test_aligned_passes_give_the_same_embeddings_and_token_states():
+    """Whatever this CPU chose, a pass padded to an aligned length (what OpenVINO does on AMX CPUs) encodes the
+    texts as an unpadded one does: the padding is masked."""
+    texts = ["Experience with Python and SQL databases.", "cook", "You will lead a team of nurses on a busy ward, "
+             "plan their shifts and train new staff in patient safety."]
+    encoder = Encoder(precision="fp32")
+    runtime = encoder._runtime
+    assert runtime.align == 1  # ONNX Runtime in fp32: no steps were measured, no padding
+    plain = encoder.encode_tokens(texts)
+    runtime.align = 16
+    try:
+        aligned = encoder.encode_tokens(texts)
+    finally:
+        runtime.align = 1
+    assert np.min(np.sum(plain.vectors * aligned.vectors, axis=1)) >= 0.99999
+    assert [len(s) for s in plain.states] == [len(s) for s in aligned.states] and plain.spans == aligned.spans
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain.states, aligned.states)) < 1e-3
+
+
 def test_texts_are_cut_before_tokenizing_without_changing_the_embedding(encoder):
     long = "Experience with Python and SQL databases. " * 2000  # 86,000 characters; the model reads 256 tokens
     assert len(long) > encoder_module.MAX_CHARS

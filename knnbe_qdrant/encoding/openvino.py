@@ -18,18 +18,28 @@ import numpy as np
 from .onnx import TokenizedRuntime
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+AMX_ALIGN = 16
+"""Token lengths a pass is padded towards on CPUs with AMX tiles (16 rows). Measured on a 2-core Xeon with AMX,
+2026-12-03 (bf16, 64 texts a pass): 32 tokens 46.5 ms against 57.9 for 31; 48 tokens 71.9 ms against 92.6 for 47
+and 78.7 for 33; int8 alike (47.3 ms at 32, 55.0 at 31). ONNX Runtime in fp32 showed no such steps, and CPUs
+without AMX were not measured: there passes keep their own length."""
 
 
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (read from /proc/cpuinfo; False where there is none)."""
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (read from /proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return any(flag in line.split() for flag in BF16_FLAGS)
+                    return set(line.split(":", 1)[-1].split())
     except OSError:
-        return False
-    return False
+        return set()
+    return set()
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively."""
+    return any(flag in _cpu_flags() for flag in BF16_FLAGS)
 
 
 def available() -> bool:
@@ -55,6 +65,7 @@ class OpenVinoRuntime(TokenizedRuntime):
         self.compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                   "PERFORMANCE_HINT": "LATENCY"})
         self.precision = precision
+        self.align = AMX_ALIGN if "amx_tile" in _cpu_flags() else 1
         self._local = threading.local()
         self.inputs = [port.get_any_name() for port in self.compiled.inputs]
         self.dimension = int(self.compiled.outputs[0].get_partial_shape()[-1].get_length())
