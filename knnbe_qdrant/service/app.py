@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._blas import single_blas_thread
 from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
 from .._mapper import SkillMapper
 from .._text import VISIBLE
@@ -114,6 +115,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     (the caller keeps and closes it)."""
     if (connection is None) == (mapper is None):
         raise InvalidInputError("serve either a connection or an open mapper")
+    single_blas_thread()  # the service owns its process (see _blas); here, not at startup: that is the main thread
     service = Service(connection, limits or Limits(), mapper)
 
     @asynccontextmanager
