@@ -88,6 +88,7 @@ def test_bench_reports_the_documented_fields(store):
     assert report["default_profile"] == "kNNBE + token matching"
     assert report["memory"] == 127054
     assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0
+    assert report["blas_threads"] == (1 if "OPENBLAS_NUM_THREADS" not in os.environ else report["blas_threads"])
 
 
 def _damage(store: Path, how: str) -> None:

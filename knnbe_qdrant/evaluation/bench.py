@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .. import _schema as S
@@ -165,6 +166,16 @@ def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
     return out
 
 
+def _blas_threads() -> int | None:
+    """The threads of numpy's own BLAS, which mapping uses (the command line sets 1, see _blas); None where it was
+    not found. Other copies the process loads later (scipy's, through the torch runtime) are not mapping's."""
+    from threadpoolctl import threadpool_info
+
+    counts = [int(i["num_threads"]) for i in threadpool_info()
+              if i.get("user_api") == "blas" and "numpy" in Path(i.get("filepath", "")).parent.name]
+    return max(counts) if counts else None
+
+
 def _profile_name(mapper: SkillMapper) -> str:
     parts = ["kNNBE"]
     if mapper.params.token_weight > 0:
@@ -225,6 +236,7 @@ def run_bench(
         "n_candidates": mapper.params.n_candidates or "= top (10)",
         "encoder_runtime": mapper.encoder.runtime,
         "encoder_precision": mapper.encoder.precision,
+        "blas_threads": _blas_threads(),
         "hnsw_ef": mapper.hnsw_ef,
         "bi_encoder_sentences_per_s": round(n / median("bi-encoder"), 1),
         "knnbe_sentences_per_s": round(n / median("knnbe"), 1),
