@@ -2,9 +2,10 @@
 
 OpenBLAS keeps worker threads that spin for a while after each call. Mapping makes many small matrix products (the
 kNN-only skills' cosines, token attention), so its workers spin most of the time and take a core from the encoder's
-threads and the Edge searches. Measured on 2 cores (Xeon with AMX, 2026-12-03): `loadtest` 132 -> 189 sentences/s
-with one-sentence p95 163 -> 103 ms, `bench` kNNBE 348 -> 387 sentences/s. A process that embeds the library sets
-this itself (`threadpoolctl.threadpool_limits(1, "blas")`, or OPENBLAS_NUM_THREADS=1), as docs/performance.md says.
+threads and the Edge searches. Measured on 2 cores (Xeon with AMX, 2026-12-03, runs alternating with the code
+before): `loadtest` 112 -> 171 sentences/s with one-sentence p95 180 -> 113 ms; `bench` moved inside its noise.
+A process that embeds the library sets this itself, in its main thread (`threadpoolctl.threadpool_limits(1,
+"blas")`, or OPENBLAS_NUM_THREADS=1), as docs/performance.md says.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from knnbe_qdrant._blas import THREAD_VARIABLES
+
 PRELUDE = """
 import sys
 import numpy  # loads its BLAS, which threadpoolctl then finds
@@ -39,8 +41,7 @@ with TestClient(create_app(Connection(path=sys.argv[1]), load_in_background=Fals
 
 
 def blas_threads_after(script: str, *args: str, env: dict[str, str] | None = None) -> int:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                             "MKL_NUM_THREADS", "QDRANT_URL")}
+    clean = {k: v for k, v in os.environ.items() if k not in (*THREAD_VARIABLES, "QDRANT_URL")}
     r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, env={**clean, **(env or {})},
                        check=False, timeout=300)
     assert r.returncode == 0, r.stderr.decode()[-2000:]

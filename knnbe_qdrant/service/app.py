@@ -115,7 +115,9 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     (the caller keeps and closes it)."""
     if (connection is None) == (mapper is None):
         raise InvalidInputError("serve either a connection or an open mapper")
-    single_blas_thread()  # the service owns its process (see _blas); here, not at startup: that is the main thread
+    # The service owns its process (see _blas). Here, not in the lifespan hook: OpenBLAS takes the setting from the
+    # main thread only, and the hook may run in another (a test client's portal thread).
+    single_blas_thread()
     service = Service(connection, limits or Limits(), mapper)
 
     @asynccontextmanager
