@@ -128,6 +128,28 @@ def test_mapper_scores_candidates_by_the_blended_formula(token_mapper, encoder):
     assert [(s.id, round(s.score, 6)) for s in again.skills] == [(s.id, round(s.score, 6)) for s in result.skills]
 
 
+def test_a_batch_scores_each_sentence_as_if_it_were_alone(token_mapper):
+    """The mapper scores token states in groups of sentences of similar length (_mapper.TOKEN_CHUNK): a batch of
+    lengths from 2 to 60 words, out of order and more than a group, must give each sentence what it gets alone:
+    the same skills, scores, and attended words (a row given another's states or attention would not)."""
+    from knnbe_qdrant._mapper import TOKEN_CHUNK
+
+    clauses = ["Python", "SQL queries against PostgreSQL", "maintain REST APIs", "German is an advantage",
+               "design and maintain cloud infrastructure on AWS with Terraform and Kubernetes",
+               "care for the elderly in their homes", "prepare meals", "drive a forklift safely in the warehouse"]
+    sentences = [" and ".join(clauses[(i * 3) % len(clauses):][: 1 + i % 5] * (1 + (i * 7) % 4)) + "."
+                 for i in range(2 * TOKEN_CHUNK + 3)]
+    assert len({len(s.split()) for s in sentences}) > 8
+    # One encoder pass for both, so that only the scoring differs (a pass's padding moves states by ~1e-4).
+    encoded = token_mapper.encode(sentences)
+    together = token_mapper.map_vectors(sentences, encoded, top=5)
+    for i, (sentence, got) in enumerate(zip(sentences, together)):
+        [alone] = token_mapper.map_vectors([sentence], encoded[i : i + 1], top=5)
+        assert [s.id for s in got.skills] == [s.id for s in alone.skills], sentence
+        assert [s.score for s in got.skills] == pytest.approx([s.score for s in alone.skills], abs=1e-6)
+        assert [s.tokens for s in got.skills] == [s.tokens for s in alone.skills]
+
+
 @pytest.mark.parametrize("pool", [3, 32])  # 3: a small pool, so that this small store shows the effect
 def test_asking_for_more_results_never_reorders_the_first_ones(token_mapper, monkeypatch, pool):
     """With tokens the cosine top-N is a candidate generator, not a guarantee; if N grew with `top`, candidates the
