@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from knnbe_qdrant._blas import THREAD_VARIABLES
+from knnbe_qdrant._process import THREAD_VARIABLES
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

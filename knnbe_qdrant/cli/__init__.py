@@ -12,8 +12,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from .._blas import single_blas_thread
 from .._errors import InvalidInputError, KnnbeError
+from .._process import own_process
 from . import curation, evaluation, mapping, service, store, training
 from ._common import add_store_args, store_parent
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # says so in one line of ours. (Its warning about incompatible versions stays.)
     warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
     args = build_parser().parse_args(argv)
-    single_blas_thread()
+    own_process()
     started = time.perf_counter()
     try:
         return int(args.func(args))

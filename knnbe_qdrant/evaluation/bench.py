@@ -167,7 +167,7 @@ def _encoder_throughput(model: str, sentences: list[str]) -> dict[str, float]:
 
 
 def _blas_threads() -> int | None:
-    """The threads of numpy's own BLAS, which mapping uses (the command line sets 1, see _blas); None where it was
+    """The threads of numpy's own BLAS, which mapping uses (the command line sets 1, see _process); None where it was
     not found. Other copies the process loads later (scipy's, through the torch runtime) are not mapping's."""
     from threadpoolctl import threadpool_info
 

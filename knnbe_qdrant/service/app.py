@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._blas import single_blas_thread
 from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
 from .._mapper import SkillMapper
+from .._process import own_process
 from .._text import VISIBLE
 from ..store.connection import Connection
 from . import page, routes
@@ -115,9 +115,9 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     (the caller keeps and closes it)."""
     if (connection is None) == (mapper is None):
         raise InvalidInputError("serve either a connection or an open mapper")
-    # The service owns its process (see _blas). Here, not in the lifespan hook: OpenBLAS takes the setting from the
+    # The service owns its process (see _process). Here, not in the lifespan hook: OpenBLAS takes the setting from the
     # main thread only, and the hook may run in another (a test client's portal thread).
-    single_blas_thread()
+    own_process()
     service = Service(connection, limits or Limits(), mapper)
 
     @asynccontextmanager
