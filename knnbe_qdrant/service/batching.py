@@ -71,9 +71,12 @@ class _FairQueue:
 SMALL_REQUEST = 1
 """Requests of this many sentences or fewer go in the small lane: an interactive one-sentence lookup waits for at
 most one pass of larger requests, not behind everything queued."""
-LARGE_PASS = 8
+LARGE_PASS = 16
 """The most sentences of larger requests encoded and mapped in one pass (a request is never split: a bigger one is
-a pass of its own). Smaller passes bound a small request's wait; larger ones encode a little more efficiently."""
+a pass of its own). Smaller passes bound a small request's wait; larger ones encode more efficiently. `loadtest`,
+16 clients, 2 cores (Xeon with AMX, 2026-12-03, night, alternating, two runs each): 8 gave 222-237 sentences/s at a
+1-sentence p95 of 76-78 ms, 16 gave 253-259 at 107-113 ms, 24 gave 272-278 at 129-132 ms. 16, because in a slower
+hour the same evening 24 reached 180-194 ms against the 200 ms bound, and 16 145-177."""
 
 
 class _Lanes:
