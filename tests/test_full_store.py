@@ -87,6 +87,9 @@ def test_bench_reports_the_documented_fields(store):
                 "decompose_posting_sentences_per_s", "encode_ms_per_sentence", "qdrant_ms_per_sentence",
                 "mapping_cpu_ms_per_sentence"):
         assert report[key] > 0
+    # Each pass size's cost; a pass of one sentence costs more per sentence than one of 64 (its fixed costs).
+    costs = [report[f"pass_of_{n}_ms_per_sentence"] for n in (1, 8, 16, 64)]
+    assert all(c > 0 for c in costs) and costs[0] > costs[-1]
     assert report["default_profile"] == "kNNBE + token matching"
     assert report["memory"] == 127054
     assert 0.9 <= report["hnsw_memory_recall_at_k"] <= 1.0

@@ -132,6 +132,27 @@ def _hnsw_agreement(mapper: SkillMapper, sentences: list[str]) -> tuple[float, f
     return recall, same
 
 
+PASS_SIZES = (1, 8, 16, 64)
+"""Pass sizes whose cost per sentence `bench` prints: the service maps in passes of about 11 sentences under 16
+clients (docs/service.md), the library in passes of 256."""
+
+
+def _pass_costs(mapper: SkillMapper, sentences: list[str]) -> dict[str, float]:
+    """Encoding plus mapping, in ms per sentence, for passes of each PASS_SIZES size over the same sentences (warm):
+    what a pass's fixed costs add where passes are small, as in the service."""
+    out = {}
+    for size in PASS_SIZES:
+        passes = [sentences[i : i + size] for i in range(0, len(sentences) - size + 1, size)][: max(4, 256 // size)]
+        for batch in passes[:2]:
+            mapper.map_vectors(batch, mapper.encode(batch))
+        started = time.perf_counter()
+        for batch in passes:
+            mapper.map_vectors(batch, mapper.encode(batch))
+        out[f"pass_of_{size}_ms_per_sentence"] = round(1000 * (time.perf_counter() - started)
+                                                         / sum(len(b) for b in passes), 3)
+    return out
+
+
 def _latency_ms(mapper: SkillMapper, sentences: list[str], n: int = 50) -> tuple[float, float]:
     """(p50, p95) of mapping one sentence at a time, encoding included: what an interactive caller waits."""
     times = []
@@ -214,6 +235,7 @@ def run_bench(
         split = _cost_split(mapper, sentences, batch_size)
         recall, same_top10 = _hnsw_agreement(mapper, sentences[:batch_size])
         p50, p95 = _latency_ms(mapper, sentences)
+        passes = _pass_costs(mapper, sentences)
     encoders = _encoder_throughput(manifest.model, sentences)
 
     def median(mode: str, part: int | None = None) -> float:
@@ -254,6 +276,7 @@ def run_bench(
         "hnsw_top10_same_as_exact": round(same_top10, 4),
         "single_sentence_latency_p50_ms": round(p50, 2),
         "single_sentence_latency_p95_ms": round(p95, 2),
+        **passes,
         **encoders,
         "start_to_first_result_s": round(first_result_s, 2),
         "build_seconds": manifest.build_seconds,
