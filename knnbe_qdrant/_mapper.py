@@ -36,8 +36,9 @@ TIE_MARGIN = 8
 _TIE = 1e-6
 TOKEN_CHUNK = 16
 """Sentences whose token scores are computed at once, taken in order of length and padded to the longest of the
-16: postings' sentences run from 5 to 180 tokens (TECH and HOUSE validation: median 14), and padding 64 of them to
-the longest made about 4 times the work (0.36 against 0.095 ms per sentence; 8, 16 and 32 measured, 16 best)."""
+16: postings' sentences run from 4 to 176 tokens (the 120 of TECH and HOUSE validation that token matching scored:
+median 14), and padding 64 of them to the longest made about 4 times the work (0.36 against 0.095 ms per sentence;
+8, 16 and 32 measured, 16 best)."""
 
 
 def nearest(nbrs: Neighbours, k: int) -> Neighbours:
@@ -257,17 +258,16 @@ class SkillMapper:
                 spans: list[tuple[int, int]] | None) -> SentenceResult:
         """One sentence's result objects for its `chosen` candidate columns, best first: the part of mapping
         that stays per sentence (each match's evidence, and the words it matched on)."""
-        # One pass over the neighbours, which come best first: each voter's evidence goes to its skill's list.
+        # One pass over the neighbours: each voter's evidence goes to its skill's list. Then best first; equal
+        # similarities (one text under two spellings the tokenizer folds) by text, so that the order does not depend
+        # on which tied point an engine returned first.
         evidence: dict[int, list[Evidence]] = {c: [] for c in chosen.tolist()}
         for c, payload, similarity in zip(rows.vote_cols[row, : len(nbrs)].tolist(), nbrs.payloads, nbrs.scores):
             voted = evidence.get(c)
             if voted is not None:
                 voted.append(Evidence(payload[S.F_TEXT], similarity))
-        if len(set(nbrs.scores)) < len(nbrs):
-            # Equal similarities (one text under two spellings the tokenizer folds) by text, so that the order does
-            # not depend on which tied point an engine returned first.
-            for voted in evidence.values():
-                voted.sort(key=lambda e: (-e.similarity, e.text))
+        for voted in evidence.values():
+            voted.sort(key=lambda e: (-e.similarity, e.text))
         words = (attended_words(text, spans, weights[:, chosen]) if weights is not None and spans
                  else [None] * len(chosen))
         matches = []
