@@ -3,7 +3,6 @@ two queries returned, coded and laid out one row per sentence."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ from ._scoring import union_batch
 from .store.base import Hit
 
 if TYPE_CHECKING:
-    from ._lookups import Neighbours
+    from ._lookups import Voters
 
 
 def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -54,20 +53,23 @@ class Candidates:
     closest: np.ndarray  # (sentences,) the nearest neighbour's similarity, NaN without one
 
     @classmethod
-    def of(cls, skill_hits: list[list[Hit]], neighbours: Sequence[Neighbours]) -> Candidates:
-        """The batch's arrays; `skill_hits` must hold one hit per skill (`one_hit_per_skill`)."""
-        codes: dict[str, int] = {}
+    def of(cls, skill_hits: list[list[Hit]], voters: Voters) -> Candidates:
+        """The batch's arrays; `skill_hits` must hold one hit per skill (`one_hit_per_skill`). The voters' skills
+        are coded in one array operation (their codes are the payload table's); the hits' by their ids."""
+        voting = voters.skills >= 0
+        used, local = np.unique(voters.skills[voting], return_inverse=True)
+        codes = {voters.skill_ids[g]: i for i, g in enumerate(used.tolist())}
+        votes = np.full(voters.skills.shape, -1, dtype=np.int64)
+        votes[voting] = local
         code = codes.setdefault
         top, top_present = _padded([[code(h.payload[S.F_SKILL_ID], len(codes)) for h in hits] for hits in skill_hits],
                                    -1, np.int64)
-        votes, _ = _padded([[code(p[S.F_SKILL_ID], len(codes)) for p in nbrs.payloads] for nbrs in neighbours],
-                           -1, np.int64)
-        sims, _ = _padded([nbrs.scores for nbrs in neighbours], np.nan, np.float64)
         scores, _ = _padded([[h.score for h in hits] for hits in skill_hits], 0.0, np.float64)
         candidates, vote_cols = union_batch(top, votes)
         is_top = np.zeros(candidates.shape, dtype=bool)
         is_top[:, : top.shape[1]] = top_present[:, : candidates.shape[1]]
-        closest = sims[:, 0] if sims.shape[1] else np.full(len(neighbours), np.nan)
+        sims = voters.scores
+        closest = sims[:, 0] if sims.shape[1] else np.full(len(skill_hits), np.nan)
         return cls(list(codes), codes, candidates, is_top, scores[top_present], sims, vote_cols, closest)
 
     @property

@@ -16,16 +16,83 @@ from .store.base import Store, key_id, point_key, vectors_of
 
 
 @dataclass(slots=True)
-class Neighbours:
-    """One sentence's nearest memory points, best first, as parallel lists: their similarities and their
-    (skill id, text) payloads. Not one object per point: a batch holds 256 x 136 of them, and as objects they kept
-    the garbage collector's full passes busy longer than the scoring took (measured: 0.4 ms per sentence)."""
+class Voters:
+    """A batch's nearest memory points, one row per sentence, best first, as arrays: no object per point (a batch
+    holds 256 x 136 of them; as objects they kept the garbage collector busy longer than the scoring took, and as
+    per-point dicts coding their skills was a Python loop per neighbour). A point's skill and text are codes into
+    `skill_ids` and `texts`, the payload table of the cache that filled it (append-only, so the codes stay valid)."""
 
-    scores: list[float]
-    payloads: list[dict[str, Any]]
+    scores: np.ndarray  # (sentences, width) similarity, NaN where a row has fewer points
+    skills: np.ndarray  # (sentences, width) code into skill_ids, -1 where absent
+    slots: np.ndarray  # (sentences, width) code into texts, -1 where absent
+    skill_ids: list[str]
+    texts: list[str]
 
-    def __len__(self) -> int:
-        return len(self.scores)
+    @classmethod
+    def empty(cls, rows: int) -> Voters:
+        return cls(np.zeros((rows, 0)), np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=np.int64),
+                   [], [])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return (self.slots >= 0).sum(axis=1)
+
+    def row_texts(self, row: int) -> list[str]:
+        return [self.texts[s] for s in self.slots[row][self.slots[row] >= 0].tolist()]
+
+    def row_skill_ids(self, row: int) -> list[str]:
+        return [self.skill_ids[c] for c in self.skills[row][self.skills[row] >= 0].tolist()]
+
+    def row_scores(self, row: int) -> list[float]:
+        return self.scores[row][self.slots[row] >= 0].tolist()
+
+    def nearest(self, k: int, tie: float) -> Voters:
+        """The k best of each row; points tied (within `tie`) at the cut are taken in (skill id, text) order, so
+        that the k voters are the same on every backend, whichever tied point an engine saw first."""
+        if self.scores.shape[1] <= k:
+            return self
+        scores, skills, slots = self.scores[:, :k].copy(), self.skills[:, :k].copy(), self.slots[:, :k].copy()
+        # NaN (no k+1th point) compares False: no tie there.
+        for row in np.flatnonzero(self.scores[:, k] >= self.scores[:, k - 1] - tie).tolist():
+            s = self.scores[row]
+            cut = s[k - 1]
+            head = np.flatnonzero(s > cut + tie).tolist()
+            tied = sorted(np.flatnonzero(np.abs(s - cut) <= tie).tolist(),
+                          key=lambda i: (self.skill_ids[self.skills[row, i]], self.texts[self.slots[row, i]]))
+            kept = head + tied[: k - len(head)]
+            scores[row], skills[row], slots[row] = s[kept], self.skills[row, kept], self.slots[row, kept]
+        return Voters(scores, skills, slots, self.skill_ids, self.texts)
+
+
+class _PayloadTable:
+    """Memory points' (skill, text) by point key, append-only: a slot, once given, keeps its meaning, so a Voters
+    filled from it stays right after the cache moves on to a new table (at capacity)."""
+
+    def __init__(self) -> None:
+        self.slot: dict[int, int] = {}
+        self.texts: list[str] = []
+        self.skill_of_slot = np.zeros(1024, dtype=np.int64)
+        self.skill_ids: list[str] = []
+        self.skill_code: dict[str, int] = {}
+
+    def add(self, entries: list[tuple[int, str, str]]) -> None:
+        """(point key, skill id, text) each; the arrays are written before the key is published, so a reader that
+        finds a key (without the lock) finds its entry."""
+        first = len(self.texts)
+        codes = []
+        for _, skill, _ in entries:
+            code = self.skill_code.get(skill)
+            if code is None:
+                code = self.skill_code[skill] = len(self.skill_ids)
+                self.skill_ids.append(skill)
+            codes.append(code)
+        if first + len(entries) > len(self.skill_of_slot):
+            grown = np.zeros(max(2 * len(self.skill_of_slot), first + len(entries)), dtype=np.int64)
+            grown[:first] = self.skill_of_slot[:first]
+            self.skill_of_slot = grown
+        self.skill_of_slot[first : first + len(entries)] = codes
+        self.texts.extend(text for _, _, text in entries)
+        self.slot.update((key, first + i) for i, (key, _, _) in enumerate(entries))
 
 
 class MemoryPayloads:
@@ -42,36 +109,55 @@ class MemoryPayloads:
     def __init__(self, store: Store, capacity: int = 250_000) -> None:
         self.store = store
         self.capacity = capacity
-        self._data: dict[int, dict[str, Any]] = {}
+        self._table = _PayloadTable()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def fill(self, results: list[tuple[list[int], list[float]]]) -> list[Neighbours]:
-        """`query_keys_batch`'s results with their payloads; a point deleted between the query and the fetch is
-        left out."""
-        data = self._data
-        rows = [[data.get(key) for key in keys] for keys, _ in results]
-        missing = [key for (keys, _), row in zip(results, rows) for key, payload in zip(keys, row) if payload is None]
-        self.hits += sum(len(keys) for keys, _ in results) - len(missing)
-        self.misses += len(missing)
-        if not missing:
-            return [Neighbours(scores, row) for (_, scores), row in zip(results, rows)]  # type: ignore[arg-type]
-        records = self.store.retrieve(S.MEMORY, [key_id(k) for k in set(missing)], payload=list(self.FIELDS))
-        fetched = {point_key(r.id): {f: r.payload.get(f) for f in self.FIELDS} for r in records}
-        with self._lock:
-            if len(data) + len(fetched) > self.capacity:
-                data.clear()  # a whole reset: rare (the capacity is above the default memory), and O(1) per hit
-            data.update(fetched)
-        out = []
-        for (keys, scores), row in zip(results, rows):
-            if None not in row:
-                out.append(Neighbours(scores, row))  # type: ignore[arg-type]
-                continue
-            filled = [p if p is not None else fetched.get(k) for k, p in zip(keys, row)]
-            kept = [i for i, p in enumerate(filled) if p]
-            out.append(Neighbours([scores[i] for i in kept], [filled[i] for i in kept]))  # type: ignore[misc]
-        return out
+    def fill(self, results: list[tuple[list[int], list[float]]]) -> Voters:
+        """`query_keys_batch`'s results as Voters; a point deleted between the query and the fetch is left out."""
+        keys = [key for ks, _ in results for key in ks]
+        table = self._table
+        get = table.slot.get
+        slots = np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        misses = np.flatnonzero(slots < 0)
+        self.hits += len(keys) - len(misses)
+        self.misses += len(misses)
+        if len(misses):
+            wanted = {keys[i] for i in misses.tolist()}
+            records = self.store.retrieve(S.MEMORY, [key_id(k) for k in wanted], payload=list(self.FIELDS))
+            fetched = [(point_key(r.id), str(r.payload.get(S.F_SKILL_ID)), str(r.payload.get(S.F_TEXT)))
+                       for r in records if r.payload.get(S.F_SKILL_ID) is not None]
+            with self._lock:
+                table = self._table
+                if len(table.texts) + len(fetched) > self.capacity:
+                    # A new table (a whole reset: rare, the capacity is above the default memory), holding this
+                    # batch's points; a fill in flight keeps the old one, whose codes stay valid.
+                    old = table
+                    known = {keys[i]: int(s) for i, s in enumerate(slots.tolist()) if s >= 0}
+                    table = _PayloadTable()
+                    table.add([(key, old.skill_ids[old.skill_of_slot[s]], old.texts[s]) for key, s in known.items()])
+                    self._table = table
+                table.add([entry for entry in fetched if entry[0] not in table.slot])
+            get = table.slot.get
+            slots = np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        return self._rows(results, slots, table)
+
+    @staticmethod
+    def _rows(results: list[tuple[list[int], list[float]]], slots: np.ndarray, table: _PayloadTable) -> Voters:
+        lengths = np.fromiter((len(ks) for ks, _ in results), dtype=np.int64, count=len(results))
+        scores = np.fromiter((s for _, ss in results for s in ss), dtype=np.float64, count=len(slots))
+        row = np.repeat(np.arange(len(results)), lengths)
+        kept = slots >= 0  # points found; one deleted since the query is left out, the rest keep their order
+        counts = np.bincount(row[kept], minlength=len(results))
+        width = int(counts.max(initial=0))
+        column = np.arange(int(kept.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        out_scores = np.full((len(results), width), np.nan)
+        out_slots = np.full((len(results), width), -1, dtype=np.int64)
+        out_scores[row[kept], column] = scores[kept]
+        out_slots[row[kept], column] = slots[kept]
+        skills = np.where(out_slots >= 0, table.skill_of_slot[np.maximum(out_slots, 0)], -1)
+        return Voters(out_scores, skills, out_slots, table.skill_ids, table.texts)
 
 
 class SkillVectors:

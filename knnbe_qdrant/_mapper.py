@@ -12,7 +12,7 @@ from ._candidates import Candidates, one_hit_per_skill
 from ._data import tuned_defaults
 from ._decompose import MergeParams, fold, pieces_to_map
 from ._errors import InvalidInputError
-from ._lookups import MemoryPayloads, Neighbours, SkillVectors
+from ._lookups import MemoryPayloads, SkillVectors, Voters
 from ._results import Evidence, SentenceResult, SkillMatch, attended_words
 from ._scoring import (
     MIN_TOKEN_CANDIDATES,
@@ -39,19 +39,6 @@ TOKEN_CHUNK = 16
 16: postings' sentences run from 4 to 176 tokens (the 120 of TECH and HOUSE validation that token matching scored:
 median 14), and padding 64 of them to the longest made about 4 times the work (0.36 against 0.095 ms per sentence;
 8, 16 and 32 measured, 16 best)."""
-
-
-def nearest(nbrs: Neighbours, k: int) -> Neighbours:
-    """The k best neighbours (already sorted by score); points tied at the cut are taken in (skill id, text) order."""
-    scores, payloads = nbrs.scores, nbrs.payloads
-    if len(scores) <= k or scores[k] < scores[k - 1] - _TIE:
-        return Neighbours(scores[:k], payloads[:k])
-    cut = scores[k - 1]
-    head = [i for i, s in enumerate(scores) if s > cut + _TIE]
-    tied = sorted((i for i, s in enumerate(scores) if abs(s - cut) <= _TIE),
-                  key=lambda i: (payloads[i][S.F_SKILL_ID], payloads[i][S.F_TEXT]))
-    kept = head + tied[: k - len(head)]
-    return Neighbours([scores[i] for i in kept], [payloads[i] for i in kept])
 
 
 def validate_sentences(sentences: Sequence[str], what: str = "sentence") -> list[str]:
@@ -201,7 +188,7 @@ class SkillMapper:
             exact=self.exact, hnsw_ef=self.hnsw_ef,
         )
         if mode == "bi-encoder":
-            neighbours = [Neighbours([], []) for _ in texts]
+            voters = Voters.empty(len(texts))
         else:
             where = visible_memory(tenant, marked=marked)
             if self.memory_sources:
@@ -209,10 +196,10 @@ class SkillMapper:
             fetched = self.store.query_keys_batch(
                 S.MEMORY, pooled, p.k + TIE_MARGIN, where=where, exact=self.exact, hnsw_ef=self.hnsw_ef,
             )
-            neighbours = [nearest(nbrs, p.k) for nbrs in self.memory_payloads.fill(fetched)]
+            voters = self.memory_payloads.fill(fetched).nearest(p.k, _TIE)
 
         skill_hits = [one_hit_per_skill(hits) for hits in skill_hits]
-        rows = Candidates.of(skill_hits, neighbours)
+        rows = Candidates.of(skill_hits, voters)
         # Token matching scores the sentences the memory knows less well than the gate (NaN, no neighbour, counts
         # as below it), against their hits' vectors: read with the kNN-only skills' ones, in one cache lookup.
         gated = (np.flatnonzero(~(rows.closest >= p.token_gate)) if use_tokens and encoded is not None
@@ -247,39 +234,64 @@ class SkillMapper:
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params, later)
         shown = np.minimum(ranked.sum(axis=1), top)
-        return [self._result(text, scored, rows, row, scored.order[row, : shown[row]], skill_hits[row],
-                             neighbours[row], extra_labels, attention.get(row),
-                             encoded.spans[row] if encoded is not None else None)
-                for row, text in enumerate(texts)]
+        return self._results(texts, scored, rows, shown, skill_hits, voters, extra_labels, attention,
+                             encoded.spans if encoded is not None else None)
 
     @staticmethod
-    def _result(text: str, scored: Scored, rows: Candidates, row: int, chosen: np.ndarray, hits: list[Hit],
-                nbrs: Neighbours, extra_labels: dict[str, str], weights: np.ndarray | None,
-                spans: list[tuple[int, int]] | None) -> SentenceResult:
-        """One sentence's result objects for its `chosen` candidate columns, best first: the part of mapping
-        that stays per sentence (each match's evidence, and the words it matched on)."""
-        # One pass over the neighbours: each voter's evidence goes to its skill's list. Then best first; equal
-        # similarities (one text under two spellings the tokenizer folds) by text, so that the order does not depend
-        # on which tied point an engine returned first.
-        evidence: dict[int, list[Evidence]] = {c: [] for c in chosen.tolist()}
-        for c, payload, similarity in zip(rows.vote_cols[row, : len(nbrs)].tolist(), nbrs.payloads, nbrs.scores):
-            voted = evidence.get(c)
-            if voted is not None:
-                voted.append(Evidence(payload[S.F_TEXT], similarity))
-        for voted in evidence.values():
-            voted.sort(key=lambda e: (-e.similarity, e.text))
-        words = (attended_words(text, spans, weights[:, chosen]) if weights is not None and spans
-                 else [None] * len(chosen))
-        matches = []
-        for i, matched in zip(chosen.tolist(), words):
-            skill_id = rows.ids[rows.candidates[row, i]]
-            matches.append(SkillMatch(
-                id=skill_id, label=hits[i].payload[S.F_LABEL] if i < len(hits) else extra_labels[skill_id],
-                score=float(scored.score[row, i]), bi_encoder=float(scored.bi_encoder[row, i]),
-                knn=float(scored.knn[row, i]), evidence=evidence[i],
-                tokens=matched,
-            ))
-        return SentenceResult(text=text, skills=matches, nearest_memory=float(rows.closest[row]) if nbrs else None)
+    def _results(texts: Sequence[str], scored: Scored, rows: Candidates, shown: np.ndarray, hits: list[list[Hit]],
+                 voters: Voters, extra_labels: dict[str, str], attention: dict[int, np.ndarray],
+                 spans: Sequence[list[tuple[int, int]]] | None) -> list[SentenceResult]:
+        """The result objects: each sentence's first `shown` candidates in `scored.order`, each with the voters
+        for its skill as evidence (best first; equal similarities, one text under two spellings the tokenizer folds,
+        by text, so that the order does not depend on which tied point an engine returned first) and, with token
+        matching, the words it attended to. Which voter is whose evidence is found for the batch at once; only the
+        objects returned are made one by one."""
+        n, width = len(texts), int(shown.max(initial=0))
+        chosen = scored.order[:, :width]
+        shows = np.arange(width) < shown[:, None]
+        # match[row, column]: the rank among the row's results of the candidate in that column; -1 if not shown.
+        match = np.full((n, rows.candidates.shape[1] + 1), -1, dtype=np.int64)
+        match[np.nonzero(shows)[0], chosen[shows]] = np.nonzero(shows)[1]
+        votes_for = match[np.arange(n)[:, None], np.where(rows.vote_cols >= 0, rows.vote_cols, -1)]
+        row, voter = np.nonzero(votes_for >= 0)
+        rank = votes_for[row, voter]
+        similarity = voters.scores[row, voter]
+        order = np.lexsort((voter, -similarity, rank, row))  # voters come best first; the voter keeps it stable
+        row, voter, rank, similarity = row[order], voter[order], rank[order], similarity[order]
+        group = row * max(width, 1) + rank
+        texts_of = voters.texts
+        evidence = [Evidence(texts_of[slot], sim)
+                    for slot, sim in zip(voters.slots[row, voter].tolist(), similarity.tolist())]
+        bounds = np.searchsorted(group, np.arange(n * max(width, 1) + 1)).tolist()
+        same = np.flatnonzero((group[1:] == group[:-1]) & (similarity[1:] == similarity[:-1]))
+        for g in np.unique(group[same]).tolist():  # exact ties: by text (rare)
+            evidence[bounds[g]: bounds[g + 1]] = sorted(evidence[bounds[g]: bounds[g + 1]],
+                                                        key=lambda e: (-e.similarity, e.text))
+        score, bi, knn = (scored.score[np.nonzero(shows)[0], chosen[shows]].tolist(),
+                          scored.bi_encoder[np.nonzero(shows)[0], chosen[shows]].tolist(),
+                          scored.knn[np.nonzero(shows)[0], chosen[shows]].tolist())
+        counts = voters.counts.tolist()
+        closest = rows.closest.tolist()
+        ids, candidates = rows.ids, rows.candidates
+        results, at = [], 0
+        for r, text in enumerate(texts):
+            cols = chosen[r, : shown[r]].tolist()
+            weights = attention.get(r)
+            words = (attended_words(text, spans[r], weights[:, cols]) if weights is not None and spans and spans[r]
+                     else [None] * len(cols))
+            row_hits, base = hits[r], r * max(width, 1)
+            matches = []
+            for i, (c, matched) in enumerate(zip(cols, words)):
+                skill_id = ids[candidates[r, c]]
+                matches.append(SkillMatch(
+                    id=skill_id, label=row_hits[c].payload[S.F_LABEL] if c < len(row_hits) else extra_labels[skill_id],
+                    score=score[at], bi_encoder=bi[at], knn=knn[at],
+                    evidence=evidence[bounds[base + i]: bounds[base + i + 1]], tokens=matched,
+                ))
+                at += 1
+            results.append(SentenceResult(text=text, skills=matches,
+                                          nearest_memory=closest[r] if counts[r] else None))
+        return results
 
     def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
                       extra_vectors: np.ndarray, extra_at: np.ndarray, keys: dict[int, tuple[str, str, str]],

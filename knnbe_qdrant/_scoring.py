@@ -130,7 +130,8 @@ def knn_vote_batch(similarities: np.ndarray, labels: np.ndarray, n_candidates: i
     rows = np.broadcast_to(np.arange(labels.shape[0])[:, None], labels.shape)
     flat = (rows * n_candidates + labels)[present]
     size = labels.shape[0] * n_candidates
-    return np.bincount(flat, weights=weights[present], minlength=size)[:size].reshape(labels.shape[0], n_candidates)
+    votes = np.bincount(flat, weights=weights[present], minlength=size)[:size]
+    return votes.astype(np.float64, copy=False).reshape(labels.shape[0], n_candidates)  # no neighbour: int zeros
 
 
 def token_attention(states: np.ndarray, skills: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:

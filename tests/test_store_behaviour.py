@@ -147,15 +147,16 @@ def test_a_neighbour_deleted_before_its_payload_is_read_is_left_out(store):
     cache = MemoryPayloads(store)
     [(keys, scores)] = store.query_keys_batch(MEMORY, vectors[:1], 6, exact=True)
     order = [texts[ids.index(key_id(k))] for k in keys]
-    [known] = cache.fill([(keys[:2], scores[:2])])  # the two nearest are cached now
-    assert [p["text"] for p in known.payloads] == order[:2]
+    known = cache.fill([(keys[:2], scores[:2])])  # the two nearest are cached now
+    assert known.row_texts(0) == order[:2]
     store.delete(MEMORY, [ids[texts.index(order[1])], ids[texts.index(order[3])]])  # a cached one, an unread one
-    [nbrs] = cache.fill([(keys, scores)])
+    nbrs = cache.fill([(keys, scores)])
     # The cached point's payload stays right (ids are content-addressed); the unread deleted one is left out, and
     # each similarity stays beside its own payload.
     kept = [i for i in range(6) if i != 3]
-    assert [p["text"] for p in nbrs.payloads] == [order[i] for i in kept]
-    assert nbrs.scores == [scores[i] for i in kept]
+    assert nbrs.row_texts(0) == [order[i] for i in kept]
+    assert nbrs.row_skill_ids(0) == ["s1"] * len(kept)
+    assert nbrs.row_scores(0) == [scores[i] for i in kept]
     assert cache.hits == 2 and cache.misses == 2 + 4
 
 
@@ -169,8 +170,8 @@ def test_a_memory_point_with_an_integer_id_is_no_neighbour_and_breaks_nothing(st
     store.upsert(MEMORY, [7], vectors[1:], [{"tenant": GLOBAL_TENANT, "skill_id": "s2", "text": "foreign"}])
     [(keys, scores)] = store.query_keys_batch(MEMORY, vectors[1:], 2, exact=True)
     assert sorted(keys, key=str) == sorted([7, point_key(ours)], key=str)
-    [nbrs] = MemoryPayloads(store).fill([(keys, scores)])
-    assert [p["text"] for p in nbrs.payloads] == ["ours"]
+    nbrs = MemoryPayloads(store).fill([(keys, scores)])
+    assert nbrs.row_texts(0) == ["ours"]
 
 
 def test_every_kind_of_write_is_seen_by_the_next_read_of_its_fields(store):
@@ -227,3 +228,40 @@ def test_the_embedded_payload_cache_stays_within_its_capacity_however_many_tenan
         pass
     cache.put(epoch, ("label",), {4: {"label": "read before the write"}})  # a write came between: not filed
     assert cache.get(4, ("label",)) is None
+
+
+def test_neighbours_tied_at_the_cut_are_taken_in_skill_then_text_order(store):
+    """Memory holds one text under several skills, so neighbours tie; the k kept must not depend on which tied
+    point the engine returned first."""
+    rng = np.random.default_rng(8)
+    [near, same] = unit(rng, 2)
+    points = [("s9", "head")] + [(skill, text) for skill in ("s3", "s1", "s2") for text in ("b", "a")]
+    ids = [memory_point_id(GLOBAL_TENANT, skill, text) for skill, text in points]
+    vectors = np.stack([near] + [same] * 6)
+    store.upsert(MEMORY, ids, vectors, [{"tenant": GLOBAL_TENANT, "skill_id": s, "text": t} for s, t in points])
+    query = (0.9 * near + 0.1 * same)[None]
+    voters = MemoryPayloads(store).fill(store.query_keys_batch(MEMORY, query, 7, exact=True))
+    assert voters.row_texts(0)[0] == "head"
+    kept = voters.nearest(4, 1e-6)
+    assert list(zip(kept.row_skill_ids(0), kept.row_texts(0))) == [("s9", "head"), ("s1", "a"), ("s1", "b"),
+                                                                  ("s2", "a")]
+    assert kept.row_scores(0)[1:] == [voters.row_scores(0)[1]] * 3
+
+
+def test_the_memory_payload_cache_starts_afresh_at_capacity_and_what_it_gave_stays_right(store):
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 8)
+    texts = [f"t{i}" for i in range(8)]
+    ids = [memory_point_id(GLOBAL_TENANT, f"s{i % 3}", t) for i, t in enumerate(texts)]
+    store.upsert(MEMORY, ids, vectors, [{"tenant": GLOBAL_TENANT, "skill_id": f"s{i % 3}", "text": t}
+                                        for i, t in enumerate(texts)])
+    cache = MemoryPayloads(store, capacity=4)
+    results = store.query_keys_batch(MEMORY, vectors, 3, exact=True)
+    expected = [[texts[ids.index(key_id(k))] for k in keys] for keys, _ in results]
+    first = cache.fill(results[:1])
+    for row in range(1, 8):  # each fill adds up to three points: the table is replaced several times
+        voters = cache.fill(results[row: row + 1] + results[:1])
+        assert voters.row_texts(0) == expected[row] and voters.row_texts(1) == expected[0]
+        assert voters.row_skill_ids(0) == [f"s{texts.index(t) % 3}" for t in expected[row]]
+    assert first.row_texts(0) == expected[0]  # a batch filled before the resets keeps its own table
+    assert len(cache._table.texts) <= 4 + 3
