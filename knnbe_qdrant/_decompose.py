@@ -25,8 +25,10 @@ so both give the same rankings.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ._errors import InvalidInputError
 from ._results import SentenceResult, SkillMatch
@@ -95,18 +97,54 @@ def names_something(piece: str, min_words: int = 2) -> bool:
     return sum(w.lower() not in NAMING_NOTHING for w in words) >= min_words
 
 
+def _parts(sentence: str) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each part between separators, without the punctuation around it."""
+    start = 0
+    for cut in [*_SPLIT.finditer(sentence), None]:
+        end = len(sentence) if cut is None else cut.start()
+        part = sentence[start:end]
+        left = len(part) - len(part.lstrip(" .!?-"))
+        right = len(part.rstrip(" .!?-"))
+        if right > left:
+            yield start + left, start + right
+        if cut is not None:
+            start = cut.end()
+
+
 def pieces(sentence: str, min_words: int = 2) -> list[str]:
     """The distinct pieces of a sentence worth mapping on their own (each naming something: `names_something`), at
     most MAX_PIECES (none when it does not split)."""
     whole = sentence.strip(" .!?")
     out: dict[str, None] = {}  # ordered and O(1) to test: a pasted list can split into thousands
-    for part in _SPLIT.split(sentence):
-        p = part.strip(" .!?-")
+    for start, end in _parts(sentence):
+        p = sentence[start:end]
         if names_something(p, min_words) and p != whole:
             out.setdefault(p)
             if len(out) == MAX_PIECES:
                 break
     return list(out)
+
+
+def clause_of_tokens(sentence: str, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """For each token (its character span in the sentence), the clause it lies in: the sentence's pieces that
+    name something (as `pieces` splits it), numbered in order, at most MAX_PIECES; -1 for a token in no such
+    piece (a separator, a clause naming nothing). All -1 for a sentence of fewer than two such clauses: its one
+    clause is the whole sentence."""
+    out = [-1] * len(spans)
+    clauses = ([(a, b) for a, b in _parts(sentence) if names_something(sentence[a:b])][:MAX_PIECES]
+               if _SPLIT.search(sentence) else [])
+    if len(clauses) >= 2:
+        # Tokens and clauses both run left to right: one walk (a loop over a sentence's ~20 tokens costs less than
+        # the array operations would).
+        at = 0
+        for t, (start, end) in enumerate(spans):
+            while at < len(clauses) and clauses[at][1] < end:
+                at += 1
+            if at == len(clauses):
+                break
+            if start >= clauses[at][0]:
+                out[t] = at
+    return np.array(out, dtype=np.int64)
 
 
 def familiar(whole: SentenceResult, params: MergeParams) -> bool:

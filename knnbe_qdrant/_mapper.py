@@ -10,7 +10,7 @@ import numpy as np
 from . import _schema as S
 from ._candidates import Candidates, one_hit_per_skill
 from ._data import tuned_defaults
-from ._decompose import MergeParams, fold, pieces_to_map
+from ._decompose import MergeParams, clause_of_tokens, fold, pieces_to_map
 from ._errors import InvalidInputError
 from ._lookups import MemoryPayloads, SkillVectors, Voters
 from ._results import Evidence, SentenceResult, SkillMatch, attended_words
@@ -19,6 +19,8 @@ from ._scoring import (
     Scored,
     ScoringParams,
     blend_bi_encoder,
+    clause_of_candidates,
+    cover_clauses,
     score_batch,
     token_attention_batch,
 )
@@ -228,11 +230,20 @@ class SkillMapper:
         # results are the same whether 10 or 100 are asked for (`eval` ranks 100 deep: it measures what `map` gives).
         later = rows.past_pool(max(p.n_candidates or 0, MIN_TOKEN_CANDIDATES)) if use_tokens else None
         attention: dict[int, np.ndarray] = {}
+        clause = None
         if later is not None and encoded is not None and gated.size:
-            b[gated], attention = self._token_scores(encoded, gated, b[gated], rows, extra_vectors, extra_at[gated],
-                                                     hit_keys, skill_vectors, later[gated])
+            b[gated], attention, clause_of = self._token_scores(
+                texts, encoded, gated, b[gated], rows, extra_vectors, extra_at[gated], hit_keys, skill_vectors,
+                later[gated])
+            if clause_of is not None:
+                clause = np.full(rows.candidates.shape, -1, dtype=np.int64)
+                clause[gated] = clause_of
         params = {"knnbe": p, "knn": replace(p, lam=0.0), "bi-encoder": replace(p, lam=1.0)}[mode]
         scored = score_batch(b, ranked, rows.vote_sims, rows.vote_cols, params, later)
+        if clause is not None and later is not None:
+            # Only what may rank in the pool moves: not padding, not a voter's skill this tenant cannot see, not a
+            # hit past the pool.
+            scored = cover_clauses(scored, np.where(ranked & ~later, clause, -1), p.clause_depth)
         shown = np.minimum(ranked.sum(axis=1), top)
         return self._results(texts, scored, rows, shown, skill_hits, voters, extra_labels, attention,
                              encoded.spans if encoded is not None else None)
@@ -293,14 +304,15 @@ class SkillMapper:
                                           nearest_memory=closest[r] if counts[r] else None))
         return results
 
-    def _token_scores(self, encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray, rows: Candidates,
-                      extra_vectors: np.ndarray, extra_at: np.ndarray, keys: dict[int, tuple[str, str, str]],
-                      found: dict[tuple[str, str, str], np.ndarray],
-                      past_pool: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """b blended with the token-attention score for the `gated` sentences' candidates, and each one's
-        attention (its tokens, candidates). A candidate whose vector is gone (deleted or renamed since the query),
-        and a hit past the pool, keep their cosine. `keys` are the hits' vector keys by skill code, `found` the
-        vectors read for them."""
+    def _token_scores(self, texts: Sequence[str], encoded: Encoded, gated: np.ndarray, pooled_b: np.ndarray,
+                      rows: Candidates, extra_vectors: np.ndarray, extra_at: np.ndarray,
+                      keys: dict[int, tuple[str, str, str]], found: dict[tuple[str, str, str], np.ndarray],
+                      past_pool: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None]:
+        """b blended with the token-attention score for the `gated` sentences' candidates, each one's attention
+        (its tokens, candidates), and, with clause coverage on, each candidate's clause (`clause_of_candidates`;
+        None when no gated sentence has two clauses). A candidate whose vector is gone (deleted or renamed since
+        the query), and a hit past the pool, keep their cosine. `keys` are the hits' vector keys by skill code,
+        `found` the vectors read for them."""
         dimension = self.encoder.dimension
         # One table: the hits' vectors by skill code, then the kNN-only skills' vectors.
         table = np.zeros((len(rows.ids) + len(extra_vectors) + 1, dimension), dtype=np.float32)
@@ -318,6 +330,11 @@ class SkillMapper:
         lengths = np.fromiter((len(x) for x in states), dtype=np.int64, count=len(states))
         t = np.empty(pooled_b.shape)
         weights: dict[int, np.ndarray] = {}
+        # Each token's clause, for the sentences that have two or more (most have one: nothing to cover).
+        token_clauses = ({g: c for g, r in enumerate(gated.tolist())
+                          if (c := clause_of_tokens(texts[r], encoded.spans[r][: lengths[g]])).max(initial=-1) >= 0}
+                         if self.params.clause_depth else {})
+        clause = np.full(pooled_b.shape, -1, dtype=np.int64) if token_clauses else None
         by_length = np.argsort(lengths, kind="stable")
         for start in range(0, len(gated), TOKEN_CHUNK):
             group = by_length[start : start + TOKEN_CHUNK]
@@ -330,9 +347,16 @@ class SkillMapper:
                                                         self.params.token_temperature)
             for i, g in enumerate(group.tolist()):
                 weights[int(gated[g])] = attention[i, : lengths[g]]
+            split = [i for i, g in enumerate(group.tolist()) if g in token_clauses]
+            if clause is not None and split:
+                token_clause = np.full((len(split), width), -1, dtype=np.int64)
+                for j, i in enumerate(split):
+                    c = token_clauses[int(group[i])]
+                    token_clause[j, : len(c)] = c
+                clause[group[split]] = clause_of_candidates(attention[split], token_clause)
         t = np.where(known, t, pooled_b)
         blended = blend_bi_encoder(pooled_b, t, self.params.token_weight)
-        return blended, weights
+        return blended, weights, clause
 
     def _has_marks(self, tenant: str | None) -> bool:
         """Whether `tenant` may have hidden global points, read from the store's registry on every call (cheaply:

@@ -64,6 +64,9 @@ class ScoringParams:
     token_gate: float = 2.0
     """A sentence whose nearest memory sentence is at this similarity or more keeps the pooled cosine as b: the
     memory knows it, and its vote covers every skill it names (as decomposition's gate; above 1: never)."""
+    clause_depth: int = 0
+    """Clause coverage (with token matching, for the sentences below the token gate): each clause's best skill
+    among the first `clause_depth` of the ranking comes right after the first (`cover_clauses`); 0 is off."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -78,6 +81,8 @@ class ScoringParams:
             raise InvalidInputError(f"token_weight must be in [0, 1], got {self.token_weight}")
         if not self.token_gate > 0.0:
             raise InvalidInputError(f"token_gate must be > 0, got {self.token_gate}")
+        if isinstance(self.clause_depth, bool) or not isinstance(self.clause_depth, int) or self.clause_depth < 0:
+            raise InvalidInputError(f"clause_depth must be an integer >= 0, got {self.clause_depth!r}")
         if not self.token_temperature > 0.0:
             raise InvalidInputError(f"token_temperature must be > 0, got {self.token_temperature}")
         if self.aggregation not in AGGREGATIONS:
@@ -157,6 +162,52 @@ def token_attention_batch(states: np.ndarray, present: np.ndarray, skills: np.nd
     w = np.where(mask, np.exp(z), 0.0).astype(np.float32)
     w /= np.maximum(w.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
     return (w * cos).sum(axis=1).astype(np.float64), w
+
+
+CLAUSE_SHARE = 0.5
+"""A skill belongs to the clause that holds at least this share of its token attention (a majority: a skill
+attending across two clauses belongs to neither)."""
+
+
+def clause_of_candidates(attention: np.ndarray, token_clause: np.ndarray, share: float = CLAUSE_SHARE
+                         ) -> np.ndarray:
+    """For each sentence's candidates, the clause holding `share` or more of its token attention, -1 if none:
+    attention (sentences, tokens, candidates) as `token_attention_batch` gives it, and each token's clause
+    (sentences, tokens), -1 for a token in none (and for padding)."""
+    n_clauses = int(token_clause.max(initial=-1)) + 1
+    if n_clauses == 0:
+        return np.full((attention.shape[0], attention.shape[2]), -1, dtype=np.int64)
+    member = (token_clause[:, :, None] == np.arange(n_clauses)).astype(np.float32)  # (sentences, tokens, clauses)
+    held = np.einsum("ntk,ntc->nkc", member, np.asarray(attention, dtype=np.float32))
+    return np.where(held.max(axis=1) >= share, held.argmax(axis=1), -1)
+
+
+def cover_clauses(scored: Scored, clause: np.ndarray, depth: int, protect: int = 1) -> Scored:
+    """Clause coverage: in each row, the best-ranked candidate of each clause (`clause`, (sentences, candidates),
+    -1 for none) among the first `depth` of `scored.order` moves up to right after the first `protect`, the
+    moved ones in their own order; the rest keep theirs. A skill named in a clause the memory's neighbours do
+    not speak of (the vote goes to the sentence's dominant topic) so reaches the head of the ranking, while the
+    set of the first `depth` is unchanged. Scores are made to fall down the new order (a moved candidate takes
+    the score of the best one it passed); `bi_encoder` and `knn` stay each candidate's own."""
+    n = scored.order.shape[0]
+    depth = min(depth, scored.order.shape[1])
+    if depth == 0 or n == 0:
+        return scored
+    head = scored.order[:, :depth]
+    rows = np.arange(n)[:, None]
+    group = clause[rows, head]
+    position = np.arange(depth)
+    earlier = (group[:, :, None] == group[:, None, :]) & (position[None, :, None] > position[None, None, :])
+    first = (group >= 0) & ~earlier.any(axis=2)  # the clause's best within the head
+    moved = first & (position >= protect)
+    key = np.where(position < protect, position - 2 * depth, np.where(moved, position - depth, position))
+    new_head = np.take_along_axis(head, np.argsort(key, axis=1, kind="stable"), axis=1)
+    score = scored.score.copy()
+    head_scores = score[rows, new_head]
+    score[rows, new_head] = np.maximum.accumulate(head_scores[:, ::-1], axis=1)[:, ::-1]
+    order = scored.order.copy()
+    order[:, :depth] = new_head
+    return Scored(bi_encoder=scored.bi_encoder, knn=scored.knn, score=score, order=order)
 
 
 def blend_bi_encoder(pooled: np.ndarray, tokens: np.ndarray, token_weight: float) -> np.ndarray:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from knnbe_qdrant import InvalidInputError, ScoringParams, SkillMapper
-from knnbe_qdrant._decompose import MAX_PIECES, MergeParams, collapse, expand, merge, pieces, pieces_to_map
+from knnbe_qdrant._decompose import (
+    MAX_PIECES,
+    MergeParams,
+    clause_of_tokens,
+    collapse,
+    expand,
+    merge,
+    pieces,
+    pieces_to_map,
+)
 from knnbe_qdrant._results import SentenceResult, SkillMatch
 from knnbe_qdrant.evaluation import run_eval
 from knnbe_qdrant.evaluation.tuning import save_params, tune
@@ -39,6 +50,27 @@ def ranking(result: SentenceResult) -> list:
 
 def match(sid: str, score: float) -> SkillMatch:
     return SkillMatch(id=sid, label=sid, score=score, bi_encoder=score, knn=0.0)
+
+
+def test_each_token_lies_in_the_clause_that_names_something():
+    def words(text):
+        return [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+    text = "Fluency in English is required; German is an advantage."
+    clause = clause_of_tokens(text, words(text))
+    tokens = [text[a:b] for a, b in words(text)]
+    assert dict(zip(tokens, clause.tolist())) == {
+        "Fluency": 0, "in": 0, "English": 0, "is": 1, "required": 0, ";": -1, "German": 1, "an": 1,
+        "advantage": 1, ".": -1}
+    # "You will design" names nothing: its tokens are in no clause, and the two that do are numbered 0 and 1.
+    got = clause_of_tokens(MULTI, words(MULTI)).tolist()
+    assert got[:3] == [-1, -1, -1] and set(got) == {-1, 0, 1}
+    first = [MULTI[a:b] for (a, b), c in zip(words(MULTI), got) if c == 0]
+    assert first == ["maintain", "REST", "APIs", "in", "Python"]
+    # One clause (the sentence does not split, or only one piece names something): no clauses.
+    assert (clause_of_tokens("Programming in Python", words("Programming in Python")) == -1).all()
+    assert (clause_of_tokens("You will design and test", words("You will design and test")) == -1).all()
+    assert clause_of_tokens("", []).tolist() == []
 
 
 def test_merge_takes_the_larger_of_the_whole_and_the_weighted_best_piece():

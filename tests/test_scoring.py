@@ -104,7 +104,9 @@ def test_votes_are_a_distribution_over_labels(sims, tau, n_labels):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"lam": 1.5}, "lam"), ({"lam": -0.1}, "lam"), ({"k": 0}, "k"), ({"tau": 0}, "tau"),
-     ({"n_candidates": 0}, "n_candidates"), ({"aggregation": "max"}, "aggregation")],
+     ({"n_candidates": 0}, "n_candidates"), ({"aggregation": "max"}, "aggregation"),
+     ({"clause_depth": -1}, "clause_depth"), ({"clause_depth": 2.5}, "clause_depth"),
+     ({"clause_depth": True}, "clause_depth")],
 )
 def test_bad_parameters_are_named(kwargs, field):
     with pytest.raises(InvalidInputError, match=field):
@@ -163,3 +165,67 @@ def test_the_batch_scores_each_row_as_the_per_sentence_formula(batch, tau, lam, 
         assert scored.score[row, : len(order)] == pytest.approx(s, abs=1e-9)
         best_first = sorted(range(len(order)), key=lambda i: (-scored.score[row, i], -b[row, i], i))
         assert scored.order[row, : len(order)].tolist() == best_first
+
+
+def test_a_candidate_belongs_to_the_clause_holding_most_of_its_attention():
+    from knnbe_qdrant._scoring import clause_of_candidates
+
+    # Tokens: clause 0, clause 0, none (a separator), clause 1, padding. Candidates: all on clause 0; split 0.3 /
+    # 0.3 / 0.4 across both and the separator (no majority); 0.6 on clause 1; exactly half on clause 1.
+    attention = np.array([[[0.5, 0.3, 0.0, 0.2], [0.5, 0.0, 0.1, 0.2], [0.0, 0.4, 0.3, 0.1],
+                           [0.0, 0.3, 0.6, 0.5], [0.0, 0.0, 0.0, 0.0]]])
+    token_clause = np.array([[0, 0, -1, 1, -1]])
+    assert clause_of_candidates(attention, token_clause).tolist() == [[0, -1, 1, 1]]
+    # No clauses at all (no sentence split): every candidate in none.
+    assert clause_of_candidates(attention, np.full((1, 5), -1)).tolist() == [[-1, -1, -1, -1]]
+
+
+def _ranked(scores):
+    from knnbe_qdrant._scoring import Scored
+
+    s = np.array(scores, dtype=float)
+    order = np.argsort(-s, axis=1, kind="stable")
+    return Scored(bi_encoder=s * 2, knn=s * 3, score=s, order=order)
+
+
+def test_each_clauses_best_moves_up_behind_the_first_and_scores_still_fall():
+    from knnbe_qdrant._scoring import cover_clauses
+
+    #                 0     1     2     3     4     5     6
+    scored = _ranked([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]])
+    clause = np.array([[0, 0, 0, -1, 1, 2, 1]])  # clause 1's best ranks 5th, clause 2's 6th
+    out = cover_clauses(scored, clause, depth=10)
+    assert out.order[0].tolist() == [0, 4, 5, 1, 2, 3, 6]
+    # Along the new order, a moved one takes the score of the best one it passed.
+    assert out.score[0, out.order[0]].tolist() == [0.9, 0.8, 0.8, 0.8, 0.7, 0.6, 0.3]
+    assert (out.bi_encoder == scored.bi_encoder).all() and (out.knn == scored.knn).all()
+    # Only the first `depth` take part: clause 2's best at 6th is out of a depth of 5, and nothing leaves the 5.
+    shallow = cover_clauses(scored, clause, depth=5)
+    assert shallow.order[0].tolist() == [0, 4, 1, 2, 3, 5, 6]
+    # The first result stays first even when it is in no clause; nothing to move, nothing moves.
+    assert cover_clauses(scored, np.array([[-1, 0, 0, 1, -1, -1, -1]]), depth=10).order[0].tolist() == [
+        0, 1, 3, 2, 4, 5, 6]
+    unchanged = cover_clauses(scored, np.full((1, 7), -1), depth=10)
+    assert (unchanged.order == scored.order).all() and (unchanged.score == scored.score).all()
+
+
+@given(st.lists(st.lists(st.tuples(st.floats(0, 1), st.integers(-1, 3)), min_size=1, max_size=14), min_size=1,
+                max_size=5), st.integers(1, 12))
+def test_coverage_reorders_only_the_head_and_keeps_every_clause_first_in_it(rows, depth):
+    from knnbe_qdrant._scoring import cover_clauses
+
+    width = max(len(r) for r in rows)
+    scores = np.array([[s for s, _ in r] + [-1.0] * (width - len(r)) for r in rows])
+    clause = np.array([[c for _, c in r] + [-1] * (width - len(r)) for r in rows])
+    scored = _ranked(scores)
+    out = cover_clauses(scored, clause, depth)
+    d = min(depth, width)
+    for row in range(len(rows)):
+        before, after = scored.order[row].tolist(), out.order[row].tolist()
+        assert sorted(after[:d]) == sorted(before[:d]) and after[d:] == before[d:] and after[0] == before[0]
+        firsts = list(dict.fromkeys(c for c in (clause[row, i] for i in before[:d]) if c >= 0))
+        best = [next(i for i in before[:d] if clause[row, i] == c) for c in firsts]
+        assert set(best) - {before[0]} <= set(after[1 : 1 + len(best)])  # right behind the first
+        ordered = out.score[row, after]
+        assert (np.diff(ordered[:d]) <= 1e-12).all()  # scores fall down the new order
+        assert (out.score[row, after[d:]] == scored.score[row, after[d:]]).all()

@@ -3,6 +3,8 @@ mapper scoring candidates with them (exactly the formula, live under curation), 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -105,9 +107,10 @@ def test_attended_words_are_whole_words_in_order():
     assert attended_words(".", [(0, 1)], np.ones((1, 2))) == [[], []]
 
 
-@pytest.fixture(scope="module")
-def token_mapper(built_store, encoder):
-    return SkillMapper(built_store, encoder, TOKENS, exact=True, decompose=False)
+@pytest.fixture(scope="module", params=[0, 10], ids=["plain", "clause-coverage"])
+def token_mapper(request, built_store, encoder):
+    return SkillMapper(built_store, encoder, replace(TOKENS, clause_depth=request.param), exact=True,
+                       decompose=False)
 
 
 def test_mapper_scores_candidates_by_the_blended_formula(token_mapper, encoder):
@@ -122,7 +125,11 @@ def test_mapper_scores_candidates_by_the_blended_formula(token_mapper, encoder):
         tokens, _ = token_attention(encoded.states[0], label_vector, TOKENS.token_temperature)
         want = blend_bi_encoder(np.array([pooled]), tokens, TOKENS.token_weight)[0]
         assert match.bi_encoder == pytest.approx(want, abs=2e-4)
-        assert match.score == pytest.approx(TOKENS.lam * match.bi_encoder + (1 - TOKENS.lam) * match.knn, abs=1e-9)
+        formula = TOKENS.lam * match.bi_encoder + (1 - TOKENS.lam) * match.knn
+        if token_mapper.params.clause_depth:  # a clause's best moved up takes the score of the best one it passed
+            assert match.score >= formula - 1e-9
+        else:
+            assert match.score == pytest.approx(formula, abs=1e-9)
     # The same call through plain vectors (a caller that encoded without token states) gives the same results.
     [again] = token_mapper.map_vectors([SENTENCE], encoder.encode([SENTENCE]), top=5)
     assert [(s.id, round(s.score, 6)) for s in again.skills] == [(s.id, round(s.score, 6)) for s in result.skills]
@@ -246,3 +253,47 @@ def test_odd_texts_still_have_token_states_and_map(token_mapper, encoder, text):
     [result] = token_mapper.map([text], top=3)
     assert len(result.skills) == 3 and all(np.isfinite(s.score) for s in result.skills)
 
+
+
+TWO_CLAUSES = ["Fluency in English is required; German is an advantage.", SENTENCE,
+               "You will cook meat dishes and fish, and clean the rooms of our guests."]
+
+
+def test_each_clause_brings_its_best_skill_to_the_head(built_store, encoder):
+    """Clause coverage on the real mapper: for a sentence of two clauses that name something, the best skill of
+    each clause (the one whose attention lies mostly on it) within the first ten comes right after the first; the
+    first ten are the same skills as without it; scores still fall down the ranking; the words a match attended
+    to are where its clause is."""
+    from knnbe_qdrant._decompose import pieces
+
+    plain = SkillMapper(built_store, encoder, TOKENS, exact=True, decompose=False)
+    covered = SkillMapper(built_store, encoder, replace(TOKENS, clause_depth=10), exact=True, decompose=False)
+    moved = 0
+    for before, after in zip(plain.map(TWO_CLAUSES, top=10), covered.map(TWO_CLAUSES, top=10)):
+        assert {s.id for s in after.skills} == {s.id for s in before.skills}
+        assert after.skills[0].id == before.skills[0].id
+        assert all(a.score >= b.score - 1e-12 for a, b in zip(after.skills, after.skills[1:]))
+        clauses = pieces(before.text)
+        assert len(clauses) >= 2
+
+        firsts = {}
+        for match in before.skills:
+            inside = [i for i, c in enumerate(clauses) if match.tokens and all(w in c for w in match.tokens)]
+            c = inside[0] if len(inside) == 1 else None
+            if c is not None:
+                firsts.setdefault(c, match.id)
+        head = [s.id for s in after.skills[: 1 + len(clauses)]]
+        assert set(firsts.values()) <= set(head), (before.text, firsts, head)
+        moved += [s.id for s in after.skills] != [s.id for s in before.skills]
+        for a in after.skills:  # b and the vote are the skill's own; only the score may be lifted
+            b = next(x for x in before.skills if x.id == a.id)
+            assert (a.bi_encoder, a.knn) == (b.bi_encoder, b.knn) and a.score >= b.score
+    assert moved  # the sentences were chosen for it: some clause's best ranked below the head without it
+
+
+def test_a_sentence_of_one_clause_is_not_reordered(built_store, encoder):
+    plain = SkillMapper(built_store, encoder, TOKENS, exact=True, decompose=False)
+    covered = SkillMapper(built_store, encoder, replace(TOKENS, clause_depth=10), exact=True, decompose=False)
+    one = ["Programming in Python", "You will design and test", "Experience with PostgreSQL."]
+    for before, after in zip(plain.map(one, top=10), covered.map(one, top=10)):
+        assert [(s.id, s.score) for s in after.skills] == [(s.id, s.score) for s in before.skills]

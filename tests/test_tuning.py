@@ -32,7 +32,8 @@ def test_grid_points_score_as_a_direct_evaluation_does(built_stores, encoder):
     assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
     for row in rows:
         params = ScoringParams(lam=row["lam"], k=row["k"], tau=row["tau"], token_weight=row["token_weight"],
-                               token_temperature=row["token_temperature"], token_gate=row["token_gate"])
+                               token_temperature=row["token_temperature"], token_gate=row["token_gate"],
+                               clause_depth=row["clause_depth"])
         direct = SkillMapper(built_store, encoder, params, exact=True, decompose=False)
         report = run_eval(direct, "tech-validation")["knnbe"]
         for metric in ("rp@5", "rp@10", "mrr"):

@@ -113,13 +113,16 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
             continue  # τ does not enter the uniform vote
         if alpha == 0 and (temperature != grid["token_temperature"][0] or token_gate != gates_t[0]):
             continue  # nor T and the gate a b without tokens
+        # Clause coverage is carried, not searched: it reorders within the first ten, which RP@10 does not see.
         tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation, token_weight=alpha,
-                                     token_temperature=temperature, token_gate=token_gate)
+                                     token_temperature=temperature, token_gate=token_gate,
+                                     clause_depth=mapper.params.clause_depth)
         point = {path: (tuned.map_vectors(texts, vectors, top=DEPTH), parts, golds)
                  for path, texts, parts, vectors, golds in data}
         for merge in merges:
             row: dict[str, Any] = {"lam": lam, "k": k, "tau": tau, "aggregation": aggregation,
-                                   "token_weight": alpha, "token_temperature": temperature, "token_gate": token_gate}
+                                   "token_weight": alpha, "token_temperature": temperature, "token_gate": token_gate,
+                                   "clause_depth": tuned.params.clause_depth}
             if merge is not None:
                 row.update(weight=merge.weight, protect=merge.protect, gate=merge.gate)
             for path, (results, parts, golds) in point.items():
@@ -137,6 +140,7 @@ def _record(best: dict[str, Any], files: Sequence[str | Path], mapper: SkillMapp
         "lam": best["lam"], "k": best["k"], "tau": best["tau"], "aggregation": best["aggregation"],
         "token_weight": best.get("token_weight", 0.0), "token_temperature": best.get("token_temperature", 1.0),
         "token_gate": best.get("token_gate", ScoringParams().token_gate),
+        "clause_depth": best.get("clause_depth", ScoringParams().clause_depth),
         "tuned_on": [Path(f).name for f in files], "tuned_at": S.utc_now(),
         "memory": manifest.sources.get("memory"), "skill_text": manifest.skill_text,
     }
