@@ -4,6 +4,7 @@ two queries returned, coded and laid out one row per sentence."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,11 +19,11 @@ if TYPE_CHECKING:
 
 def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ragged rows as one (rows, longest) array padded with `fill`, and the mask of the real entries."""
-    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     width = int(lengths.max(initial=0))
     present = np.arange(width) < lengths[:, None]
     out = np.full((len(lists), width), fill, dtype=dtype)
-    out[present] = np.fromiter((v for x in lists for v in x), dtype=dtype, count=int(lengths.sum()))
+    out[present] = np.fromiter(chain.from_iterable(lists), dtype=dtype, count=int(lengths.sum()))
     return out, present
 
 

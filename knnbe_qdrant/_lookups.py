@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -116,10 +117,10 @@ class MemoryPayloads:
 
     def fill(self, results: list[tuple[list[int], list[float]]]) -> Voters:
         """`query_keys_batch`'s results as Voters; a point deleted between the query and the fetch is left out."""
-        keys = [key for ks, _ in results for key in ks]
+        keys = list(chain.from_iterable(ks for ks, _ in results))
         table = self._table
         get = table.slot.get
-        slots = np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        slots = np.fromiter(map(get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
         misses = np.flatnonzero(slots < 0)
         self.hits += len(keys) - len(misses)
         self.misses += len(misses)
@@ -140,13 +141,13 @@ class MemoryPayloads:
                     self._table = table
                 table.add([entry for entry in fetched if entry[0] not in table.slot])
             get = table.slot.get
-            slots = np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+            slots = np.fromiter(map(get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
         return self._rows(results, slots, table)
 
     @staticmethod
     def _rows(results: list[tuple[list[int], list[float]]], slots: np.ndarray, table: _PayloadTable) -> Voters:
         lengths = np.fromiter((len(ks) for ks, _ in results), dtype=np.int64, count=len(results))
-        scores = np.fromiter((s for _, ss in results for s in ss), dtype=np.float64, count=len(slots))
+        scores = np.fromiter(chain.from_iterable(ss for _, ss in results), dtype=np.float64, count=len(slots))
         row = np.repeat(np.arange(len(results)), lengths)
         kept = slots >= 0  # points found; one deleted since the query is left out, the rest keep their order
         counts = np.bincount(row[kept], minlength=len(results))
