@@ -245,7 +245,10 @@ def test_a_vector_read_inside_a_rename_is_never_served_after_it(tmp_path, encode
         store.close()
 
 
-@pytest.mark.parametrize("text", ["[CLS] [SEP]", "[PAD]", "!!!", "Python " * 400, "naïve café 東京 🚀"])
+@pytest.mark.parametrize("text", ["[CLS] [SEP]", "[PAD]", "!!!", "Python " * 400, "naïve café 東京 🚀",
+                                  # clauses: more than MAX_PIECES, separators only, past the encoder's 256 tokens
+                                  "write code, " * 300, "; , ; and or ; with", "cook fish; " + "clean rooms and " * 150,
+                                  "réparer des moteurs; 東京 で 料理 する; 🚀 and 🛠 with ∑"])
 def test_odd_texts_still_have_token_states_and_map(token_mapper, encoder, text):
     encoded = encoder.encode_tokens([text])
     assert encoded.states[0].shape[0] >= 1 and np.isfinite(encoded.states[0]).all()
