@@ -165,8 +165,8 @@ def token_attention_batch(states: np.ndarray, present: np.ndarray, skills: np.nd
 
 
 CLAUSE_SHARE = 0.5
-"""A skill belongs to the clause that holds at least this share of its token attention (a majority: a skill
-attending across two clauses belongs to neither)."""
+"""A skill belongs to the clause that holds at least this share of its token attention (at least half: a skill
+whose attention spreads over two clauses and the words between them belongs to none)."""
 
 
 def clause_of_candidates(attention: np.ndarray, token_clause: np.ndarray, share: float = CLAUSE_SHARE
