@@ -112,14 +112,19 @@ def build_store(
     skills = list(skills) if skills is not None else load_taxonomy()
     memory = list(memory) if memory is not None else default_memory(skills, memory_sources)
     to_text = SKILL_TEXTS[skill_text]
-    store.initialize(
+    sources = list(dict.fromkeys(m.source for m in memory))
+    manifest = store.initialize(
         encoder.name,
         encoder.dimension,
         migrations=S.all_migrations_applied(),  # a new store is born at the latest schema
         skill_text=skill_text,
-        sources={"taxonomy": f"{skills[0].taxonomy} {skills[0].taxonomy_version}", "memory": ",".join(
-            dict.fromkeys(m.source for m in memory))},
+        sources={"taxonomy": f"{skills[0].taxonomy} {skills[0].taxonomy_version}", "memory": ",".join(sources)},
     )
+    # Building again with more sources (a new default memory source) adds their sentences and never removes any:
+    # the manifest names them all.
+    stored = [s for s in manifest.sources.get("memory", "").split(",") if s]
+    if not set(sources) <= set(stored):
+        store.update_manifest(sources={**manifest.sources, "memory": ",".join(dict.fromkeys([*stored, *sources]))})
     manifest = store.manifest
     if manifest.skill_text != skill_text:
         raise StoreError(

@@ -111,3 +111,21 @@ def test_hard_negatives_train_on_triplets(tmp_path):
     out = finetune(tmp_path / "hn", Recipe(pairs=64, batch_size=32, seed=1, hard_negatives=True), progress=False)
     assert json.loads((out / RECIPE_FILE).read_text())["hard_negatives"] is True
     assert Encoder(str(out)).encode(PROBES).shape == (3, 384)
+
+
+
+def test_the_default_recipe_is_the_shipped_encoders_whatever_the_default_memory(monkeypatch, tmp_path):
+    """The default memory gained a source the shipped encoder was not trained on (esco_transversal): `finetune`
+    without --memory-sources must still draw its pairs from the shipped encoder's own sources."""
+    from knnbe_qdrant._data import DEFAULT_MEMORY_SOURCES, data_file
+    from knnbe_qdrant.cli import build_parser
+    from knnbe_qdrant.encoding import finetune as module
+
+    patch = json.loads(data_file("models/all-MiniLM-L6-v2-esco/patch.json").read_text())
+    assert list(Recipe().memory_sources) == patch["recipe"]["memory_sources"]
+    assert set(Recipe().memory_sources) < set(DEFAULT_MEMORY_SOURCES)
+    seen = []
+    monkeypatch.setattr(module, "finetune", lambda out, recipe, progress: seen.append(recipe) or out)
+    args = build_parser().parse_args(["finetune", str(tmp_path / "m"), "--no-progress"])
+    assert args.func(args) == 0
+    assert seen[0].memory_sources == Recipe().memory_sources

@@ -14,6 +14,8 @@ from knnbe_qdrant import (
     ScoringParams,
     SkillMapper,
     build_store,
+    default_memory,
+    load_taxonomy,
 )
 from knnbe_qdrant._decompose import pieces_to_map
 from knnbe_qdrant._schema import MEMORY, SKILLS
@@ -232,3 +234,28 @@ def test_the_payload_cache_follows_live_curation(built_store, encoder):
         assert mapper.memory_payloads.hits > 0
     finally:
         curator.delete_tenant("cachet")
+
+
+@pytest.mark.parametrize("backend", ["embedded", "qdrant-local"])
+def test_building_again_with_a_new_source_adds_it_and_names_it(backend, tmp_path, encoder, small_skills):
+    """A store built before a source joined the default memory (esco_transversal, 2026-12-06) gains that source's
+    sentences when `build` runs again, and its manifest names every source it holds; building with fewer sources
+    removes nothing and forgets no name."""
+    from knnbe_qdrant._data import ESCO_ALT_LABELS, ESCO_TRANSVERSAL, TRANSVERSAL
+    from tests.helpers import make_store
+
+    skills = small_skills[:60] + [s for s in load_taxonomy() if s.reuse_level == TRANSVERSAL][:5]
+    store = make_store(backend, tmp_path)
+    try:
+        build_store(store, encoder, skills=skills, memory_sources=(ESCO_ALT_LABELS,), progress=False)
+        before = store.count(MEMORY)
+        build_store(store, encoder, skills=skills, memory_sources=(ESCO_ALT_LABELS, ESCO_TRANSVERSAL), progress=False)
+        added = len(default_memory(skills, (ESCO_TRANSVERSAL,)))
+        assert added > 0 and store.count(MEMORY) == before + added
+        assert store.manifest.sources["memory"] == f"{ESCO_ALT_LABELS},{ESCO_TRANSVERSAL}"
+        assert store.manifest.counts[MEMORY] == before + added and store.manifest.state == "ready"
+        build_store(store, encoder, skills=skills, memory_sources=(ESCO_TRANSVERSAL,), progress=False)
+        assert store.count(MEMORY) == before + added
+        assert store.manifest.sources["memory"] == f"{ESCO_ALT_LABELS},{ESCO_TRANSVERSAL}"
+    finally:
+        store.close()

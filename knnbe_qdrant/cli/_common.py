@@ -58,11 +58,11 @@ def open_curator(args: argparse.Namespace) -> Curator:
         raise
 
 
-def shipped_sources(value: str | None) -> tuple[str, ...]:
-    """A comma-separated list of shipped memory sources (None: the default ones), checked."""
+def shipped_sources(value: str | None, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A comma-separated list of shipped memory sources (None: `default`, else the default memory's), checked."""
     from .._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES
 
-    sources = tuple(s.strip() for s in value.split(",")) if value else DEFAULT_MEMORY_SOURCES
+    sources = tuple(s.strip() for s in value.split(",")) if value else (default or DEFAULT_MEMORY_SOURCES)
     unknown = set(sources) - set(MEMORY_SOURCES)
     if unknown:
         raise InvalidInputError(f"unknown memory sources {sorted(unknown)}; known: {', '.join(MEMORY_SOURCES)}")

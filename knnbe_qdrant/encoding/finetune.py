@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
+from .._data import TRAINING_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
 from .._errors import InvalidInputError, ModelError
 from .models import BASE_MODEL, canonical_model_name, local_model_dir
 from .patch import make_patch, patches_dir
@@ -28,7 +28,7 @@ class Recipe:
     """Everything that decides the fine-tuned weights; written next to them so a run can be repeated."""
 
     base: str = BASE_MODEL
-    memory_sources: tuple[str, ...] = DEFAULT_MEMORY_SOURCES
+    memory_sources: tuple[str, ...] = TRAINING_SOURCES
     pairs: int = 40_000
     epochs: float = 1.0
     batch_size: int = 64

@@ -15,7 +15,7 @@ import sys
 from datasets import Dataset
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-from knnbe_qdrant._data import DEFAULT_MEMORY_SOURCES, default_memory, load_taxonomy
+from knnbe_qdrant._data import default_memory, load_taxonomy
 from knnbe_qdrant.encoding.finetune import Recipe, training_pairs
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     recipe = Recipe()
     n = int(sys.argv[1]) if len(sys.argv) > 1 else recipe.pairs
     skills = load_taxonomy()
-    memory = default_memory(skills, DEFAULT_MEMORY_SOURCES)
+    memory = default_memory(skills, recipe.memory_sources)
     label = {s.id: s.label for s in skills}
     gold: dict[str, set[str]] = {}
     for m in memory:
