@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 
@@ -111,14 +112,20 @@ def _parts(sentence: str) -> Iterator[tuple[int, int]]:
             start = cut.end()
 
 
+def _naming_parts(sentence: str, min_words: int = 2) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each part that names something (`names_something`), lazily: a pasted list can split
+    into thousands, and callers stop at MAX_PIECES."""
+    return ((a, b) for a, b in _parts(sentence) if names_something(sentence[a:b], min_words))
+
+
 def pieces(sentence: str, min_words: int = 2) -> list[str]:
     """The distinct pieces of a sentence worth mapping on their own (each naming something: `names_something`), at
     most MAX_PIECES (none when it does not split)."""
     whole = sentence.strip(" .!?")
     out: dict[str, None] = {}  # ordered and O(1) to test: a pasted list can split into thousands
-    for start, end in _parts(sentence):
+    for start, end in _naming_parts(sentence, min_words):
         p = sentence[start:end]
-        if names_something(p, min_words) and p != whole:
+        if p != whole:
             out.setdefault(p)
             if len(out) == MAX_PIECES:
                 break
@@ -131,8 +138,7 @@ def clause_of_tokens(sentence: str, spans: Sequence[tuple[int, int]]) -> np.ndar
     piece (a separator, a clause naming nothing). All -1 for a sentence of fewer than two such clauses: its one
     clause is the whole sentence."""
     out = [-1] * len(spans)
-    clauses = ([(a, b) for a, b in _parts(sentence) if names_something(sentence[a:b])][:MAX_PIECES]
-               if _SPLIT.search(sentence) else [])
+    clauses = list(islice(_naming_parts(sentence), MAX_PIECES)) if _SPLIT.search(sentence) else []
     if len(clauses) >= 2:
         # Tokens and clauses both run left to right: one walk (a loop over a sentence's ~20 tokens costs less than
         # the array operations would).

@@ -347,7 +347,7 @@ class SkillMapper:
                                                         self.params.token_temperature)
             for i, g in enumerate(group.tolist()):
                 weights[int(gated[g])] = attention[i, : lengths[g]]
-            split = [i for i, g in enumerate(group.tolist()) if g in token_clauses] if clause is not None else []
+            split = [i for i, g in enumerate(group.tolist()) if g in token_clauses]
             if clause is not None and split:
                 token_clause = np.full((len(split), width), -1, dtype=np.int64)
                 for j, i in enumerate(split):

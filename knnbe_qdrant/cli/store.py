@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES
 from .._errors import InvalidInputError
 from ..store.base import Store
 from ._common import connection, shipped_sources
@@ -19,8 +20,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     b.add_argument("--taxonomy", metavar="FILE", help="JSONL of skills (id, label, alt_labels, description) "
                    "instead of the shipped ESCO v1.1.0")
     b.add_argument("--memory-sources", default=None, metavar="LIST",
-                   help="comma-separated shipped memory sources (default: esco_alt_labels,esco_descriptions,"
-                   "skillskape_train,esco_transversal; esco_templates is the other one)")
+                   help=f"comma-separated shipped memory sources (default: {','.join(DEFAULT_MEMORY_SOURCES)}; "
+                   f"{', '.join(s for s in MEMORY_SOURCES if s not in DEFAULT_MEMORY_SOURCES)} is the other one)")
     b.add_argument("--skill-text", default="label", choices=["label", "label_description"],
                    help="what text embeds each skill (default: label)")
     b.add_argument("--force", action="store_true", help="rebuild from scratch: the new store is built beside the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .._data import TRAINING_SOURCES
 from .._errors import InvalidInputError
 from ._common import shipped_sources
 
@@ -16,7 +17,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     ft.add_argument("--base", default=None, help="model to start from (default: the bundled all-MiniLM-L6-v2)")
     ft.add_argument("--memory-sources", default=None, metavar="LIST",
                     help="comma-separated shipped sources to draw pairs from (default: those the shipped "
-                         "encoder was trained on: esco_alt_labels,esco_descriptions,skillskape_train)")
+                         f"encoder was trained on: {','.join(TRAINING_SOURCES)})")
     ft.add_argument("--pairs", type=int, default=40_000, help="(sentence, skill label) pairs sampled (default 40000)")
     ft.add_argument("--epochs", type=float, default=1.0)
     ft.add_argument("--batch-size", type=int, default=64, help="in-batch negatives per pair = batch size - 1")
@@ -42,7 +43,7 @@ def finetune(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--pairs ({args.pairs}) must be at least --batch-size ({args.batch_size})")
     if not args.token_temperature > 0:
         raise InvalidInputError(f"--token-temperature must be > 0, got {args.token_temperature}")
-    sources = shipped_sources(args.memory_sources, Recipe.memory_sources)
+    sources = shipped_sources(args.memory_sources, TRAINING_SOURCES)
     recipe = Recipe(base=args.base or BASE_MODEL, memory_sources=sources, pairs=args.pairs, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                     hard_negatives=args.hard_negatives, token_attention=args.token_attention,

@@ -113,7 +113,7 @@ def tune(mapper: SkillMapper, files: Sequence[str | Path], grid: Mapping[str, Se
             continue  # τ does not enter the uniform vote
         if alpha == 0 and (temperature != grid["token_temperature"][0] or token_gate != gates_t[0]):
             continue  # nor T and the gate a b without tokens
-        # Clause coverage is carried, not searched: it reorders within the first ten, which RP@10 does not see.
+        # Clause coverage is carried, not searched: its depth was chosen apart (docs/accuracy.md).
         tuned.params = ScoringParams(lam=lam, k=k, tau=tau, aggregation=aggregation, token_weight=alpha,
                                      token_temperature=temperature, token_gate=token_gate,
                                      clause_depth=mapper.params.clause_depth)
