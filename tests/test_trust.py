@@ -478,6 +478,79 @@ def test_a_lease_on_a_server_store_has_one_holder_at_a_time_and_expires_when_its
         assert time.monotonic() - started < 2
 
 
+class _Gated(SkillMapper):
+    """The real mapper, whose first encoder call waits for the test's go: the moment a big pass is being encoded."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+        self.first, self.go = threading.Event(), threading.Event()
+
+    def encode(self, texts):
+        self.calls.append(len(texts))
+        out = super().encode(texts)
+        if len(self.calls) == 1:
+            self.first.set()
+            self.go.wait(30)
+        return out
+
+
+def test_a_one_sentence_request_waits_for_one_chunk_of_a_big_pass_not_all_of_it(built_stores, encoder):
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    mapper = _Gated(built_stores["embedded"], encoder)
+    # Lengths out of order, so the chunks (shortest first) hold them in another order than the request.
+    big_texts = [SQL, "Python", "Programming in Python for data analysis and automation scripts", "SQL",
+                 "Writing SQL", "Developing web applications in Python", SQL + " every day", "Python programming",
+                 "Relational databases", "Python scripts", "Querying databases with SQL", "Python"]
+    want = [[s.id for s in r.skills] for r in SkillMapper(built_stores["embedded"], encoder).map(big_texts, top=3)]
+    batcher = MapBatcher(mapper, chunk=4)
+    try:
+        done: list[str] = []
+        big = batcher.submit(big_texts, 3, None)
+        big.add_done_callback(lambda _: done.append("big"))
+        assert mapper.first.wait(60)  # the big pass's first chunk is encoded; the small request comes now
+        small = batcher.submit(["Programming in Python"], 3, None)
+        small.add_done_callback(lambda _: done.append("small"))
+        mapper.go.set()
+        assert small.result(timeout=120)[0].skills[0].id == PYTHON_ID
+        got = [[s.id for s in r.skills] for r in big.result(timeout=120)]
+        assert done == ["small", "big"]
+        assert mapper.calls == [4, 1, 4, 4]  # one chunk, the small request, the rest of the big pass
+        # Each sentence's answer is its own, in the request's order, as the library gives it (top skill exactly;
+        # the three only up to encoder noise between batch shapes, which can swap a near tie).
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert sum(g == w for g, w in zip(got, want)) >= len(want) - 1
+    finally:
+        mapper.go.set()
+        batcher.close()
+
+
+def test_a_chunk_the_encoder_refuses_fails_only_the_request_that_brought_it(built_stores, encoder):
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    poison = "poisoned text that the encoder refuses"
+
+    class Refusing(SkillMapper):
+        def encode(self, texts):
+            if poison in texts:
+                raise TypeError("the tokenizer cannot read this text")
+            return super().encode(texts)
+
+    batcher = MapBatcher(Refusing(built_stores["embedded"], encoder), chunk=2, max_wait_s=0.5)
+    try:
+        good = [batcher.submit([SQL, f"Python scripts {i}", "Writing SQL"], 3, t) for i, t in enumerate("ab")]
+        bad = batcher.submit(["Python", poison, SQL], 3, "a")  # gathered with the good ones: one pass, in chunks
+        with pytest.raises(TypeError, match="cannot read"):
+            bad.result(timeout=120)
+        for f in good:
+            assert [r.skills[0].id for r in f.result(timeout=120)][1] == PYTHON_ID
+        # The worker lives on.
+        assert batcher.submit(["Programming in Python"], 3, None).result(timeout=120)[0].skills[0].id == PYTHON_ID
+    finally:
+        batcher.close()
+
+
 def test_a_one_sentence_request_gathered_with_bigger_ones_is_answered_first(built_stores, encoder):
     from knnbe_qdrant.service.batching import MapBatcher, _Job, _Lanes
 

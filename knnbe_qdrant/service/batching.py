@@ -7,15 +7,21 @@ refuses, say) fails that request alone and every other one in the batch still ge
 client went away before its batch started is dropped, not computed. Requests queue per tenant and are taken
 round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
-Two worker threads make a pipeline: one gathers and encodes a batch (ONNX Runtime releases the GIL), the other
-queries and scores the batch before it, so the encoder does not wait for the Python side of mapping. Requests
-queue in two lanes by size, and passes alternate between them (`_Lanes`): under load a one-sentence request waits
-for one bounded pass of larger requests, not for everything gathered before it. A request is never split.
+One worker thread encodes and maps, pass after pass. Requests queue in two lanes by size, and passes alternate
+between them (`_Lanes`). A pass of larger requests is encoded in chunks of PREEMPT_CHUNK sentences, and between
+chunks the one-sentence requests that came meanwhile are encoded, mapped and answered: an interactive lookup waits
+for one chunk of a big pass, not the whole of it, so big passes can be large (LARGE_PASS), which is what makes
+them cheap per sentence. A request is never split across passes (its sentences are mapped together).
+
+Why not a pipeline (one thread encoding the next pass while another maps the last, as until 2026-12-06): on two
+cores the encoder's own two threads already fill the machine, so the mapping thread only slowed them down (and it
+holds the GIL through each Edge search). Alternating runs of the batcher alone, 16 closed-loop clients, 2-core AMD
+EPYC, 2026-12-06: the pipeline with passes of 16 gave 0.51-0.61x the library at a one-sentence p95 of 393-426 ms;
+one worker with chunks of 4 and passes of 64 gave 0.78-0.83x at 107-116 ms (docs/service.md).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -31,6 +37,12 @@ from ..encoding import Encoded
 
 Vectors = np.ndarray | Encoded
 """What the mapper's `encode` gives: vectors, or vectors with their token states."""
+
+
+def _concat(parts: Sequence[Vectors], dimension: int) -> Vectors:
+    encoded = [p for p in parts if isinstance(p, Encoded)]
+    return (Encoded.concat(encoded, dimension) if len(encoded) == len(parts)
+            else np.concatenate([np.asarray(p) for p in parts]))
 
 
 @dataclass
@@ -71,19 +83,23 @@ class _FairQueue:
 SMALL_REQUEST = 1
 """Requests of this many sentences or fewer go in the small lane: an interactive one-sentence lookup waits for at
 most one pass of larger requests, not behind everything queued."""
-LARGE_PASS = 16
-"""The most sentences of larger requests encoded and mapped in one pass (a request is never split: a bigger one is
-a pass of its own). Smaller passes bound a small request's wait; larger ones encode more efficiently. `loadtest`,
-16 clients, 2 cores (Xeon with AMX, 2026-12-03, night, alternating, two runs each): 8 gave 222-237 sentences/s at a
-1-sentence p95 of 76-78 ms, 16 gave 253-259 at 107-113 ms, 24 gave 272-278 at 129-132 ms. 16, because in a slower
-hour the same evening 24 reached 180-194 ms against the 200 ms bound, and 16 145-177."""
+LARGE_PASS = 64
+"""The most sentences of larger requests mapped in one pass (a request is never split: a bigger one is a pass of
+its own). Larger passes map more cheaply per sentence; with preemption (PREEMPT_CHUNK) their size no longer sets a
+small request's wait. 16 clients in requests of 1 to 5 sentences keep about 48 in flight, so 64 takes what waits."""
+PREEMPT_CHUNK = 4
+"""Sentences per encoder call in a larger pass; between two such calls the waiting one-sentence requests go first.
+Measured on 2 cores (batcher alone, alternating, 2026-12-06): a one-sentence p95 of 107-116 ms with chunks of 4,
+148 with 8, 216-284 with 16, throughput the same within the machine's noise. Sorted by length, chunks of 2 to 48
+cost 6.9-7.6 ms per sentence to encode (best of seven), so small chunks cost little."""
 
 
 class _Lanes:
     """Two fair queues, one per size class, under one lock. Passes alternate while both lanes wait: all the small
     requests (up to `max_small` sentences), then larger requests up to LARGE_PASS sentences, then the small ones
-    that came meanwhile... so a small request waits at most one larger pass, and a larger request at most one small
-    pass per pass ahead of it: neither lane starves. `close` ends it once every queued job is out."""
+    that came meanwhile... so a small request waits for at most one chunk of a larger pass (`take_small`, between
+    chunks), and a larger request for at most one small pass per pass or chunk ahead of it: neither lane starves.
+    `close` ends it once every queued job is out."""
 
     def __init__(self) -> None:
         self._small = _FairQueue()
@@ -101,6 +117,15 @@ class _Lanes:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+
+    def take_small(self, max_sentences: int) -> list[_Job]:
+        """The one-sentence requests waiting now (up to `max_sentences`), without waiting for more: what goes between
+        two chunks of a larger pass."""
+        with self._ready:
+            batch: list[_Job] = []
+            while self._small and len(batch) < max_sentences:
+                batch.append(self._small.pop())
+            return batch
 
     def take(self, max_small: int, max_large: int = LARGE_PASS, wait_s: float = 0.0) -> list[_Job] | None:
         """The next pass, gathered for up to `wait_s` after its first job (what arrives within a few milliseconds
@@ -134,20 +159,18 @@ class MapBatcher:
         max_wait_s: float = 0.003,
         max_sentences: int = 256,
         large_pass: int = LARGE_PASS,
+        chunk: int = PREEMPT_CHUNK,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.mapper = mapper
         self.max_wait_s = max_wait_s
         self.max_sentences = max_sentences
         self.large_pass = min(large_pass, max_sentences)
+        self.chunk = chunk
         self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
         self._lanes = _Lanes()
-        # One encoded batch waits at most: more would only add latency, fewer would idle the encoder.
-        self._encoded: queue.Queue[tuple[list[_Job], list[str], Vectors] | None] = queue.Queue(maxsize=1)
-        self._threads = [threading.Thread(target=self._encode_loop, name="knnbe-encode", daemon=True),
-                         threading.Thread(target=self._query_loop, name="knnbe-query", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._loop, name="knnbe-map", daemon=True)
+        self._thread.start()
 
     def submit(self, sentences: Sequence[str], top: int, tenant: str | None) -> Future[list[SentenceResult]]:
         """Map already-validated sentences; the future holds one result per sentence, in order."""
@@ -157,24 +180,48 @@ class MapBatcher:
 
     def close(self) -> None:
         self._lanes.close()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        self._thread.join(timeout=10)
 
-    def _encode_loop(self) -> None:
-        while True:
-            taken = self._lanes.take(self.max_sentences, self.large_pass, self.max_wait_s)
-            if taken is None:
-                self._encoded.put(None)
-                return
-            # A request cancelled while it queued (its client went away) is not computed.
-            batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
-            texts = [s for job in batch for s in job.sentences]
-            if batch and self.on_batch is not None:
-                self.on_batch(len(batch), len(texts))
-            if batch:
-                encoded = self._encode(batch, texts)
-                if encoded is not None:
-                    self._encoded.put(encoded)
+    def _loop(self) -> None:
+        while (taken := self._lanes.take(self.max_sentences, self.large_pass, self.max_wait_s)) is not None:
+            try:
+                self._pass(taken, preemptible=True)
+            except BaseException as exc:  # a fault of the batcher's own: its requests fail, the worker lives on
+                for job in taken:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _pass(self, taken: list[_Job], preemptible: bool) -> None:
+        # A request cancelled while it queued (its client went away) is not computed.
+        batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
+        texts = [s for job in batch for s in job.sentences]
+        if not batch:
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(batch), len(texts))
+        encoded = self._encode_preempted(batch, texts) if preemptible and len(texts) > self.chunk else None
+        if encoded is None:
+            encoded = self._encode(batch, texts)
+        if encoded is not None:
+            self._map(*encoded)
+
+    def _encode_preempted(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
+        """The pass's texts encoded in chunks (shortest first, so each chunk pads little), with the one-sentence
+        requests that came meanwhile served between chunks; None if a chunk failed (the caller then encodes the
+        pass the careful way, request by request)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks: list[Vectors] = []
+        for start in range(0, len(order), self.chunk):
+            try:
+                chunks.append(self.mapper.encode([texts[i] for i in order[start : start + self.chunk]]))
+            except Exception:
+                return None
+            if start + self.chunk < len(order) and (small := self._lanes.take_small(self.max_sentences)):
+                self._pass(small, preemptible=False)
+        unsorted = _concat(chunks, self.mapper.encoder.dimension)
+        back = np.empty(len(order), dtype=np.int64)
+        back[order] = np.arange(len(order))
+        return batch, texts, unsorted[back]
 
     def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
         try:
@@ -194,17 +241,7 @@ class MapBatcher:
                 job.future.set_exception(exc)
         if not kept:
             return None
-        encoded = [v for v in vectors if isinstance(v, Encoded)]
-        joined = (Encoded.concat(encoded, self.mapper.encoder.dimension) if len(encoded) == len(vectors)
-                  else np.concatenate([np.asarray(v) for v in vectors]))
-        return kept, [s for job in kept for s in job.sentences], joined
-
-    def _query_loop(self) -> None:
-        while True:
-            item = self._encoded.get()
-            if item is None:
-                return
-            self._map(*item)
+        return kept, [s for job in kept for s in job.sentences], _concat(vectors, self.mapper.encoder.dimension)
 
     def _map(self, batch: list[_Job], texts: list[str], vectors: Vectors) -> None:
         starts = np.cumsum([0] + [len(job.sentences) for job in batch])

@@ -1,11 +1,12 @@
 """`knnbe-qdrant loadtest`: a bounded load test of the service on loopback.
 
-It measures the library alone first (the same sentences through `SkillMapper.map`, batches of 256, caches warm)
-for the baseline, then starts `knnbe-qdrant serve` as a child process on a free loopback port, creates a scratch
-tenant with a curator key and a reader key, and runs N concurrent clients for a fixed time: by default 95% map
-requests of 1-5 SkillSkape dev sentences and 5% curator writes (a new sentence each). Afterwards every acknowledged
-write is read back (a write that said it succeeded and is not there is a lost write), the scratch tenant is deleted
-and its keys revoked, and the server stops. Traffic goes to 127.0.0.1 only, and the loop ends by itself.
+It measures the library alone (the same sentences through `SkillMapper.map`, batches of 256, caches warm) before
+and after the load, for the baseline, and starts `knnbe-qdrant serve` as a child process on a free loopback port,
+creates a scratch tenant with a curator key and a reader key, and runs N concurrent clients for a fixed time: by
+default 95% map requests of 1-5 SkillSkape dev sentences and 5% curator writes (a new sentence each). Afterwards
+every acknowledged write is read back (a write that said it succeeded and is not there is a lost write), the
+scratch tenant is deleted and its keys revoked, and the server stops. Traffic goes to 127.0.0.1 only, and the loop
+ends by itself.
 """
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ def _metric(text: str, name: str) -> float:
 def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 60.0, write_share: float = 0.05,
                  baseline: bool = True, seed: int = 0) -> dict[str, Any]:
     sentences = [text for text, _ in skillskape_sentences("dev")]
-    library = round(library_baseline(connection, sentences[:512]), 1) if baseline else None
+    # Before and after the load: a shared machine's speed drifts by a fifth within minutes (2-core EPYC, 2026-12-06:
+    # one 512-sentence baseline read 95 to 146 sentences/s between runs), and the ratio should not hang on one read.
+    before = library_baseline(connection, sentences[:512]) if baseline else None
     tenant = f"loadtest-{uuid.uuid4().hex[:8]}"
     documents = connection.documents()
     ring = KeyRing(documents)
@@ -176,6 +179,8 @@ def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 
         for name in names:
             ring.revoke(name)
         documents.close()
+    after = library_baseline(connection, sentences[:512]) if baseline else None
+    library = round((before + after) / 2, 1) if before is not None and after is not None else None
     lat = out["latencies"]
     single = [t for n, t in lat if n == 1]
     n_sentences = sum(n for n, _ in lat)
@@ -190,6 +195,7 @@ def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 
         "requests_per_s": round((len(lat) + len(out["written"])) / out["elapsed"], 1),
         "sentences_per_s": round(n_sentences / out["elapsed"], 1),
         "library_sentences_per_s": library,
+        "library_before_after": f"{before:.1f} / {after:.1f}" if before is not None and after is not None else None,
         "service_vs_library": round(n_sentences / out["elapsed"] / library, 3) if library else None,
         "latency_p50_ms": round(1000 * _percentile([t for _, t in lat], 0.50), 1),
         "latency_p95_ms": round(1000 * _percentile([t for _, t in lat], 0.95), 1),
