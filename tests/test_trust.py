@@ -551,6 +551,35 @@ def test_a_chunk_the_encoder_refuses_fails_only_the_request_that_brought_it(buil
         batcher.close()
 
 
+def test_a_fault_inside_a_small_pass_between_chunks_fails_that_pass_alone(built_stores, encoder):
+    """Whatever breaks the batcher's own work in a small pass served between two chunks of a larger one (here the
+    metrics hook), the small requests get the error rather than waiting forever, the larger pass is answered, and
+    the worker goes on."""
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    mapper = _Gated(built_stores["embedded"], encoder)
+    calls: list[int] = []
+
+    def on_batch(requests: int, sentences: int) -> None:
+        calls.append(sentences)
+        if len(calls) == 2:
+            raise RuntimeError("metrics broke")
+
+    batcher = MapBatcher(mapper, chunk=4, on_batch=on_batch)
+    try:
+        big = batcher.submit([SQL, "Python scripts", "Writing SQL", "Python", SQL + " daily", "Python code"], 3, None)
+        assert mapper.first.wait(60)
+        small = batcher.submit(["Programming in Python"], 3, None)
+        mapper.go.set()
+        with pytest.raises(RuntimeError, match="metrics broke"):
+            small.result(timeout=120)
+        assert [r.skills[0].id for r in big.result(timeout=120)][1] == PYTHON_ID
+        assert batcher.submit(["Programming in Python"], 3, None).result(timeout=120)[0].skills[0].id == PYTHON_ID
+    finally:
+        mapper.go.set()
+        batcher.close()
+
+
 def test_a_one_sentence_request_gathered_with_bigger_ones_is_answered_first(built_stores, encoder):
     from knnbe_qdrant.service.batching import MapBatcher, _Job, _Lanes
 

@@ -184,14 +184,19 @@ class MapBatcher:
 
     def _loop(self) -> None:
         while (taken := self._lanes.take(self.max_sentences, self.large_pass, self.max_wait_s)) is not None:
-            try:
-                self._pass(taken, preemptible=True)
-            except BaseException as exc:  # a fault of the batcher's own: its requests fail, the worker lives on
-                for job in taken:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            self._pass(taken, preemptible=True)
 
     def _pass(self, taken: list[_Job], preemptible: bool) -> None:
+        try:
+            self._run(taken, preemptible)
+        except BaseException as exc:
+            # A fault of the batcher's own (not one request's: those are caught where they happen). This pass's
+            # requests fail, none is left waiting, and the worker, or the larger pass this one interrupted, goes on.
+            for job in taken:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+
+    def _run(self, taken: list[_Job], preemptible: bool) -> None:
         # A request cancelled while it queued (its client went away) is not computed.
         batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
         texts = [s for job in batch for s in job.sentences]
