@@ -49,6 +49,8 @@ _TEMPLATES = {
 _PERSON_TEMPLATES = ("You are able to {x}.", "We are looking for someone who can {x}.",
                      "The ideal candidate knows how to {x}.", "You {x} in your daily work.",
                      "As a person, you are expected to {x}.")
+_PERSON_BE_TEMPLATES = tuple(t for t in _PERSON_TEMPLATES if not t.startswith("You {x}"))
+"""For "be ..." labels: "You be a driving force in your daily work" is no sentence."""
 _PERSON_NOUN_TEMPLATES = ("You are good at {x}.", "We value {x} in the people we hire.",
                           "The ideal candidate is strong in {x}.")  # for "writing Polish", "teamwork principles"
 _PERSON_STATE_TEMPLATES = ("You are {x}.", "The ideal candidate is {x}.", "We are looking for someone {x}.")
@@ -212,9 +214,7 @@ def person_sentences(skill: Skill) -> list[str]:
         elif x.lower().startswith(_STATES):
             templates = _PERSON_STATE_TEMPLATES
         elif skill.skill_type != "knowledge" and not x.split(" ", 1)[0].endswith("ing"):
-            # "You be a driving force in your daily work" is no sentence: "be ..." takes the other verb phrasings.
-            templates = (tuple(t for t in _PERSON_TEMPLATES if not t.startswith("You {x}")) if x.startswith("be ")
-                         else _PERSON_TEMPLATES)
+            templates = _PERSON_BE_TEMPLATES if x.startswith("be ") else _PERSON_TEMPLATES
         else:
             templates = _PERSON_NOUN_TEMPLATES
         out.append(templates[h % len(templates)].format(x=x))

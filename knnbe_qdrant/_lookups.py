@@ -76,6 +76,10 @@ class _PayloadTable:
         self.skill_ids: list[str] = []
         self.skill_code: dict[str, int] = {}
 
+    def slots(self, keys: list[int]) -> np.ndarray:
+        """Each key's slot, -1 for a key not in the table."""
+        return np.fromiter(map(self.slot.get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
+
     def add(self, entries: list[tuple[int, str, str]]) -> None:
         """(point key, skill id, text) each; the arrays are written before the key is published, so a reader that
         finds a key (without the lock) finds its entry."""
@@ -119,8 +123,7 @@ class MemoryPayloads:
         """`query_keys_batch`'s results as Voters; a point deleted between the query and the fetch is left out."""
         keys = list(chain.from_iterable(ks for ks, _ in results))
         table = self._table
-        get = table.slot.get
-        slots = np.fromiter(map(get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
+        slots = table.slots(keys)
         misses = np.flatnonzero(slots < 0)
         self.hits += len(keys) - len(misses)
         self.misses += len(misses)
@@ -140,8 +143,7 @@ class MemoryPayloads:
                     table.add([(key, old.skill_ids[old.skill_of_slot[s]], old.texts[s]) for key, s in known.items()])
                     self._table = table
                 table.add([entry for entry in fetched if entry[0] not in table.slot])
-            get = table.slot.get
-            slots = np.fromiter(map(get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys))
+            slots = table.slots(keys)
         return self._rows(results, slots, table)
 
     @staticmethod

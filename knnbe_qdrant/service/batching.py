@@ -123,8 +123,10 @@ class _Lanes:
         two chunks of a larger pass."""
         with self._ready:
             batch: list[_Job] = []
-            while self._small and len(batch) < max_sentences:
+            n = 0
+            while self._small and n < max_sentences:
                 batch.append(self._small.pop())
+                n += len(batch[-1].sentences)
             return batch
 
     def take(self, max_small: int, max_large: int = LARGE_PASS, wait_s: float = 0.0) -> list[_Job] | None:
@@ -204,23 +206,22 @@ class MapBatcher:
             return
         if self.on_batch is not None:
             self.on_batch(len(batch), len(texts))
-        encoded = self._encode_preempted(batch, texts) if preemptible and len(texts) > self.chunk else None
-        if encoded is None:
-            encoded = self._encode(batch, texts)
+        encoded = (self._encode_preempted(batch, texts) if preemptible and len(texts) > self.chunk
+                   else self._encode(batch, texts))
         if encoded is not None:
             self._map(*encoded)
 
     def _encode_preempted(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
         """The pass's texts encoded in chunks (shortest first, so each chunk pads little), with the one-sentence
-        requests that came meanwhile served between chunks; None if a chunk failed (the caller then encodes the
-        pass the careful way, request by request)."""
+        requests that came meanwhile served between chunks. A chunk that fails sends the pass request by request
+        (`_encode_each`), so that only the request at fault fails."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks: list[Vectors] = []
         for start in range(0, len(order), self.chunk):
             try:
                 chunks.append(self.mapper.encode([texts[i] for i in order[start : start + self.chunk]]))
             except Exception:
-                return None
+                return self._encode_each(batch)
             if start + self.chunk < len(order) and (small := self._lanes.take_small(self.max_sentences)):
                 self._pass(small, preemptible=False)
         unsorted = _concat(chunks, self.mapper.encoder.dimension)
@@ -235,7 +236,10 @@ class MapBatcher:
             if len(batch) == 1:  # the worker lives on; the request gets the error
                 batch[0].future.set_exception(exc)
                 return None
-        # One request's texts broke the batch: each request on its own, so only that one fails.
+        return self._encode_each(batch)
+
+    def _encode_each(self, batch: list[_Job]) -> tuple[list[_Job], list[str], Vectors] | None:
+        """One request's texts broke the batch: each request on its own, so only that one fails."""
         kept: list[_Job] = []
         vectors: list[Vectors] = []
         for job in batch:
