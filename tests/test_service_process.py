@@ -271,3 +271,68 @@ def test_requests_of_clients_that_went_away_are_not_computed(served):
         if (now := encoded()) != last:
             settled, last = time.perf_counter(), now
     assert last - before <= 2 * 200, f"{last - before:.0f} of {8 * 200} abandoned sentences were encoded"
+
+
+def test_every_acknowledged_edit_survives_a_sigkill_of_the_service(cli_store, tmp_path):
+    # SIGKILL: no shutdown, no flush, no close. Every edit the service answered 2xx before the kill, of every kind and
+    # by two tenants and the global layer, is in the store the next process opens; writes still in flight at the kill
+    # may land or not, but leave the store whole (it opens, verifies and maps).
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    keys = {who: create_key(path, *(("--role", "curator", "--tenant", who) if who != "global" else ("--role", "admin")))
+            for who in ("acme", "beta", "global")}
+    proc, base = start_service(path, _free_port(), tmp_path / "serve.log")
+    clients = {who: httpx.Client(base_url=base, headers={"Authorization": f"Bearer {k['secret']}"}, timeout=60)
+               for who, k in keys.items()}
+
+    def ok(who: str, route: str, body: dict) -> None:
+        r = clients[who].post(route, json=body)
+        assert r.status_code in (200, 201), (who, route, r.text)
+
+    for who in ("acme", "beta", "global"):
+        ok(who, "/v1/skills", {"id": f"{who}:vdb", "label": f"vector database administration ({who})"})
+        ok(who, "/v1/memory", {"skill": f"{who}:vdb", "text": f"{who} runs Qdrant clusters in production"})
+        ok(who, "/v1/memory", {"skill": "SQL", "text": f"{who} writes SQL reports"})
+        ok(who, "/v1/memory/relabel", {"skill": "SQL", "text": f"{who} writes SQL reports", "to": f"{who}:vdb"})
+        ok(who, "/v1/skills/update", {"skill": f"{who}:vdb", "label": f"vector search operations ({who})"})
+    ok("acme", "/v1/skills/retire", {"skill": "PostgreSQL"})  # a global skill, hidden for acme alone
+    ok("beta", "/v1/memory", {"skill": "SQL", "text": "beta removes this one"})
+    ok("beta", "/v1/memory/remove", {"skill": "SQL", "text": "beta removes this one"})
+    with ThreadPoolExecutor(8) as pool:  # writes in flight at the kill
+        late = [pool.submit(clients["acme"].post, "/v1/memory", json={"skill": "SQL", "text": f"in flight {i}"})
+                for i in range(400)]
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        acknowledged = []
+        for i, f in enumerate(late):
+            try:
+                if f.result().status_code == 201:
+                    acknowledged.append(f"in flight {i}")
+            except httpx.TransportError:
+                pass
+    for c in clients.values():
+        c.close()
+
+    def listed(*args: str) -> str:
+        r = run(*args, "--json", store=path)
+        assert r.returncode == 0, r.stderr.decode()
+        return r.stdout.decode()
+
+    for who in ("acme", "beta", "global"):
+        tenant = () if who == "global" else ("--tenant", who)
+        skills = listed("skill", "list", *tenant)
+        assert f"vector search operations ({who})" in skills and f"vector database administration ({who})" not in skills
+        memory = listed("memory", "list", "--skill", f"{who}:vdb", *tenant)
+        assert f"{who} runs Qdrant clusters in production" in memory and f"{who} writes SQL reports" in memory
+        assert f"{who} writes SQL reports" not in listed("memory", "list", "--skill", "SQL", *tenant)
+    assert "PostgreSQL" not in listed("skill", "list", "--tenant", "acme")
+    assert "PostgreSQL" in listed("skill", "list", "--tenant", "beta")
+    assert "beta removes this one" not in listed("memory", "list", "--skill", "SQL", "--tenant", "beta")
+    acme_sql = listed("memory", "list", "--skill", "SQL", "--tenant", "acme")
+    assert 0 < len(acknowledged) < len(late), "the kill did not land while writes were in flight"
+    assert all(f'"{text}"' in acme_sql for text in acknowledged), acknowledged
+    r = run("map", "--tenant", "acme", "--json", PROBE, store=path)
+    assert r.returncode == 0, r.stderr.decode()

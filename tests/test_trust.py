@@ -155,6 +155,28 @@ def test_a_chunked_body_over_the_limit_is_413_and_head_is_answered(served):
         service.draining = False
 
 
+def test_a_sentence_stored_as_its_skill_is_retired_is_answered_as_stored(served, monkeypatch):
+    # Another curator retires the skill right after the sentence is written (the interleaving forced here): the
+    # answer says what happened to the sentence, 201 and stored. It was a 404 for a stored sentence, from a second
+    # look-up of the skill after the write.
+    client, headers, mapper = served
+    r = client.post("/v1/skills", json={"id": "acme:retired-late", "label": "label retired late"},
+                    headers=headers["a-curator"])
+    assert r.status_code == 201, r.text
+    add = Curator.add_sentence
+
+    def add_then_retired(self, *args, **kwargs):
+        added = add(self, *args, **kwargs)
+        Curator(mapper.store, mapper.encoder).retire_skill("acme:retired-late", tenant="acme")
+        return added
+
+    monkeypatch.setattr(Curator, "add_sentence", add_then_retired)
+    text = "A sentence written as its skill is retired"
+    r = client.post("/v1/memory", json={"skill": "label retired late", "text": text}, headers=headers["a-curator"])
+    stored = [p.payload[S.F_SKILL_ID] for p in mapper.store.scroll(S.MEMORY, where={S.F_TEXT: text})]
+    assert (r.status_code, r.json()["skill"], stored) == (201, "acme:retired-late", ["acme:retired-late"]), r.text
+
+
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def racing(request, tmp_path, encoder, small_skills):

@@ -241,10 +241,11 @@ def router(service: Service) -> APIRouter:
     def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
         [text] = check_sentences([body.text])
         curator = service.curator_for(key)
-        added = curator.add_sentence(text, body.skill, tenant=key.tenant, source=body.source)
+        # Resolved before the write, not after: a skill retired in between would answer 404 for a stored sentence.
+        skill = curator.resolve_skill(body.skill, key.tenant)[S.F_SKILL_ID]
+        added = curator.add_sentence(text, skill, tenant=key.tenant, source=body.source)
         if added:
             service.audit(key, "memory add", skill=body.skill, text=text)
-        skill = curator.resolve_skill(body.skill, key.tenant)[S.F_SKILL_ID]
         return {"result": "added" if added else "already stored", "skill": skill, "text": text}
 
     @api.post("/memory/remove", response_model=Message, summary="Remove a sentence of the key's layer, or hide a "
