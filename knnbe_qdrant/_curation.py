@@ -28,6 +28,7 @@ from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload,
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
 from .store.base import Store, Where, vectors_of
+from .store.documents import tenant_audit
 
 ENV_USER = "KNNBE_USER"
 
@@ -343,17 +344,20 @@ class Curator:
         return dict(sorted(out.items()))
 
     def delete_tenant(self, tenant: str) -> None:
-        """Remove exactly this tenant's data: its skills, its sentences, and its marks on hidden global points."""
+        """Remove exactly this tenant's data: its skills, its sentences, its marks on hidden global points, and its
+        own audit log (a tenant made later under the name starts without it; the admins' log keeps every edit)."""
         tenant = S.check_tenant(tenant)
         self._check_editable()
-        if tenant not in self.tenants():
-            raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences or hide marks")
+        documents = self.store.documents()
+        if tenant not in self.tenants() and tenant_audit(tenant) not in documents.logs():
+            raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks or audit log")
         for collection in S.COLLECTIONS:
             self.store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
             key = S.hide_key(tenant)
             marked = [r.id for r in self.store.scroll(collection, where={key: tenant}, payload=False)]
             for start in range(0, len(marked), 1000):
                 self.store.delete_payload(collection, marked[start : start + 1000], [key])
+        documents.clear_log(tenant_audit(tenant))
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:

@@ -9,12 +9,12 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from knnbe_qdrant import SkillMapper
+from knnbe_qdrant import EdgeStore, SkillMapper
 from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.state import Limits
-from tests.helpers import BACKENDS, build_small
+from tests.helpers import BACKENDS, build_small, make_store
 
 SQL = "Experience writing SQL queries against relational databases"
 PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"
@@ -214,3 +214,44 @@ def test_admin_manages_tenants_and_the_global_layer(served):
     assert found[0]["id"] == "global:new"
     status = client.get("/v1/status", headers=h).json()
     assert status["store"]["state"] == "ready" and status["own"]["skills"] > 0
+
+
+def test_a_tenants_audit_is_its_own_and_no_neighbour_floods_it_out(served, tmp_path):
+    # Each tenant's edits go to its own log as well as the admins' one: a neighbour's flood of edits cannot push a
+    # tenant's history out of its view (it could, when tenants read a filtered tail of the shared log); a backup
+    # keeps each log; deleting a tenant removes its log, so a tenant made later under its name starts with none.
+    from knnbe_qdrant.store.backup import backup, restore
+    from knnbe_qdrant.store.documents import tenant_audit
+
+    client, keys, mapper, ring = served
+    for name, tenant in [("gamma-curator", "gamma"), ("delta-curator", "delta")]:
+        keys[name] = ring.create(role="curator", tenant=tenant, name=name)[1]
+    r = client.post("/v1/memory", json={"skill": "SQL", "text": "gamma's one edit"},
+                    headers=auth(keys, "gamma-curator"))
+    assert r.status_code == 201, r.text
+    for i in range(25):
+        r = client.post("/v1/memory", json={"skill": "SQL", "text": f"delta floods the log, edit {i}"},
+                        headers=auth(keys, "delta-curator"))
+        assert r.status_code == 201, r.text
+    [own] = client.get("/v1/audit", params={"limit": 1}, headers=auth(keys, "gamma-curator")).json()["items"]
+    assert (own["tenant"], own["text"]) == ("gamma", "gamma's one edit")
+    delta = client.get("/v1/audit", params={"limit": 100}, headers=auth(keys, "delta-curator")).json()["items"]
+    assert len(delta) == 25 and {e["tenant"] for e in delta} == {"delta"}
+    everything = client.get("/v1/audit", params={"limit": 1000}, headers=auth(keys, "root")).json()["items"]
+    assert {"gamma", "delta"} <= {e["tenant"] for e in everything}
+
+    backup(mapper.store, tmp_path / "bk")
+    copy = make_store("embedded" if isinstance(mapper.store, EdgeStore) else "qdrant-local", tmp_path / "copy")
+    try:
+        restore(copy, tmp_path / "bk")
+        assert copy.documents().tail(tenant_audit("gamma"), 10) == mapper.store.documents().tail(
+            tenant_audit("gamma"), 10)
+        assert len(copy.documents().tail(tenant_audit("delta"), 100)) == 25
+    finally:
+        copy.close()
+
+    assert client.delete("/v1/tenants/gamma", headers=auth(keys, "root")).status_code == 200
+    keys["gamma-again"] = ring.create(role="reader", tenant="gamma", name="gamma-again")[1]
+    assert client.get("/v1/audit", headers=auth(keys, "gamma-again")).json()["items"] == []
+    admins = client.get("/v1/audit", params={"limit": 1000}, headers=auth(keys, "root")).json()["items"]
+    assert admins[0]["action"] == "tenant delete" and any(e.get("text") == "gamma's one edit" for e in admins)

@@ -633,3 +633,27 @@ def test_a_one_sentence_request_gathered_with_bigger_ones_is_answered_first(buil
         assert done == ["small", "big"]
     finally:
         batcher.close()
+
+
+def test_a_backup_naming_a_log_outside_the_store_is_refused_before_anything_is_written(racing, tmp_path):
+    # A log's kind becomes a file name in the store directory: a backup (checksums redone to match) that names
+    # another file is refused, naming documents.json, and the store it was to be restored into is not created.
+    import hashlib
+
+    from knnbe_qdrant import EdgeStore, InputFileError
+    from knnbe_qdrant.store.backup import backup, restore
+
+    store, _ = racing
+    backup(store, tmp_path / "bk")
+    docs_path, index_path = tmp_path / "bk" / "documents.json", tmp_path / "bk" / "backup.json"
+    docs = json.loads(docs_path.read_text())
+    docs["../../escaped"] = [{"action": "x"}]
+    docs_path.write_text(json.dumps(docs))
+    index = json.loads(index_path.read_text())
+    index["files"]["documents.json"]["sha256"] = hashlib.sha256(docs_path.read_bytes()).hexdigest()
+    index_path.write_text(json.dumps(index))
+    target = tmp_path / "target" / "store"
+    with pytest.raises(InputFileError, match=r"documents\.json.*'\.\./\.\./escaped'"):
+        restore(EdgeStore(target, create=True), tmp_path / "bk")
+    assert not (tmp_path / "target" / "escaped.jsonl").exists() and not (tmp_path / "escaped.jsonl").exists()
+    assert not (target / "manifest.json").exists()

@@ -13,6 +13,7 @@ from .._curation import Curator
 from .._errors import KnnbeError
 from .._mapper import SkillMapper
 from ..store.connection import Connection
+from ..store.documents import AUDIT, tenant_audit
 from .batching import MapBatcher
 from .keys import Key, KeyRing
 from .metrics import Metrics
@@ -101,7 +102,11 @@ class Service:
         # Texts are cut: an entry stays small whatever was edited, so reading the log's tail stays cheap for all.
         short = {k: v if not isinstance(v, str) or len(v) <= AUDIT_TEXT else v[:AUDIT_TEXT] + "…"
                  for k, v in details.items()}
-        mapper.store.documents().append("audit", {"tenant": key.tenant, "key": key.name, "action": action, **short})
+        entry = {"tenant": key.tenant, "key": key.name, "action": action, **short}
+        documents = mapper.store.documents()
+        if key.tenant is not None:  # the tenant's own log first: what its keys read
+            documents.append(tenant_audit(key.tenant), entry)
+        documents.append(AUDIT, entry)
 
     def close(self) -> None:
         if self.batcher is not None:

@@ -26,6 +26,7 @@ import numpy as np
 from .._errors import InputFileError, InvalidInputError, StoreError
 from .._schema import COLLECTIONS, HIDERS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
 from .base import Store
+from .documents import is_document_file
 
 FORMAT = "knnbe-qdrant backup"
 VERSION = 1
@@ -81,7 +82,7 @@ def _backup(store: Store, target: Path) -> dict[str, int]:
         files[name] = {"sha256": _sha256(tmp / name), "points": n}
     documents = store.documents()
     docs: dict[str, Any] = {kind: documents.all(kind) for kind in KEYED_DOCUMENTS}
-    docs.update({kind: documents.tail(kind, 10**9)[::-1] for kind in LOG_DOCUMENTS})
+    docs.update({kind: documents.tail(kind, 10**9)[::-1] for kind in {*LOG_DOCUMENTS, *documents.logs()}})
     (tmp / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
     files["documents.json"] = {"sha256": _sha256(tmp / "documents.json")}
     index = {"format": FORMAT, "version": VERSION, "created_at": utc_now(), "source": store.describe(),
@@ -147,6 +148,7 @@ def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False
     if store.exists() and not force:
         raise StoreError(f"{store.describe()} exists: `knnbe-qdrant restore --force` replaces it with the backup "
                          "(built beside it and swapped in atomically)")
+    docs = _read_documents(root / "documents.json")
     target = store.rebuild_view() if store.exists() else store
     try:
         fields = {k: getattr(saved, k) for k in ("schema_version", "skill_text", "sources", "migrations", "params",
@@ -167,7 +169,7 @@ def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False
             stray = [r.id for r in target.scroll(collection, payload=False) if r.id not in restored]
             for start in range(0, len(stray), _CHUNK):
                 target.delete(collection, stray[start : start + _CHUNK])
-        _restore_documents(target, json.loads((root / "documents.json").read_text(encoding="utf-8")))
+        _restore_documents(target, docs)
         target.optimize()
         target.mark_ready(counts={c: target.count(c) for c in COLLECTIONS}, build_seconds=saved.build_seconds)
         if target is not store:
@@ -183,14 +185,28 @@ def _write(store: Store, collection: str, batch: list[tuple[str, dict[str, Any],
         store.upsert(collection, [p[0] for p in batch], np.stack([p[2] for p in batch]), [p[1] for p in batch])
 
 
+def _read_documents(path: Path) -> dict[str, Any]:
+    """The backup's documents, each kind checked before anything is written: a log's kind names a file in the
+    store directory, so only the audit logs' names are taken."""
+    docs = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(docs, dict):
+        raise InputFileError(f"{path}: not a JSON object of documents by kind")
+    for kind, value in docs.items():
+        keyed = kind in KEYED_DOCUMENTS
+        if not (keyed or is_document_file(f"{kind}.jsonl")) or not isinstance(value, dict if keyed else list):
+            raise InputFileError(f"{path}: {kind!r} is not a document kind a backup holds (or not in its shape)")
+    return docs
+
+
 def _restore_documents(store: Store, docs: dict[str, Any]) -> None:
-    """The backup's keys, hiders and tombstones join the store's (a key made since the backup stays); its audit log
-    is written only into a store whose log is empty, so restoring twice does not repeat it."""
+    """The backup's keys, hiders and tombstones join the store's (a key made since the backup stays); each of its
+    logs (the audit log, each tenant's) is written only into a store where that log is empty, so restoring twice
+    does not repeat it."""
     documents = store.documents()
     for kind in KEYED_DOCUMENTS:
         for doc_id, document in (docs.get(kind) or {}).items():
             documents.put(kind, doc_id, document)
-    for kind in LOG_DOCUMENTS:
+    for kind in sorted({*LOG_DOCUMENTS, *docs} - set(KEYED_DOCUMENTS)):
         if not documents.tail(kind, 1):
             for entry in docs.get(kind) or []:
                 documents.append(kind, entry)

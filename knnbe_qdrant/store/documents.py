@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,7 +32,22 @@ _RESTORE = ("restore the store with `knnbe-qdrant restore --force BACKUP_DIR` (a
 TAIL_BYTES = 4 << 20
 """The most a `tail` of a log file reads: old entries beyond it are not shown (they stay in the file)."""
 FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", ".documents.lock")
-"""What FileDocuments may leave in a store directory besides the store itself."""
+"""What FileDocuments may leave in a store directory besides the store itself (and the tenants' audit logs:
+`is_document_file`)."""
+AUDIT = "audit"
+"""The audit log of every edit, which admins read."""
+_TENANT_AUDIT_FILE = re.compile(r"audit@[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.jsonl")
+
+
+def tenant_audit(tenant: str) -> str:
+    """The log of one tenant's edits, which its keys read. Its own log, not a filter over the shared one: another
+    tenant's flood of edits cannot push this tenant's out of its view, nor make its reads longer. `tenant` is a
+    checked name (letters, digits, "_", ".", "-"), so the kind is a plain file name."""
+    return f"{AUDIT}@{tenant}"
+
+
+def is_document_file(name: str) -> bool:
+    return name in FILES or _TENANT_AUDIT_FILE.fullmatch(name) is not None
 
 
 def _now() -> str:
@@ -61,6 +77,14 @@ class Documents(ABC):
     @abstractmethod
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         """The last `n` entries of the log `kind`, newest first."""
+
+    @abstractmethod
+    def logs(self) -> list[str]:
+        """The kinds of the logs that hold entries."""
+
+    @abstractmethod
+    def clear_log(self, kind: str) -> None:
+        """Remove every entry of the log `kind`; returns once that is durable."""
 
     def version(self, kind: str) -> object:
         """Changes whenever the documents of `kind` may have changed (lets readers cache); None: always re-read."""
@@ -151,6 +175,18 @@ class FileDocuments(Documents):
                 break
         return entries
 
+    def logs(self) -> list[str]:
+        return sorted(p.name[: -len(".jsonl")] for p in self.root.iterdir()
+                      if p.name.endswith(".jsonl") and is_document_file(p.name))
+
+    def clear_log(self, kind: str) -> None:
+        with self._locked():
+            try:
+                (self.root / f"{kind}.jsonl").unlink()
+            except FileNotFoundError:
+                return
+            fsync_dir(self.root)
+
     def version(self, kind: str) -> object:
         try:
             st = os.stat(self.root / f"{kind}.json")
@@ -219,6 +255,32 @@ class MetaDocuments(Documents):
         entries = [p["entry"] for p in self._scroll(kind) if "entry" in p]
         entries.sort(key=lambda e: e.get("at", ""), reverse=True)
         return entries[:n]
+
+    def logs(self) -> list[str]:
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return []
+        has_entry = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+        kinds: set[str] = set()
+        offset = None
+        while True:
+            records, offset = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                               scroll_filter=has_entry, limit=1000, offset=offset,
+                                               with_payload=["kind"], with_vectors=False)
+            kinds.update(str((r.payload or {}).get("kind")) for r in records)
+            if offset is None:
+                return sorted(kinds)
+
+    def clear_log(self, kind: str) -> None:
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return
+        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))],
+                              must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+        self.store._call(self.store.client.delete, self.store.meta_collection(),
+                         points_selector=models.FilterSelector(filter=where), wait=True)
 
 
 def fsync_dir(path: Path) -> None:

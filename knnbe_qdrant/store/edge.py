@@ -22,8 +22,7 @@ from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedErro
 from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
 from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
-from .documents import FILES as DOCUMENT_FILES
-from .documents import FileDocuments, fsync_dir
+from .documents import FileDocuments, fsync_dir, is_document_file
 from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
 from .payloads import PayloadCache
 from .translate import build_filter, payload_selector, to_record
@@ -377,7 +376,7 @@ class EdgeStore(Store):
         self.close()
         # The constructor refused any directory holding anything but a store, so this only ever removes a store.
         for item in self.path.iterdir():
-            if item.name in DOCUMENT_FILES:
+            if is_document_file(item.name):
                 continue
             if item.is_dir():
                 shutil.rmtree(item)

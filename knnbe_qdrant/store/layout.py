@@ -1,6 +1,6 @@
 """What an embedded store's directory holds, and what a directory must hold to be opened or built in:
 <root>/manifest.json, one folder per collection and generation (<root>/skills_g1/, <root>/memory_g1/), and the
-service's documents (documents.FILES)."""
+service's documents (documents.is_document_file)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from typing import Any
 
 from .._errors import StoreCorruptError, StoreNotFoundError
 from .._schema import Manifest
-from .documents import FILES as DOCUMENT_FILES
-from .documents import fsync_dir
+from .documents import fsync_dir, is_document_file
 
 MANIFEST_FILE = "manifest.json"
 NEXT_MANIFEST_FILE = "manifest.next.json"
@@ -45,7 +44,7 @@ def prepare(path: Path, *, create: bool, generation: int | None) -> bool:
             hint = (" (it holds the collections of a build that stopped before its manifest was written: run "
                     "`knnbe-qdrant build` to build it afresh)") if leftovers else ""
             raise StoreCorruptError(f"{path} is not a knnbe-qdrant store (no {MANIFEST_FILE}){hint}")
-        if any(p.name not in DOCUMENT_FILES and not _OWN.fullmatch(p.name) for p in path.iterdir()):
+        if any(not is_document_file(p.name) and not _OWN.fullmatch(p.name) for p in path.iterdir()):
             raise StoreCorruptError(
                 f"{path} is a non-empty directory that is not a knnbe-qdrant store; refusing to build there"
             )
