@@ -62,6 +62,14 @@ def test_health_readiness_and_metrics(served):
     assert 'knnbe_http_requests_total{endpoint="unmatched",method="POST",status="413"}' in text
     assert 'knnbe_http_errors_total{endpoint="unmatched",kind="404"}' in text
     assert client.get("/docs").status_code == 200 and "/v1/map" in client.get("/openapi.json").text
+    # Made-up methods and paths are counted under one label each: a client cannot add series without bound.
+    before = len(client.get("/metrics").text.splitlines())
+    for i in range(50):
+        client.request(f"MADEUP{i}", "/healthz")
+        client.request(f"MADEUP{i}", f"/v1/nowhere/{i}")
+    text = client.get("/metrics").text
+    assert "MADEUP" not in text and "nowhere" not in text and len(text.splitlines()) <= before + 20
+    assert 'knnbe_http_requests_total{endpoint="/healthz",method="other",status="405"}' in text
 
 
 def test_map_answers_what_the_library_answers(served):

@@ -75,6 +75,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
 class Measured:
     """Counts and times every HTTP request by endpoint, method and status (the Prometheus metrics). A plain ASGI
     middleware: Starlette's `@app.middleware("http")` runs each request in a task of its own behind memory streams,
@@ -102,7 +105,10 @@ class Measured:
         finally:
             # The router sets the matched route in the request's scope, which is this one.
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            # The method as a label only when it is one of HTTP's: any token is a method to the server, and one
+            # series per made-up method let a client grow the metrics (and this process) without bound.
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             if status >= 400:
                 self.metrics.errors.labels(endpoint, str(status)).inc()
