@@ -103,8 +103,12 @@ class Curator:
         vector = self.encoder.encode([skill.label])  # a skill is embedded by its label (manifest skill_text "label")
         # Checked and written under the item's lock: of two curators adding one id at once, one is refused.
         with self.store.item_lock("skill", owner, skill.id):
-            if self.store.count(S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill.id}):
-                raise ConflictError(f"skill id {skill.id!r} already exists for this tenant: use `skill update`")
+            existing = [r.payload for r in self.store.scroll(
+                S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill.id}, batch=4)]
+            if existing:
+                hint = ("it is retired or hidden for this tenant: `skill reinstate` brings it back"
+                        if not any(skill_is_visible(p, tenant) for p in existing) else "use `skill update`")
+                raise ConflictError(f"skill id {skill.id!r} already exists for this tenant: {hint}")
             payload = {**skill_payload(skill, owner), **self._provenance("curator")}
             self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
         return payload
@@ -144,6 +148,23 @@ class Curator:
             return "retired"
         self._hide(S.SKILLS, S.skill_point_id(S.GLOBAL_TENANT, payload[S.F_SKILL_ID]), _own(tenant))
         return "hidden"
+
+    def reinstate_skill(self, ref: str, *, tenant: str | None = None) -> str:
+        """Undo `retire_skill`: a retired skill of one's own layer is returned again, a global skill this tenant hid
+        is shown to it again. Its sentences never left, so its votes come back with it.
+
+        Returns "reinstated", "unhidden", or "already active" (a retry of a reinstatement that went through)."""
+        self._check_editable()
+        payload = self.resolve_skill(ref, tenant, include_retired=True)
+        if skill_is_visible(payload, tenant):
+            return "already active"
+        point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
+        if payload[S.F_TENANT] == _own(tenant):
+            with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
+                self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.ACTIVE, S.F_UPDATED_AT: S.utc_now()})
+            return "reinstated"
+        self.store.delete_payload(S.SKILLS, [point], [S.hide_key(_own(tenant))])
+        return "unhidden"
 
     def list_skills(self, *, tenant: str | None = None, own_only: bool = False) -> Iterator[dict[str, Any]]:
         where = visible_skills(tenant)

@@ -50,6 +50,7 @@ F_CREATED_BY = "created_by"
 F_UPDATED_AT = "updated_at"
 F_STATUS = "status"
 RETIRED = "retired"
+ACTIVE = "active"
 """A skill whose status is "retired" is never returned, for anyone; its memory sentences no longer vote for it.
 (A keyword, not a boolean: Qdrant Edge 0.9's Python binding does not match boolean payload values.)"""
 F_HIDDEN_FOR = "hidden_for"

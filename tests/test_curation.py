@@ -92,6 +92,33 @@ def test_retired_skill_is_never_returned(curator, mapper, store):
         curator.add_sentence("another", "custom:retire-me", tenant="acme")
 
 
+def test_a_retirement_or_a_hiding_is_undone_by_reinstating_and_only_for_that_tenant(curator, mapper):
+    # A mistaken retirement was final: adding the id again was refused ("use `skill update`"), and update, retire
+    # and add_sentence all said there was no such skill.
+    sentence = "retire me skill, then bring it back"
+    curator.add_skill("custom:back", "retire me skill", tenant="acme")
+    curator.add_sentence("retire me skill, the sentence that votes", "custom:back", tenant="acme")
+    assert curator.retire_skill("custom:back", tenant="acme") == "retired"
+    with pytest.raises(ConflictError, match="retired or hidden for this tenant: `skill reinstate`"):
+        curator.add_skill("custom:back", "retire me skill", tenant="acme")
+    with pytest.raises(NotFoundError):
+        curator.reinstate_skill("custom:back", tenant="beta")  # another tenant's skill: not there for it
+    assert curator.reinstate_skill("retire me skill", tenant="acme") == "reinstated"  # by label, as retired
+    assert curator.reinstate_skill("custom:back", tenant="acme") == "already active"  # a retry
+    match = next(s for s in mapper.map([sentence], top=3, tenant="acme")[0].skills if s.id == "custom:back")
+    assert "retire me skill, the sentence that votes" in {e.text for e in match.evidence}  # its votes came back
+    curator.update_skill("custom:back", label="brought back skill", tenant="acme")  # editable again
+
+    python_id = curator.resolve_skill(QDRANT)["skill_id"]
+    assert curator.retire_skill(QDRANT, tenant="acme") == "hidden"
+    assert curator.retire_skill(QDRANT, tenant="beta") == "hidden"
+    assert curator.reinstate_skill(python_id, tenant="acme") == "unhidden"
+    python = "Strong programming skills in Python."
+    assert python_id in ids(mapper.map([python], top=3, tenant="acme")[0])
+    assert python_id not in ids(mapper.map([python], top=50, tenant="beta")[0])  # beta's own hiding stays
+    assert curator.reinstate_skill(QDRANT) == "already active"  # the global layer never retired it
+
+
 def test_tenant_hides_a_global_skill_and_sentence_for_itself_only(curator, mapper, store):
     sentence = "Strong programming skills in Python."
     python_id = curator.resolve_skill(QDRANT)["skill_id"]

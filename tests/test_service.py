@@ -140,6 +140,22 @@ def test_every_key_edits_with_the_one_encoder_loaded_at_the_first_edit(served):
     assert first.encoder is second.encoder is service.curator_for(acme).encoder
 
 
+def test_a_curator_undoes_a_hiding_over_http(served):
+    client, keys, _, _ = served
+    h = auth(keys, "acme-curator")
+    ids = lambda: [s["id"] for s in client.post("/v1/map", json={"sentences": [SQL], "top": 5},  # noqa: E731
+                                                headers=auth(keys, "acme-reader")).json()["results"][0]["skills"]]
+    sql = client.get("/v1/skills/search", params={"q": "SQL", "limit": 1}, headers=h).json()["items"][0]["id"]
+    assert client.post("/v1/skills/retire", json={"skill": sql}, headers=h).json() == {"result": "hidden"}
+    assert sql not in ids()
+    assert client.post("/v1/skills/reinstate", json={"skill": sql},
+                       headers=auth(keys, "acme-reader")).status_code == 403
+    assert client.post("/v1/skills/reinstate", json={"skill": sql}, headers=h).json() == {"result": "unhidden"}
+    assert client.post("/v1/skills/reinstate", json={"skill": sql}, headers=h).json() == {"result": "already active"}
+    assert sql in ids()
+    assert client.get("/v1/audit", params={"limit": 1}, headers=h).json()["items"][0]["action"] == "skill unhidden"
+
+
 def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
     client, keys, _, _ = served
     h = auth(keys, "beta-curator")

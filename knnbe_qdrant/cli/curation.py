@@ -72,7 +72,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--skill")
 
-    sk = sub.add_parser("skill", help="curate skills: add, update, retire, list")
+    sk = sub.add_parser("skill", help="curate skills: add, update, retire, reinstate, list")
     actions = sk.add_subparsers(dest="action", required=True)
     p = _action(actions, parent, "add", "add a skill the taxonomy lacks", skill_add)
     p.add_argument("--id", required=True, dest="skill_id")
@@ -86,6 +86,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = _action(actions, parent, "retire", "never return a skill again (a tenant hides a global skill for itself)",
                 skill_retire)
     p.add_argument("skill")
+    p = _action(actions, parent, "reinstate", "undo a retirement (a tenant shows a global skill it hid again)",
+                skill_reinstate)
+    p.add_argument("skill", help="skill id or exact preferred label")
     p = _action(actions, parent, "list", "skills visible to the tenant", skill_list)
     p.add_argument("--own", action="store_true", help="only the tenant's own skills")
     p.add_argument("--json", action="store_true")
@@ -161,6 +164,11 @@ def skill_update(curator: Curator, args: argparse.Namespace) -> int:
 
 def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
     print(curator.retire_skill(args.skill, tenant=args.tenant))
+    return 0
+
+
+def skill_reinstate(curator: Curator, args: argparse.Namespace) -> int:
+    print(curator.reinstate_skill(args.skill, tenant=args.tenant))
     return 0
 
 

@@ -36,7 +36,7 @@ def _skill_status(store: Store) -> None:
     store._create_collections(store.manifest.dimension)  # makes sure the `status` keyword index exists
     missing = [r.id for r in store.scroll(S.SKILLS, payload=[S.F_STATUS]) if S.F_STATUS not in r.payload]
     for start in range(0, len(missing), 1000):
-        store.set_payload(S.SKILLS, missing[start : start + 1000], {S.F_STATUS: "active"})
+        store.set_payload(S.SKILLS, missing[start : start + 1000], {S.F_STATUS: S.ACTIVE})
 
 
 def _hide_marks(store: Store) -> None:

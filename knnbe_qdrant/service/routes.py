@@ -236,6 +236,14 @@ def router(service: Service) -> APIRouter:
         service.audit(key, f"skill {outcome}", skill=body.skill)
         return {"result": outcome}
 
+    @api.post("/skills/reinstate", response_model=Message, summary="Undo a retirement, or show a global skill the "
+              "key's tenant hid again")
+    def reinstate_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
+        outcome = service.curator_for(key).reinstate_skill(body.skill, tenant=key.tenant)
+        if outcome != "already active":
+            service.audit(key, f"skill {outcome}", skill=body.skill)
+        return {"result": outcome}
+
     @api.post("/memory", response_model=Edited, status_code=201, summary="Teach the memory a labelled sentence")
     def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
         [text] = check_sentences([body.text])
