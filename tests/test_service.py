@@ -279,3 +279,34 @@ def test_a_tenants_audit_is_its_own_and_no_neighbour_floods_it_out(served, tmp_p
     assert client.get("/v1/audit", headers=auth(keys, "gamma-again")).json()["items"] == []
     admins = client.get("/v1/audit", params={"limit": 1000}, headers=auth(keys, "root")).json()["items"]
     assert admins[0]["action"] == "tenant delete" and any(e.get("text") == "gamma's one edit" for e in admins)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_from_before_the_tenants_logs_gets_them_from_the_shared_one_once(backend, tmp_path, encoder,
+                                                                                  small_skills):
+    # Its shared log only: each existing tenant's entries go to its own log when a service first opens it, those
+    # from before a tenant's deletion excepted; a second start adds nothing.
+    from knnbe_qdrant import Curator
+    from knnbe_qdrant.store.documents import AUDIT, tenant_audit
+
+    store = build_small(backend, tmp_path, encoder, small_skills[:20])
+    for tenant in ("acme", "gone"):
+        Curator(store, encoder).add_sentence(f"{tenant}'s sentence about SQL", "SQL", tenant=tenant)
+    documents = store.documents()
+    for entry in [{"tenant": "acme", "key": "a", "action": "memory add", "text": "acme 1"},
+                  {"tenant": "gone", "key": "g", "action": "memory add", "text": "gone before"},
+                  {"tenant": None, "key": "root", "action": "tenant delete", "tenant_deleted": "gone"},
+                  {"tenant": "gone", "key": "g2", "action": "memory add", "text": "gone after"},
+                  {"tenant": "left", "key": "l", "action": "memory add", "text": "a tenant with no data now"},
+                  {"tenant": "acme", "key": "a", "action": "memory add", "text": "acme 2"}]:
+        documents.append(AUDIT, entry)
+    ring = KeyRing(documents)
+    keys = {t: ring.create(role="reader", tenant=t, name=f"r-{t}")[1] for t in ("acme", "gone", "left")}
+    for _ in range(2):
+        app = create_app(mapper=SkillMapper(store, encoder, exact=True), limits=LIMITS, load_in_background=False)
+        with TestClient(app) as client:
+            seen = {t: [e["text"] for e in client.get("/v1/audit", headers={"Authorization": f"Bearer {k}"}).json()[
+                "items"]] for t, k in keys.items()}
+        assert seen == {"acme": ["acme 2", "acme 1"], "gone": ["gone after"], "left": []}, seen
+    assert len(documents.tail(AUDIT, 100)) == 6 and not documents.tail(tenant_audit("left"), 1)
+    store.close()

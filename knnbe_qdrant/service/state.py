@@ -6,14 +6,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .._curation import Curator
 from .._errors import KnnbeError
 from .._mapper import SkillMapper
+from .._schema import utc_now
 from ..store.connection import Connection
-from ..store.documents import AUDIT, tenant_audit
+from ..store.documents import AUDIT, AUDIT_SPLIT, Documents, tenant_audit
 from .batching import MapBatcher
 from .keys import Key, KeyRing
 from .metrics import Metrics
@@ -43,6 +45,27 @@ class ApiError(KnnbeError):
         self.message = message
 
 
+def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]]) -> None:
+    """Give each tenant the log of its own edits that a store from before the tenants' logs lacks: its entries of
+    the shared log, from after its last deletion, for the tenants that exist (a tenant made later under a deleted
+    one's name starts without its history). Once per store, before the first request; a tenant whose log already
+    holds entries (written since by another replica) is left as it is."""
+    if documents.all(AUDIT_SPLIT):
+        return
+    own: dict[str, list[dict[str, Any]]] = {}
+    for entry in reversed(documents.tail(AUDIT, 10**9)):  # oldest first
+        if entry.get("action") == "tenant delete":
+            own.pop(str(entry.get("tenant_deleted")), None)
+        elif entry.get("tenant"):
+            own.setdefault(str(entry["tenant"]), []).append(entry)
+    present, existing = set(documents.logs()), set(tenants()) if own else set()
+    for tenant, entries in own.items():
+        if tenant in existing and tenant_audit(tenant) not in present:
+            for entry in entries:
+                documents.append(tenant_audit(tenant), entry)
+    documents.put(AUDIT_SPLIT, "done", {"at": utc_now(), "tenants": len(own)})
+
+
 class Service:
     """What the endpoints share. Loaded in a background thread, so /healthz answers at once and /readyz says
     when the store is open and the model loaded."""
@@ -68,6 +91,10 @@ class Service:
             # Its own encoder, loaded at the first edit: stored vectors are encoded in full precision, queries
             # may be bf16 (see encoding.encoder).
             self.curator = Curator(mapper.store)
+            try:
+                split_tenant_audit(mapper.store.documents(), self.curator.tenants)
+            except (OSError, KnnbeError) as exc:  # the tenants then see their edits from now on: no reason not to serve
+                log.warning("could not fill the tenants' audit logs from the shared one: %s", exc)
             self.keys = KeyRing(mapper.store.documents())
             self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000,
                                       on_batch=self.metrics.on_batch)

@@ -26,11 +26,11 @@ import numpy as np
 from .._errors import InputFileError, InvalidInputError, StoreError
 from .._schema import COLLECTIONS, HIDERS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
 from .base import Store
-from .documents import is_document_file
+from .documents import AUDIT_SPLIT, is_document_file
 
 FORMAT = "knnbe-qdrant backup"
 VERSION = 1
-KEYED_DOCUMENTS = ("keys", HIDERS, TOMBSTONES)
+KEYED_DOCUMENTS = ("keys", HIDERS, TOMBSTONES, AUDIT_SPLIT)
 LOG_DOCUMENTS = ("audit",)
 _CHUNK = 1000
 

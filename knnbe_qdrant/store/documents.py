@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import re
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,11 +32,14 @@ _RESTORE = ("restore the store with `knnbe-qdrant restore --force BACKUP_DIR` (a
             "backup`, which keeps the keys and the audit log)")
 TAIL_BYTES = 4 << 20
 """The most a `tail` of a log file reads: old entries beyond it are not shown (they stay in the file)."""
-FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", ".documents.lock")
+FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", "audit_split.json", ".documents.lock")
 """What FileDocuments may leave in a store directory besides the store itself (and the tenants' audit logs:
 `is_document_file`)."""
 AUDIT = "audit"
 """The audit log of every edit, which admins read."""
+AUDIT_SPLIT = "audit_split"
+"""A keyed document: present once the tenants' logs were filled from the shared log of a store that had only it
+(service.state.split_tenant_audit)."""
 _TENANT_AUDIT_FILE = re.compile(r"audit@[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.jsonl")
 
 
@@ -249,12 +253,14 @@ class MetaDocuments(Documents):
                          new=True)
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
-        self._put(str(uuid.uuid4()), {"kind": kind, "entry": {"at": _now(), **entry}})
+        # Points come back in id order: the write's clock orders entries of one millisecond (or a restored entry,
+        # which keeps its time) as they were appended.
+        self._put(str(uuid.uuid4()), {"kind": kind, "entry": {"at": _now(), **entry}, "written_ns": time.time_ns()})
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
-        entries = [p["entry"] for p in self._scroll(kind) if "entry" in p]
-        entries.sort(key=lambda e: e.get("at", ""), reverse=True)
-        return entries[:n]
+        points = [p for p in self._scroll(kind) if "entry" in p]
+        points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
+        return [p["entry"] for p in points[:n]]
 
     def logs(self) -> list[str]:
         from qdrant_client import models
