@@ -99,7 +99,8 @@ class Encoder:
     import, a curated sentence, a re-embedding) are encoded so, and queries may use bf16 (measured within 0.5 RP
     points of fp32 on every validation split; a store built in bf16 lost 0.7 RP@5 on TECH, see docs/performance.md).
     `precision="int8"` (or KNNBE_PRECISION=int8 where `precision` is "auto") runs the model quantized to int8 on
-    OpenVINO (encoding.int8; the `int8` extra): faster queries (measured on a CPU with AVX-512 VNNI only),
+    OpenVINO (encoding.int8; the `int8` extra): faster queries on a CPU with AVX-512 VNNI (slower than bf16 on
+    AMX, and than fp32 on AVX2 without VNNI),
     within 0.71 RP points of bf16 on every validation split. It is opt-in and for queries: stored vectors are
     encoded with `precision="fp32"`, which no environment overrides.
     The `precision` attribute says which arithmetic encodes.
