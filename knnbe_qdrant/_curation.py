@@ -163,6 +163,9 @@ class Curator:
             with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
                 self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.ACTIVE, S.F_UPDATED_AT: S.utc_now()})
             return "reinstated"
+        if payload.get(S.F_STATUS) == S.RETIRED:  # the global layer's own retirement: not this tenant's to undo
+            raise InvalidInputError(f"skill {ref!r} was retired in the global layer: only an admin key (or a "
+                                    "command without --tenant) reinstates it")
         self.store.delete_payload(S.SKILLS, [point], [S.hide_key(_own(tenant))])
         return "unhidden"
 

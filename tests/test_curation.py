@@ -117,6 +117,11 @@ def test_a_retirement_or_a_hiding_is_undone_by_reinstating_and_only_for_that_ten
     assert python_id in ids(mapper.map([python], top=3, tenant="acme")[0])
     assert python_id not in ids(mapper.map([python], top=50, tenant="beta")[0])  # beta's own hiding stays
     assert curator.reinstate_skill(QDRANT) == "already active"  # the global layer never retired it
+    assert curator.retire_skill(QDRANT) == "retired"  # now it does: no tenant may undo that
+    with pytest.raises(InvalidInputError, match="retired in the global layer: only an admin"):
+        curator.reinstate_skill(python_id, tenant="acme")
+    assert curator.reinstate_skill(python_id) == "reinstated"
+    assert python_id in ids(mapper.map([python], top=3, tenant="acme")[0])
 
 
 def test_tenant_hides_a_global_skill_and_sentence_for_itself_only(curator, mapper, store):
