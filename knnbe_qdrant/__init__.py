@@ -10,7 +10,7 @@ their own names.
 from typing import Any
 
 from ._build import build_store
-from ._curation import Curator, ImportReport
+from ._curation import Curator
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
 from ._errors import (
     ConflictError,
@@ -27,6 +27,7 @@ from ._errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
+from ._importing import ImportReport
 from ._mapper import MODES, SkillMapper
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams

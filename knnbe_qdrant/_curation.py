@@ -11,19 +11,17 @@ import getpass
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from . import _schema as S
 from . import _text as T
-from ._build import TextPoint, memory_payload, skill_payload, upsert_missing
+from ._build import memory_payload, skill_payload
 from ._carry import record_removal
 from ._data import LabelledSentence, Skill
-from ._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
-from ._labelled import check_readable, hf_rows, read_labelled, row_problem, write_labelled
+from ._errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from ._importing import ImportReport, store_rows
+from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
 from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
@@ -31,13 +29,6 @@ from .store.base import Store, Where, vectors_of
 from .store.documents import tenant_audit
 
 ENV_USER = "KNNBE_USER"
-
-
-@dataclass
-class ImportReport:
-    stored: int = 0
-    already_stored: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 def _own(tenant: str | None) -> str:
@@ -296,52 +287,9 @@ class Curator:
         skipped; errors read `origin:line: problem`. If storing fails part-way, the error says how many rows were
         stored before it (running the same import again stores the rest)."""
         self._check_editable()
-        report = ImportReport()
-        owner = _own(tenant)
-        resolved: dict[str, str | Exception] = {}
-        batch: dict[str, TextPoint] = {}
-        now = S.utc_now()
-
-        def flush() -> None:
-            written = upsert_missing(self.store, S.MEMORY, list(batch.values()), self.encoder, progress=False,
-                                     desc="import")
-            report.stored += written
-            report.already_stored += len(batch) - written
-            batch.clear()
-
-        def skill_of(ref: str) -> str | Exception:
-            if ref not in resolved:
-                try:
-                    resolved[ref] = self.resolve_skill(ref, tenant)[S.F_SKILL_ID]
-                except KnnbeError as exc:
-                    resolved[ref] = exc
-            return resolved[ref]
-
-        try:
-            with tqdm(desc="import", unit="row", disable=not progress) as bar:
-                for line_no, row, read_problem in rows:
-                    bar.update(1)
-                    text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
-                    problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else
-                                               row_problem(text, ref, row.get("source") or ""))
-                    skill_id = skill_of(ref) if problem is None else None
-                    if problem or isinstance(skill_id, Exception) or skill_id is None:
-                        report.errors.append(f"{origin}:{line_no}: {problem or skill_id}")
-                        continue
-                    row_source = (row.get("source") or "").strip() or source
-                    point = S.memory_point_id(owner, skill_id, text)
-                    payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
-                               **self._provenance(row_source)}
-                    batch[point] = TextPoint(point, text, payload)
-                    if len(batch) >= chunk:
-                        flush()
-                if batch:
-                    flush()
-        except (KnnbeError, OSError) as exc:
-            raise StoreError(f"import of {origin} stopped after storing {report.stored} rows "
-                             f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "
-                             "Run the same import again to store the rest.") from exc
-        return report
+        return store_rows(self.store, lambda: self.encoder, lambda ref: self.resolve_skill(ref, tenant)[S.F_SKILL_ID],
+                          self._provenance, rows, origin, owner=_own(tenant), source=source, progress=progress,
+                          chunk=chunk)
 
     def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
         """Write the tenant's own sentences (the global layer's without a tenant) as JSONL, or CSV by suffix."""

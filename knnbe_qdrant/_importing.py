@@ -1,0 +1,77 @@
+"""Bulk import of labelled sentences into the memory: rows streamed in chunks, each bad row reported by its line
+and skipped, every good one stored once (point ids are deterministic, so a re-run stores only what is missing).
+`Curator.import_file`, `import_hf` and `import_rows` are the way in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import _schema as S
+from ._build import TextPoint, memory_payload, upsert_missing
+from ._data import LabelledSentence
+from ._errors import KnnbeError, StoreError
+from ._labelled import row_problem
+from .encoding import Encoder
+from .store.base import Store
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    already_stored: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[str], str],
+               provenance: Callable[[str], dict[str, Any]], rows: Iterable[tuple[int, dict[str, str], str | None]],
+               origin: str, *, owner: str, source: str, progress: bool, chunk: int) -> ImportReport:
+    """Store (line number, {text, skill[, source]}, problem) rows in `owner`'s layer, skill references resolved by
+    `resolve` (once each) and the model loaded (by `encoder`) only if a row is stored."""
+    report = ImportReport()
+    resolved: dict[str, str | Exception] = {}
+    batch: dict[str, TextPoint] = {}
+    now = S.utc_now()
+
+    def flush() -> None:
+        written = upsert_missing(store, S.MEMORY, list(batch.values()), encoder(), progress=False, desc="import")
+        report.stored += written
+        report.already_stored += len(batch) - written
+        batch.clear()
+
+    def skill_of(ref: str) -> str | Exception:
+        if ref not in resolved:
+            try:
+                resolved[ref] = resolve(ref)
+            except KnnbeError as exc:
+                resolved[ref] = exc
+        return resolved[ref]
+
+    try:
+        with tqdm(desc="import", unit="row", disable=not progress) as bar:
+            for line_no, row, read_problem in rows:
+                bar.update(1)
+                text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
+                problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else
+                                           row_problem(text, ref, row.get("source") or ""))
+                skill_id = skill_of(ref) if problem is None else None
+                if problem or isinstance(skill_id, Exception) or skill_id is None:
+                    report.errors.append(f"{origin}:{line_no}: {problem or skill_id}")
+                    continue
+                row_source = (row.get("source") or "").strip() or source
+                point = S.memory_point_id(owner, skill_id, text)
+                payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
+                           **provenance(row_source)}
+                batch[point] = TextPoint(point, text, payload)
+                if len(batch) >= chunk:
+                    flush()
+            if batch:
+                flush()
+    except (KnnbeError, OSError) as exc:
+        raise StoreError(f"import of {origin} stopped after storing {report.stored} rows "
+                         f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "
+                         "Run the same import again to store the rest.") from exc
+    return report
