@@ -300,10 +300,12 @@ def test_every_acknowledged_edit_survives_a_sigkill_of_the_service(cli_store, tm
     ok("acme", "/v1/skills/retire", {"skill": "PostgreSQL"})  # a global skill, hidden for acme alone
     ok("beta", "/v1/memory", {"skill": "SQL", "text": "beta removes this one"})
     ok("beta", "/v1/memory/remove", {"skill": "SQL", "text": "beta removes this one"})
-    with ThreadPoolExecutor(8) as pool:  # writes in flight at the kill
+    with ThreadPoolExecutor(8) as pool:  # writes in flight at the kill: it lands once some were acknowledged
         late = [pool.submit(clients["acme"].post, "/v1/memory", json={"skill": "SQL", "text": f"in flight {i}"})
-                for i in range(400)]
-        time.sleep(1.0)
+                for i in range(2000)]
+        waited = time.perf_counter()
+        while sum(f.done() for f in late) < 30 and time.perf_counter() - waited < 30:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         acknowledged = []
