@@ -276,6 +276,24 @@ def _memory_of(store: Path, skill: str, tenant: str | None = None) -> list[str]:
     return [json.loads(line)["text"] for line in r.stdout.decode().splitlines()]
 
 
+def test_command_line_edits_are_in_the_audit_logs_the_service_reads(store_copy):
+    from knnbe_qdrant.store.documents import AUDIT, tenant_audit
+
+    for args in (["skill", "add", "--id", "acme:kafka", "--label", "Apache Kafka streaming", "--tenant", "acme"],
+                 ["skill", "retire", "SQL", "--tenant", "acme"], ["skill", "reinstate", "SQL", "--tenant", "acme"],
+                 ["skill", "reinstate", "SQL", "--tenant", "acme"],  # already active: no edit, no entry
+                 ["memory", "add", "--skill", "SQL", "--text", "Global reporting in SQL", "--user", "bob"]):
+        r = run(*args, store=store_copy)
+        assert r.returncode == 0, (args, r.stderr.decode())
+    documents = FileDocuments(store_copy)
+    acme = [(e["key"].startswith("cli:"), e["action"]) for e in documents.tail(tenant_audit("acme"), 10)]
+    assert acme == [(True, "skill unhidden"), (True, "skill hidden"), (True, "skill add")], acme
+    latest = documents.tail(AUDIT, 1)[0]
+    assert (latest["tenant"], latest["key"], latest["action"]) == (None, "cli:bob", "memory add")
+    assert run("tenant", "delete", "acme", store=store_copy).returncode == 0
+    assert not documents.tail(tenant_audit("acme"), 1) and documents.tail(AUDIT, 1)[0]["action"] == "tenant delete"
+
+
 def test_a_forced_rebuild_carries_every_tenant_and_curator_edit(store_copy, cli_taxonomy):
     _curate(store_copy)
     before = _tenants(store_copy)

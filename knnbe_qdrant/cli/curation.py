@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._tenancy import is_tenant
+from ..store.documents import record_edit, split_tenant_audit
 from ._common import open_curator
 
 if TYPE_CHECKING:
@@ -36,6 +38,14 @@ def _with_curator(func: CuratorCommand) -> Callable[[argparse.Namespace], int]:
             return func(curator, args)
 
     return run
+
+
+def _recorded(curator: Curator, tenant: str | None, action: str, **details: Any) -> None:
+    """The edit in the audit logs, as the service records its own: a curator's edits from the command line show in
+    `GET /v1/audit` too, under `cli:<user>`."""
+    documents = curator.store.documents()
+    split_tenant_audit(documents, curator.tenants)  # a store from before the tenants' logs gets them first
+    record_edit(documents, tenant if is_tenant(tenant) else None, f"cli:{curator.user}", action, **details)
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -106,17 +116,22 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 # ---- memory ---------------------------------------------------------------------------------------------------
 def memory_add(curator: Curator, args: argparse.Namespace) -> int:
     added = curator.add_sentence(args.text, args.skill, tenant=args.tenant, source=args.source)
+    if added:
+        _recorded(curator, args.tenant, "memory add", skill=args.skill, text=args.text)
     print("added" if added else "already stored")
     return 0
 
 
 def memory_remove(curator: Curator, args: argparse.Namespace) -> int:
-    print(curator.remove_sentence(args.text, args.skill, tenant=args.tenant))
+    outcome = curator.remove_sentence(args.text, args.skill, tenant=args.tenant)
+    _recorded(curator, args.tenant, f"memory {outcome}", skill=args.skill, text=args.text)
+    print(outcome)
     return 0
 
 
 def memory_relabel(curator: Curator, args: argparse.Namespace) -> int:
     curator.relabel(args.text, args.skill, args.to, tenant=args.tenant)
+    _recorded(curator, args.tenant, "memory relabel", skill=args.skill, to=args.to, text=args.text)
     print("relabelled")
     return 0
 
@@ -138,6 +153,9 @@ def memory_import(curator: Curator, args: argparse.Namespace) -> int:
                                    progress=not args.no_progress)
     else:
         report = curator.import_file(args.file, tenant=args.tenant, source=args.source, progress=not args.no_progress)
+    if report.stored:
+        _recorded(curator, args.tenant, "memory import", file=args.file, stored=report.stored,
+                  bad_rows=len(report.errors))
     for error in report.errors:
         print(error, file=sys.stderr)
     print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
@@ -152,23 +170,30 @@ def memory_export(curator: Curator, args: argparse.Namespace) -> int:
 # ---- skills ---------------------------------------------------------------------------------------------------
 def skill_add(curator: Curator, args: argparse.Namespace) -> int:
     curator.add_skill(args.skill_id, args.label, description=args.description, tenant=args.tenant)
+    _recorded(curator, args.tenant, "skill add", skill=args.skill_id, label=args.label)
     print(f"added {args.skill_id}")
     return 0
 
 
 def skill_update(curator: Curator, args: argparse.Namespace) -> int:
     curator.update_skill(args.skill, label=args.label, description=args.description, tenant=args.tenant)
+    _recorded(curator, args.tenant, "skill update", skill=args.skill, label=args.label)
     print("updated")
     return 0
 
 
 def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
-    print(curator.retire_skill(args.skill, tenant=args.tenant))
+    outcome = curator.retire_skill(args.skill, tenant=args.tenant)
+    _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill)
+    print(outcome)
     return 0
 
 
 def skill_reinstate(curator: Curator, args: argparse.Namespace) -> int:
-    print(curator.reinstate_skill(args.skill, tenant=args.tenant))
+    outcome = curator.reinstate_skill(args.skill, tenant=args.tenant)
+    if outcome != "already active":
+        _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill)
+    print(outcome)
     return 0
 
 
@@ -194,5 +219,6 @@ def tenant_list(curator: Curator, args: argparse.Namespace) -> int:
 
 def tenant_delete(curator: Curator, args: argparse.Namespace) -> int:
     curator.delete_tenant(args.tenant)
+    _recorded(curator, None, "tenant delete", tenant_deleted=args.tenant)
     print(f"deleted tenant {args.tenant}")
     return 0

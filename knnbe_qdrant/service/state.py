@@ -6,16 +6,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .._curation import Curator
 from .._errors import KnnbeError
 from .._mapper import SkillMapper
-from .._schema import utc_now
 from ..store.connection import Connection
-from ..store.documents import AUDIT, AUDIT_SPLIT, Documents, tenant_audit
+from ..store.documents import record_edit, split_tenant_audit
 from .batching import MapBatcher
 from .keys import Key, KeyRing
 from .metrics import Metrics
@@ -32,10 +30,6 @@ class Limits:
     batch_wait_ms: float = 3.0
 
 
-AUDIT_TEXT = 300
-"""Characters of each text an audit entry keeps (the edit itself is in the store, whole)."""
-
-
 class ApiError(KnnbeError):
     """An answer other than 200, with its HTTP status and the message the client reads."""
 
@@ -43,27 +37,6 @@ class ApiError(KnnbeError):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]]) -> None:
-    """Give each tenant the log of its own edits that a store from before the tenants' logs lacks: its entries of
-    the shared log, from after its last deletion, for the tenants that exist (a tenant made later under a deleted
-    one's name starts without its history). Once per store, before the first request; a tenant whose log already
-    holds entries (written since by another replica) is left as it is."""
-    if documents.all(AUDIT_SPLIT):
-        return
-    own: dict[str, list[dict[str, Any]]] = {}
-    for entry in reversed(documents.tail(AUDIT, 10**9)):  # oldest first
-        if entry.get("action") == "tenant delete":
-            own.pop(str(entry.get("tenant_deleted")), None)
-        elif entry.get("tenant"):
-            own.setdefault(str(entry["tenant"]), []).append(entry)
-    present, existing = set(documents.logs()), set(tenants()) if own else set()
-    for tenant, entries in own.items():
-        if tenant in existing and tenant_audit(tenant) not in present:
-            for entry in entries:
-                documents.append(tenant_audit(tenant), entry)
-    documents.put(AUDIT_SPLIT, "done", {"at": utc_now(), "tenants": len(own)})
 
 
 class Service:
@@ -126,14 +99,7 @@ class Service:
 
     def audit(self, key: Key, action: str, **details: Any) -> None:
         mapper, _, _, _ = self.require_ready()
-        # Texts are cut: an entry stays small whatever was edited, so reading the log's tail stays cheap for all.
-        short = {k: v if not isinstance(v, str) or len(v) <= AUDIT_TEXT else v[:AUDIT_TEXT] + "…"
-                 for k, v in details.items()}
-        entry = {"tenant": key.tenant, "key": key.name, "action": action, **short}
-        documents = mapper.store.documents()
-        if key.tenant is not None:  # the tenant's own log first: what its keys read
-            documents.append(tenant_audit(key.tenant), entry)
-        documents.append(AUDIT, entry)
+        record_edit(mapper.store.documents(), key.tenant, key.name, action, **details)
 
     def close(self) -> None:
         if self.batcher is not None:

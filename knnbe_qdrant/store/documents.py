@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +39,7 @@ AUDIT = "audit"
 """The audit log of every edit, which admins read."""
 AUDIT_SPLIT = "audit_split"
 """A keyed document: present once the tenants' logs were filled from the shared log of a store that had only it
-(service.state.split_tenant_audit)."""
+(split_tenant_audit)."""
 _TENANT_AUDIT_FILE = re.compile(r"audit@[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.jsonl")
 
 
@@ -48,6 +48,42 @@ def tenant_audit(tenant: str) -> str:
     tenant's flood of edits cannot push this tenant's out of its view, nor make its reads longer. `tenant` is a
     checked name (letters, digits, "_", ".", "-"), so the kind is a plain file name."""
     return f"{AUDIT}@{tenant}"
+
+
+AUDIT_TEXT = 300
+"""Characters of each text an audit entry keeps (the edit itself is in the store, whole)."""
+
+
+def record_edit(documents: Documents, tenant: str | None, who: str, action: str, **details: Any) -> None:
+    """An audit entry for an edit: in the tenant's own log (what its keys read) and in the log of every edit.
+    Texts are cut, so that an entry stays small whatever was edited and reading a log's tail stays cheap."""
+    short = {k: v if not isinstance(v, str) or len(v) <= AUDIT_TEXT else v[:AUDIT_TEXT] + "…"
+             for k, v in details.items()}
+    entry = {"tenant": tenant, "key": who, "action": action, **short}
+    if tenant is not None:
+        documents.append(tenant_audit(tenant), entry)
+    documents.append(AUDIT, entry)
+
+
+def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]]) -> None:
+    """Give each tenant the log of its own edits that a store from before the tenants' logs lacks: its entries of
+    the shared log, from after its last deletion, for the tenants that exist (a tenant made later under a deleted
+    one's name starts without its history). Once per store, before a service's first request or a command's first
+    recorded edit; a tenant whose log already holds entries (written since by another replica) is left as it is."""
+    if documents.all(AUDIT_SPLIT):
+        return
+    own: dict[str, list[dict[str, Any]]] = {}
+    for entry in reversed(documents.tail(AUDIT, 10**9)):  # oldest first
+        if entry.get("action") == "tenant delete":
+            own.pop(str(entry.get("tenant_deleted")), None)
+        elif entry.get("tenant"):
+            own.setdefault(str(entry["tenant"]), []).append(entry)
+    present, existing = set(documents.logs()), set(tenants()) if own else set()
+    for tenant, entries in own.items():
+        if tenant in existing and tenant_audit(tenant) not in present:
+            for entry in entries:
+                documents.append(tenant_audit(tenant), entry)
+    documents.put(AUDIT_SPLIT, "done", {"at": _now(), "tenants": len(own)})
 
 
 def is_document_file(name: str) -> bool:
