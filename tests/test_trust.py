@@ -310,6 +310,22 @@ def test_a_forced_rebuild_carries_every_tenant_and_curator_edit(store_copy, cli_
     assert _tenants(store_copy) == {}
 
 
+def test_a_forced_rebuild_carries_reinstated_skills(store_copy, cli_taxonomy):
+    for args in (["skill", "add", "--id", "acme:kafka", "--label", "Apache Kafka streaming", "--tenant", "acme"],
+                 ["skill", "retire", "acme:kafka", "--tenant", "acme"], ["skill", "reinstate", "acme:kafka",
+                                                                         "--tenant", "acme"],
+                 ["skill", "retire", "SQL"], ["skill", "reinstate", "SQL"],  # the global layer's own
+                 ["skill", "retire", "PostgreSQL", "--tenant", "acme"],
+                 ["skill", "reinstate", "PostgreSQL", "--tenant", "acme"]):
+        r = run(*args, store=store_copy)
+        assert r.returncode == 0, (args, r.stderr.decode())
+    r = run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy)
+    assert r.returncode == 0, r.stderr.decode()
+    listed = run("skill", "list", "--tenant", "acme", "--json", store=store_copy).stdout.decode()
+    labels = {json.loads(line)["label"] for line in listed.splitlines()}
+    assert {"Apache Kafka streaming", "SQL", "PostgreSQL"} <= labels, labels
+
+
 @pytest.mark.parametrize("kill_after", [1.0, 3.0])
 def test_an_edit_made_while_a_killed_rebuild_is_pending_survives_its_resumption(store_copy, cli_taxonomy, kill_after):
     kill_a_rebuild_after(store_copy, cli_taxonomy, kill_after)
