@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._tenancy import is_tenant
-from ..store.documents import record_edit, split_tenant_audit
+from ..store.documents import TENANT_DELETE, record_edit, split_tenant_audit
 from ._common import open_curator
 
 if TYPE_CHECKING:
@@ -219,6 +219,6 @@ def tenant_list(curator: Curator, args: argparse.Namespace) -> int:
 
 def tenant_delete(curator: Curator, args: argparse.Namespace) -> int:
     curator.delete_tenant(args.tenant)
-    _recorded(curator, None, "tenant delete", tenant_deleted=args.tenant)
+    _recorded(curator, None, TENANT_DELETE, tenant_deleted=args.tenant)
     print(f"deleted tenant {args.tenant}")
     return 0

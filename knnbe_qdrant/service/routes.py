@@ -21,7 +21,7 @@ from .._mapper import validate_sentences
 from .._text import MAX_SKILL_REF, VISIBLE
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
-from ..store.documents import AUDIT, tenant_audit
+from ..store.documents import AUDIT, TENANT_DELETE, tenant_audit
 from .keys import Key
 from .models import (
     Edited,
@@ -276,7 +276,7 @@ def router(service: Service) -> APIRouter:
     @api.delete("/tenants/{name}", response_model=Message, summary="Remove exactly this tenant's data (admin)")
     def delete_tenant(name: Annotated[str, PathParam(pattern=S.TENANT_PATTERN)], key: Admin) -> dict[str, str]:
         service.curator_for(key).delete_tenant(name)
-        service.audit(key, "tenant delete", tenant_deleted=name)
+        service.audit(key, TENANT_DELETE, tenant_deleted=name)
         return {"result": "deleted"}
 
     return api

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import StoreCorruptError
+from .._schema import TENANT_PATTERN
 
 if TYPE_CHECKING:  # the client store makes these documents; this module needs nothing of it at import time
     from .client import QdrantClientStore
@@ -40,7 +41,6 @@ AUDIT = "audit"
 AUDIT_SPLIT = "audit_split"
 """A keyed document: present once the tenants' logs were filled from the shared log of a store that had only it
 (split_tenant_audit)."""
-_TENANT_AUDIT_FILE = re.compile(r"audit@[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.jsonl")
 
 
 def tenant_audit(tenant: str) -> str:
@@ -50,6 +50,8 @@ def tenant_audit(tenant: str) -> str:
     return f"{AUDIT}@{tenant}"
 
 
+TENANT_DELETE = "tenant delete"
+"""The action of the audit entry a tenant's deletion leaves (`tenant_deleted` names it): its history ends there."""
 AUDIT_TEXT = 300
 """Characters of each text an audit entry keeps (the edit itself is in the store, whole)."""
 
@@ -74,7 +76,7 @@ def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]
         return
     own: dict[str, list[dict[str, Any]]] = {}
     for entry in reversed(documents.tail(AUDIT, 10**9)):  # oldest first
-        if entry.get("action") == "tenant delete":
+        if entry.get("action") == TENANT_DELETE:
             own.pop(str(entry.get("tenant_deleted")), None)
         elif entry.get("tenant"):
             own.setdefault(str(entry["tenant"]), []).append(entry)
@@ -87,7 +89,10 @@ def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]
 
 
 def is_document_file(name: str) -> bool:
-    return name in FILES or _TENANT_AUDIT_FILE.fullmatch(name) is not None
+    """One of FILES, or a tenant's audit log (its name by the schema's rule for tenants' names)."""
+    tenant = name.removeprefix(f"{AUDIT}@").removesuffix(".jsonl")
+    is_tenant_log = name == f"{tenant_audit(tenant)}.jsonl" and re.fullmatch(TENANT_PATTERN, tenant) is not None
+    return name in FILES or is_tenant_log
 
 
 def _now() -> str:
@@ -252,13 +257,17 @@ class MetaDocuments(Documents):
     def _scroll(self, kind: str) -> list[dict[str, Any]]:
         from qdrant_client import models
 
+        return self._payloads(models.Filter(must=[models.FieldCondition(key="kind",
+                                                                         match=models.MatchValue(value=kind))]))
+
+    def _payloads(self, where: Any, fields: bool | list[str] = True) -> list[dict[str, Any]]:
+        """The payloads of the meta points `where` selects, page after page."""
         if not self.store.meta_exists():
             return []
-        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))])
         out, offset = [], None
         while True:
             records, offset = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                               scroll_filter=where, limit=1000, offset=offset, with_payload=True,
+                                               scroll_filter=where, limit=1000, offset=offset, with_payload=fields,
                                                with_vectors=False)
             out += [dict(r.payload or {}) for r in records]
             if offset is None:
@@ -301,18 +310,8 @@ class MetaDocuments(Documents):
     def logs(self) -> list[str]:
         from qdrant_client import models
 
-        if not self.store.meta_exists():
-            return []
         has_entry = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
-        kinds: set[str] = set()
-        offset = None
-        while True:
-            records, offset = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                               scroll_filter=has_entry, limit=1000, offset=offset,
-                                               with_payload=["kind"], with_vectors=False)
-            kinds.update(str((r.payload or {}).get("kind")) for r in records)
-            if offset is None:
-                return sorted(kinds)
+        return sorted({str(p.get("kind")) for p in self._payloads(has_entry, ["kind"])})
 
     def clear_log(self, kind: str) -> None:
         from qdrant_client import models
