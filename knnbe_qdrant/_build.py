@@ -3,8 +3,10 @@ point ids are deterministic, and points already stored are neither re-encoded no
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +66,11 @@ def memory_payload(sentence: LabelledSentence, tenant: str, created_at: str) -> 
 
 
 def upsert_missing(
-    store: Store, collection: str, items: Sequence[TextPoint], encoder: Encoder, *, progress: bool, desc: str
+    store: Store, collection: str, items: Sequence[TextPoint], encoder: Encoder, *, progress: bool, desc: str,
+    guard: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> int:
-    """Encode and store the items whose point is not stored yet; each distinct text is encoded once.
+    """Encode and store the items whose point is not stored yet; each distinct text is encoded once. Each write is
+    made inside `guard()` (an import's tenant fence: held for the write, not for the encoding before it).
 
     Returns how many points were written.
     """
@@ -82,12 +86,9 @@ def upsert_missing(
                 texts = list(dict.fromkeys(it.text for it in todo))
                 vectors = encoder.encode(texts)
                 row = {t: i for i, t in enumerate(texts)}
-                store.upsert(
-                    collection,
-                    [it.id for it in todo],
-                    vectors[[row[it.text] for it in todo]],
-                    [it.payload for it in todo],
-                )
+                with guard():
+                    store.upsert(collection, [it.id for it in todo], vectors[[row[it.text] for it in todo]],
+                                 [it.payload for it in todo])
                 written += len(todo)
             bar.update(len(chunk))
     return written

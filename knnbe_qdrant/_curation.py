@@ -7,12 +7,14 @@ else.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import getpass
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _schema as S
 from . import _text as T
@@ -22,17 +24,37 @@ from ._data import LabelledSentence, Skill
 from ._errors import ConflictError, InvalidInputError, NotFoundError, StoreError
 from ._importing import ImportReport, store_rows
 from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
-from ._tenancy import layers, skill_is_visible, visible_memory, visible_payload, visible_skills
+from ._tenancy import (
+    delete_tenant_data,
+    is_tenant,
+    layers,
+    skill_is_visible,
+    tenant_counts,
+    visible_memory,
+    visible_payload,
+    visible_skills,
+)
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
 from .store.base import Store, Where, vectors_of
-from .store.documents import tenant_audit
 
 ENV_USER = "KNNBE_USER"
 
 
 def _own(tenant: str | None) -> str:
     return S.GLOBAL_TENANT if tenant in (None, S.GLOBAL_TENANT) else S.check_tenant(tenant)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fenced(edit: F) -> F:
+    """An edit of the tenant named by its `tenant` keyword, made under the tenant's fence (Curator.editing)."""
+    @functools.wraps(edit)
+    def fenced(self: Curator, *args: Any, tenant: str | None = None, **kwargs: Any) -> Any:
+        with self.editing(tenant):
+            return edit(self, *args, tenant=tenant, **kwargs)
+    return fenced  # type: ignore[return-value]
 
 
 class Curator:
@@ -58,6 +80,12 @@ class Curator:
                 self._encoder.append(Encoder(self.store.manifest.model, precision="fp32"))  # stored: full precision
             return self._encoder[0]
 
+    def editing(self, tenant: str | None) -> contextlib.AbstractContextManager[int]:
+        """Hold the tenant's fence: its deletion waits for what is done inside, and an edit waits for a deletion
+        under way, so that nothing begun before a deletion lands after it. Every edit holds it; the service and the
+        command line hold it around an edit and its audit entry, so that a deleted tenant's log stays empty."""
+        return self.store.tenant_writes(S.check_tenant(tenant)) if is_tenant(tenant) else contextlib.nullcontext(0)
+
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:
         """The payload of the skill `ref` names for this tenant: a skill id, else an exact preferred label."""
@@ -79,6 +107,7 @@ class Curator:
         who = f"tenant {tenant!r}" if tenant else "the global layer"
         raise NotFoundError(f"no skill {ref!r} (by id or exact preferred label) visible to {who}")
 
+    @_fenced
     def add_skill(
         self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
         tenant: str | None = None,
@@ -104,6 +133,7 @@ class Curator:
             self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
         return payload
 
+    @_fenced
     def update_skill(
         self, ref: str, *, label: str | None = None, description: str | None = None, tenant: str | None = None
     ) -> dict[str, Any]:
@@ -127,6 +157,7 @@ class Curator:
             self.store.set_payload(S.SKILLS, [point], changes)
         return {**payload, **changes}
 
+    @_fenced
     def retire_skill(self, ref: str, *, tenant: str | None = None) -> str:
         """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant.
 
@@ -140,6 +171,7 @@ class Curator:
         self._hide(S.SKILLS, S.skill_point_id(S.GLOBAL_TENANT, payload[S.F_SKILL_ID]), _own(tenant))
         return "hidden"
 
+    @_fenced
     def reinstate_skill(self, ref: str, *, tenant: str | None = None) -> str:
         """Undo `retire_skill`: a retired skill of one's own layer is returned again, a global skill this tenant hid
         is shown to it again. Its sentences never left, so its votes come back with it.
@@ -168,6 +200,7 @@ class Curator:
             yield visible_payload(r.payload, tenant)
 
     # ---- memory ---------------------------------------------------------------------------------------------
+    @_fenced
     def add_sentence(self, text: str, skill: str, *, tenant: str | None = None, source: str = "curator") -> bool:
         """Teach the memory that `text` expresses `skill`. Returns False when it was already stored."""
         self._check_editable()
@@ -185,6 +218,7 @@ class Curator:
             self.store.upsert(S.MEMORY, [point], vector, [payload])
         return True
 
+    @_fenced
     def remove_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
         """Remove a sentence of one's own layer, or hide a global one for this tenant. Returns "removed"/"hidden"."""
         self._check_editable()
@@ -204,6 +238,27 @@ class Curator:
                 return "hidden"
         raise NotFoundError(f"no memory sentence {text!r} labelled {skill_id!r} visible to this tenant")
 
+    @_fenced
+    def reinstate_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
+        """Undo a tenant's hiding of a global sentence (`remove_sentence` answered "hidden"): it votes for the tenant
+        again. Returns "unhidden", or "already active" (the tenant sees it: a retry that went through)."""
+        self._check_editable()
+        text = self._check_text(text)
+        skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
+        owner, point = _own(tenant), S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
+        with self.store.item_lock("memory", text):
+            if self.store.retrieve(S.MEMORY, [S.memory_point_id(owner, skill_id, text)], payload=False):
+                return "already active"
+            found = self.store.retrieve(S.MEMORY, [point])  # a global sentence, seen by a tenant (not the owner)
+            if found and S.hide_key(owner) in found[0].payload:
+                self.store.delete_payload(S.MEMORY, [point], [S.hide_key(owner)])
+                return "unhidden"
+            if found:
+                return "already active"
+        raise NotFoundError(f"no global memory sentence {text!r} labelled {skill_id!r} hidden by this tenant (a "
+                            "removed sentence of one's own layer is gone: add it again)")
+
+    @_fenced
     def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> None:
         """Move a sentence to another skill, reusing its stored vector (no re-encoding). A tenant relabelling a
         global sentence hides the global one and gets its own copy under the new skill."""
@@ -289,7 +344,7 @@ class Curator:
         self._check_editable()
         return store_rows(self.store, lambda: self.encoder, lambda ref: self.resolve_skill(ref, tenant)[S.F_SKILL_ID],
                           self._provenance, rows, origin, owner=_own(tenant), source=source, progress=progress,
-                          chunk=chunk)
+                          chunk=chunk, fence=lambda: self.editing(tenant))
 
     def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
         """Write the tenant's own sentences (the global layer's without a tenant) as JSONL, or CSV by suffix."""
@@ -302,34 +357,14 @@ class Curator:
     # ---- tenants --------------------------------------------------------------------------------------------
     def tenants(self) -> dict[str, dict[str, int]]:
         """Each tenant with its own points per collection and how many global points it hid."""
-        out: dict[str, dict[str, int]] = {}
-        for collection in S.COLLECTIONS:
-            for tenant, n in self.store.distinct(collection, S.F_TENANT).items():
-                if tenant != S.GLOBAL_TENANT:
-                    out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})[collection] = n
-        # Hide marks are one key per tenant, which no facet lists: the tenants that ever hid something are
-        # registered when they do, and their marks counted.
-        for tenant in [*self.store.documents().all(S.HIDERS), *out]:
-            hidden = sum(self.store.count(c, where={S.hide_key(tenant): tenant}) for c in S.COLLECTIONS)
-            if hidden or tenant in out:
-                out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})["hidden"] = hidden
-        return dict(sorted(out.items()))
+        return tenant_counts(self.store)
 
     def delete_tenant(self, tenant: str) -> None:
         """Remove exactly this tenant's data: its skills, its sentences, its marks on hidden global points, and its
         own audit log (a tenant made later under the name starts without it; the admins' log keeps every edit)."""
         tenant = S.check_tenant(tenant)
         self._check_editable()
-        documents = self.store.documents()
-        if tenant not in self.tenants() and tenant_audit(tenant) not in documents.logs():
-            raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks or audit log")
-        for collection in S.COLLECTIONS:
-            self.store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
-            key = S.hide_key(tenant)
-            marked = [r.id for r in self.store.scroll(collection, where={key: tenant}, payload=False)]
-            for start in range(0, len(marked), 1000):
-                self.store.delete_payload(collection, marked[start : start + 1000], [key])
-        documents.clear_log(tenant_audit(tenant))
+        delete_tenant_data(self.store, tenant)
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:

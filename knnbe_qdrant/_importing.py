@@ -4,7 +4,9 @@ and skipped, every good one stored once (point ids are deterministic, so a re-ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 from . import _schema as S
 from ._build import TextPoint, memory_payload, upsert_missing
 from ._data import LabelledSentence
-from ._errors import KnnbeError, StoreError
+from ._errors import ConflictError, KnnbeError, StoreError
 from ._labelled import row_problem
 from .encoding import Encoder
 from .store.base import Store
@@ -28,16 +30,30 @@ class ImportReport:
 
 def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[str], str],
                provenance: Callable[[str], dict[str, Any]], rows: Iterable[tuple[int, dict[str, str], str | None]],
-               origin: str, *, owner: str, source: str, progress: bool, chunk: int) -> ImportReport:
+               origin: str, *, owner: str, source: str, progress: bool, chunk: int,
+               fence: Callable[[], AbstractContextManager[int]]) -> ImportReport:
     """Store (line number, {text, skill[, source]}, problem) rows in `owner`'s layer, skill references resolved by
-    `resolve` (once each) and the model loaded (by `encoder`) only if a row is stored."""
+    `resolve` (once each) and the model loaded (by `encoder`) only if a row is stored. Each write holds the tenant's
+    `fence`; when the tenant is deleted while the import runs, it stops (ConflictError) rather than make the tenant
+    anew with the rows that come after the deletion."""
     report = ImportReport()
     resolved: dict[str, str | Exception] = {}
     batch: dict[str, TextPoint] = {}
     now = S.utc_now()
+    with fence() as started:
+        pass
+
+    @contextlib.contextmanager
+    def same_tenant() -> Iterator[None]:
+        with fence() as epoch:
+            if epoch != started:
+                raise ConflictError(f"tenant {owner!r} was deleted while the import of {origin} ran: it stopped "
+                                    f"after storing {report.stored} rows, which the deletion removed")
+            yield
 
     def flush() -> None:
-        written = upsert_missing(store, S.MEMORY, list(batch.values()), encoder(), progress=False, desc="import")
+        written = upsert_missing(store, S.MEMORY, list(batch.values()), encoder(), progress=False, desc="import",
+                                 guard=same_tenant)
         report.stored += written
         report.already_stored += len(batch) - written
         batch.clear()
@@ -70,6 +86,8 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
                     flush()
             if batch:
                 flush()
+    except ConflictError:
+        raise
     except (KnnbeError, OSError) as exc:
         raise StoreError(f"import of {origin} stopped after storing {report.stored} rows "
                          f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "

@@ -1,12 +1,15 @@
 """Who sees what: the global layer (ESCO and the default memory) plus, for a tenant, its own skills and memory,
-minus what it hid. Every read of the mapper and of the curator goes through these filters."""
+minus what it hid. Every read of the mapper and of the curator goes through these filters. And what a tenant has:
+its counts, and its deletion."""
 
 from __future__ import annotations
 
 from typing import Any, TypeGuard
 
 from . import _schema as S
-from .store.base import Where
+from ._errors import NotFoundError
+from .store.base import Store, Where
+from .store.documents import tenant_audit
 
 
 def layers(tenant: str | None) -> list[str]:
@@ -53,3 +56,35 @@ def skill_is_visible(payload: dict, tenant: str | None) -> bool:
         and payload.get(S.F_STATUS) != S.RETIRED
         and not (is_tenant(tenant) and S.hide_key(tenant) in payload)
     )
+
+
+def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
+    """Each tenant with its own points per collection and how many global points it hid."""
+    out: dict[str, dict[str, int]] = {}
+    for collection in S.COLLECTIONS:
+        for tenant, n in store.distinct(collection, S.F_TENANT).items():
+            if tenant != S.GLOBAL_TENANT:
+                out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})[collection] = n
+    # Hide marks are one key per tenant, which no facet lists: the tenants that ever hid something are
+    # registered when they do, and their marks counted.
+    for tenant in [*store.documents().all(S.HIDERS), *out]:
+        hidden = sum(store.count(c, where={S.hide_key(tenant): tenant}) for c in S.COLLECTIONS)
+        if hidden or tenant in out:
+            out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})["hidden"] = hidden
+    return dict(sorted(out.items()))
+
+
+def delete_tenant_data(store: Store, tenant: str) -> None:
+    """Remove the tenant's points, its marks on global points and its audit log, under its fence (store.locks):
+    edits under way finish first, those that come meanwhile wait."""
+    documents = store.documents()
+    with store.tenant_deletion(tenant):
+        if tenant not in tenant_counts(store) and tenant_audit(tenant) not in documents.logs():
+            raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks or audit log")
+        for collection in S.COLLECTIONS:
+            store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
+            key = S.hide_key(tenant)
+            marked = [r.id for r in store.scroll(collection, where={key: tenant}, payload=False)]
+            for start in range(0, len(marked), 1000):
+                store.delete_payload(collection, marked[start : start + 1000], [key])
+        documents.clear_log(tenant_audit(tenant))

@@ -138,6 +138,33 @@ def test_tenant_hides_a_global_skill_and_sentence_for_itself_only(curator, mappe
     assert alt["text"] in {p["text"] for p in curator.list_memory(QDRANT)}
 
 
+def test_a_tenant_shows_a_global_sentence_it_hid_again_and_only_to_itself(curator, mapper):
+    # A hidden global sentence had no way back: only an own copy of the same text, which its listings then showed as
+    # the tenant's own sentence rather than the global one.
+    python_id = curator.resolve_skill(QDRANT)["skill_id"]
+    alt = next(p for p in curator.list_memory(QDRANT) if p["source"] == "esco_alt_labels")
+    text = alt["text"]
+
+    def votes(tenant):
+        match = next((s for s in mapper.map([text], top=5, tenant=tenant)[0].skills if s.id == python_id), None)
+        return match is not None and text in {e.text for e in match.evidence}
+
+    for tenant in ("acme", "beta"):
+        assert curator.remove_sentence(text, python_id, tenant=tenant) == "hidden"
+    assert not votes("acme") and not votes("beta")
+    assert curator.reinstate_sentence(text, QDRANT, tenant="acme") == "unhidden"
+    assert curator.reinstate_sentence(text, QDRANT, tenant="acme") == "already active"  # a retry
+    assert votes("acme") and not votes("beta")  # beta's own hiding stays
+    assert text in {p["text"] for p in curator.list_memory(QDRANT, tenant="acme") if p["tenant"] == GLOBAL_TENANT}
+    with pytest.raises(NotFoundError, match="hidden by this tenant"):
+        curator.reinstate_sentence("a sentence nobody stored", QDRANT, tenant="acme")
+    curator.add_sentence("acme's own sentence about Python", QDRANT, tenant="acme")
+    assert curator.remove_sentence("acme's own sentence about Python", QDRANT, tenant="acme") == "removed"
+    with pytest.raises(NotFoundError, match="add it again"):  # removed from its own layer: gone, not hidden
+        curator.reinstate_sentence("acme's own sentence about Python", QDRANT, tenant="acme")
+    assert curator.reinstate_sentence(text, QDRANT) == "already active"  # the global layer sees its own sentence
+
+
 def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     text = "Writing Python scripts for SQL reporting."
     curator.add_sentence(text, QDRANT, tenant="acme")

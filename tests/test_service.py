@@ -169,6 +169,13 @@ def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
     assert text not in {p["text"] for p in seen_by_beta} and text in {p["text"] for p in seen_by_acme}
     # The hide mark names beta; acme must not learn that beta exists.
     assert "beta" not in json.dumps(seen_by_acme) and all("hidden_for" not in p for p in seen_by_acme)
+    assert client.post("/v1/memory/reinstate", json={"skill": "SQL", "text": text},
+                       headers=auth(keys, "acme-reader")).status_code == 403
+    assert client.post("/v1/memory/reinstate", json={"skill": "SQL", "text": text}, headers=h).json() == {
+        "result": "unhidden"}
+    seen_by_beta = client.get("/v1/memory", params={"skill": "SQL", "limit": 10_000}, headers=h).json()["items"]
+    assert text in {p["text"] for p in seen_by_beta}
+    assert client.get("/v1/audit", params={"limit": 1}, headers=h).json()["items"][0]["action"] == "memory unhidden"
 
 
 def test_limits_and_bad_input_are_clear_errors_without_a_trace(served):

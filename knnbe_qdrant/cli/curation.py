@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -22,19 +23,21 @@ CuratorCommand = Callable[["Curator", argparse.Namespace], int]
 
 
 def _action(
-    actions: Any, parent: argparse.ArgumentParser, name: str, help_: str, func: CuratorCommand
+    actions: Any, parent: argparse.ArgumentParser, name: str, help_: str, func: CuratorCommand, *, edit: bool = True
 ) -> argparse.ArgumentParser:
+    """A command on one tenant's layer; an `edit` holds the tenant's fence across the edit and its audit entry (as
+    the service does), so that a deletion of the tenant is wholly before or after both."""
     p: argparse.ArgumentParser = actions.add_parser(name, parents=[parent], help=help_)
     p.add_argument("--tenant", help=_TENANT_HELP)
     p.add_argument("--user", help="who makes the change, for provenance (env KNNBE_USER; default: login name)")
-    p.set_defaults(func=_with_curator(func))
+    p.set_defaults(func=_with_curator(func, edit=edit))
     return p
 
 
-def _with_curator(func: CuratorCommand) -> Callable[[argparse.Namespace], int]:
+def _with_curator(func: CuratorCommand, *, edit: bool = False) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         curator = open_curator(args)
-        with curator.store:
+        with curator.store, curator.editing(args.tenant) if edit else contextlib.nullcontext(0):
             return func(curator, args)
 
     return run
@@ -49,7 +52,7 @@ def _recorded(curator: Curator, tenant: str | None, action: str, **details: Any)
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
-    mem = sub.add_parser("memory", help="curate the memory: add, remove, relabel, list, import, export")
+    mem = sub.add_parser("memory", help="curate the memory: add, remove, reinstate, relabel, list, import, export")
     actions = mem.add_subparsers(dest="action", required=True)
     p = _action(actions, parent, "add", "add a labelled sentence", memory_add)
     p.add_argument("--skill", required=True, help="skill id or exact preferred label")
@@ -58,16 +61,19 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = _action(actions, parent, "remove", "remove a sentence (a tenant hides a global one for itself)", memory_remove)
     p.add_argument("--skill", required=True)
     p.add_argument("--text", required=True)
+    p = _action(actions, parent, "reinstate", "a tenant shows a global sentence it hid again", memory_reinstate)
+    p.add_argument("--skill", required=True)
+    p.add_argument("--text", required=True)
     p = _action(actions, parent, "relabel", "move a sentence to another skill (no re-encoding)", memory_relabel)
     p.add_argument("--skill", required=True, help="its skill now")
     p.add_argument("--text", required=True)
     p.add_argument("--to", required=True, help="its new skill")
-    p = _action(actions, parent, "list", "the sentences of a skill, with provenance", memory_list)
+    p = _action(actions, parent, "list", "the sentences of a skill, with provenance", memory_list, edit=False)
     p.add_argument("--skill", help="skill id or exact preferred label (default: all; can be long)")
     p.add_argument("--own", action="store_true", help="only the tenant's own sentences")
     p.add_argument("--json", action="store_true")
     p = _action(actions, parent, "import", "add the labelled sentences of a JSONL or CSV file (text, skill[, source]), "
-                "or of a Hugging Face dataset with --hf", memory_import)
+                "or of a Hugging Face dataset with --hf", memory_import, edit=False)  # its writes hold the fence
     p.add_argument("file", help="the file; with --hf a dataset name (needs internet) or local dataset directory")
     p.add_argument("--hf", action="store_true", help="FILE names a Hugging Face dataset, e.g. "
                    "TechWolf/Synthetic-ESCO-skill-sentences (needs the datasets extra)")
@@ -78,7 +84,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="source recorded for rows without one (default: import:FILENAME)")
     p.add_argument("--no-progress", action="store_true")
     p = _action(actions, parent, "export", "write the tenant's own sentences to JSONL (or CSV by suffix)",
-                memory_export)
+                memory_export, edit=False)
     p.add_argument("file")
     p.add_argument("--skill")
 
@@ -99,7 +105,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = _action(actions, parent, "reinstate", "undo a retirement (a tenant shows a global skill it hid again)",
                 skill_reinstate)
     p.add_argument("skill", help="skill id or exact preferred label")
-    p = _action(actions, parent, "list", "skills visible to the tenant", skill_list)
+    p = _action(actions, parent, "list", "skills visible to the tenant", skill_list, edit=False)
     p.add_argument("--own", action="store_true", help="only the tenant's own skills")
     p.add_argument("--json", action="store_true")
 
@@ -125,6 +131,14 @@ def memory_add(curator: Curator, args: argparse.Namespace) -> int:
 def memory_remove(curator: Curator, args: argparse.Namespace) -> int:
     outcome = curator.remove_sentence(args.text, args.skill, tenant=args.tenant)
     _recorded(curator, args.tenant, f"memory {outcome}", skill=args.skill, text=args.text)
+    print(outcome)
+    return 0
+
+
+def memory_reinstate(curator: Curator, args: argparse.Namespace) -> int:
+    outcome = curator.reinstate_sentence(args.text, args.skill, tenant=args.tenant)
+    if outcome != "already active":
+        _recorded(curator, args.tenant, f"memory {outcome}", skill=args.skill, text=args.text)
     print(outcome)
     return 0
 

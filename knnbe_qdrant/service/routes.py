@@ -217,55 +217,69 @@ def router(service: Service) -> APIRouter:
 
     @api.post("/skills", response_model=Edited, status_code=201, summary="Add a skill to the key's layer")
     def add_skill(body: SkillCreate, key: Curator_) -> dict[str, str]:
-        added = service.curator_for(key).add_skill(body.id, body.label, description=body.description,
-                                                   tenant=key.tenant)
-        service.audit(key, "skill add", skill=body.id, label=body.label)
+        with service.editing(key) as curator:
+            added = curator.add_skill(body.id, body.label, description=body.description, tenant=key.tenant)
+            service.audit(key, "skill add", skill=body.id, label=body.label)
         return {"result": "added", "skill": added[S.F_SKILL_ID]}
 
     @api.post("/skills/update", response_model=Message, summary="Change a skill of the key's layer")
     def update_skill(body: SkillUpdate, key: Curator_) -> dict[str, str]:
-        service.curator_for(key).update_skill(body.skill, label=body.label, description=body.description,
-                                              tenant=key.tenant)
-        service.audit(key, "skill update", skill=body.skill, label=body.label)
+        with service.editing(key) as curator:
+            curator.update_skill(body.skill, label=body.label, description=body.description, tenant=key.tenant)
+            service.audit(key, "skill update", skill=body.skill, label=body.label)
         return {"result": "updated"}
 
     @api.post("/skills/retire", response_model=Message, summary="Retire a skill of the key's layer, or hide a "
               "global one")
     def retire_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
-        outcome = service.curator_for(key).retire_skill(body.skill, tenant=key.tenant)
-        service.audit(key, f"skill {outcome}", skill=body.skill)
+        with service.editing(key) as curator:
+            outcome = curator.retire_skill(body.skill, tenant=key.tenant)
+            service.audit(key, f"skill {outcome}", skill=body.skill)
         return {"result": outcome}
 
     @api.post("/skills/reinstate", response_model=Message, summary="Undo a retirement, or show a global skill the "
               "key's tenant hid again")
     def reinstate_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
-        outcome = service.curator_for(key).reinstate_skill(body.skill, tenant=key.tenant)
-        if outcome != "already active":
-            service.audit(key, f"skill {outcome}", skill=body.skill)
+        with service.editing(key) as curator:
+            outcome = curator.reinstate_skill(body.skill, tenant=key.tenant)
+            if outcome != "already active":
+                service.audit(key, f"skill {outcome}", skill=body.skill)
         return {"result": outcome}
 
     @api.post("/memory", response_model=Edited, status_code=201, summary="Teach the memory a labelled sentence")
     def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
         [text] = check_sentences([body.text])
-        curator = service.curator_for(key)
-        # Resolved before the write, not after: a skill retired in between would answer 404 for a stored sentence.
-        skill = curator.resolve_skill(body.skill, key.tenant)[S.F_SKILL_ID]
-        added = curator.add_sentence(text, skill, tenant=key.tenant, source=body.source)
-        if added:
-            service.audit(key, "memory add", skill=body.skill, text=text)
+        with service.editing(key) as curator:
+            # Resolved before the write, not after: a skill retired in between would answer 404 for a stored
+            # sentence.
+            skill = curator.resolve_skill(body.skill, key.tenant)[S.F_SKILL_ID]
+            added = curator.add_sentence(text, skill, tenant=key.tenant, source=body.source)
+            if added:
+                service.audit(key, "memory add", skill=body.skill, text=text)
         return {"result": "added" if added else "already stored", "skill": skill, "text": text}
 
     @api.post("/memory/remove", response_model=Message, summary="Remove a sentence of the key's layer, or hide a "
               "global one")
     def remove_memory(body: MemoryRef, key: Curator_) -> dict[str, str]:
-        outcome = service.curator_for(key).remove_sentence(body.text, body.skill, tenant=key.tenant)
-        service.audit(key, f"memory {outcome}", skill=body.skill, text=body.text)
+        with service.editing(key) as curator:
+            outcome = curator.remove_sentence(body.text, body.skill, tenant=key.tenant)
+            service.audit(key, f"memory {outcome}", skill=body.skill, text=body.text)
+        return {"result": outcome}
+
+    @api.post("/memory/reinstate", response_model=Message, summary="Show a global sentence the key's tenant hid "
+              "again")
+    def reinstate_memory(body: MemoryRef, key: Curator_) -> dict[str, str]:
+        with service.editing(key) as curator:
+            outcome = curator.reinstate_sentence(body.text, body.skill, tenant=key.tenant)
+            if outcome != "already active":
+                service.audit(key, f"memory {outcome}", skill=body.skill, text=body.text)
         return {"result": outcome}
 
     @api.post("/memory/relabel", response_model=Message, summary="Move a sentence to another skill (no re-encoding)")
     def relabel_memory(body: MemoryRelabel, key: Curator_) -> dict[str, str]:
-        service.curator_for(key).relabel(body.text, body.skill, body.to, tenant=key.tenant)
-        service.audit(key, "memory relabel", skill=body.skill, to=body.to, text=body.text)
+        with service.editing(key) as curator:
+            curator.relabel(body.text, body.skill, body.to, tenant=key.tenant)
+            service.audit(key, "memory relabel", skill=body.skill, to=body.to, text=body.text)
         return {"result": "relabelled"}
 
     @api.get("/tenants", summary="Tenants and their own point counts (admin)")

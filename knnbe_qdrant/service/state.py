@@ -3,9 +3,11 @@ metrics; and the one error type the endpoints raise (turned into a JSON response
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +98,13 @@ class Service:
         mine = copy.copy(curator)
         mine.user = key.name
         return mine
+
+    @contextlib.contextmanager
+    def editing(self, key: Key) -> Iterator[Curator]:
+        """The key's curator, its tenant's fence held (Curator.editing) across an edit and its audit entry."""
+        curator = self.curator_for(key)
+        with curator.editing(key.tenant):
+            yield curator
 
     def audit(self, key: Key, action: str, **details: Any) -> None:
         mapper, _, _, _ = self.require_ready()

@@ -14,7 +14,7 @@ import numpy as np
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
-from .locks import process_lock
+from .locks import process_lock, process_tenant_deletion, process_tenant_writes
 
 Value = str | bool | Sequence[str]
 
@@ -203,6 +203,15 @@ class Store(ABC):
         an edit made of several writes; ConflictError when another edit holds it too long (see store.locks). This
         default serves backends that one process at a time may open."""
         return process_lock(self.describe(), tuple(key))
+
+    def tenant_writes(self, tenant: str) -> AbstractContextManager[int]:
+        """Hold `tenant`'s fence for an edit, against its deletion (see store.locks); yields the tenant's epoch,
+        which each deletion moves on. Re-entrant within a thread."""
+        return process_tenant_writes(self.describe(), tenant)
+
+    def tenant_deletion(self, tenant: str) -> AbstractContextManager[None]:
+        """Hold `tenant`'s fence against every edit of it, for its deletion."""
+        return process_tenant_deletion(self.describe(), tenant)
 
     def _serves(self, generation: int) -> bool:
         """Whether the collections that answer queries are those of `generation` (aliases can disagree with the

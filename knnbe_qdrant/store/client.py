@@ -19,7 +19,7 @@ from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
 from .documents import MetaDocuments
-from .locks import lease
+from .locks import lease, lease_tenant_deletion, lease_tenant_writes
 from .retry import RetryPolicy, call_with_retries, describe_fault
 from .translate import build_filter, payload_selector, to_record
 
@@ -133,12 +133,8 @@ class QdrantClientStore(Store):
 
     def _write_manifest(self, manifest: Manifest) -> None:
         self._ensure_meta()
-        self._call(
-            self.client.upsert,
-            self.name(META),
-            points=[models.PointStruct(id=self._manifest_id, vector={}, payload=manifest.__dict__.copy())],
-            wait=True,
-        )
+        point = models.PointStruct(id=self._manifest_id, vector={}, payload=manifest.__dict__.copy())
+        self._call(self.client.upsert, self.name(META), points=[point], wait=True)
 
     def _create_collections(self, dimension: int) -> None:
         """Physical collections <prefix><name>_g<generation> with their indexes, reached through the aliases
@@ -280,22 +276,12 @@ class QdrantClientStore(Store):
                        points=models.PointIdsList(points=list(ids)), wait=True)
 
     def delete_where(self, collection: str, where: WhereLike) -> None:
-        self._call(
-            self.client.delete,
-            self.name(collection),
-            points_selector=models.FilterSelector(filter=build_filter(where, models)),
-            wait=True,
-        )
+        self._call(self.client.delete, self.name(collection),
+                   points_selector=models.FilterSelector(filter=build_filter(where, models)), wait=True)
 
     def distinct(self, collection: str, field: str, *, where: WhereLike | None = None) -> dict[str, int]:
-        response = self._call(
-            self.client.facet,
-            self.name(collection),
-            key=field,
-            facet_filter=build_filter(where, models),
-            limit=1_000_000,
-            exact=True,
-        )
+        response = self._call(self.client.facet, self.name(collection), key=field,
+                              facet_filter=build_filter(where, models), limit=1_000_000, exact=True)
         return {str(hit.value): hit.count for hit in response.hits if hit.count > 0}
 
     def _serves(self, generation: int) -> bool:
@@ -391,6 +377,12 @@ class QdrantClientStore(Store):
 
     def item_lock(self, *key: str) -> contextlib.AbstractContextManager[None]:
         return super().item_lock(*key) if self._local else lease(self, tuple(key))  # local mode: one process
+
+    def tenant_writes(self, tenant: str) -> contextlib.AbstractContextManager[int]:
+        return super().tenant_writes(tenant) if self._local else lease_tenant_writes(self, tenant)
+
+    def tenant_deletion(self, tenant: str) -> contextlib.AbstractContextManager[None]:
+        return super().tenant_deletion(tenant) if self._local else lease_tenant_deletion(self, tenant)
 
     def meta_exists(self) -> bool:
         return bool(self._call(self.client.collection_exists, self.name(META)))
