@@ -4,6 +4,7 @@ its counts, and its deletion."""
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, TypeGuard
 
 from . import _schema as S
@@ -58,6 +59,9 @@ def skill_is_visible(payload: dict, tenant: str | None) -> bool:
     )
 
 
+_DELETE_CHUNK = 5000
+
+
 def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
     """Each tenant with its own points per collection and how many global points it hid."""
     out: dict[str, dict[str, int]] = {}
@@ -82,7 +86,11 @@ def delete_tenant_data(store: Store, tenant: str) -> None:
         if tenant not in tenant_counts(store) and tenant_audit(tenant) not in documents.logs():
             raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks or audit log")
         for collection in S.COLLECTIONS:
-            store.delete_where(collection, Where(must={S.F_TENANT: tenant}))
+            # In chunks, not one delete by filter: the embedded engine answers no query while it deletes, and a
+            # tenant of 50,000 sentences held every other tenant's mapping for 0.6 s.
+            while ids := [r.id for r in islice(store.scroll(collection, where={S.F_TENANT: tenant}, payload=False,
+                                                            batch=_DELETE_CHUNK), _DELETE_CHUNK)]:
+                store.delete(collection, ids)
             key = S.hide_key(tenant)
             marked = [r.id for r in store.scroll(collection, where={key: tenant}, payload=False)]
             for start in range(0, len(marked), 1000):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from knnbe_qdrant import ConflictError, Curator, InvalidInputError, NotFoundError, SkillMapper
-from knnbe_qdrant._schema import GLOBAL_TENANT
+from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY
 from tests.helpers import BACKENDS, build_small
 
 PROBES = ["widget engineering with Python", "SQL databases and widgets", "team leadership for widget makers"]
@@ -121,3 +121,21 @@ def test_delete_tenant_restores_the_global_view(world):
     assert view(curator, mapper, probes, tenant) != untouched
     curator.delete_tenant(tenant)
     assert view(curator, mapper, probes, tenant) == untouched
+
+
+def test_a_tenant_larger_than_a_deletion_chunk_goes_whole_and_alone(world, monkeypatch):
+    """The deletion goes in chunks (the embedded engine answers no query while it deletes); every chunk goes, and
+    nothing of another tenant."""
+    from knnbe_qdrant import _tenancy
+
+    curator = world[0]
+    monkeypatch.setattr(_tenancy, "_DELETE_CHUNK", 3)
+    tenant, other = f"t{uuid.uuid4().hex[:6]}", f"t{uuid.uuid4().hex[:6]}"
+    skill = next(curator.list_skills())["skill_id"]
+    for i in range(8):
+        curator.add_sentence(f"chunked deletion sentence {i}", skill, tenant=tenant)
+    curator.add_sentence("the other tenant's sentence", skill, tenant=other)
+    curator.delete_tenant(tenant)
+    assert tenant not in curator.tenants()
+    assert curator.tenants()[other][MEMORY] == 1
+    curator.delete_tenant(other)

@@ -191,10 +191,8 @@ def lease_tenant_writes(store: QdrantClientStore, tenant: str, wait: float = LOC
     writes before it reads the other's, so at least one of them sees the other."""
     from qdrant_client import models
 
-    meta = store.meta_collection()
-
     def acquire() -> Iterator[int]:
-        me, started, attempt = str(uuid.uuid4()), time.monotonic(), 0
+        meta, me, started, attempt = store.meta_collection(), str(uuid.uuid4()), time.monotonic(), 0
         while True:
             writer = {"kind": "tenant-writer", "tenant": tenant, "expires": time.time() + LEASE_S}
             store._call(store.client.upsert, meta, points=[models.PointStruct(id=me, vector={}, payload=writer)],
@@ -213,7 +211,7 @@ def lease_tenant_writes(store: QdrantClientStore, tenant: str, wait: float = LOC
         finally:
             store._call(store.client.delete, meta, points_selector=models.PointIdsList(points=[me]), wait=True)
 
-    with _reentrant(("lease", store.meta_collection(), tenant), acquire) as epoch:
+    with _reentrant(("lease", store.url, store.prefix, tenant), acquire) as epoch:
         yield epoch
 
 
