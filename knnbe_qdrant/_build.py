@@ -159,10 +159,12 @@ def rebuild_store(store: Store, encoder: Encoder, *, carry: Callable[[Store, Sto
     target = store.rebuild_view()
     try:
         build_store(target, encoder, **build)
-        if carry is not None:
-            carry(store, target)
-            target.mark_ready(counts={c: target.count(c) for c in S.COLLECTIONS})
-        store.promote(target)
+        # Edits wait from the carry to the swap: one made in between was carried by no one, and the swap lost it.
+        with store.edits_paused() if carry is not None else contextlib.nullcontext():
+            if carry is not None:
+                carry(store, target)
+                target.mark_ready(counts={c: target.count(c) for c in S.COLLECTIONS})
+            store.promote(target)
     finally:
         target.close()
     return store.manifest

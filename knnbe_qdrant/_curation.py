@@ -81,10 +81,11 @@ class Curator:
             return self._encoder[0]
 
     def editing(self, tenant: str | None) -> contextlib.AbstractContextManager[int]:
-        """Hold the tenant's fence: its deletion waits for what is done inside, and an edit waits for a deletion
-        under way, so that nothing begun before a deletion lands after it. Every edit holds it; the service and the
-        command line hold it around an edit and its audit entry, so that a deleted tenant's log stays empty."""
-        return self.store.tenant_writes(S.check_tenant(tenant)) if is_tenant(tenant) else contextlib.nullcontext(0)
+        """Hold the fences of an edit of `tenant`'s layer (store.fences): the tenant's deletion and a rebuild's carry
+        wait for what is done inside, and it waits for them, so that nothing begun before either lands after it
+        (lost by the rebuild's swap, or outliving the deletion). Every edit holds them; the service and the command
+        line hold them around an edit and its audit entry, so that a deleted tenant's log stays empty."""
+        return self.store.edit_fence(S.check_tenant(tenant) if is_tenant(tenant) else None)
 
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:

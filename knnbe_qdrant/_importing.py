@@ -21,6 +21,10 @@ from .encoding import Encoder
 from .store.base import Store
 
 
+class _TenantDeleted(ConflictError):
+    """The import's tenant was deleted while it ran: it stops, and says so (running it again is not the answer)."""
+
+
 @dataclass
 class ImportReport:
     stored: int = 0
@@ -47,7 +51,7 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
     def same_tenant() -> Iterator[None]:
         with fence() as epoch:
             if epoch != started:
-                raise ConflictError(f"tenant {owner!r} was deleted while the import of {origin} ran: it stopped "
+                raise _TenantDeleted(f"tenant {owner!r} was deleted while the import of {origin} ran: it stopped "
                                     f"after storing {report.stored} rows, which the deletion removed")
             yield
 
@@ -86,8 +90,12 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
                     flush()
             if batch:
                 flush()
-    except ConflictError:
+    except _TenantDeleted:
         raise
+    except ConflictError as exc:  # a fence held too long (a rebuild's carry): nothing is wrong with the rows
+        raise ConflictError(f"import of {origin} stopped after storing {report.stored} rows ({report.already_stored} "
+                            f"were already stored, {len(report.errors)} bad): {exc}. Run the same import again to "
+                            "store the rest.") from exc
     except (KnnbeError, OSError) as exc:
         raise StoreError(f"import of {origin} stopped after storing {report.stored} rows "
                          f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "

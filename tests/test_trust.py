@@ -177,6 +177,29 @@ def test_a_sentence_stored_as_its_skill_is_retired_is_answered_as_stored(served,
     assert (r.status_code, r.json()["skill"], stored) == (201, "acme:retired-late", ["acme:retired-late"]), r.text
 
 
+def test_an_audit_log_that_cannot_be_written_says_the_edit_was_made_and_keeps_the_entry(served, monkeypatch, caplog):
+    # The edit is stored before its audit entry: a full disk (or a server refusing the meta write) answered a bare
+    # 500 "internal error", and a client retrying got "already stored", with the entry nowhere.
+    from knnbe_qdrant.store.documents import MetaDocuments
+
+    client, headers, mapper = served
+
+    def full(self, kind, entry):
+        raise OSError(28, "No space left on device")
+
+    for documents in (FileDocuments, MetaDocuments):
+        monkeypatch.setattr(documents, "append", full)
+    text = "A sentence whose audit entry finds the disk full"
+    with caplog.at_level("ERROR", logger="knnbe_qdrant.audit"):
+        r = client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=headers["a-curator"])
+    assert r.status_code == 503, r.text
+    assert "the edit was made, but its audit entry could not be written" in r.json()["error"]
+    assert "No space left on device" in r.json()["error"]
+    assert [p.payload[S.F_TEXT] for p in mapper.store.scroll(S.MEMORY, where={S.F_TEXT: text})] == [text]
+    [logged] = [rec.getMessage() for rec in caplog.records if rec.name == "knnbe_qdrant.audit"]
+    assert '"action": "memory add"' in logged and text in logged and '"tenant": "acme"' in logged
+
+
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def racing(request, tmp_path, encoder, small_skills):
@@ -760,28 +783,33 @@ def test_a_deletion_waits_for_an_edit_under_way_and_edits_wait_for_a_deletion(ba
     curator.delete_tenant(tenant)
 
 
-def test_the_tenant_fence_on_a_server_store_excludes_edits_from_a_deletion_and_counts_deletions(built_stores,
-                                                                                               monkeypatch):
-    """The fence as server stores hold it across processes (writers' leases and a fence point in the meta
-    collection), on qdrant-client's local mode: a deletion waits for a live writer, a writer for a deletion; each
-    deletion moves the epoch on; a writer that died holds nothing once its lease runs out."""
-    from knnbe_qdrant.store import locks
+def test_the_fences_on_a_server_store_exclude_edits_from_a_deletion_and_a_rebuild(built_stores, monkeypatch):
+    """The fences as server stores hold them across processes (edits' leases and fence points in the meta
+    collection), on qdrant-client's local mode: a deletion waits for a live edit of its tenant (not of another), an
+    edit for a deletion or a rebuild's pause; each deletion moves the epoch on; an edit or a fence holder that died
+    holds nothing once its lease runs out, and a fence held longer than a lease is renewed."""
+    from knnbe_qdrant.store import fences, locks
 
     store, tenant = built_stores["qdrant-local"], "leased-tenant"
-    with locks.lease_tenant_writes(store, tenant) as epoch:
-        with locks.lease_tenant_writes(store, tenant) as again:  # re-entrant: the same thread, the same hold
+    with fences.lease_edit(store, tenant) as epoch:
+        with fences.lease_edit(store, tenant) as again:  # re-entrant: the same thread, the same hold
             assert again == epoch
-        with pytest.raises(ConflictError, match="edits under way"), locks.lease_tenant_deletion(store, tenant,
-                                                                                                  wait=0.2):
+        with pytest.raises(ConflictError, match="edits under way"), fences.lease_tenant_deletion(store, tenant,
+                                                                                                   wait=0.2):
             pass
-    with locks.lease_tenant_writes(store, tenant) as unchanged:  # the refused deletion moved nothing
+        with pytest.raises(ConflictError, match="edits under way"), fences.lease_alone(store, fences.ALL, wait=0.2):
+            pass
+        with fences.lease_tenant_deletion(store, "another-tenant", wait=1):  # not this edit's business
+            pass
+    with fences.lease_edit(store, tenant) as unchanged:  # the refused deletion moved nothing
         assert unchanged == epoch
-    with locks.lease_tenant_deletion(store, tenant):
+
+    def edit_in_another_thread(name):
         outcome: list[object] = []
 
         def write():
             try:
-                with locks.lease_tenant_writes(store, tenant, wait=0.2) as e:
+                with fences.lease_edit(store, name, wait=0.2) as e:
                     outcome.append(e)
             except ConflictError as exc:
                 outcome.append(exc)
@@ -789,13 +817,61 @@ def test_the_tenant_fence_on_a_server_store_excludes_edits_from_a_deletion_and_c
         other = threading.Thread(target=write)  # another thread: this one's holds are not its
         other.start()
         other.join(10)
-        assert isinstance(outcome[0], ConflictError) and "being deleted" in str(outcome[0])
-    with locks.lease_tenant_writes(store, tenant) as after:
+        return outcome[0]
+
+    with fences.lease_tenant_deletion(store, tenant):
+        assert "being deleted" in str(edit_in_another_thread(tenant))
+        assert edit_in_another_thread("bystander") == 0  # another tenant edits on
+    with fences.lease_edit(store, tenant) as after:
         assert after == epoch + 1
-    monkeypatch.setattr(locks, "LEASE_S", 0.2)
-    dying = threading.Thread(target=lambda: locks.lease_tenant_writes(store, tenant).__enter__())
-    dying.start()  # its process dies inside an edit: the writer's lease stays, never released
+    monkeypatch.setattr(locks, "LEASE_S", 0.3)
+    with fences.lease_alone(store, fences.ALL):
+        time.sleep(1.0)  # three leases long: renewed, still closed
+        assert "being rebuilt" in str(edit_in_another_thread(None))
+        assert "being rebuilt" in str(edit_in_another_thread(tenant))
+    assert edit_in_another_thread(None) == 0
+    dying = threading.Thread(target=lambda: fences.lease_edit(store, tenant).__enter__())
+    dying.start()  # its process dies inside an edit: the edit's lease stays, never released
     dying.join(10)
     started = time.monotonic()
-    with locks.lease_tenant_deletion(store, tenant, wait=5):
+    with fences.lease_tenant_deletion(store, tenant, wait=5):
         assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_edit_made_while_a_rebuild_carries_the_curated_data_is_not_lost_by_its_swap(backend, tmp_path, encoder,
+                                                                                        small_skills):
+    """The window reliability.md named: an edit made between the carry and the swap went to the old collections,
+    which the swap then left behind. Now edits wait for the swap, and land in the new build."""
+    from knnbe_qdrant._build import rebuild_store
+    from knnbe_qdrant._carry import carry_edits
+
+    small_skills = small_skills[:40]
+    small_memory = default_memory(small_skills)
+    store = build_small(backend, tmp_path, encoder, small_skills, small_memory)
+    curator = Curator(store, encoder)
+    skill = small_skills[0].id
+    curator.add_sentence("carried: made before the rebuild", skill, tenant="acme")
+    carrying, edited = threading.Event(), threading.Event()
+
+    def carry(old, new):
+        report = carry_edits(old, new, encoder)
+        carrying.set()
+        edited.wait(1.0)  # the edit below comes now, after the carry read everything; it must wait for the swap
+        return report
+
+    def edit():
+        carrying.wait(60)
+        curator.add_sentence("made while the rebuild carried", skill, tenant="acme")
+        curator.retire_skill(small_skills[1].id, tenant="acme")  # a hide mark, on a point the new build makes anew
+        edited.set()
+
+    editor = threading.Thread(target=edit)
+    editor.start()
+    rebuild_store(store, encoder, skills=small_skills, memory=small_memory, progress=False, carry=carry)
+    editor.join(60)
+    assert edited.is_set()
+    texts = {p["text"] for p in curator.list_memory(skill, tenant="acme", own_only=True)}
+    assert texts == {"carried: made before the rebuild", "made while the rebuild carried"}
+    assert small_skills[1].id not in {p["skill_id"] for p in curator.list_skills(tenant="acme")}
+    store.close()

@@ -36,7 +36,10 @@ def reembed(store: Store, encoder: Encoder, *, dry_run: bool = False, progress: 
     ]
     if dry_run:
         return plan
-    manifest = store.update_manifest(pending_reembed={"model": encoder.name, "generation": generation})
+    # Set with every edit paused: an edit that passed its check of the flag before finishes first, the next ones
+    # see it (and are refused), so that no edit goes to the old collections after the copy read them.
+    with store.edits_paused():
+        manifest = store.update_manifest(pending_reembed={"model": encoder.name, "generation": generation})
     target = store.at_generation(generation)
     try:
         target._create_collections(encoder.dimension)

@@ -14,7 +14,8 @@ import numpy as np
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
-from .locks import process_lock, process_tenant_deletion, process_tenant_writes
+from .fences import ALL, process_alone, process_edit, process_tenant_deletion
+from .locks import process_lock
 
 Value = str | bool | Sequence[str]
 
@@ -199,23 +200,24 @@ class Store(ABC):
         return StoreCorruptError(f"{self.describe()} is damaged: {what}; {RECOVERY}")
 
     def item_lock(self, *key: str) -> AbstractContextManager[None]:
-        """Hold one item (`("skill", tenant, id)`, `("memory", tenant, text)`) against every other edit of it, for
-        an edit made of several writes; ConflictError when another edit holds it too long (see store.locks). This
-        default serves backends that one process at a time may open."""
+        """Hold one item (`("skill", tenant, id)`, `("memory", text)`) against every other edit of it, for an edit
+        made of several writes; ConflictError when another edit holds it too long (see store.locks). These defaults
+        (and the fences') serve backends that one process at a time may open."""
         return process_lock(self.describe(), tuple(key))
 
-    def tenant_writes(self, tenant: str) -> AbstractContextManager[int]:
-        """Hold `tenant`'s fence for an edit, against its deletion (see store.locks); yields the tenant's epoch,
-        which each deletion moves on. Re-entrant within a thread."""
-        return process_tenant_writes(self.describe(), tenant)
+    def edit_fence(self, tenant: str | None) -> AbstractContextManager[int]:
+        """Hold the fences of an edit of `tenant`'s layer (None: the global one), see store.fences; yields the
+        tenant's epoch."""
+        return process_edit(self.describe(), tenant)
 
-    def tenant_deletion(self, tenant: str) -> AbstractContextManager[None]:
-        """Hold `tenant`'s fence against every edit of it, for its deletion."""
+    def tenant_deletion(self, tenant: str) -> AbstractContextManager[None]:  # every edit of the tenant waits
         return process_tenant_deletion(self.describe(), tenant)
 
+    def edits_paused(self) -> AbstractContextManager[None]:  # every edit waits: for a rebuild's carry and swap
+        return process_alone(self.describe(), ALL)
+
     def _serves(self, generation: int) -> bool:
-        """Whether the collections that answer queries are those of `generation` (aliases can disagree with the
-        manifest only after a crash in a swap)."""
+        """Whether `generation`'s collections answer queries (not so only after a crash in a swap of aliases)."""
         return True
 
     def collection_name(self, collection: str) -> str:

@@ -19,7 +19,8 @@ from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
 from .documents import MetaDocuments
-from .locks import lease, lease_tenant_deletion, lease_tenant_writes
+from .fences import ALL, lease_alone, lease_edit, lease_tenant_deletion
+from .locks import lease
 from .retry import RetryPolicy, call_with_retries, describe_fault
 from .translate import build_filter, payload_selector, to_record
 
@@ -378,11 +379,14 @@ class QdrantClientStore(Store):
     def item_lock(self, *key: str) -> contextlib.AbstractContextManager[None]:
         return super().item_lock(*key) if self._local else lease(self, tuple(key))  # local mode: one process
 
-    def tenant_writes(self, tenant: str) -> contextlib.AbstractContextManager[int]:
-        return super().tenant_writes(tenant) if self._local else lease_tenant_writes(self, tenant)
+    def edit_fence(self, tenant: str | None) -> contextlib.AbstractContextManager[int]:
+        return super().edit_fence(tenant) if self._local else lease_edit(self, tenant)
 
     def tenant_deletion(self, tenant: str) -> contextlib.AbstractContextManager[None]:
         return super().tenant_deletion(tenant) if self._local else lease_tenant_deletion(self, tenant)
+
+    def edits_paused(self) -> contextlib.AbstractContextManager[None]:
+        return super().edits_paused() if self._local else lease_alone(self, ALL)
 
     def meta_exists(self) -> bool:
         return bool(self._call(self.client.collection_exists, self.name(META)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import time
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import StoreCorruptError
+from .._errors import KnnbeError, StoreCorruptError, StoreError
 from .._schema import TENANT_PATTERN
 
 if TYPE_CHECKING:  # the client store makes these documents; this module needs nothing of it at import time
@@ -62,9 +63,15 @@ def record_edit(documents: Documents, tenant: str | None, who: str, action: str,
     short = {k: v if not isinstance(v, str) or len(v) <= AUDIT_TEXT else v[:AUDIT_TEXT] + "…"
              for k, v in details.items()}
     entry = {"tenant": tenant, "key": who, "action": action, **short}
-    if tenant is not None:
-        documents.append(tenant_audit(tenant), entry)
-    documents.append(AUDIT, entry)
+    try:
+        if tenant is not None:
+            documents.append(tenant_audit(tenant), entry)
+        documents.append(AUDIT, entry)
+    except (KnnbeError, OSError) as exc:
+        # The edit is in the store already: say so, and keep the entry where an operator finds it.
+        logging.getLogger("knnbe_qdrant.audit").error("audit entry not written: %s", json.dumps(entry))
+        raise StoreError(f"the edit was made, but its audit entry could not be written ({exc}); the entry is in "
+                         "the log of the service or command (logger knnbe_qdrant.audit)") from exc
 
 
 def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]]) -> None:
