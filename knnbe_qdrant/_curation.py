@@ -37,6 +37,7 @@ from ._tenancy import (
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
 from .store.base import Store, Where, vectors_of
+from .store.locks import LOCK_WAIT_S
 
 ENV_USER = "KNNBE_USER"
 
@@ -72,6 +73,7 @@ class Curator:
         self._encoder_lock = threading.Lock()
         self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
+        self.fence_wait = LOCK_WAIT_S  # how long an edit waits for a deletion or a rebuild's carry, then ConflictError
 
     @property
     def encoder(self) -> Encoder:
@@ -81,11 +83,10 @@ class Curator:
             return self._encoder[0]
 
     def editing(self, tenant: str | None) -> contextlib.AbstractContextManager[int]:
-        """Hold the fences of an edit of `tenant`'s layer (store.fences): the tenant's deletion and a rebuild's carry
-        wait for what is done inside, and it waits for them, so that nothing begun before either lands after it
-        (lost by the rebuild's swap, or outliving the deletion). Every edit holds them; the service and the command
-        line hold them around an edit and its audit entry, so that a deleted tenant's log stays empty."""
-        return self.store.edit_fence(S.check_tenant(tenant) if is_tenant(tenant) else None)
+        """Hold the fences of an edit of `tenant`'s layer (store.fences): nothing begun before a deletion of the
+        tenant or a rebuild's carry lands after it. Every edit holds them; the service and the command line hold
+        them around an edit and its audit entry, so that a deleted tenant's log stays empty."""
+        return self.store.edit_fence(S.check_tenant(tenant) if is_tenant(tenant) else None, self.fence_wait)
 
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:
@@ -357,8 +358,7 @@ class Curator:
 
     # ---- tenants --------------------------------------------------------------------------------------------
     def tenants(self) -> dict[str, dict[str, int]]:
-        """Each tenant with its own points per collection and how many global points it hid."""
-        return tenant_counts(self.store)
+        return tenant_counts(self.store)  # each tenant's own points per collection, and how many global ones it hid
 
     def delete_tenant(self, tenant: str) -> None:
         """Remove exactly this tenant's data: its skills, its sentences, its marks on hidden global points, and its

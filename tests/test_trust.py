@@ -200,6 +200,21 @@ def test_an_audit_log_that_cannot_be_written_says_the_edit_was_made_and_keeps_th
     assert '"action": "memory add"' in logged and text in logged and '"tenant": "acme"' in logged
 
 
+def test_an_edit_that_finds_the_store_paused_answers_409_within_seconds(served):
+    # A rebuild's carry pauses every edit; on a server it can last minutes. Service edits waited ten seconds each in
+    # a worker thread: enough of them took every thread, and with them the key check of every other request.
+    client, headers, mapper = served
+    started = time.monotonic()
+    with mapper.store.edits_paused():
+        r = client.post("/v1/memory", json={"skill": "SQL", "text": "An edit during a rebuild's carry"},
+                        headers=headers["a-curator"])
+        assert r.status_code == 409 and "being rebuilt" in r.json()["error"], r.text
+        assert time.monotonic() - started < 5
+        assert client.post("/v1/map", json={"sentences": [SQL]}, headers=headers["b-reader"]).status_code == 200
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": "An edit during a rebuild's carry"},
+                       headers=headers["a-curator"]).status_code == 201
+
+
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def racing(request, tmp_path, encoder, small_skills):

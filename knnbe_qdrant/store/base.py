@@ -15,7 +15,7 @@ from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
 from .fences import ALL, process_alone, process_edit, process_tenant_deletion
-from .locks import process_lock
+from .locks import LOCK_WAIT_S, process_lock
 
 Value = str | bool | Sequence[str]
 
@@ -205,10 +205,10 @@ class Store(ABC):
         (and the fences') serve backends that one process at a time may open."""
         return process_lock(self.describe(), tuple(key))
 
-    def edit_fence(self, tenant: str | None) -> AbstractContextManager[int]:
-        """Hold the fences of an edit of `tenant`'s layer (None: the global one), see store.fences; yields the
-        tenant's epoch."""
-        return process_edit(self.describe(), tenant)
+    def edit_fence(self, tenant: str | None, wait: float = LOCK_WAIT_S) -> AbstractContextManager[int]:
+        """Hold the fences of an edit of `tenant`'s layer (None: the global one), waiting `wait` s at most for one
+        held alone (see store.fences); yields the tenant's epoch."""
+        return process_edit(self.describe(), tenant, wait)
 
     def tenant_deletion(self, tenant: str) -> AbstractContextManager[None]:  # every edit of the tenant waits
         return process_tenant_deletion(self.describe(), tenant)

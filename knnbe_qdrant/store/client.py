@@ -20,7 +20,7 @@ from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
 from .documents import MetaDocuments
 from .fences import ALL, lease_alone, lease_edit, lease_tenant_deletion
-from .locks import lease
+from .locks import LOCK_WAIT_S, lease
 from .retry import RetryPolicy, call_with_retries, describe_fault
 from .translate import build_filter, payload_selector, to_record
 
@@ -379,8 +379,8 @@ class QdrantClientStore(Store):
     def item_lock(self, *key: str) -> contextlib.AbstractContextManager[None]:
         return super().item_lock(*key) if self._local else lease(self, tuple(key))  # local mode: one process
 
-    def edit_fence(self, tenant: str | None) -> contextlib.AbstractContextManager[int]:
-        return super().edit_fence(tenant) if self._local else lease_edit(self, tenant)
+    def edit_fence(self, tenant: str | None, wait: float = LOCK_WAIT_S) -> contextlib.AbstractContextManager[int]:
+        return super().edit_fence(tenant, wait) if self._local else lease_edit(self, tenant, wait)
 
     def tenant_deletion(self, tenant: str) -> contextlib.AbstractContextManager[None]:
         return super().tenant_deletion(tenant) if self._local else lease_tenant_deletion(self, tenant)
