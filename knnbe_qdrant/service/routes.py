@@ -7,11 +7,13 @@ dependencies (Reader, Curator_, Admin) are local to `router`."""
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from itertools import islice
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 
@@ -72,9 +74,13 @@ def router(service: Service) -> APIRouter:
             raise ApiError(401, "unknown or revoked key")
         return key
 
-    def role(needed: str) -> Callable[[Request], Key]:
-        def check(request: Request) -> Key:
-            key = authenticate(request)
+    # Key checks run on threads of their own: requests that hold the shared worker threads (edits waiting for a
+    # lock or a fence) cannot hold up every other request's key check, and with it every tenant's mapping.
+    key_checks = anyio.CapacityLimiter(8)
+
+    def role(needed: str) -> Callable[[Request], Awaitable[Key]]:
+        async def check(request: Request) -> Key:
+            key = await anyio.to_thread.run_sync(authenticate, request, limiter=key_checks)
             if not key.allows(needed):
                 raise ApiError(403, f"this key's role is {key.role}; this needs {needed}")
             return key
