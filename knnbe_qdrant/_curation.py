@@ -50,7 +50,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fenced(edit: F) -> F:
-    """An edit of the tenant named by its `tenant` keyword, made under the tenant's fence (Curator.editing)."""
+    """An edit of the layer its `tenant` keyword names, made under the fences of such an edit (Curator.editing)."""
     @functools.wraps(edit)
     def fenced(self: Curator, *args: Any, tenant: str | None = None, **kwargs: Any) -> Any:
         with self.editing(tenant):

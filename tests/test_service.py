@@ -5,6 +5,7 @@ ASGI stack); tests/test_service_process.py runs it as a real server on loopback.
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -316,4 +317,31 @@ def test_a_store_from_before_the_tenants_logs_gets_them_from_the_shared_one_once
                 "items"]] for t, k in keys.items()}
         assert seen == {"acme": ["acme 2", "acme 1"], "gone": ["gone after"], "left": []}, seen
     assert len(documents.tail(AUDIT, 100)) == 6 and not documents.tail(tenant_audit("left"), 1)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_logs_tail_is_its_newest_entries_newest_first_older_unclocked_ones_last(backend, tmp_path):
+    # A server store's tail is read from the `written_ns` index (newest n), not by reading and sorting the whole
+    # log; entries appended before that clock existed are older than all that have it, and come after them.
+    from knnbe_qdrant.store.documents import AUDIT
+    from tests.helpers import make_store
+
+    store = make_store(backend, tmp_path / "store")
+    documents = store.documents()
+    if backend != "embedded":  # two entries as a release before the clock wrote them
+        from qdrant_client import models
+
+        for i in (1, 2):
+            store._call(store.client.upsert, store.meta_collection(), points=[models.PointStruct(
+                id=str(uuid.uuid4()), vector={}, payload={"kind": AUDIT, "entry": {"at": f"2026-01-0{i}T00:00:00",
+                                                                                 "n": f"old {i}"}})], wait=True)
+    for i in range(30):
+        documents.append(AUDIT, {"n": i})
+    documents.append("audit@other", {"n": "another log"})
+    assert [e["n"] for e in documents.tail(AUDIT, 5)] == [29, 28, 27, 26, 25]
+    everything = [e["n"] for e in documents.tail(AUDIT, 100)]
+    assert everything[:30] == list(range(29, -1, -1))
+    assert everything[30:] == ([] if backend == "embedded" else ["old 2", "old 1"])
+    assert [e["n"] for e in documents.tail(AUDIT, 10**9)] == everything  # a backup's read: the whole log
     store.close()

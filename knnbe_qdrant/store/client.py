@@ -48,6 +48,7 @@ class QdrantClientStore(Store):
         self.retry = retry or RetryPolicy.from_env()
         self._view_generation: int | None = None
         self._manifest_id = _MANIFEST_ID
+        self._meta_indexed = False
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One client call: serialised in local mode; against a server, retried on transient faults, within the
@@ -63,16 +64,9 @@ class QdrantClientStore(Store):
 
     @classmethod
     def connect(
-        cls,
-        url: str | None = None,
-        *,
-        api_key: str | None = None,
-        path: str | None = None,
-        prefix: str = DEFAULT_PREFIX,
-        timeout: int | None = None,
-        prefer_grpc: bool = False,
-        retry: RetryPolicy | None = None,
-        check_compatibility: bool = True,
+        cls, url: str | None = None, *, api_key: str | None = None, path: str | None = None,
+        prefix: str = DEFAULT_PREFIX, timeout: int | None = None, prefer_grpc: bool = False,
+        retry: RetryPolicy | None = None, check_compatibility: bool = True,
     ) -> QdrantClientStore:
         """`url` for a server; `path` (a directory, or ":memory:") for qdrant-client's local mode."""
         if path is not None:
@@ -130,7 +124,18 @@ class QdrantClientStore(Store):
     def _ensure_meta(self) -> None:
         if not self._call(self.client.collection_exists, self.name(META)):
             self._call(self.client.create_collection, self.name(META), vectors_config={})
-            self._keyword_index(self.name(META), "kind")  # documents are read by kind, the audit log grows
+            self._meta_indexed = False
+        if not self._meta_indexed:  # once per store object: a store made before an index existed gets it
+            self._meta_indexes()
+            self._meta_indexed = True
+
+    def _meta_indexes(self) -> None:
+        """Documents are read by kind; an audit log's tail by its clock (`written_ns`), newest first."""
+        self._keyword_index(self.name(META), "kind")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode warns that it has no payload indexes
+            self._call(self.client.create_payload_index, self.name(META), "written_ns",
+                       field_schema=models.PayloadSchemaType.INTEGER, wait=True)
 
     def _write_manifest(self, manifest: Manifest) -> None:
         self._ensure_meta()
@@ -156,8 +161,6 @@ class QdrantClientStore(Store):
                     self.client.update_collection_aliases,
                     change_aliases_operations=[self._create_alias(collection, generation)],
                 )
-        if self._view_generation is None:
-            self._keyword_index(self.name(META), "kind")  # stores made before it had one
 
     # ---- data ---------------------------------------------------------------------------------------------------
 

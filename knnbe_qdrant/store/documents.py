@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # the client store makes these documents; this module needs n
 _NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
 _RESTORE = ("restore the store with `knnbe-qdrant restore --force BACKUP_DIR` (a backup made with `knnbe-qdrant "
             "backup`, which keeps the keys and the audit log)")
+ORDERED_TAIL = 10_000
+"""The longest tail a server's log gives from its `written_ns` index; a longer one (a backup's) reads the whole log."""
 TAIL_BYTES = 4 << 20
 """The most a `tail` of a log file reads: old entries beyond it are not shown (they stay in the file)."""
 FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", "audit_split.json", ".documents.lock")
@@ -310,9 +312,27 @@ class MetaDocuments(Documents):
         self._put(str(uuid.uuid4()), {"kind": kind, "entry": {"at": _now(), **entry}, "written_ns": time.time_ns()})
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
-        points = [p for p in self._scroll(kind) if "entry" in p]
-        points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
-        return [p["entry"] for p in points[:n]]
+        from qdrant_client import models
+
+        if n > ORDERED_TAIL or not self.store.meta_exists():  # a backup's read of everything
+            points = [p for p in self._scroll(kind) if "entry" in p]
+            points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
+            return [p["entry"] for p in points[:n]]
+        # The newest n by the write's clock, which an integer index serves: not the whole log read and sorted on
+        # every read of its tail, as until 2026-12-06.
+        of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
+        newest = models.OrderBy(key="written_ns", direction=models.Direction.DESC)
+        records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                      scroll_filter=models.Filter(must=[of_kind]), limit=n, order_by=newest,
+                                      with_payload=["entry"], with_vectors=False)
+        entries = [r.payload["entry"] for r in records if r.payload and "entry" in r.payload]
+        if len(records) < n:  # entries appended before `written_ns` existed: older than every one that has it
+            unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
+                is_empty=models.PayloadField(key="written_ns"))])
+            older = sorted((p["entry"] for p in self._payloads(unclocked, ["entry"]) if "entry" in p),
+                           key=lambda e: e.get("at", ""), reverse=True)
+            entries += older[: n - len(records)]
+        return entries
 
     def logs(self) -> list[str]:
         from qdrant_client import models
