@@ -345,3 +345,27 @@ def test_a_logs_tail_is_its_newest_entries_newest_first_older_unclocked_ones_las
     assert everything[30:] == ([] if backend == "embedded" else ["old 2", "old 1"])
     assert [e["n"] for e in documents.tail(AUDIT, 10**9)] == everything  # a backup's read: the whole log
     store.close()
+
+
+def test_a_read_only_server_key_still_reads_the_logs_tail(tmp_path, monkeypatch):
+    # The written_ns index is made the first time a store object reaches the meta collection, which a read-only
+    # Qdrant key may not do; it answers with the error a server would (ServerError). Reads go on: the tail falls
+    # back to reading the log whole.
+    from knnbe_qdrant import QdrantClientStore, ServerError
+    from knnbe_qdrant.store.documents import AUDIT
+    from tests.helpers import make_store
+
+    writer = make_store("qdrant-local", tmp_path / "store")
+    for i in range(3):
+        writer.documents().append(AUDIT, {"n": i})
+    reader = QdrantClientStore(writer.client, prefix=writer.prefix)  # another process's view of the same server
+    reader._guard = writer._guard
+
+    def refused(*args, **kwargs):
+        raise ServerError("the Qdrant server answered 403: a read-only API key")
+
+    scroll = reader.client.scroll
+    monkeypatch.setattr(reader.client, "create_payload_index", refused)
+    monkeypatch.setattr(reader.client, "scroll", lambda *a, **k: refused() if "order_by" in k else scroll(*a, **k))
+    assert [e["n"] for e in reader.documents().tail(AUDIT, 2)] == [2, 1]
+    writer.close()

@@ -126,7 +126,8 @@ class QdrantClientStore(Store):
             self._call(self.client.create_collection, self.name(META), vectors_config={})
             self._meta_indexed = False
         if not self._meta_indexed:  # once per store object: a store made before an index existed gets it
-            self._meta_indexes()
+            with contextlib.suppress(ServerError):  # a read-only key cannot make one: reads work without it
+                self._meta_indexes()
             self._meta_indexed = True
 
     def _meta_indexes(self) -> None:

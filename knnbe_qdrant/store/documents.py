@@ -315,16 +315,17 @@ class MetaDocuments(Documents):
         from qdrant_client import models
 
         if n > ORDERED_TAIL or not self.store.meta_exists():  # a backup's read of everything
-            points = [p for p in self._scroll(kind) if "entry" in p]
-            points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
-            return [p["entry"] for p in points[:n]]
+            return self._sorted_tail(kind, n)
         # The newest n by the write's clock, which an integer index serves: not the whole log read and sorted on
         # every read of its tail, as until 2026-12-06.
         of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
         newest = models.OrderBy(key="written_ns", direction=models.Direction.DESC)
-        records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                      scroll_filter=models.Filter(must=[of_kind]), limit=n, order_by=newest,
-                                      with_payload=["entry"], with_vectors=False)
+        try:
+            records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                          scroll_filter=models.Filter(must=[of_kind]), limit=n, order_by=newest,
+                                          with_payload=["entry"], with_vectors=False)
+        except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
+            return self._sorted_tail(kind, n)
         entries = [r.payload["entry"] for r in records if r.payload and "entry" in r.payload]
         if len(records) < n:  # entries appended before `written_ns` existed: older than every one that has it
             unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
@@ -333,6 +334,11 @@ class MetaDocuments(Documents):
                            key=lambda e: e.get("at", ""), reverse=True)
             entries += older[: n - len(records)]
         return entries
+
+    def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
+        points = [p for p in self._scroll(kind) if "entry" in p]
+        points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
+        return [p["entry"] for p in points[:n]]
 
     def logs(self) -> list[str]:
         from qdrant_client import models
