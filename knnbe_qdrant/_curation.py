@@ -360,12 +360,12 @@ class Curator:
     def tenants(self) -> dict[str, dict[str, int]]:
         return tenant_counts(self.store)  # each tenant's own points per collection, and how many global ones it hid
 
-    def delete_tenant(self, tenant: str) -> None:
-        """Remove exactly this tenant's data: its skills, its sentences, its marks on hidden global points, and its
-        own audit log (a tenant made later under the name starts without it; the admins' log keeps every edit)."""
+    def delete_tenant(self, tenant: str) -> list[str]:
+        """Remove exactly this tenant's data (skills, sentences, marks on hidden global points, its own audit log) and
+        revoke its API keys: a tenant made later under the name starts with none of them. The keys revoked."""
         tenant = S.check_tenant(tenant)
         self._check_editable()
-        delete_tenant_data(self.store, tenant)
+        return delete_tenant_data(self.store, tenant)
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class ImportReport:
     stored: int = 0
     already_stored: int = 0
     errors: list[str] = field(default_factory=list)
+    epoch: int = 0  # the tenant's when the import began: a later deletion of the tenant moves it on (store.fences)
 
 
 def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[str], str],
@@ -45,7 +46,7 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
     batch: dict[str, TextPoint] = {}
     now = S.utc_now()
     with fence() as started:
-        pass
+        report.epoch = started
 
     @contextlib.contextmanager
     def same_tenant() -> Iterator[None]:

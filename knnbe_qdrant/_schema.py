@@ -76,6 +76,10 @@ def _escaped_hide_key(tenant: str) -> str:  # cached: mapping asks for a tenant'
     return HIDE_PREFIX + re.sub(r"[_.-]", lambda m: _HIDE_ESCAPES[m.group()], tenant)
 
 
+KEYS = "keys"
+"""The store documents of the service's API keys (service.keys), by key name; each names its tenant. A tenant's
+deletion revokes its keys, so a key cannot reach a later tenant of the same name."""
+
 HIDERS = "hiders"
 """The store documents (one per tenant) that register the tenants that ever hid a global point: a hide key is a
 payload key of its own, which no facet lists, so `Curator.tenants()` finds them through these."""

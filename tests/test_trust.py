@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -229,6 +230,53 @@ def test_edits_waiting_on_a_fence_do_not_hold_up_another_tenants_key_check(serve
         r = client.post("/v1/map", json={"sentences": [SQL]}, headers=headers["b-reader"])
         assert r.status_code == 200 and time.monotonic() - started < 3, time.monotonic() - started
     assert {f.result().status_code for f in waiting} == {409}
+
+
+def test_deleting_a_tenant_revokes_its_keys_and_an_edit_that_waited_for_the_deletion_changes_nothing(served,
+                                                                                                    monkeypatch):
+    """A deleted tenant's keys stayed live: an edit that waited for the deletion then made the tenant anew, and a
+    key of the old tenant could read and edit a later tenant of the same name."""
+    client, _, mapper = served
+    ring = client.app.state.service.keys
+    tenant = f"doomed-{uuid.uuid4().hex[:6]}"
+    secrets_ = {role: {"Authorization": f"Bearer {ring.create(role=role, tenant=tenant, name=f'{tenant}-{role}')[1]}"}
+                for role in ("reader", "curator")}
+    admin = {"Authorization": f"Bearer {ring.create(role='admin', name=f'{tenant}-admin')[1]}"}
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": "the doomed tenant's sentence"},
+                       headers=secrets_["curator"]).status_code == 201
+    monkeypatch.setattr(client.app.state.service.curator, "fence_wait", 20.0)
+    curator = Curator(mapper.store)
+    with ThreadPoolExecutor(2) as pool:
+        with curator.editing(tenant):  # an edit under way holds the deletion; the deletion, closed, holds the next
+            deletion = pool.submit(curator.delete_tenant, tenant)
+            time.sleep(0.3)
+            waiting = pool.submit(client.post, "/v1/memory", json={"skill": "SQL", "text": "an edit that waited"},
+                                  headers=secrets_["curator"])
+            time.sleep(0.5)
+            assert not deletion.done() and not waiting.done()
+        revoked, answer = deletion.result(30), waiting.result(30)
+    assert answer.status_code == 401 and "revoked while this edit waited" in answer.json()["error"], answer.text
+    assert revoked == [f"{tenant}-curator", f"{tenant}-reader"]
+    assert tenant not in curator.tenants()
+    assert not mapper.store.count(S.MEMORY, where={S.F_TENANT: tenant})
+    for h in secrets_.values():
+        assert client.get("/v1/memory", headers=h).status_code == 401
+
+    # A later tenant of the name: the old keys reach none of it; its own key does. Deleting it over HTTP names the
+    # keys it revoked in the admins' log; a tenant that has only keys is a tenant too, and a second deletion is 404.
+    fresh = {"Authorization": f"Bearer {ring.create(role='curator', tenant=tenant, name=f'{tenant}-again')[1]}"}
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": "the new tenant's sentence"},
+                       headers=fresh).status_code == 201
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": "an old key's edit"},
+                       headers=secrets_["curator"]).status_code == 401
+    assert client.delete(f"/v1/tenants/{tenant}", headers=admin).status_code == 200
+    entry = client.get("/v1/audit", params={"limit": 5}, headers=admin).json()["items"][0]
+    assert entry["tenant_deleted"] == tenant and entry["keys_revoked"] == [f"{tenant}-again"]
+    assert client.get("/v1/memory", headers=fresh).status_code == 401
+    keys_only = {"Authorization": f"Bearer {ring.create(role='reader', tenant=tenant, name=f'{tenant}-third')[1]}"}
+    assert client.delete(f"/v1/tenants/{tenant}", headers=admin).status_code == 200
+    assert client.get("/v1/memory", headers=keys_only).status_code == 401
+    assert client.delete(f"/v1/tenants/{tenant}", headers=admin).status_code == 404
 
 
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
@@ -778,6 +826,38 @@ def test_an_import_running_while_its_tenant_is_deleted_stops_and_leaves_nothing(
     assert f"tenant {tenant!r} was deleted while the import of rows ran" in str(result)
     assert store.count(S.MEMORY, where={S.F_TENANT: tenant}) == 0
     assert tenant not in curator.tenants()
+
+
+def test_an_import_whose_tenant_is_deleted_before_its_audit_entry_leaves_no_entry_in_a_new_log(racing, tmp_path,
+                                                                                              monkeypatch):
+    """`memory import` writes its audit entry after the import, whose writes alone hold the fence: a deletion in
+    between gave the deleted tenant's new log the entry of rows it no longer had. The entry goes to the admins' log,
+    saying so."""
+    import argparse
+
+    from knnbe_qdrant.cli.curation import memory_import
+    from knnbe_qdrant.store.documents import AUDIT, tenant_audit
+
+    store, encoder = racing
+    curator = Curator(store, encoder, user="tester")
+    rows = tmp_path / "rows.jsonl"
+    skill = next(iter(store.scroll(S.SKILLS, payload=True))).payload[S.F_SKILL_ID]
+    rows.write_text("".join(json.dumps({"text": f"late row {i} about pallets", "skill": skill}) + "\n"
+                            for i in range(3)), encoding="utf-8")
+    imported = curator.import_file
+
+    def import_then_deleted(*args, **kwargs):
+        report = imported(*args, **kwargs)
+        curator.delete_tenant("late")
+        return report
+
+    monkeypatch.setattr(curator, "import_file", import_then_deleted)
+    args = argparse.Namespace(hf=False, file=str(rows), tenant="late", source=None, no_progress=True)
+    assert memory_import(curator, args) == 0
+    documents = store.documents()
+    assert documents.tail(tenant_audit("late"), 10) == [] and "late" not in curator.tenants()
+    entry = documents.tail(AUDIT, 1)[0]
+    assert entry["action"] == "memory import" and entry["tenant_deleted_since"] == "late" and entry["stored"] == 3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

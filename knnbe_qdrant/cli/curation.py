@@ -168,8 +168,12 @@ def memory_import(curator: Curator, args: argparse.Namespace) -> int:
     else:
         report = curator.import_file(args.file, tenant=args.tenant, source=args.source, progress=not args.no_progress)
     if report.stored:
-        _recorded(curator, args.tenant, "memory import", file=args.file, stored=report.stored,
-                  bad_rows=len(report.errors))
+        # Under the fence, as every edit's entry: an import is many edits, so it holds the fence only while it writes.
+        # Its tenant deleted since it ended took its rows and must not get this entry in a new log.
+        with curator.editing(args.tenant) as epoch:
+            _recorded(curator, args.tenant if epoch == report.epoch else None, "memory import", file=args.file,
+                      stored=report.stored, bad_rows=len(report.errors),
+                      **({} if epoch == report.epoch else {"tenant_deleted_since": args.tenant}))
     for error in report.errors:
         print(error, file=sys.stderr)
     print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
@@ -232,7 +236,7 @@ def tenant_list(curator: Curator, args: argparse.Namespace) -> int:
 
 
 def tenant_delete(curator: Curator, args: argparse.Namespace) -> int:
-    curator.delete_tenant(args.tenant)
-    _recorded(curator, None, TENANT_DELETE, tenant_deleted=args.tenant)
-    print(f"deleted tenant {args.tenant}")
+    revoked = curator.delete_tenant(args.tenant)
+    _recorded(curator, None, TENANT_DELETE, tenant_deleted=args.tenant, keys_revoked=revoked)
+    print(f"deleted tenant {args.tenant}" + (f"; revoked its keys {', '.join(revoked)}" if revoked else ""))
     return 0

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._errors import ConflictError, InvalidInputError, NotFoundError
-from .._schema import GLOBAL_TENANT, check_tenant, utc_now
+from .._schema import GLOBAL_TENANT, KEYS, check_tenant, utc_now
 from ..store.documents import Documents
 
 ROLES = ("reader", "curator", "admin")
-KIND = "keys"
+KIND = KEYS
 _PREFIX = "knq_"
 
 
@@ -100,6 +100,11 @@ class KeyRing:
         record = {**record, "revoked_at": utc_now()}
         self.documents.put(KIND, name, record)
         return _key(record)
+
+    def live(self, name: str) -> bool:
+        """Whether the key of this name exists and is not revoked (a request that waited may see it revoked)."""
+        record = self._records().get(name)
+        return record is not None and not record.get("revoked_at")
 
     def check(self, secret: str) -> Key | None:
         """The live key this secret belongs to, or None. Constant time in the secret: every digest is compared."""

@@ -295,8 +295,8 @@ def router(service: Service) -> APIRouter:
 
     @api.delete("/tenants/{name}", response_model=Message, summary="Remove exactly this tenant's data (admin)")
     def delete_tenant(name: Annotated[str, PathParam(pattern=S.TENANT_PATTERN)], key: Admin) -> dict[str, str]:
-        service.curator_for(key).delete_tenant(name)
-        service.audit(key, TENANT_DELETE, tenant_deleted=name)
+        revoked = service.curator_for(key).delete_tenant(name)
+        service.audit(key, TENANT_DELETE, tenant_deleted=name, keys_revoked=revoked)
         return {"result": "deleted"}
 
     return api

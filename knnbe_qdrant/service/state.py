@@ -110,6 +110,11 @@ class Service:
         """The key's curator, its tenant's fence held (Curator.editing) across an edit and its audit entry."""
         curator = self.curator_for(key)
         with curator.editing(key.tenant):
+            # Checked again with the fence held: an edit that waited for its tenant's deletion, which revoked its
+            # key, would otherwise make the tenant anew.
+            if self.keys is not None and not self.keys.live(key.name):
+                raise ApiError(401, f"key {key.name!r} was revoked while this edit waited (its tenant deleted, or the "
+                                    "key revoked): nothing was changed")
             yield curator
 
     def audit(self, key: Key, action: str, **details: Any) -> None:
