@@ -160,10 +160,12 @@ def rebuild_store(store: Store, encoder: Encoder, *, carry: Callable[[Store, Sto
     try:
         build_store(target, encoder, **build)
         # Edits wait from the carry to the swap: one made in between was carried by no one, and the swap lost it.
-        with store.edits_paused() if carry is not None else contextlib.nullcontext():
+        with store.edits_paused() if carry is not None else contextlib.nullcontext() as paused:
             if carry is not None:
                 carry(store, target)
                 target.mark_ready(counts={c: target.count(c) for c in S.COLLECTIONS})
+            if paused is not None:
+                paused.check()  # on a server, a pause whose lease lapsed let edits in that the carry missed
             store.promote(target)
     finally:
         target.close()

@@ -986,3 +986,85 @@ def test_an_edit_made_while_a_rebuild_carries_the_curated_data_is_not_lost_by_it
     assert texts == {"carried: made before the rebuild", "made while the rebuild carried"}
     assert small_skills[1].id not in {p["skill_id"] for p in curator.list_skills(tenant="acme")}
     store.close()
+
+
+def test_a_fence_whose_lease_lapses_while_held_is_noticed_and_a_rebuild_then_refuses_its_swap(tmp_path, encoder,
+                                                                                             small_skills,
+                                                                                             monkeypatch):
+    """On a server a fence held alone is a lease, renewed while held. When the server refused the renewals for a
+    whole lease, the lease ran out unnoticed: edits came in while a deletion or a rebuild's carry went on, and the
+    rebuild swapped in a build without them. Now the holder knows (`Held.check`, and the hold says so when
+    released), and a rebuild whose pause lapsed keeps the old store. Qdrant-client's local mode, the lease code
+    forced (local mode alone would use the in-process fences)."""
+    from knnbe_qdrant._build import rebuild_store
+    from knnbe_qdrant._carry import carry_edits
+    from knnbe_qdrant.store import fences, locks
+
+    small_skills = small_skills[:40]
+    small_memory = default_memory(small_skills)
+    store = build_small("qdrant-local", tmp_path, encoder, small_skills, small_memory)
+    refusing = threading.Event()
+    real_call = store._call
+
+    def call(fn, *args, **kwargs):  # the server refuses every write to the meta collection while `refusing`
+        if refusing.is_set() and fn == store.client.upsert:
+            raise ConnectionError("the server is unreachable")
+        return real_call(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_call", call)
+    monkeypatch.setattr(locks, "LEASE_S", 0.6)
+
+    def edit_in_another_thread():
+        outcome: list[object] = []
+
+        def write():
+            try:
+                with fences.lease_edit(store, None, wait=0.2):
+                    outcome.append("edited")
+            except ConflictError as exc:
+                outcome.append(exc)
+
+        refusing.clear()  # the edit's own write reaches the server; the holder's renewals did not
+        other = threading.Thread(target=write)
+        other.start()
+        other.join(10)
+        return outcome[0]
+
+    with fences.lease_alone(store, fences.ALL) as held:  # refusals shorter than a lease: nothing lapses
+        refusing.set()
+        time.sleep(0.25)
+        refusing.clear()
+        time.sleep(0.5)
+        held.check(margin=0)
+
+    def lapsing():
+        with fences.lease_alone(store, fences.ALL) as held:
+            refusing.set()
+            time.sleep(1.0)
+            with pytest.raises(ConflictError, match="lapsed"):
+                held.check()
+            assert edit_in_another_thread() == "edited"  # what the holder must know: edits got in
+
+    with pytest.raises(ConflictError, match="lapsed"):  # and the hold says so when released
+        lapsing()
+
+    curator = Curator(store, encoder)
+    skill = small_skills[0].id
+    curator.add_sentence("carried: made before the rebuild", skill, tenant="acme")
+    before = store.manifest.generation
+    monkeypatch.setattr(store, "edits_paused", lambda: fences.lease_alone(store, fences.ALL))
+
+    def carry(old, new):
+        report = carry_edits(old, new, encoder)
+        refusing.set()
+        time.sleep(1.0)  # the pause lapses: an edit now lands in the old collections, which the carry read already
+        assert edit_in_another_thread() == "edited"
+        return report
+
+    with pytest.raises(ConflictError, match="lapsed"):
+        rebuild_store(store, encoder, skills=small_skills, memory=small_memory, progress=False, carry=carry)
+    refusing.clear()
+    assert store.manifest.generation == before  # the old store serves on, every edit in it
+    texts = {p["text"] for p in curator.list_memory(skill, tenant="acme", own_only=True)}
+    assert texts == {"carried: made before the rebuild"}
+    store.close()

@@ -14,7 +14,7 @@ import numpy as np
 from .._errors import ModelMismatchError, StoreCorruptError, StoreNotFoundError
 from .._schema import COLLECTIONS, HIDERS, KEYWORD_INDEXES, SCHEMA_VERSION, Manifest, hide_key, utc_now
 from .documents import Documents
-from .fences import ALL, process_alone, process_edit, process_tenant_deletion
+from .fences import ALL, Held, process_alone, process_edit, process_tenant_deletion
 from .locks import LOCK_WAIT_S, process_lock
 
 Value = str | bool | Sequence[str]
@@ -210,10 +210,10 @@ class Store(ABC):
         held alone (see store.fences); yields the tenant's epoch."""
         return process_edit(self.describe(), tenant, wait)
 
-    def tenant_deletion(self, tenant: str) -> AbstractContextManager[None]:  # every edit of the tenant waits
+    def tenant_deletion(self, tenant: str) -> AbstractContextManager[Held]:  # every edit of the tenant waits
         return process_tenant_deletion(self.describe(), tenant)
 
-    def edits_paused(self) -> AbstractContextManager[None]:  # every edit waits: for a rebuild's carry and swap
+    def edits_paused(self) -> AbstractContextManager[Held]:  # every edit waits: for a rebuild's carry and swap
         return process_alone(self.describe(), ALL)
 
     def _serves(self, generation: int) -> bool:

@@ -19,7 +19,7 @@ from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
 from .documents import MetaDocuments
-from .fences import ALL, lease_alone, lease_edit, lease_tenant_deletion
+from .fences import ALL, Held, lease_alone, lease_edit, lease_tenant_deletion
 from .locks import LOCK_WAIT_S, lease
 from .retry import RetryPolicy, call_with_retries, describe_fault
 from .translate import build_filter, payload_selector, to_record
@@ -386,10 +386,10 @@ class QdrantClientStore(Store):
     def edit_fence(self, tenant: str | None, wait: float = LOCK_WAIT_S) -> contextlib.AbstractContextManager[int]:
         return super().edit_fence(tenant, wait) if self._local else lease_edit(self, tenant, wait)
 
-    def tenant_deletion(self, tenant: str) -> contextlib.AbstractContextManager[None]:
+    def tenant_deletion(self, tenant: str) -> contextlib.AbstractContextManager[Held]:
         return super().tenant_deletion(tenant) if self._local else lease_tenant_deletion(self, tenant)
 
-    def edits_paused(self) -> contextlib.AbstractContextManager[None]:
+    def edits_paused(self) -> contextlib.AbstractContextManager[Held]:
         return super().edits_paused() if self._local else lease_alone(self, ALL)
 
     def meta_exists(self) -> bool:

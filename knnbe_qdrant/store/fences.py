@@ -19,6 +19,8 @@ least one of them sees the other.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 import uuid
@@ -34,6 +36,28 @@ if TYPE_CHECKING:
 
 ALL = "*"
 """The store's fence (no tenant's name can be `*`)."""
+log = logging.getLogger("knnbe_qdrant.fences")
+
+
+class Held:
+    """A fence held alone. In one process it holds until released; on a server it is a lease, renewed while held,
+    which lapses if the server refuses the renewals for a whole lease: edits may then come in. `check()` before a
+    step that must not overlap them (a rebuild's swap); the hold checks itself when released."""
+
+    def __init__(self, name: str, expires: float = math.inf) -> None:
+        self.name = name
+        self.expires = expires  # time.time() at which the lease runs out
+        self.lost = False  # renewed too late: another holder may have taken it meanwhile
+
+    def check(self, margin: float | None = None) -> None:
+        margin = locks.LEASE_S / 6 if margin is None else margin
+        if self.lost or time.time() + margin >= self.expires:
+            raise self.lapse()
+
+    def lapse(self) -> ConflictError:
+        who = "the store's edits" if self.name == ALL else f"tenant {self.name!r}'s edits"
+        return ConflictError(f"the fence that held {who} back lapsed: the server refused its renewal for a whole "
+                             f"lease ({locks.LEASE_S:.0f} s), so edits may have come in; run it again")
 
 
 def _closed(name: str, wait: float) -> str:
@@ -114,7 +138,7 @@ def process_edit(location: str, tenant: str | None, wait: float = locks.LOCK_WAI
 
 
 @contextmanager
-def process_alone(location: str, name: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[None]:
+def process_alone(location: str, name: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[Held]:
     """Hold the fence `name` alone: the edits under way finish first, those that come wait until it is released.
     Its epoch moves on when it is released."""
     fence = _fence(location, name)
@@ -127,7 +151,7 @@ def process_alone(location: str, name: str, wait: float = locks.LOCK_WAIT_S) -> 
             fence.changed.notify_all()
             raise ConflictError(_busy(name, wait))
     try:
-        yield
+        yield Held(name)
     finally:
         with fence.changed:
             fence.closed = False
@@ -136,11 +160,11 @@ def process_alone(location: str, name: str, wait: float = locks.LOCK_WAIT_S) -> 
 
 
 @contextmanager
-def process_tenant_deletion(location: str, tenant: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[None]:
+def process_tenant_deletion(location: str, tenant: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[Held]:
     """A deletion is an edit of the store (a rebuild must not carry what it is deleting) that holds its tenant's
     fence alone."""
-    with process_edit(location, None, wait), process_alone(location, tenant, wait):
-        yield
+    with process_edit(location, None, wait), process_alone(location, tenant, wait) as held:
+        yield held
 
 
 # ---- across processes, on a server -------------------------------------------------------------------------------
@@ -185,7 +209,7 @@ def lease_edit(store: QdrantClientStore, tenant: str | None, wait: float = locks
 
 
 @contextmanager
-def lease_alone(store: QdrantClientStore, name: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[None]:
+def lease_alone(store: QdrantClientStore, name: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[Held]:
     """`process_alone` across processes: the fence point taken where free (its epoch carried over, and a move of
     it meanwhile noticed), renewed while held, then the edits' lease points counted until none is live."""
     from qdrant_client import models
@@ -216,16 +240,29 @@ def lease_alone(store: QdrantClientStore, name: str, wait: float = locks.LOCK_WA
         attempt += 1
     mine = models.Filter(must=[models.FieldCondition(key="token", match=models.MatchValue(value=token))])
     released = threading.Event()
+    held = Held(name, time.time() + locks.LEASE_S)
 
     def renew() -> None:  # a deletion or a carry can outlast one lease; a holder that died stops renewing
-        while not released.wait(locks.LEASE_S / 3):
-            put(time.time() + locks.LEASE_S, epoch, mine)
+        pause = locks.LEASE_S / 3
+        while not released.wait(pause):
+            asked = time.time()
+            try:
+                put(asked + locks.LEASE_S, epoch, mine)
+                still = fence().get("token") == token
+            except Exception as exc:  # any failure: try again soon; the holder checks the lease
+                log.warning("could not renew the fence %r (it runs out in %.1f s): %s", name,
+                            held.expires - time.time(), exc)
+                pause = min(1.0, locks.LEASE_S / 30)
+                continue
+            held.lost = held.lost or not still or asked > held.expires
+            held.expires = asked + locks.LEASE_S if still else held.expires
+            pause = locks.LEASE_S / 3
 
     renewer = threading.Thread(target=renew, name=f"fence {name} renewal", daemon=True)
     renewer.start()
-    with ExitStack() as held:
-        held.callback(renewer.join)
-        held.callback(released.set)
+    with ExitStack() as stack:
+        stack.callback(renewer.join)
+        stack.callback(released.set)
         edits = [models.FieldCondition(key="kind", match=models.MatchValue(value="edit"))]
         if name != ALL:
             edits.append(models.FieldCondition(key="tenant", match=models.MatchValue(value=name)))
@@ -243,14 +280,17 @@ def lease_alone(store: QdrantClientStore, name: str, wait: float = locks.LOCK_WA
                 raise ConflictError(_busy(name, wait))
             time.sleep(0.02)
         try:
-            yield
+            yield held
         finally:
             released.set()
             renewer.join()
+            ran_out = held.lost or time.time() >= held.expires
             put(0, epoch + 1, mine)
+    if ran_out:  # what ran while it was held may have met edits: said, though it is done
+        raise held.lapse()
 
 
 @contextmanager
-def lease_tenant_deletion(store: QdrantClientStore, tenant: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[None]:
-    with lease_edit(store, None, wait), lease_alone(store, tenant, wait):
-        yield
+def lease_tenant_deletion(store: QdrantClientStore, tenant: str, wait: float = locks.LOCK_WAIT_S) -> Iterator[Held]:
+    with lease_edit(store, None, wait), lease_alone(store, tenant, wait) as held:
+        yield held
