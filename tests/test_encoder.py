@@ -1,5 +1,7 @@
 """The encoder runtimes: ONNX export checked against sentence-transformers, and the choice of runtime."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,17 @@ def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in,
     int8.quantize(reference._model.inputs, reference._model.tokenizer, path, int8.calibration_texts(8))
     assert (int8_in / int8.WEIGHTS_FILE).stat().st_ino == winner
     assert not list(int8_in.parent.glob(".int8-*"))
+
+
+def test_a_model_on_no_machine_fails_in_seconds_when_the_hub_cannot_be_reached(monkeypatch):
+    """Offline, the hub's client retried every file of a mistyped model for about 20 s: `build --model` with a typo
+    took 80 s to say so. The hub is probed once first (here: a host name that cannot resolve, as offline)."""
+    from knnbe_qdrant import ModelError
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a name no resolver knows
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="not on this machine and the Hugging Face hub cannot be reached"):
+        Encoder("no-such-org/no-such-model-xyz")
+    assert time.monotonic() - started < 20

