@@ -249,12 +249,12 @@ def test_refused_connection_and_bad_settings_are_one_line():
 # ---- concurrency and migrations -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["embedded", "qdrant-local"])
 def test_two_curators_hiding_at_once_lose_no_mark(built_stores, encoder, backend):
-    """Two curators hide the same global skill and sentence for 40 tenants at once. On the embedded store they
+    """Two curators hide the same global skill and sentence for 16 tenants at once. On the embedded store they
     share one store object (two threads of one process: the store is locked to it); on qdrant-client they get
     two store objects over one engine that share nothing but the engine, as two processes (or two service
     replicas) on one server do. No mark may be lost, and every tenant must stop seeing what it hid."""
     store = built_stores[backend]
-    tenants = [f"hide{i}.x-y_{i}" for i in range(40)]  # with every sign a hide key escapes
+    tenants = [f"hide{i}.x-y_{i}" for i in range(16)]  # with every sign a hide key escapes
     other = store
     if isinstance(store, QdrantClientStore):
         other = QdrantClientStore(store.client, prefix=store.prefix)
