@@ -941,6 +941,19 @@ def test_the_fences_on_a_server_store_exclude_edits_from_a_deletion_and_a_rebuil
         assert "being rebuilt" in str(edit_in_another_thread(None))
         assert "being rebuilt" in str(edit_in_another_thread(tenant))
     assert edit_in_another_thread(None) == 0
+    with fences.lease_edit(store, tenant):  # an edit slower than three leases: renewed, it still holds deletions
+        time.sleep(1.0)
+        with pytest.raises(ConflictError, match="edits under way"), fences.lease_tenant_deletion(store, tenant,
+                                                                                                   wait=0.3):
+            pass
+    real_call = store._call
+
+    def call(fn, *args, **kwargs):  # a dead process renews nothing: its renewal thread's writes go nowhere
+        if threading.current_thread().name == "edit lease renewal":
+            raise ConnectionError("the process is gone")
+        return real_call(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_call", call)
     dying = threading.Thread(target=lambda: fences.lease_edit(store, tenant).__enter__())
     dying.start()  # its process dies inside an edit: the edit's lease stays, never released
     dying.join(10)

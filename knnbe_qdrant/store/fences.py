@@ -185,7 +185,8 @@ def lease_edit(store: QdrantClientStore, tenant: str | None, wait: float = locks
         meta, me, started, attempt = store.meta_collection(), str(uuid.uuid4()), time.monotonic(), 0
         names = [ALL] if tenant is None else [ALL, tenant]
         while True:
-            writer = {"kind": "edit", "tenant": tenant or "", "expires": time.time() + locks.LEASE_S}
+            until = time.time() + locks.LEASE_S
+            writer = {"kind": "edit", "tenant": tenant or "", "expires": until}
             store._call(store.client.upsert, meta, points=[models.PointStruct(id=me, vector={}, payload=writer)],
                         wait=True)
             found = {str(r.id): r.payload or {} for r in store._call(
@@ -199,9 +200,28 @@ def lease_edit(store: QdrantClientStore, tenant: str | None, wait: float = locks
                 raise ConflictError(_closed(closed[0], wait))
             time.sleep(min(0.05, 0.002 * 2**attempt))
             attempt += 1
+        released = threading.Event()
+
+        def renew() -> None:  # an edit slower than a lease (a big chunk, a slow server) keeps its hold
+            expires = until
+            while not released.wait(locks.LEASE_S / 3):
+                asked = time.time()
+                try:
+                    store._call(store.client.upsert, meta, wait=True, points=[models.PointStruct(
+                        id=me, vector={}, payload={**writer, "expires": asked + locks.LEASE_S})])
+                    expires = asked + locks.LEASE_S
+                except Exception as exc:  # any failure: the next turn tries again, until the lease ran out
+                    log.warning("could not renew an edit's lease on %r: %s", tenant or ALL, exc)
+                    if time.time() >= expires:  # lost: renewed now, it would come back after a deletion began
+                        return
+
+        renewer = threading.Thread(target=renew, name="edit lease renewal", daemon=True)
+        renewer.start()
         try:
             yield int(fences[names[-1]].get("epoch", 0)) if tenant is not None else 0
         finally:
+            released.set()
+            renewer.join()  # before the point goes: a renewal after the delete would bring it back
             store._call(store.client.delete, meta, points_selector=models.PointIdsList(points=[me]), wait=True)
 
     with _reentrant(("lease", store.url, store.prefix, tenant), acquire) as epoch:
