@@ -143,6 +143,7 @@ def test_int8_queries_are_opt_in_close_to_fp32_and_quantized_once(int8_in, monke
     assert (Encoder(precision="fp32").runtime, Encoder(precision="fp32").precision) == ("onnx", "fp32")
 
 
+@pytest.mark.slow  # a whole int8 quantization (~60 s on two cores); int8 is opt-in
 def test_a_damaged_int8_cache_is_quantized_again_not_loaded(int8_in):
     import shutil
 
@@ -193,6 +194,7 @@ def test_an_int8_cache_that_cannot_be_written_is_one_clear_error(int8_in, monkey
         Encoder(precision="int8")
 
 
+@pytest.mark.slow  # two int8 quantizations racing (~30 s); int8 is opt-in
 def test_an_int8_quantization_that_loses_a_race_keeps_the_winners_model(int8_in, monkeypatch, tmp_path):
     """Two processes quantizing at once: the second to finish must not remove the first's model (it may be loading
     it); and a killed quantization's staging folder, an hour old, is cleared by the next one."""

@@ -107,6 +107,7 @@ def test_mined_negatives_are_close_but_never_a_label_of_the_sentence(small_skill
     assert mined.mean() > shuffled.mean() + 0.1
 
 
+@pytest.mark.slow  # mines negatives over the whole memory (~60 s); the default run trains without them
 def test_hard_negatives_train_on_triplets(tmp_path):
     out = finetune(tmp_path / "hn", Recipe(pairs=64, batch_size=32, seed=1, hard_negatives=True), progress=False)
     assert json.loads((out / RECIPE_FILE).read_text())["hard_negatives"] is True

@@ -10,9 +10,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from knnbe_qdrant import EdgeStore
 from knnbe_qdrant._schema import MEMORY
 from tests.helpers import SMALL_BUILD, run
+
+pytestmark = pytest.mark.slow  # ~95 s: an import killed, then run again over 20,000 rows
 
 N_ROWS = 20000
 KILL_AFTER_S = (7, 12, 20, 30)  # later tries only on a slow or busy machine

@@ -45,7 +45,9 @@ def test_force_with_a_mistyped_model_changes_nothing(store_copy, cli_taxonomy):
     assert mapped(store_copy)[0].endswith("ccd0a1d9-afda-43d9-b901-96344886e14d")
 
 
-@pytest.mark.parametrize("kill_after", [0.5, 2.0, 4.0, 7.0])
+# The default run kills at one moment; the slow suite at four (each ~15 s).
+@pytest.mark.parametrize("kill_after", [pytest.param(0.5, marks=pytest.mark.slow), 2.0,
+                                        *(pytest.param(t, marks=pytest.mark.slow) for t in (4.0, 7.0))])
 def test_a_killed_forced_rebuild_leaves_the_old_store_serving_and_resumes(store_copy, cli_taxonomy, kill_after):
     expected = mapped(store_copy)
     kill_a_rebuild_after(store_copy, cli_taxonomy, kill_after)
@@ -79,7 +81,7 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("what", ["first build", "rebuild"])
+@pytest.mark.parametrize("what", [pytest.param("first build", marks=pytest.mark.slow), "rebuild"])  # slow: ~20 s
 def test_a_kill_inside_edges_create_leaves_no_collection_or_a_whole_one(tmp_path, what):
     # Edge's create, killed in its first milliseconds, leaves a folder it will not load (a WAL, no config): a build
     # resumed there was refused as a damaged store. Kills at 0 to 3.5 ms into the first and the second collection's

@@ -428,7 +428,7 @@ def test_a_forced_rebuild_carries_reinstated_skills(store_copy, cli_taxonomy):
     assert {"Apache Kafka streaming", "SQL", "PostgreSQL"} <= labels, labels
 
 
-@pytest.mark.parametrize("kill_after", [1.0, 3.0])
+@pytest.mark.parametrize("kill_after", [1.0, pytest.param(3.0, marks=pytest.mark.slow)])  # the second: slow suite
 def test_an_edit_made_while_a_killed_rebuild_is_pending_survives_its_resumption(store_copy, cli_taxonomy, kill_after):
     kill_a_rebuild_after(store_copy, cli_taxonomy, kill_after)
     r = run("memory", "add", "--skill", "SQL", "--text", "Taught while the rebuild was pending", "--tenant", "acme",
@@ -462,7 +462,7 @@ def test_backup_and_restore_bring_back_a_damaged_store_with_its_curated_data(sto
     assert mapped.stdout == run("map", "--json", "Programming in Python", store=store_copy).stdout
 
 
-@pytest.mark.parametrize("kill_after", [0.9, 1.5])
+@pytest.mark.parametrize("kill_after", [0.9, pytest.param(1.5, marks=pytest.mark.slow)])  # the second: slow suite
 def test_a_killed_restore_leaves_the_store_serving_and_resumes_to_exactly_the_backup(store_copy, tmp_path, kill_after):
     # restore --force builds beside the store like a rebuild (about 0.5 s of work here after 1.2 s of start-up)
     _curate(store_copy)
