@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from knnbe_qdrant import Encoder
-from knnbe_qdrant._errors import InvalidInputError
+from knnbe_qdrant._errors import InvalidInputError, ModelError
 from knnbe_qdrant.encoding import BASE_MODEL, local_model_dir
 from knnbe_qdrant.encoding.finetune import RECIPE_FILE, Recipe, finetune, mine_hard_negatives, training_pairs
 from knnbe_qdrant.encoding.patch import make_patch, materialize
@@ -130,3 +131,14 @@ def test_the_default_recipe_is_the_shipped_encoders_whatever_the_default_memory(
     args = build_parser().parse_args(["finetune", str(tmp_path / "m"), "--no-progress"])
     assert args.func(args) == 0
     assert seen[0].memory_sources == Recipe().memory_sources
+
+
+def test_a_base_model_on_no_machine_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    # Offline, the hub's client retried each file of a mistyped base for ~20 s (80 s in all for a model name).
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="base model 'no-such-org/no-such-base' is not on this machine"):
+        finetune(tmp_path / "m", Recipe(base="no-such-org/no-such-base", pairs=8), progress=False)
+    assert time.monotonic() - started < 10 and not (tmp_path / "m").exists()

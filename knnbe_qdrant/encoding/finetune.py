@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .._data import TRAINING_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
 from .._errors import InvalidInputError, ModelError
-from .models import BASE_MODEL, canonical_model_name, local_model_dir
+from .models import BASE_MODEL, canonical_model_name, hub_reachable, local_model_dir
 from .patch import make_patch, patches_dir
 
 RECIPE_FILE = "knnbe_finetune.json"
@@ -121,14 +121,18 @@ def finetune(out_dir: str | Path, recipe: Recipe = Recipe(), *, extra: Sequence[
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InvalidInputError(f"{out} exists and is not empty; name a new directory for the fine-tuned model")
+    name = canonical_model_name(recipe.base)
+    base_dir = local_model_dir(name)
+    if base_dir is None and not hub_reachable():  # offline, the hub's client would retry each file for ~20 s
+        raise ModelError(f"base model {name!r} is not on this machine and the Hugging Face hub cannot be reached; "
+                         "name a model directory, or a model this machine has")
     started = time.perf_counter()
     skills = load_taxonomy()
     memory = default_memory(skills, recipe.memory_sources) + list(extra)
     pairs = training_pairs(skills, memory, recipe.pairs, recipe.seed)
 
     torch.manual_seed(recipe.seed)
-    name = canonical_model_name(recipe.base)
-    model = SentenceTransformer(str(local_model_dir(name) or name), device=None)
+    model = SentenceTransformer(str(base_dir or name), device=None)
     served_length = model.max_seq_length
     model.max_seq_length = recipe.max_seq_length  # job-ad sentences are short; truncating long ones saves time
     if recipe.freeze_word_embeddings:
