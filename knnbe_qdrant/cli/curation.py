@@ -114,7 +114,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = actions.add_parser("list", parents=[parent], help="tenants and their own point counts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_with_curator(tenant_list))
-    p = actions.add_parser("delete", parents=[parent], help="remove exactly this tenant's data")
+    p = actions.add_parser("delete", parents=[parent], help="remove exactly this tenant's data and revoke its API keys")
     p.add_argument("tenant")
     p.set_defaults(func=_with_curator(tenant_delete))
 

@@ -293,7 +293,8 @@ def router(service: Service) -> APIRouter:
         _, curator, _, _ = service.require_ready()
         return {"tenants": curator.tenants()}
 
-    @api.delete("/tenants/{name}", response_model=Message, summary="Remove exactly this tenant's data (admin)")
+    @api.delete("/tenants/{name}", response_model=Message,
+                summary="Remove exactly this tenant's data and revoke its keys (admin)")
     def delete_tenant(name: Annotated[str, PathParam(pattern=S.TENANT_PATTERN)], key: Admin) -> dict[str, str]:
         revoked = service.curator_for(key).delete_tenant(name)
         service.audit(key, TENANT_DELETE, tenant_deleted=name, keys_revoked=revoked)
