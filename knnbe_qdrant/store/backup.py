@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from .._errors import InputFileError, InvalidInputError, StoreError
-from .._schema import COLLECTIONS, HIDERS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
+from .._schema import COLLECTIONS, HIDERS, KEYS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
 from .base import Store
 from .documents import AUDIT_SPLIT, is_document_file
 
 FORMAT = "knnbe-qdrant backup"
 VERSION = 1
-KEYED_DOCUMENTS = ("keys", HIDERS, TOMBSTONES, AUDIT_SPLIT)
+KEYED_DOCUMENTS = (KEYS, HIDERS, TOMBSTONES, AUDIT_SPLIT)
 LOG_DOCUMENTS = ("audit",)
 _CHUNK = 1000
 
