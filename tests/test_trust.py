@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -1081,3 +1082,45 @@ def test_a_fence_whose_lease_lapses_while_held_is_noticed_and_a_rebuild_then_ref
     texts = {p["text"] for p in curator.list_memory(skill, tenant="acme", own_only=True)}
     assert texts == {"carried: made before the rebuild"}
     store.close()
+
+
+def test_a_backup_is_a_copy_of_one_moment_an_edit_made_while_it_reads_waits(racing, tmp_path, monkeypatch):
+    """A backup listed a collection's ids, then read their points: a sentence moved to another skill in between (its
+    old point deleted, its new one not listed) was in neither place, and a restore lost it. Edits now wait while a
+    backup reads the store (on a server, other processes edit it meanwhile)."""
+    from knnbe_qdrant.store.backup import backup
+
+    store, encoder = racing
+    curator = Curator(store, encoder)
+    skills = [r.payload[S.F_SKILL_ID] for r in islice(store.scroll(S.SKILLS, payload=True), 2)]
+    text = "a sentence a curator moves while the backup runs"
+    curator.add_sentence(text, skills[0], tenant="acme")
+    reading, moved, during = threading.Event(), threading.Event(), []
+    retrieve = store.retrieve
+
+    def slow_retrieve(collection, ids, *args, **kwargs):
+        # The backup reading its points (more at once than the 64 that opening the store samples), slowly enough
+        # for an edit to come meanwhile.
+        if kwargs.get("with_vectors") and len(ids) > 64 and threading.current_thread() is threading.main_thread():
+            reading.set()
+            time.sleep(0.3)
+            during.append(moved.is_set())
+        return retrieve(collection, ids, *args, **kwargs)
+
+    monkeypatch.setattr(store, "retrieve", slow_retrieve)
+
+    def move():
+        reading.wait(30)
+        curator.relabel(text, skills[0], skills[1], tenant="acme")
+        moved.set()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    backup(store, tmp_path / "bk")
+    mover.join(30)
+    assert moved.is_set() and during and not any(during), during  # the move waited for the backup's reads
+    with gzip.open(tmp_path / "bk" / f"{S.MEMORY}.jsonl.gz", "rt", encoding="utf-8") as f:
+        copies = [json.loads(line)["payload"] for line in f if text in line]
+    assert [(p[S.F_TENANT], p[S.F_SKILL_ID]) for p in copies] == [("acme", skills[0])]
+    assert [p["skill_id"] for p in curator.list_memory(skills[1], tenant="acme", own_only=True)
+            if p["text"] == text] == [skills[1]]

@@ -65,6 +65,21 @@ def _backup(store: Store, target: Path) -> dict[str, int]:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    # A copy of one moment: edits wait while the store is read (on a server other processes edit it meanwhile, and
+    # a sentence moved between the listing of ids and their reading was in neither place).
+    with store.edits_paused():
+        files = _write_points_and_documents(store, tmp)
+    index = {"format": FORMAT, "version": VERSION, "created_at": utc_now(), "source": store.describe(),
+             "manifest": manifest.__dict__, "files": files}
+    (tmp / "backup.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    for path in tmp.iterdir():  # durable before the rename makes it a backup
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return {c: files[f"{c}.jsonl.gz"]["points"] for c in COLLECTIONS}
+
+
+def _write_points_and_documents(store: Store, tmp: Path) -> dict[str, dict[str, Any]]:
     files: dict[str, dict[str, Any]] = {}
     for collection in COLLECTIONS:
         name = f"{collection}.jsonl.gz"
@@ -85,14 +100,7 @@ def _backup(store: Store, target: Path) -> dict[str, int]:
     docs.update({kind: documents.tail(kind, 10**9)[::-1] for kind in {*LOG_DOCUMENTS, *documents.logs()}})
     (tmp / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
     files["documents.json"] = {"sha256": _sha256(tmp / "documents.json")}
-    index = {"format": FORMAT, "version": VERSION, "created_at": utc_now(), "source": store.describe(),
-             "manifest": manifest.__dict__, "files": files}
-    (tmp / "backup.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    for path in tmp.iterdir():  # durable before the rename makes it a backup
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return {c: files[f"{c}.jsonl.gz"]["points"] for c in COLLECTIONS}
+    return files
 
 
 def read_index(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:

@@ -5,7 +5,9 @@
   deletion's sweep passed to a tenant made later under the name. A deletion moves the tenant's epoch on: an edit
   made of many writes (an import) reads it at its start and stops when it has moved.
 - The store's fence (`ALL`): every edit holds it, a tenant's deletion too; a rebuild holds it alone while it carries
-  the curated data into the new build and swaps it in. An edit made meanwhile was not carried: the swap lost it.
+  the curated data into the new build and swaps it in (an edit made meanwhile was not carried: the swap lost it),
+  and a backup while it reads the store (an edit made meanwhile could be half in it: a moved sentence in neither
+  place).
 
 An edit waits for a fence held alone (`wait` seconds at most, then ConflictError: try again); what holds one alone
 waits for the edits under way (likewise). Re-entrant within a thread: an edit inside an edit holds nothing more.
@@ -62,8 +64,8 @@ class Held:
 
 def _closed(name: str, wait: float) -> str:
     if name == ALL:
-        return (f"the store is being rebuilt: its curated data is carried into the new build, and edits wait until "
-                f"it is swapped in (waited {wait:.0f} s); try again")
+        return (f"the store is being rebuilt or backed up: its curated data is read whole (carried into a new build, "
+                f"or written to a backup), and edits wait until that is done (waited {wait:.0f} s); try again")
     return f"tenant {name!r} is being deleted (waited {wait:.0f} s); try again once it is gone"
 
 
