@@ -1124,3 +1124,36 @@ def test_a_backup_is_a_copy_of_one_moment_an_edit_made_while_it_reads_waits(raci
     assert [(p[S.F_TENANT], p[S.F_SKILL_ID]) for p in copies] == [("acme", skills[0])]
     assert [p["skill_id"] for p in curator.list_memory(skills[1], tenant="acme", own_only=True)
             if p["text"] == text] == [skills[1]]
+
+
+def test_an_edit_made_while_a_restore_loads_lands_in_the_restored_store(racing, tmp_path, monkeypatch):
+    """`restore --force` builds beside the store and swaps: an edit acknowledged while it loaded went to the
+    collections the swap left behind, and was gone. Edits now wait for the swap and land in the restored store."""
+    from knnbe_qdrant.store import backup as backups
+
+    store, encoder = racing
+    curator = Curator(store, encoder)
+    skill = next(iter(store.scroll(S.SKILLS, payload=True))).payload[S.F_SKILL_ID]
+    backups.backup(store, tmp_path / "bk")
+    loading, added = threading.Event(), threading.Event()
+    write = backups._write
+
+    def slow_write(target, collection, batch):  # the restore loading points, slowly enough for an edit to come
+        loading.set()
+        time.sleep(0.2)
+        write(target, collection, batch)
+
+    monkeypatch.setattr(backups, "_write", slow_write)
+
+    def edit():
+        loading.wait(30)
+        curator.add_sentence("an edit made while the restore loaded", skill, tenant="acme")
+        added.set()
+
+    editor = threading.Thread(target=edit)
+    editor.start()
+    backups.restore(store, tmp_path / "bk", force=True)
+    editor.join(30)
+    assert added.is_set()
+    texts = {p["text"] for p in curator.list_memory(skill, tenant="acme", own_only=True)}
+    assert "an edit made while the restore loaded" in texts

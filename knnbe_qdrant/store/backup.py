@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,16 @@ def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False
         raise StoreError(f"{store.describe()} exists: `knnbe-qdrant restore --force` replaces it with the backup "
                          "(built beside it and swapped in atomically)")
     docs = _read_documents(root / "documents.json")
-    target = store.rebuild_view() if store.exists() else store
+    if not store.exists():
+        return _load(store, store, saved, root, docs)
+    # Edits wait until the swap: one made meanwhile went to the collections the swap then left behind (on a server,
+    # other processes edit the store while it is restored).
+    with store.edits_paused() as paused:
+        return _load(store, store.rebuild_view(), saved, root, docs, before_swap=paused.check)
+
+
+def _load(store: Store, target: Store, saved: Manifest, root: Path, docs: dict[str, Any], *,
+          before_swap: Callable[[], None] = lambda: None) -> Manifest:
     try:
         fields = {k: getattr(saved, k) for k in ("schema_version", "skill_text", "sources", "migrations", "params",
                                                  "previous", "created_at")}
@@ -181,6 +190,7 @@ def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False
         target.optimize()
         target.mark_ready(counts={c: target.count(c) for c in COLLECTIONS}, build_seconds=saved.build_seconds)
         if target is not store:
+            before_swap()
             store.promote(target)
     finally:
         if target is not store:
