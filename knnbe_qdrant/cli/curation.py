@@ -171,9 +171,9 @@ def memory_import(curator: Curator, args: argparse.Namespace) -> int:
         # Under the fence, as every edit's entry: an import is many edits, so it holds the fence only while it writes.
         # Its tenant deleted since it ended took its rows and must not get this entry in a new log.
         with curator.editing(args.tenant) as epoch:
-            _recorded(curator, args.tenant if epoch == report.epoch else None, "memory import", file=args.file,
-                      stored=report.stored, bad_rows=len(report.errors),
-                      **({} if epoch == report.epoch else {"tenant_deleted_since": args.tenant}))
+            gone = {} if epoch == report.epoch else {"tenant_deleted_since": args.tenant}
+            _recorded(curator, None if gone else args.tenant, "memory import", file=args.file,
+                      stored=report.stored, bad_rows=len(report.errors), **gone)
     for error in report.errors:
         print(error, file=sys.stderr)
     print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
