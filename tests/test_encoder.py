@@ -237,3 +237,15 @@ def test_a_model_on_no_machine_fails_in_seconds_when_the_hub_cannot_be_reached(m
     with pytest.raises(ModelError, match="not on this machine and the Hugging Face hub cannot be reached"):
         Encoder("no-such-org/no-such-model-xyz")
     assert time.monotonic() - started < 20
+
+
+def test_the_hub_probe_reads_hf_hub_offline_as_the_hub_client_does(monkeypatch):
+    # HF_HUB_OFFLINE=0 means online to the hub's client; the probe took any value for "offline" and then let a model
+    # on no machine load from the cache only.
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # behind a proxy: the hub's client knows, not a probe
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert models.hub_reachable() is True

@@ -63,8 +63,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be asked for a model not on this machine. Offline, its client retries each
     file for about 20 s: a mistyped model name took 80 s to fail. Behind a proxy, or with the hub's client told to
     stay offline, it is not probed (the client knows)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE")):
-        return not os.environ.get("HF_HUB_OFFLINE")
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES:  # as the hub's client reads it
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
