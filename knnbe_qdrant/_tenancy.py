@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 from . import _schema as S
 from ._errors import NotFoundError
 from .store.base import Store, Where
-from .store.documents import tenant_audit
+from .store.documents import Documents, tenant_audit
 
 
 def layers(tenant: str | None) -> list[str]:
@@ -78,21 +78,30 @@ def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def _live_keys(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
+    return {name: k for name, k in sorted(documents.all(S.KEYS).items())
+            if k.get("tenant") == tenant and not k.get("revoked_at")}
+
+
+def _revoke(documents: Documents, keys: dict[str, dict[str, Any]]) -> list[str]:
+    for name, record in keys.items():
+        documents.put(S.KEYS, name, {**record, "revoked_at": S.utc_now()})
+    return list(keys)
+
+
 def delete_tenant_data(store: Store, tenant: str) -> list[str]:
     """Remove the tenant's points, its marks on global points and its audit log, and revoke its API keys, under its
     fence (store.fences): edits under way finish first, those that come meanwhile wait. The names of the keys it
     revoked."""
     documents = store.documents()
     with store.tenant_deletion(tenant):
-        live = {name: k for name, k in sorted(documents.all(S.KEYS).items())
-                if k.get("tenant") == tenant and not k.get("revoked_at")}
+        live = _live_keys(documents, tenant)
         if not live and tenant not in tenant_counts(store) and tenant_audit(tenant) not in documents.logs():
             raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks, audit log or live "
                                 "keys")
         # The keys first: a key left live would edit the tenant back into being after its deletion, or read a later
         # tenant of the same name (the service checks an edit's key again once it holds the fence).
-        for name, record in live.items():
-            documents.put(S.KEYS, name, {**record, "revoked_at": S.utc_now()})
+        revoked = _revoke(documents, live)
         for collection in S.COLLECTIONS:
             # In chunks, not one delete by filter: the embedded engine answers no query while it deletes, and a
             # tenant of 50,000 sentences held every other tenant's mapping for 0.6 s.
@@ -104,4 +113,8 @@ def delete_tenant_data(store: Store, tenant: str) -> list[str]:
             for start in range(0, len(marked), 1000):
                 store.delete_payload(collection, marked[start : start + 1000], [key])
         documents.clear_log(tenant_audit(tenant))
-    return list(live)
+        # And again at the end: a key created meanwhile (`keys create` takes no fence, and may run in another
+        # process) was made for the tenant being deleted, so it goes with it; one created after this belongs to the
+        # next tenant of the name.
+        revoked += _revoke(documents, _live_keys(documents, tenant))
+    return revoked

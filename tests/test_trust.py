@@ -280,6 +280,37 @@ def test_deleting_a_tenant_revokes_its_keys_and_an_edit_that_waited_for_the_dele
     assert client.delete(f"/v1/tenants/{tenant}", headers=admin).status_code == 404
 
 
+def test_a_key_created_while_its_tenant_is_deleted_goes_with_the_tenant(served, monkeypatch):
+    """The deletion read the tenant's keys at its start: a key created during its sweep (`keys create` takes no
+    fence, and may run in another process) stayed live, read the half-deleted tenant, and edited it afterwards."""
+    client, _, mapper = served
+    ring = client.app.state.service.keys
+    tenant = f"swept-{uuid.uuid4().hex[:6]}"
+    first = {"Authorization": f"Bearer {ring.create(role='curator', tenant=tenant, name=f'{tenant}-first')[1]}"}
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": "a sentence of the swept tenant"},
+                       headers=first).status_code == 201
+    elsewhere = KeyRing(mapper.store.documents())  # the ring of another process: it shares the store's documents
+    made: list[str] = []
+    sweep = mapper.store.delete
+
+    def delete_and_make_a_key(collection, ids):
+        if not made:
+            made.append(elsewhere.create(role="curator", tenant=tenant, name=f"{tenant}-meanwhile")[1])
+        return sweep(collection, ids)
+
+    monkeypatch.setattr(mapper.store, "delete", delete_and_make_a_key)
+    revoked = Curator(mapper.store).delete_tenant(tenant)
+    monkeypatch.undo()
+    assert made and revoked == [f"{tenant}-first", f"{tenant}-meanwhile"]
+    answer = client.post("/v1/memory", json={"skill": "SQL", "text": "an edit after the deletion"},
+                         headers={"Authorization": f"Bearer {made[0]}"})
+    assert answer.status_code == 401, answer.text
+    assert tenant not in Curator(mapper.store).tenants()
+    # One created after the deletion belongs to the next tenant of the name.
+    after = {"Authorization": f"Bearer {ring.create(role='curator', tenant=tenant, name=f'{tenant}-after')[1]}"}
+    assert client.get("/v1/memory", params={"skill": "SQL", "own": True}, headers=after).json()["items"] == []
+
+
 # ---- racing writes: both apply in some order, or one is refused ------------------------------------------------
 @pytest.fixture(params=BACKENDS)
 def racing(request, tmp_path, encoder, small_skills):
