@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from . import _schema as S
 from ._data import DEFAULT_MEMORY_SOURCES, LabelledSentence, Skill, default_memory, load_taxonomy
-from ._errors import StoreError
+from ._errors import InvalidInputError, StoreError
 from ._schema import Manifest
+from ._text import MAX_SOURCE, check_text
 from .encoding import Encoder
 from .store.base import Store
 
@@ -36,6 +37,17 @@ class TextPoint:
 
 
 BUILDER = "knnbe-qdrant build"
+"""`created_by` of the points a build makes from its sources: a rebuild makes them anew and carries only the others
+(_carry), so no curator may write under this name."""
+
+
+def check_curator(user: Any, what: str) -> str:
+    """The name a curator's points record as `created_by`, checked: a visible text, short, and not the builder's."""
+    user = check_text(user, what, max_chars=MAX_SOURCE)
+    if user == BUILDER:
+        raise InvalidInputError(f"{what}: {BUILDER!r} is reserved for the points a build makes from its sources (a "
+                                "rebuild would not carry a curator's points made under it)")
+    return user
 
 
 def skill_payload(skill: Skill, tenant: str) -> dict[str, Any]:

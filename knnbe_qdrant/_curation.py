@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import _schema as S
 from . import _text as T
-from ._build import memory_payload, skill_payload
+from ._build import check_curator, memory_payload, skill_payload
 from ._carry import record_removal
 from ._data import LabelledSentence, Skill
 from ._errors import ConflictError, InvalidInputError, NotFoundError, StoreError
@@ -71,7 +71,8 @@ class Curator:
         # the first edit loads: each copy loading its own cost a model load per write.
         self._encoder: list[Encoder] = [encoder] if encoder is not None else []
         self._encoder_lock = threading.Lock()
-        self.user = user or os.environ.get(ENV_USER) or getpass.getuser()
+        self.user = check_curator(user or os.environ.get(ENV_USER) or getpass.getuser(),
+                                  f"the user (--user, {ENV_USER} or the login name)")
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
         self.fence_wait = LOCK_WAIT_S  # how long an edit waits for a deletion or a rebuild's carry, then ConflictError
 

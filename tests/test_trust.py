@@ -563,6 +563,14 @@ def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path):
         r = subprocess.run(cmd, capture_output=True, check=False)
         assert r.returncode == 2, (args, r.stderr.decode())
         one_clear_line(r, "not UTF-8")
+    # The builder's name marks the points a rebuild makes anew from the sources and so does not carry: a curator's
+    # sentence written under it was acknowledged, then lost by the next `build --force`.
+    builders = (run("memory", "add", "--skill", "SQL", "--text", "Under the builder's name", "--user",
+                    "knnbe-qdrant build", store=store_copy),
+                run("memory", "add", "--skill", "SQL", "--text", "Under the builder's name", store=store_copy,
+                    env={"KNNBE_USER": " knnbe-qdrant build "}))
+    for r, where in zip(builders, ("--user", "KNNBE_USER")):
+        one_clear_line(r, "reserved", where)
     for args, words in ((["serve", "--ssl-certfile", tmp_path / "nope.pem", "--ssl-keyfile", tmp_path / "k"],
                          ["nope.pem", "no such file"]),):
         one_clear_line(run(*args, store=store_copy), *words)
