@@ -347,6 +347,21 @@ def test_a_logs_tail_is_its_newest_entries_newest_first_older_unclocked_ones_las
     store.close()
 
 
+def test_an_entry_appended_after_a_torn_line_is_read_back(tmp_path):
+    """A crash in an append (or a damaged disk) leaves the log without its last newline: the next entry was written
+    onto the torn line, and that acknowledged edit's entry could not be read back."""
+    from knnbe_qdrant.store.documents import AUDIT, FileDocuments
+
+    documents = FileDocuments(tmp_path)
+    documents.append(AUDIT, {"n": 1})
+    with open(tmp_path / f"{AUDIT}.jsonl", "ab") as f:
+        f.write(b'{"at": "2026-12-07T00:00:00", "n": "torn')  # the killed append: no end, no newline
+    documents.append(AUDIT, {"n": 2})
+    documents.append(AUDIT, {"n": 3})
+    assert [e["n"] for e in documents.tail(AUDIT, 10)] == [3, 2, 1]
+    assert (tmp_path / f"{AUDIT}.jsonl").read_bytes().count(b"\n") == 4  # the torn line stays, on a line of its own
+
+
 def test_a_read_only_server_key_still_reads_the_logs_tail(tmp_path, monkeypatch):
     # The written_ns index is made the first time a store object reaches the meta collection, which a read-only
     # Qdrant key may not do; it answers with the error a server would (ServerError). Reads go on: the tail falls

@@ -195,8 +195,15 @@ class FileDocuments(Documents):
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
         line = json.dumps({"at": _now(), **entry}, ensure_ascii=False) + "\n"  # a restored entry keeps its time
-        with self._locked(), open(self.root / f"{kind}.jsonl", "a", encoding="utf-8") as f:
-            f.write(line)
+        with self._locked(), open(self.root / f"{kind}.jsonl", "a+b") as f:
+            # A line torn by a crash (or cut by a damaged disk) ends the file without its newline: the next entry
+            # would join it and be unreadable too, so it starts a line of its own.
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 
