@@ -233,6 +233,34 @@ def test_edits_waiting_on_a_fence_do_not_hold_up_another_tenants_key_check(serve
     assert {f.result().status_code for f in waiting} == {409}
 
 
+def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(served, monkeypatch):
+    # Searches ran unbounded on the shared threads: one tenant's 64 concurrent searches queued another tenant's
+    # search behind all of them (2.4 s in a real service, 2026-12-07). They are bounded per tenant now.
+    client, headers, mapper = served
+    release = threading.Event()
+    encode = mapper.encode
+
+    def slow_for_acme(texts):
+        if texts[0].startswith("acme searches"):
+            release.wait(20)
+        return encode(texts)
+
+    monkeypatch.setattr(mapper, "encode", slow_for_acme)
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
+                                headers=headers["a-reader"]) for i in range(24)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            r = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["b-reader"])
+            took = time.monotonic() - started
+            release.set()
+            assert r.status_code == 200 and r.json()["items"] and took < 5, (r.status_code, took)
+            assert {f.result().status_code for f in held} == {200}
+    finally:
+        release.set()
+
+
 def test_deleting_a_tenant_revokes_its_keys_and_an_edit_that_waited_for_the_deletion_changes_nothing(served,
                                                                                                     monkeypatch):
     """A deleted tenant's keys stayed live: an edit that waited for the deletion then made the tenant anew, and a
@@ -719,6 +747,35 @@ def test_a_one_sentence_request_waits_for_one_chunk_of_a_big_pass_not_all_of_it(
         # the three only up to encoder noise between batch shapes, which can swap a near tie).
         assert [g[0] for g in got] == [w[0] for w in want]
         assert sum(g == w for g, w in zip(got, want)) >= len(want) - 1
+    finally:
+        mapper.go.set()
+        batcher.close()
+
+
+def test_another_tenants_flood_in_the_same_pass_holds_a_lone_request_for_a_chunk_not_the_pass(built_stores, encoder):
+    """A tenant's 64 long one-sentence requests and another tenant's one request went in one pass, encoded whole and
+    answered together: the lone request waited for all of it (up to 7 s in a real service, 2026-12-07)."""
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    mapper = _Gated(built_stores["embedded"], encoder)
+    batcher = MapBatcher(mapper, chunk=4)
+    try:
+        done: list[str] = []
+        held = batcher.submit(["Python"], 3, "flood")  # its encoder call waits for the go: the rest queue behind it
+        assert mapper.first.wait(60)
+        # Long texts: a chunk is cut at PREEMPT_CHARS characters too, so each of these is a chunk of its own.
+        long = " ".join([SQL] * 15)[:900]
+        flood = [batcher.submit([f"{i} {long}"], 3, "flood") for i in range(12)]
+        for f in flood:
+            f.add_done_callback(lambda _: done.append("flood"))
+        lone = batcher.submit(["Programming in Python"], 3, "lone")
+        lone.add_done_callback(lambda _: done.append("lone"))
+        time.sleep(0.1)  # the lanes gather both tenants' requests, queued meanwhile, into one pass
+        mapper.go.set()
+        assert lone.result(timeout=120)[0].skills[0].id == PYTHON_ID
+        assert all(f.result(timeout=120)[0].skills for f in [held, *flood])
+        assert done[0] == "lone", done  # the fewest sentences first, answered before the flood's first one
+        assert mapper.calls[:2] == [1, 1] and mapper.calls[2:] == [1] * 12, mapper.calls
     finally:
         mapper.go.set()
         batcher.close()

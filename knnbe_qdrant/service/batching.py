@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -51,6 +51,10 @@ class _Job:
     top: int
     tenant: str | None
     future: Future[list[SentenceResult]] = field(default_factory=Future)
+
+
+_Encoded = tuple[list[_Job], list[str], Vectors]
+"""Requests with their sentences in order and those sentences' vectors."""
 
 
 class _FairQueue:
@@ -92,6 +96,10 @@ PREEMPT_CHUNK = 4
 Measured on 2 cores (batcher alone, alternating, 2026-12-06): a one-sentence p95 of 107-116 ms with chunks of 4,
 148 with 8, 216-284 with 16, throughput the same within the machine's noise. Sorted by length, chunks of 2 to 48
 cost 6.9-7.6 ms per sentence to encode (best of seven), so small chunks cost little."""
+PREEMPT_CHARS = 1024
+"""And at most this many characters (one sentence at least): four of the longest sentences (the encoder reads 256
+tokens of each) took 210-330 ms to encode, the wait they set for a one-sentence request. SkillSkape's sentences have
+202 characters at the median and 276 at the 90th percentile, so their chunks still hold four."""
 
 
 class _Lanes:
@@ -153,6 +161,18 @@ class _Lanes:
             return batch
 
 
+def _chunks(lengths: Sequence[int], most: int, chars: int | None) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive chunks of at most `most` texts and `chars` characters, one text at least each."""
+    start = 0
+    while start < len(lengths):
+        end, total = start + 1, lengths[start]
+        while end < len(lengths) and end - start < most and (chars is None or total + lengths[end] <= chars):
+            total += lengths[end]
+            end += 1
+        yield start, end
+        start = end
+
+
 class MapBatcher:
     def __init__(
         self,
@@ -199,50 +219,52 @@ class MapBatcher:
                     job.future.set_exception(exc)
 
     def _run(self, taken: list[_Job], preemptible: bool) -> None:
+        """A pass, tenant by tenant: the tenants with the fewest sentences first, each encoded, mapped and answered
+        before the next, so that another tenant's flood in the same pass holds a lone request for a chunk, not for
+        the whole pass (64 long one-sentence requests of one tenant held another's for up to 7 s: 2026-12-07)."""
         # A request cancelled while it queued (its client went away) is not computed.
         batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
-        texts = [s for job in batch for s in job.sentences]
         if not batch:
             return
         if self.on_batch is not None:
-            self.on_batch(len(batch), len(texts))
-        encoded = (self._encode_preempted(batch, texts) if preemptible and len(texts) > self.chunk
-                   else self._encode(batch, texts))
-        if encoded is not None:
-            self._map(*encoded)
+            self.on_batch(len(batch), sum(len(job.sentences) for job in batch))
+        by_tenant: dict[str | None, list[_Job]] = {}
+        for job in batch:
+            by_tenant.setdefault(job.tenant, []).append(job)
+        groups = sorted(by_tenant.values(), key=lambda jobs: sum(len(job.sentences) for job in jobs))
+        for g, jobs in enumerate(groups):
+            if (encoded := self._encode(jobs, preemptible, last=g == len(groups) - 1)) is not None:
+                self._map(*encoded)
 
-    def _encode_preempted(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
-        """The pass's texts encoded in chunks (shortest first, so each chunk pads little), with the one-sentence
-        requests that came meanwhile served between chunks. A chunk that fails sends the pass request by request
-        (`_encode_each`), so that only the request at fault fails."""
+    def _encode(self, jobs: list[_Job], preemptible: bool, *, last: bool) -> _Encoded | None:
+        """One tenant's requests of a pass, encoded shortest texts first (so each encoder call pads little). In a
+        preemptible pass, in chunks of `self.chunk`, with the one-sentence requests that came meanwhile served
+        between chunks (a chunk of them at a time). A failure sends the requests one by one (`_encode_each`), so
+        that only the request at fault fails."""
+        texts = [s for job in jobs for s in job.sentences]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks: list[Vectors] = []
-        for start in range(0, len(order), self.chunk):
+        for start, end in _chunks([len(texts[i]) for i in order], self.chunk if preemptible else len(texts),
+                                  PREEMPT_CHARS if preemptible else None):
             try:
-                chunks.append(self.mapper.encode([texts[i] for i in order[start : start + self.chunk]]))
-            except Exception:
-                return self._encode_each(batch)
-            if start + self.chunk < len(order) and (small := self._lanes.take_small(self.max_sentences)):
+                chunks.append(self.mapper.encode([texts[i] for i in order[start:end]]))
+            except Exception as exc:
+                if len(jobs) == 1:  # the worker lives on; the request gets the error
+                    jobs[0].future.set_exception(exc)
+                    return None
+                return self._encode_each(jobs)
+            more = not last or end < len(order)
+            if preemptible and more and (small := self._lanes.take_small(self.chunk)):
                 self._pass(small, preemptible=False)
-        unsorted = _concat(chunks, self.mapper.encoder.dimension)
         back = np.empty(len(order), dtype=np.int64)
         back[order] = np.arange(len(order))
-        return batch, texts, unsorted[back]
+        return jobs, texts, _concat(chunks, self.mapper.encoder.dimension)[back]
 
-    def _encode(self, batch: list[_Job], texts: list[str]) -> tuple[list[_Job], list[str], Vectors] | None:
-        try:
-            return batch, texts, self.mapper.encode(texts)
-        except Exception as exc:
-            if len(batch) == 1:  # the worker lives on; the request gets the error
-                batch[0].future.set_exception(exc)
-                return None
-        return self._encode_each(batch)
-
-    def _encode_each(self, batch: list[_Job]) -> tuple[list[_Job], list[str], Vectors] | None:
-        """One request's texts broke the batch: each request on its own, so only that one fails."""
+    def _encode_each(self, jobs: list[_Job]) -> _Encoded | None:
+        """One request's texts broke the encoder call: each request on its own, so only that one fails."""
         kept: list[_Job] = []
         vectors: list[Vectors] = []
-        for job in batch:
+        for job in jobs:
             try:
                 vectors.append(self.mapper.encode(list(job.sentences)))
                 kept.append(job)
@@ -252,33 +274,27 @@ class MapBatcher:
             return None
         return kept, [s for job in kept for s in job.sentences], _concat(vectors, self.mapper.encoder.dimension)
 
-    def _map(self, batch: list[_Job], texts: list[str], vectors: Vectors) -> None:
-        starts = np.cumsum([0] + [len(job.sentences) for job in batch])
-        by_tenant: dict[str | None, list[int]] = {}
-        for i, job in enumerate(batch):
-            by_tenant.setdefault(job.tenant, []).append(i)
-        for tenant, members in by_tenant.items():
-            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
-            top = max(batch[i].top for i in members)
-            try:
-                results = self.mapper.map_vectors([texts[r] for r in rows], vectors[rows], top=top, tenant=tenant)
-            except Exception as exc:
-                if len(members) == 1:
-                    batch[members[0]].future.set_exception(exc)
-                    continue
-                for i in members:  # each request on its own: only the one at fault fails
-                    own = np.arange(starts[i], starts[i + 1])
-                    try:
-                        one = self.mapper.map_vectors([texts[r] for r in own], vectors[own], top=batch[i].top,
-                                                      tenant=tenant)
-                    except Exception as exc_i:
-                        batch[i].future.set_exception(exc_i)
-                    else:
-                        batch[i].future.set_result(one)
-                continue
-            at = 0
-            for i in members:
-                job = batch[i]
-                mine = results[at : at + len(job.sentences)]
-                at += len(job.sentences)
-                job.future.set_result([replace(r, skills=r.skills[: job.top]) for r in mine])
+    def _map(self, jobs: list[_Job], texts: list[str], vectors: Vectors) -> None:
+        """One tenant's requests: one mapping of all their sentences, answered each with its own results."""
+        tenant = jobs[0].tenant
+        try:
+            results = self.mapper.map_vectors(texts, vectors, top=max(job.top for job in jobs), tenant=tenant)
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+                return
+            starts = np.cumsum([0] + [len(job.sentences) for job in jobs])
+            for i, job in enumerate(jobs):  # each request on its own: only the one at fault fails
+                own = np.arange(starts[i], starts[i + 1])
+                try:
+                    one = self.mapper.map_vectors([texts[r] for r in own], vectors[own], top=job.top, tenant=tenant)
+                except Exception as exc_i:
+                    job.future.set_exception(exc_i)
+                else:
+                    job.future.set_result(one)
+            return
+        at = 0
+        for job in jobs:
+            mine = results[at : at + len(job.sentences)]
+            at += len(job.sentences)
+            job.future.set_result([replace(r, skills=r.skills[: job.top]) for r in mine])
