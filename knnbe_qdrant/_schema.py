@@ -80,6 +80,11 @@ KEYS = "keys"
 """The store documents of the service's API keys (service.keys), by key name; each names its tenant. A tenant's
 deletion revokes its keys, so a key cannot reach a later tenant of the same name."""
 
+
+def revoked_key(record: dict[str, Any]) -> dict[str, Any]:
+    """A key's record, revoked now: kept (its name stays taken), refused from its next request on."""
+    return {**record, "revoked_at": utc_now()}
+
 HIDERS = "hiders"
 """The store documents (one per tenant) that register the tenants that ever hid a global point: a hide key is a
 payload key of its own, which no facet lists, so `Curator.tenants()` finds them through these."""

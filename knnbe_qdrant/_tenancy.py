@@ -85,7 +85,7 @@ def _live_keys(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
 
 def _revoke(documents: Documents, keys: dict[str, dict[str, Any]]) -> list[str]:
     for name, record in keys.items():
-        documents.put(S.KEYS, name, {**record, "revoked_at": S.utc_now()})
+        documents.put(S.KEYS, name, S.revoked_key(record))
     return list(keys)
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._errors import ConflictError, InvalidInputError, NotFoundError
-from .._schema import GLOBAL_TENANT, KEYS, check_tenant, utc_now
+from .._schema import GLOBAL_TENANT, KEYS, check_tenant, revoked_key, utc_now
 from ..store.documents import Documents
 
 ROLES = ("reader", "curator", "admin")
@@ -97,7 +97,7 @@ class KeyRing:
             raise NotFoundError(f"no key named {name!r}")
         if record.get("revoked_at"):
             return _key(record)
-        record = {**record, "revoked_at": utc_now()}
+        record = revoked_key(record)
         self.documents.put(KIND, name, record)
         return _key(record)
 
