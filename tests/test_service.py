@@ -193,6 +193,10 @@ def test_limits_and_bad_input_are_clear_errors_without_a_trace(served):
     for body, status, words in cases:
         r = client.post("/v1/map", json=body, headers=h)
         assert r.status_code == status and words in r.json()["error"], (body, r.text)
+    for decompose in (False, True):  # no sentence: nothing to map, and the batcher's worker lives on
+        r = client.post("/v1/map", json={"sentences": [], "decompose": decompose}, headers=h)
+        assert r.status_code == 200 and r.json() == {"results": []}, r.text
+    assert client.post("/v1/map", json={"sentences": [SQL]}, headers=h).json()["results"][0]["skills"]
     r = client.post("/v1/map", content=b'{"sentences": ["' + b"a" * 30_000 + b'"]}', headers=h)
     assert r.status_code == 413 and "20000 bytes" in r.json()["error"]
     r = client.post("/v1/map", content=b"{not json", headers={**h, "Content-Type": "application/json"})
