@@ -4,6 +4,8 @@ point ids are deterministic, and points already stored are neither re-encoded no
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -41,13 +43,27 @@ BUILDER = "knnbe-qdrant build"
 (_carry), so no curator may write under this name."""
 
 
-def check_curator(user: Any, what: str) -> str:
-    """The name a curator's points record as `created_by`, checked: a visible text, short, and not the builder's."""
-    user = check_text(user, what, max_chars=MAX_SOURCE)
+ENV_USER = "KNNBE_USER"
+
+
+def curator_name(user: str | None) -> str:
+    """The name a curator's points record as `created_by`: `user`, else $KNNBE_USER, else the login name; checked
+    (a visible text, short, and not the builder's)."""
+    what = f"the user (--user, {ENV_USER} or the login name)"
+    user = check_text(user or os.environ.get(ENV_USER) or _login_name(), what, max_chars=MAX_SOURCE)
     if user == BUILDER:
         raise InvalidInputError(f"{what}: {BUILDER!r} is reserved for the points a build makes from its sources (a "
                                 "rebuild would not carry a curator's points made under it)")
     return user
+
+
+def _login_name() -> str:
+    # A container run under a uid with no passwd entry and no USER (OpenShift's way) has no login name: getpass
+    # raised KeyError, and no curator, the service's included, could start.
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
 
 
 def skill_payload(skill: Skill, tenant: str) -> dict[str, Any]:

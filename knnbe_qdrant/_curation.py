@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import _schema as S
 from . import _text as T
-from ._build import check_curator, memory_payload, skill_payload
+from ._build import curator_name, memory_payload, skill_payload
 from ._carry import record_removal
 from ._data import LabelledSentence, Skill
 from ._errors import ConflictError, InvalidInputError, NotFoundError, StoreError
@@ -38,8 +36,6 @@ from ._text import check_optional_text, check_text
 from .encoding import Encoder
 from .store.base import Store, Where, vectors_of
 from .store.locks import LOCK_WAIT_S
-
-ENV_USER = "KNNBE_USER"
 
 
 def _own(tenant: str | None) -> str:
@@ -71,8 +67,7 @@ class Curator:
         # the first edit loads: each copy loading its own cost a model load per write.
         self._encoder: list[Encoder] = [encoder] if encoder is not None else []
         self._encoder_lock = threading.Lock()
-        self.user = check_curator(user or os.environ.get(ENV_USER) or getpass.getuser(),
-                                  f"the user (--user, {ENV_USER} or the login name)")
+        self.user = curator_name(user)
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
         self.fence_wait = LOCK_WAIT_S  # how long an edit waits for a deletion or a rebuild's carry, then ConflictError
 

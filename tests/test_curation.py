@@ -81,6 +81,22 @@ def test_added_sentence_has_provenance_and_votes_at_once(curator, mapper):
     assert text not in {e.text for s in mapper.map([text], top=10)[0].skills for e in s.evidence}
 
 
+def test_a_curator_under_a_uid_with_no_login_name_records_the_uid(store, encoder, monkeypatch):
+    # A container under a uid with no passwd entry and no USER (OpenShift's way): getpass raises KeyError ("getpwuid():
+    # uid not found", seen under os.setuid(54321)), and no curator could start, the service's included.
+    import getpass
+    import os
+
+    def no_login_name():
+        raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
+
+    monkeypatch.setattr(getpass, "getuser", no_login_name)
+    monkeypatch.delenv("KNNBE_USER", raising=False)
+    assert Curator(store, encoder).user == f"uid-{os.getuid()}"
+    monkeypatch.setenv("KNNBE_USER", "carol")
+    assert Curator(store, encoder).user == "carol"
+
+
 def test_retired_skill_is_never_returned(curator, mapper, store):
     curator.add_skill("custom:retire-me", "retire me skill", tenant="acme")
     curator.add_sentence("retire me skill sentence", "custom:retire-me", tenant="acme")
