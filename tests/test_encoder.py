@@ -1,5 +1,9 @@
 """The encoder runtimes: ONNX export checked against sentence-transformers, and the choice of runtime."""
 
+import os
+import shutil
+import stat
+import tempfile
 import time
 
 import numpy as np
@@ -9,6 +13,7 @@ from knnbe_qdrant import Encoder, InvalidInputError
 from knnbe_qdrant.encoding import encoder as encoder_module
 from knnbe_qdrant.encoding import models, onnx
 from knnbe_qdrant.encoding import openvino as openvino_module
+from tests.helpers import run
 
 
 def test_onnx_and_torch_embeddings_agree(encoder):
@@ -249,3 +254,29 @@ def test_the_hub_probe_reads_hf_hub_offline_as_the_hub_client_does(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # behind a proxy: the hub's client knows, not a probe
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert models.hub_reachable() is True
+
+
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_a_private_temporary_one(tmp_path, monkeypatch, cli_store):
+    """A container whose home is read-only or unknown (an arbitrary uid, HOME=/): every command that loaded a model
+    failed with a traceback from mkdir."""
+    from knnbe_qdrant.encoding.cache import user_cache
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # nothing can be made under it, whoever runs this (root included)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    folder = user_cache("models")
+    assert folder == tmp_path / "tmp" / f"knnbe-qdrant-{os.getuid()}" / "models" and folder.is_dir()
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    # A folder of that name that others may write (planted) is not used: a new private one is.
+    shutil.rmtree(folder.parent)
+    folder.parent.mkdir(mode=0o777)
+    os.chmod(folder.parent, 0o777)
+    other = user_cache("onnx")
+    assert other.parent != folder.parent and other.parent.parent == tmp_path / "tmp" and other.is_dir()
+    # The command line, as a user runs it: the map is printed, and the fallback said in one line.
+    r = run("map", "Writing Python scripts", store=cli_store,
+            env={"XDG_CACHE_HOME": str(blocked / "cache"), "TMPDIR": str(tmp_path / "tmp")})
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert b"the cache folder cannot be used" in r.stderr and b"Python" in r.stdout

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import OnnxUnsupported
+from .cache import user_cache
 from .encoded import Encoded
 
 ONNX_FILE = "knnbe-qdrant.onnx"
@@ -175,7 +176,7 @@ def onnx_path_for(model_dir: Path) -> Path:
     beside = model_dir / "onnx"
     if os.access(model_dir, os.W_OK) and (not beside.exists() or os.access(beside, os.W_OK)):
         return beside / ONNX_FILE
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnbe-qdrant" / "onnx"
+    cache = user_cache("onnx")
     key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
     return cache / f"{model_dir.name}-{key}" / ONNX_FILE
 

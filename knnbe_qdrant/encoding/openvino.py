@@ -9,12 +9,12 @@ elsewhere ONNX Runtime in fp32 stays the runtime.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .cache import user_cache
 from .onnx import TokenizedRuntime
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -58,8 +58,7 @@ class OpenVinoRuntime(TokenizedRuntime):
 
         super().__init__(model_dir)
         core = ov.Core()
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnbe-qdrant" / "openvino"
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = user_cache("openvino")
         core.set_property({"CACHE_DIR": str(cache)})  # the compiled model is reused by later starts
         hint = {"bf16": "bf16", "fp32": "f32"}[precision]
         self.compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint,

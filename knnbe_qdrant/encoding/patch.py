@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import ModelError
+from .cache import user_cache
 
 PATCH_FILE = "delta.safetensors"
 META_FILE = "patch.json"
@@ -78,7 +79,7 @@ def make_patch(tuned_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnbe-qdrant" / "models"
+    return user_cache("models")
 
 
 def materialize(patch_dir: str | Path, base_dir: Path) -> Path:
