@@ -572,7 +572,7 @@ def test_a_store_with_damaged_vectors_is_refused_with_the_way_out(store_copy, ho
 
 
 # ---- every bad input is one clear line -------------------------------------------------------------------------
-def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path):
+def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path, cli_taxonomy):
     csv_file = tmp_path / "postings.csv"
     csv_file.write_text('id,text\n1,"We need Python\n2,SQL and more\n', encoding="utf-8")
     one_clear_line(run("map-postings", csv_file, tmp_path / "out", "--no-progress", store=store_copy), "postings.csv",
@@ -599,6 +599,10 @@ def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path):
                     env={"KNNBE_USER": " knnbe-qdrant build "}))
     for r, where in zip(builders, ("--user", "KNNBE_USER")):
         one_clear_line(r, "reserved", where)
+    # A store folder that cannot be made (a read-only home, a path through a file) was a traceback from mkdir.
+    (tmp_path / "a-file").write_text("not a folder")
+    one_clear_line(run("build", "--taxonomy", cli_taxonomy, "--memory-sources", "esco_alt_labels", "--no-progress",
+                       store=tmp_path / "a-file" / "store"), "cannot create the store folder", "KNNBE_STORE")
     for args, words in ((["serve", "--ssl-certfile", tmp_path / "nope.pem", "--ssl-keyfile", tmp_path / "k"],
                          ["nope.pem", "no such file"]),):
         one_clear_line(run(*args, store=store_copy), *words)

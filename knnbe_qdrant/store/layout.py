@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._errors import StoreCorruptError, StoreNotFoundError
+from .._errors import StoreCorruptError, StoreError, StoreNotFoundError
 from .._schema import Manifest
 from .documents import fsync_dir, is_document_file
 
@@ -34,7 +34,11 @@ def prepare(path: Path, *, create: bool, generation: int | None) -> bool:
     if not path.exists():
         if not create:
             raise StoreNotFoundError(f"no store at {path}: run `knnbe-qdrant build` to create one")
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:  # a read-only or unknown home, a path through a file: said, not a traceback
+            raise StoreError(f"cannot create the store folder {path} ({exc.strerror}): give a folder this user can "
+                             "write with --store or KNNBE_STORE") from exc
     elif not path.is_dir():
         raise StoreCorruptError(f"{path} is a file, not a store directory")
     has_manifest = (path / MANIFEST_FILE).exists()
