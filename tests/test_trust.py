@@ -261,6 +261,36 @@ def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(serve
         release.set()
 
 
+def test_one_tenants_edits_in_flight_do_not_take_every_worker_thread_from_another_tenants_edit(served, monkeypatch):
+    # 100 concurrent edits of long texts from one tenant took all 40 worker threads, and another tenant's edit waited
+    # 1.6-3.1 s for one (a real service, 2026-12-07). A tenant's edits now take EDITS_PER_TENANT threads at most.
+    client, headers, mapper = served
+    encoder = client.app.state.service.curator.encoder
+    release = threading.Event()
+    encode = encoder.encode
+
+    def slow_for_acme(texts, **kw):
+        if texts[0].startswith("acme held"):
+            release.wait(30)
+        return encode(texts, **kw)
+
+    monkeypatch.setattr(encoder, "encode", slow_for_acme)
+    try:
+        with ThreadPoolExecutor(48) as pool:
+            held = [pool.submit(client.post, "/v1/memory", json={"skill": "SQL", "text": f"acme held {i}"},
+                                headers=headers["a-curator"]) for i in range(48)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            r = client.post("/v1/memory", json={"skill": "SQL", "text": "beta's edit meanwhile"},
+                            headers=headers["b-curator"])
+            took = time.monotonic() - started
+            release.set()
+            assert r.status_code == 201 and took < 5, (r.status_code, took)
+            assert {f.result().status_code for f in held} == {201}
+    finally:
+        release.set()
+
+
 def test_deleting_a_tenant_revokes_its_keys_and_an_edit_that_waited_for_the_deletion_changes_nothing(served,
                                                                                                     monkeypatch):
     """A deleted tenant's keys stayed live: an edit that waited for the deletion then made the tenant anew, and a
