@@ -85,6 +85,7 @@ def revoked_key(record: dict[str, Any]) -> dict[str, Any]:
     """A key's record, revoked now: kept (its name stays taken), refused from its next request on."""
     return {**record, "revoked_at": utc_now()}
 
+
 HIDERS = "hiders"
 """The store documents (one per tenant) that register the tenants that ever hid a global point: a hide key is a
 payload key of its own, which no facet lists, so `Curator.tenants()` finds them through these."""

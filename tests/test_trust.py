@@ -263,8 +263,8 @@ def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(serve
 
 def test_one_tenants_edits_in_flight_do_not_take_every_worker_thread_from_another_tenants_edit(served, monkeypatch):
     # 100 concurrent edits of long texts from one tenant took all 40 worker threads, and another tenant's edit waited
-    # 1.6-3.1 s for one (a real service, 2026-12-07). A tenant's edits now take EDITS_PER_TENANT threads at most.
-    client, headers, mapper = served
+    # 1.6-3.2 s for one (a real service, 2026-12-07). A tenant's edits now take EDITS_PER_TENANT threads at most.
+    client, headers, _ = served
     encoder = client.app.state.service.curator.encoder
     release = threading.Event()
     encode = encoder.encode

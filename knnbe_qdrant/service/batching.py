@@ -99,7 +99,8 @@ cost 6.9-7.6 ms per sentence to encode (best of seven), so small chunks cost lit
 PREEMPT_CHARS = 1024
 """And at most this many characters (one sentence at least): four of the longest sentences (the encoder reads 256
 tokens of each) took 210-330 ms to encode, the wait they set for a one-sentence request. SkillSkape's sentences have
-202 characters at the median and 276 at the 90th percentile, so their chunks still hold four."""
+202 characters at the median and 276 at the 90th percentile: in passes of 16 of its dev sentences drawn at random,
+81% of the sentences are still in chunks of four, 14% in chunks of three."""
 
 
 class _Lanes:
@@ -221,7 +222,8 @@ class MapBatcher:
     def _run(self, taken: list[_Job], preemptible: bool) -> None:
         """A pass, tenant by tenant: the tenants with the fewest sentences first, each encoded, mapped and answered
         before the next, so that another tenant's flood in the same pass holds a lone request for a chunk, not for
-        the whole pass (64 long one-sentence requests of one tenant held another's for up to 7 s: 2026-12-07)."""
+        the whole pass (64 long one-sentence requests of one tenant held another's for up to 17.5 s on the default
+        store: 2026-12-07)."""
         # A request cancelled while it queued (its client went away) is not computed.
         batch = [job for job in taken if job.future.set_running_or_notify_cancel()]
         if not batch:

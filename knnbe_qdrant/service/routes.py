@@ -92,7 +92,7 @@ def router(service: Service) -> APIRouter:
         return check
 
     # A tenant's edits take the shared worker threads a few at a time: 100 concurrent edits of long texts from one
-    # tenant took all 40, and another tenant's edit waited 1.6-3.1 s for one (2026-12-07).
+    # tenant took all 40, and another tenant's edit waited 1.6-3.2 s for one (2026-12-07).
     edit_slots: dict[str | None, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(EDITS_PER_TENANT))
 
     async def curator_slot(key: Annotated[Key, Depends(role("curator"))]) -> AsyncIterator[Key]:
