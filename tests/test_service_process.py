@@ -338,3 +338,76 @@ def test_every_acknowledged_edit_survives_a_sigkill_of_the_service(cli_store, tm
     assert all(f'"{text}"' in acme_sql for text in acknowledged), acknowledged
     r = run("map", "--tenant", "acme", "--json", PROBE, store=path)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def _status(sock: socket.socket, wait: float) -> str:
+    """The status code of the answer on a raw connection, 'closed' where it closed without one, 'none' where no
+    answer came within `wait` seconds."""
+    sock.settimeout(wait)
+    try:
+        data = sock.recv(4096)
+    except TimeoutError:
+        return "none"
+    return data.split(b" ")[1].decode() if data else "closed"
+
+
+def _trickle_until_closed(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed a connection that sends a header line every 0.2 s (`seconds` if never)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return seconds
+
+
+def test_keyless_slow_and_greedy_clients_hold_no_connection_or_memory(cli_store, tmp_path):
+    # Before the request gate (a real serve, 2026-12-07): 500 connections without a key, each sending 999 KB of a
+    # 1 MB body and then nothing, held 485 MB of the service for as long as they stayed open, and connections that
+    # sent nothing, or a header line now and then, were never closed. Now a keyless body is refused before it is
+    # read, a slow one is cut at --read-timeout, and one tenant's bodies in flight are capped at 16 of the largest.
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    acme = create_key(path, "--role", "reader", "--tenant", "acme")["secret"]
+    beta = create_key(path, "--role", "reader", "--tenant", "beta")["secret"]
+    port = _free_port()
+    proc, base = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "2", "--max-body-bytes", "1000")
+    opened: list[socket.socket] = []
+
+    def connect(head: str, body: bytes = b"") -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port))
+        opened.append(sock)
+        sock.sendall(head.encode() + body)
+        return sock
+
+    def stalled_map(secret: str | None) -> socket.socket:
+        auth = f"Authorization: Bearer {secret}\r\n" if secret else ""
+        return connect(f"POST /v1/map HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                       "Content-Length: 1000\r\n\r\n", b'{"sentences": [')
+
+    try:
+        idle = connect("")
+        trickled = connect("GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert _status(stalled_map(None), 1.5) == "401" and time.monotonic() - started < 1.5  # not waiting for it
+        held = [stalled_map(acme) for _ in range(17)]
+        time.sleep(1)
+        refused = [s for s in held if _status(s, 0.01) == "429"]  # the one over acme's share of bodies in flight
+        assert len(refused) == 1
+        held.remove(refused[0])
+        r = httpx.post(f"{base}/v1/map", json={"sentences": ["Programming in Python"]},
+                       headers={"Authorization": f"Bearer {beta}"}, timeout=5)
+        assert r.status_code == 200  # another tenant, while acme's share is taken
+        assert [_status(s, 5) for s in held] == ["408"] * 16
+        assert _status(idle, 5) == "closed"
+        assert _trickle_until_closed(trickled, seconds=10) < 4  # a header line every 0.2 s: closed all the same
+        r = httpx.post(f"{base}/v1/map", json={"sentences": ["Programming in Python"]},
+                       headers={"Authorization": f"Bearer {acme}"}, timeout=5)
+        assert r.status_code == 200  # acme's share is back
+    finally:
+        for sock in opened:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -23,6 +23,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv.add_argument("--max-chars", type=_ranged(int, 1), default=5_000, help="characters per sentence (default 5000)")
     sv.add_argument("--batch-wait-ms", type=_ranged(float, 0, 1000), default=3.0, help="how long a map request "
                     "waits for others to batch with (default 3; 0 to 1000)")
+    sv.add_argument("--read-timeout", type=_ranged(float, 0.1, 3600), default=30.0, help="seconds a request's "
+                    "headers and then its body may take to arrive; slower ones are closed, 408 for a body "
+                    "(default 30)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable; default: none, CORS off)")
     sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
@@ -85,6 +88,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..service.app import create_app
+    from ..service.gate import read_deadline_protocol
     from ..service.state import Limits
 
     for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
@@ -93,9 +97,10 @@ def serve(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None) and args.ssl_keyfile is not None:
         raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
-                    batch_wait_ms=args.batch_wait_ms)
+                    batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout)
     app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            http=read_deadline_protocol(limits.read_timeout_s),
                             ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, timeout_graceful_shutdown=30,
                             access_log=False)  # no access log: it would hold request details
 

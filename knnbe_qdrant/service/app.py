@@ -23,56 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
+from .._errors import InvalidInputError, KnnbeError
 from .._mapper import SkillMapper
 from .._process import own_process
 from .._text import VISIBLE
 from ..store.connection import Connection
 from . import page, routes
-from .state import ApiError, Limits, Service
+from .gate import RequestGate
+from .state import ApiError, Limits, Service, status_of
 
 log = logging.getLogger("knnbe_qdrant.service")
-
-
-class BodyLimit:
-    """Refuses a request body over the limit with 413, whether it announces its length or streams it (chunked):
-    the body is read here, up to the limit, before the app sees any of it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_long = JSONResponse({"error": f"request body over {self.limit} bytes (the service's --max-body-bytes)"},
-                                status_code=413)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await too_long(scope, receive, send)
-            return
-        chunks, seen, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":  # the client went away mid-body
-                return
-            chunks.append(msg.get("body", b""))
-            seen += len(chunks[-1])
-            more = msg.get("more_body", False)
-            if seen > self.limit:
-                await too_long(scope, receive, send)
-                return
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the disconnect, when it comes
-
-        await self.app(scope, replay, send)
 
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
@@ -148,9 +108,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
     @app.exception_handler(KnnbeError)
     async def knnbe_error(request: Request, exc: KnnbeError) -> JSONResponse:
-        status = next((code for kind, code in ((InvalidInputError, 422), (NotFoundError, 404), (ConflictError, 409),
-                                               (StoreError, 503)) if isinstance(exc, kind)), 400)
-        return error(status, str(exc))
+        return error(status_of(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,13 +158,13 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     app.include_router(routes.router(service))
     page.mount(app)
     page.mount_docs(app)
-    if cors_origins:
+    app.add_middleware(RequestGate, service=service)
+    if cors_origins:  # outside the gate: preflights carry no key, and a browser reads the gate's errors too
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodyLimit, limit=service.limits.max_body_bytes)
-    app.add_middleware(Measured, service=service)  # outermost: a body refused for its size is counted too
+    app.add_middleware(Measured, service=service)  # outermost: a request the gate refuses is counted too
     app.openapi = lambda: openapi_with_limits(app, service.limits)  # type: ignore[method-assign]
     return app
 

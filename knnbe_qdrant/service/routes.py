@@ -12,8 +12,6 @@ from concurrent.futures import Future
 from itertools import islice
 from typing import Annotated, Any
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 
@@ -24,6 +22,7 @@ from .._text import MAX_SKILL_REF, VISIBLE
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
 from ..store.documents import AUDIT, TENANT_DELETE, tenant_audit
+from .gate import SCOPE_KEY
 from .keys import Key
 from .models import (
     Edited,
@@ -68,23 +67,11 @@ EDITS_PER_TENANT = 4
 
 
 def router(service: Service) -> APIRouter:
-    def authenticate(request: Request) -> Key:
-        _, _, keys, _ = service.require_ready()
-        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
-        key = keys.check(secret.strip())
-        if key is None:
-            raise ApiError(401, "unknown or revoked key")
-        return key
-
-    # Key checks run on threads of their own: requests that hold the shared worker threads (edits waiting for a
-    # lock or a fence) cannot hold up every other request's key check, and with it every tenant's mapping.
-    key_checks = anyio.CapacityLimiter(8)
-
     def role(needed: str) -> Callable[[Request], Awaitable[Key]]:
         async def check(request: Request) -> Key:
-            key = await anyio.to_thread.run_sync(authenticate, request, limiter=key_checks)
+            key = request.scope.get(SCOPE_KEY)
+            if key is None:  # the gate checks every /v1 request's key before its body is read (gate.RequestGate)
+                raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
             if not key.allows(needed):
                 raise ApiError(403, f"this key's role is {key.role}; this needs {needed}")
             return key
@@ -106,8 +93,10 @@ def router(service: Service) -> APIRouter:
         (400, "the body is not JSON"), (401, "no key, or an unknown or revoked one"),
         (403, "the key's role does not allow this"),
         (404, "no such skill or sentence for this key's tenant"),
+        (408, "the body did not arrive within the service's --read-timeout"),
         (409, "another edit of the same item came first: re-read and retry"),
         (413, "the body is over the service's --max-body-bytes"), (422, "bad input: the message names the field"),
+        (429, "this tenant's requests in flight hold its share of bodies: retry when some are answered"),
         (499, "the client closed the request before its answer"), (500, "internal error (see the service's log)"),
         (503, "not ready, or the store is unusable or damaged"))}
     api = APIRouter(prefix="/v1", responses=errors)

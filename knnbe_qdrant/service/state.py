@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._curation import Curator
-from .._errors import KnnbeError
+from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
 from .._mapper import SkillMapper
 from ..store.connection import Connection
 from ..store.documents import record_edit, split_tenant_audit
@@ -31,6 +31,7 @@ class Limits:
     max_chars: int = 5_000
     max_top: int = 100
     batch_wait_ms: float = 3.0
+    read_timeout_s: float = 30.0
 
 
 class ApiError(KnnbeError):
@@ -40,6 +41,14 @@ class ApiError(KnnbeError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def status_of(exc: KnnbeError) -> int:
+    """The HTTP status a library error answers with."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((code for kind, code in ((InvalidInputError, 422), (NotFoundError, 404), (ConflictError, 409),
+                                         (StoreError, 503)) if isinstance(exc, kind)), 400)
 
 
 class Service:
@@ -97,6 +106,17 @@ class Service:
         if self.mapper is None or self.curator is None or self.keys is None or self.batcher is None:
             raise ApiError(503, self.failure or "starting: the store is opening and the model loading")
         return self.mapper, self.curator, self.keys, self.batcher
+
+    def authenticate(self, authorization: str) -> Key:
+        """The live key an Authorization header's bearer secret belongs to, else ApiError 401 (503 before ready)."""
+        _, _, keys, _ = self.require_ready()
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
+        key = keys.check(secret.strip())
+        if key is None:
+            raise ApiError(401, "unknown or revoked key")
+        return key
 
     def curator_for(self, key: Key) -> Curator:
         """The shared curator, acting as this key (every write records the key's name as created_by)."""
