@@ -67,9 +67,17 @@ class Curator:
         # the first edit loads: each copy loading its own cost a model load per write.
         self._encoder: list[Encoder] = [encoder] if encoder is not None else []
         self._encoder_lock = threading.Lock()
-        self.user = curator_name(user)
+        self._user = curator_name(user)
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
         self.fence_wait = LOCK_WAIT_S  # how long an edit waits for a deletion or a rebuild's carry, then ConflictError
+
+    @property
+    def user(self) -> str:  # the name this curator's points record as `created_by`
+        return self._user
+
+    @user.setter
+    def user(self, name: str) -> None:  # checked as when made: the builder's name set later was lost by a rebuild
+        self._user = curator_name(name, fallback=False)
 
     @property
     def encoder(self) -> Encoder:
@@ -106,10 +114,8 @@ class Curator:
         raise NotFoundError(f"no skill {ref!r} (by id or exact preferred label) visible to {who}")
 
     @_fenced
-    def add_skill(
-        self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
-        tenant: str | None = None,
-    ) -> dict[str, Any]:
+    def add_skill(self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
+                  tenant: str | None = None) -> dict[str, Any]:
         """A skill the taxonomy lacks, in the tenant's own layer (or the global one)."""
         self._check_editable()
         owner = _own(tenant)
@@ -382,10 +388,8 @@ class Curator:
     def _own_skill(self, ref: str, tenant: str | None, action: str) -> dict[str, Any]:
         payload = self.resolve_skill(ref, tenant)
         if payload[S.F_TENANT] != _own(tenant):
-            raise InvalidInputError(
-                f"skill {ref!r} belongs to the global layer: a tenant cannot {action} it (retire it to hide it for "
-                "yourself, then add your own)"
-            )
+            raise InvalidInputError(f"skill {ref!r} belongs to the global layer: a tenant cannot {action} it (retire "
+                                    "it to hide it for yourself, then add your own)")
         return payload
 
     def _hide(self, collection: str, point: str, tenant: str) -> None:

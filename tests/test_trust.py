@@ -646,6 +646,19 @@ def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path, cli_taxo
         assert r.returncode == 2 and flag in r.stderr.decode() and b"Traceback" not in r.stderr, r.stderr.decode()
 
 
+def test_a_curators_user_set_after_it_is_made_is_checked_as_when_made(built_store, encoder):
+    # Only the constructor checked the name: `curator.user = "knnbe-qdrant build"` was taken, and the sentences
+    # written under it would be made anew from the sources by the next rebuild, so not carried (lost).
+    curator = Curator(built_store, encoder, user="alice")
+    for bad, words in (("knnbe-qdrant build", "reserved"), ("", "empty"), (None, "not a string"),
+                       (" \x07 ", "empty")):
+        with pytest.raises(InvalidInputError, match=words):
+            curator.user = bad
+    assert curator.user == "alice"
+    curator.user = "bob@acme"
+    assert curator.user == "bob@acme"
+
+
 def test_library_texts_are_checked_before_the_tokenizer(built_store, encoder):
     mapper = SkillMapper(built_store, encoder)
     for bad in ("x \ud800", "\x00", "\x07 \x1b"):
