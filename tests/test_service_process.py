@@ -363,17 +363,38 @@ def _trickle_until_closed(sock: socket.socket, seconds: float) -> float:
     return seconds
 
 
+def _read_answer(sock: socket.socket) -> tuple[int, int]:
+    """(body bytes read until the answer was whole or the connection ended, the body's Content-Length)."""
+    sock.settimeout(60)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    size = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    got = len(body)
+    while got < size:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+    return got, size
+
+
 def test_keyless_slow_and_greedy_clients_hold_no_connection_or_memory(cli_store, tmp_path):
     # Before the request gate (a real serve, 2026-12-07): 500 connections without a key, each sending 999 KB of a
     # 1 MB body and then nothing, held 485 MB of the service for as long as they stayed open, and connections that
-    # sent nothing, or a header line now and then, were never closed. Now a keyless body is refused before it is
-    # read, a slow one is cut at --read-timeout, and one tenant's bodies in flight are capped at 16 of the largest.
+    # sent nothing, or a header line now and then, were never closed, nor those whose clients left a 9 MB answer
+    # unread. Now a keyless body is refused before it is read, slow headers and bodies and unread answers are cut at
+    # --read-timeout, and one tenant's bodies in flight are capped at 16 of the largest.
     path = tmp_path / "store"
     shutil.copytree(cli_store, path)
     acme = create_key(path, "--role", "reader", "--tenant", "acme")["secret"]
     beta = create_key(path, "--role", "reader", "--tenant", "beta")["secret"]
     port = _free_port()
-    proc, base = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "2", "--max-body-bytes", "1000")
+    proc, base = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "2", "--max-body-bytes", "30000")
     opened: list[socket.socket] = []
 
     def connect(head: str, body: bytes = b"") -> socket.socket:
@@ -385,7 +406,7 @@ def test_keyless_slow_and_greedy_clients_hold_no_connection_or_memory(cli_store,
     def stalled_map(secret: str | None) -> socket.socket:
         auth = f"Authorization: Bearer {secret}\r\n" if secret else ""
         return connect(f"POST /v1/map HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
-                       "Content-Length: 1000\r\n\r\n", b'{"sentences": [')
+                       "Content-Length: 30000\r\n\r\n", b'{"sentences": [')
 
     try:
         idle = connect("")
@@ -406,6 +427,25 @@ def test_keyless_slow_and_greedy_clients_hold_no_connection_or_memory(cli_store,
         r = httpx.post(f"{base}/v1/map", json={"sentences": ["Programming in Python"]},
                        headers={"Authorization": f"Bearer {acme}"}, timeout=5)
         assert r.status_code == 200  # acme's share is back
+        # An answer of several MB (256 sentences, top 100) that its client leaves unread: the connection is dropped
+        # at the timeout, with it the part of the answer the kernel could not take. Read at once, it comes whole.
+        big = json.dumps({"sentences": [f"Writing SQL queries and Python scripts, case {i}" for i in range(256)],
+                          "top": 100}).encode()
+        asked = []
+        for _ in range(2):
+            sock = socket.socket()
+            opened.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {beta}\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: {len(big)}\r\n\r\n".encode() + big)
+            asked.append(sock)
+        got, size = _read_answer(asked[0])
+        assert got == size > 4_000_000, (got, size)
+        time.sleep(6)
+        got, size = _read_answer(asked[1])
+        assert got < size, (got, size)
+        assert httpx.get(f"{base}/healthz").status_code == 200
     finally:
         for sock in opened:
             sock.close()

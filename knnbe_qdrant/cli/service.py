@@ -24,8 +24,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv.add_argument("--batch-wait-ms", type=_ranged(float, 0, 1000), default=3.0, help="how long a map request "
                     "waits for others to batch with (default 3; 0 to 1000)")
     sv.add_argument("--read-timeout", type=_ranged(float, 0.1, 3600), default=30.0, help="seconds a request's "
-                    "headers and then its body may take to arrive; slower ones are closed, 408 for a body "
-                    "(default 30)")
+                    "headers and then its body may take to arrive, and a client may leave its answer unread; then "
+                    "the connection is closed (408 for a body) (default 30)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable; default: none, CORS off)")
     sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
