@@ -265,6 +265,38 @@ def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(serve
         release.set()
 
 
+def test_one_tenants_requests_in_flight_are_capped_and_another_tenants_still_answered(served, monkeypatch):
+    # The gate capped a tenant's bodies in flight by their bytes only: small requests held in flight (each with its
+    # connection and state) had no bound. Each now counts at least 1/TENANT_REQUESTS of the share.
+    from knnbe_qdrant.service import gate
+
+    client, headers, mapper = served
+    monkeypatch.setattr(gate, "TENANT_REQUESTS", 4)
+    release = threading.Event()
+    encode = mapper.encode
+
+    def slow_for_acme(texts):
+        if texts[0].startswith("acme searches"):
+            release.wait(20)
+        return encode(texts)
+
+    monkeypatch.setattr(mapper, "encode", slow_for_acme)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
+                                headers=headers["a-reader"]) for i in range(4)]
+            time.sleep(0.5)
+            over = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["a-reader"])
+            other = client.post("/v1/map", json={"sentences": [SQL]}, headers=headers["b-reader"])
+            release.set()
+            assert over.status_code == 429 and "share" in over.json()["error"], over.text
+            assert other.status_code == 200
+            assert [f.result().status_code for f in held] == [200] * 4
+    finally:
+        release.set()
+    assert client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["a-reader"]).status_code == 200
+
+
 def test_one_tenants_edits_in_flight_do_not_take_every_worker_thread_from_another_tenants_edit(served, monkeypatch):
     # 100 concurrent edits of long texts from one tenant took all 40 worker threads, and another tenant's edit waited
     # 1.6-3.2 s for one (a real service, 2026-12-07). A tenant's edits now take EDITS_PER_TENANT threads at most.

@@ -27,12 +27,14 @@ SCOPE_KEY = "knnbe.key"
 TENANT_BODIES = 16
 """Bodies of the largest size (--max-body-bytes) that one tenant's requests in flight may hold at once; its next
 request is answered 429 until some finish. A 16-client load test of map requests holds about 40 KB."""
+TENANT_REQUESTS = 4096
+"""One tenant's requests in flight at most, however small: each counts at least this part of the share."""
 
 
 class RequestGate:
     """For every /v1 request: the key is checked from the headers before any of the body is read (401 without
     reading it), the body must arrive within the read timeout (408), stay within --max-body-bytes (413, whether it
-    announces its length or streams it), and fit its tenant's share of the bodies in flight (429)."""
+    announces its length or streams it), and fit its tenant's share of the bodies and requests in flight (429)."""
 
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
@@ -74,7 +76,7 @@ class RequestGate:
             return True
 
         try:
-            if not take(int(length) if length.isdigit() else 0):
+            if not take(max(int(length) if length.isdigit() else 0, self.share // TENANT_REQUESTS)):
                 await self._over_share(scope, receive, send)
                 return
             body = await self._read_body(scope, receive, send, take)
