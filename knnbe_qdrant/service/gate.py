@@ -128,8 +128,9 @@ class RequestGate:
                                                  "--max-body-bytes)", close=True)
 
     async def _over_share(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _answer(scope, receive, send, 429, f"this tenant's requests in flight hold {self.share} bytes of "
-                                                 "body, its share: retry when some are answered", close=True)
+        await _answer(scope, receive, send, 429, f"this tenant's requests in flight take its share ({self.share} "
+                                                 f"bytes of body, or {TENANT_REQUESTS} requests): retry when some are "
+                                                 "answered", close=True)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status: int, message: str, *, close: bool) -> None:
@@ -152,6 +153,7 @@ def read_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._unread: asyncio.TimerHandle | None = None
+            self._headers_due: asyncio.TimerHandle | None = None
             self._await_headers()
 
         def pause_writing(self) -> None:
@@ -180,7 +182,9 @@ def read_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
         def _await_headers(self) -> None:
             # A new request's headers make a new cycle: the same cycle at the deadline means none came.
-            self.loop.call_later(seconds, self._overdue, self.cycle)
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            self._headers_due = self.loop.call_later(seconds, self._overdue, self.cycle)
 
         def _overdue(self, cycle: Any) -> None:
             if self.cycle is cycle and not self.transport.is_closing():
