@@ -97,12 +97,12 @@ def start_service(store: Path, port: int, log: Path, *args: str) -> tuple[subpro
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "serve", "--port", str(port), *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if '--ssl-certfile' in args else 'http'}://127.0.0.1:{port}"
     started = time.perf_counter()
     while time.perf_counter() - started < 60:
         assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+        try:  # readiness only: a test that serves TLS checks the certificate itself
+            if httpx.get(f"{base}/readyz", timeout=1, verify=False).status_code == 200:
                 return proc, base
         except httpx.TransportError:
             pass

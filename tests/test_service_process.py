@@ -363,6 +363,29 @@ def _trickle_until_closed(sock: socket.socket, seconds: float) -> float:
     return seconds
 
 
+def _check_an_unread_answer_is_cut(port: int, secret: str, opened: list, wrap=lambda sock: sock) -> None:
+    """An answer of several MB (256 sentences, top 100) that its client leaves unread: the connection is dropped at
+    the timeout (2 s), with it the part of the answer the kernel had not taken. Read at once, it comes whole."""
+    big = json.dumps({"sentences": [f"Writing SQL queries and Python scripts, case {i}" for i in range(256)],
+                      "top": 100}).encode()
+    asked = []
+    for _ in range(2):
+        sock = socket.socket()
+        opened.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock = wrap(sock)
+        opened.append(sock)
+        sock.sendall(f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {len(big)}\r\n\r\n".encode() + big)
+        asked.append(sock)
+    got, size = _read_answer(asked[0])
+    assert got == size > 4_000_000, (got, size)
+    time.sleep(6)
+    got, size = _read_answer(asked[1])
+    assert got < size, (got, size)
+
+
 def _read_answer(sock: socket.socket) -> tuple[int, int]:
     """(body bytes read until the answer was whole or the connection ended, the body's Content-Length)."""
     sock.settimeout(60)
@@ -375,7 +398,7 @@ def _read_answer(sock: socket.socket) -> tuple[int, int]:
     while got < size:
         try:
             chunk = sock.recv(1 << 20)
-        except ConnectionResetError:
+        except OSError:  # reset; over TLS, an end without close_notify
             break
         if not chunk:
             break
@@ -427,25 +450,39 @@ def test_keyless_slow_and_greedy_clients_hold_no_connection_or_memory(cli_store,
         r = httpx.post(f"{base}/v1/map", json={"sentences": ["Programming in Python"]},
                        headers={"Authorization": f"Bearer {acme}"}, timeout=5)
         assert r.status_code == 200  # acme's share is back
-        # An answer of several MB (256 sentences, top 100) that its client leaves unread: the connection is dropped
-        # at the timeout, with it the part of the answer the kernel could not take. Read at once, it comes whole.
-        big = json.dumps({"sentences": [f"Writing SQL queries and Python scripts, case {i}" for i in range(256)],
-                          "top": 100}).encode()
-        asked = []
-        for _ in range(2):
-            sock = socket.socket()
-            opened.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            sock.sendall(f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {beta}\r\nContent-Type: "
-                         f"application/json\r\nContent-Length: {len(big)}\r\n\r\n".encode() + big)
-            asked.append(sock)
-        got, size = _read_answer(asked[0])
-        assert got == size > 4_000_000, (got, size)
-        time.sleep(6)
-        got, size = _read_answer(asked[1])
-        assert got < size, (got, size)
+        _check_an_unread_answer_is_cut(port, beta, opened)
         assert httpx.get(f"{base}/healthz").status_code == 200
+    finally:
+        for sock in opened:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_answer_left_unread_is_cut_over_tls_too(cli_store, tmp_path):
+    # Over TLS, asyncio moved a whole answer under the TLS layer into the socket's buffer at once, where no flow
+    # control saw it: a 14 MB answer left unread 15 s came whole (a real serve with a certificate, 2026-12-07). The
+    # gate now hands answers over in 64 KB pieces, which the flow control, and so the write deadline, sees.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    beta = create_key(path, "--role", "reader", "--tenant", "beta")["secret"]
+    port = _free_port()
+    pem = str(tmp_path / "server.pem")
+    proc, base = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "2", "--ssl-certfile", pem,
+                               "--ssl-keyfile", pem)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    opened: list = []
+    try:
+        assert base.startswith("https://")
+        _check_an_unread_answer_is_cut(port, beta, opened,
+                                       lambda sock: client.wrap_socket(sock, server_hostname="127.0.0.1"))
     finally:
         for sock in opened:
             sock.close()

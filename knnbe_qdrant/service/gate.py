@@ -91,7 +91,7 @@ class RequestGate:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()  # after the body: the disconnect, when it comes
 
-            await self.app(scope, replay, send)
+            await self.app(scope, replay, _in_chunks(send))
         finally:
             self.held[tenant] -= taken
             if not self.held[tenant]:
@@ -131,6 +131,28 @@ class RequestGate:
         await _answer(scope, receive, send, 429, f"this tenant's requests in flight take its share ({self.share} "
                                                  f"bytes of body, or {TENANT_REQUESTS} requests): retry when some are "
                                                  "answered", close=True)
+
+
+ANSWER_CHUNK = 65_536
+"""The largest piece of an answer handed to the connection at once."""
+
+
+def _in_chunks(send: Send) -> Send:
+    """`send`, with an answer's body handed over in pieces of ANSWER_CHUNK bytes. Over TLS, asyncio moved a whole
+    body into the socket's buffer at once, under the TLS layer, where no flow control saw it: a 14 MB answer left
+    unread stayed there whatever the write deadline (read_deadline_protocol). In pieces, the connection's flow
+    control pauses the sender, and the deadline sees an answer that is not being read."""
+    async def chunked(message: Message) -> None:
+        body = message.get("body", b"")
+        if message["type"] != "http.response.body" or len(body) <= ANSWER_CHUNK:
+            await send(message)
+            return
+        more = message.get("more_body", False)
+        for start in range(0, len(body), ANSWER_CHUNK):
+            await send({"type": "http.response.body", "body": body[start : start + ANSWER_CHUNK],
+                        "more_body": more or start + ANSWER_CHUNK < len(body)})
+
+    return chunked
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status: int, message: str, *, close: bool) -> None:
