@@ -4,6 +4,7 @@ that failed on the code before it (issue 20)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import shutil
@@ -237,10 +238,10 @@ def test_edits_waiting_on_a_fence_do_not_hold_up_another_tenants_key_check(serve
         assert {f.result().status_code for f in waiting} == {201}
 
 
-def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(served, monkeypatch):
-    # Searches ran unbounded on the shared threads: one tenant's 64 concurrent searches queued another tenant's
-    # search behind all of them (2.4 s in a real service, 2026-12-07). They are bounded per tenant now.
-    client, headers, mapper = served
+@contextlib.contextmanager
+def acme_searches_held(mapper, monkeypatch):
+    """The mapper's encoder holds searches whose text starts with 'acme searches' until the event is set (20 s at
+    most); set on leaving."""
     release = threading.Event()
     encode = mapper.encode
 
@@ -251,18 +252,25 @@ def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(serve
 
     monkeypatch.setattr(mapper, "encode", slow_for_acme)
     try:
-        with ThreadPoolExecutor(24) as pool:
-            held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
-                                headers=headers["a-reader"]) for i in range(24)]
-            time.sleep(0.5)
-            started = time.monotonic()
-            r = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["b-reader"])
-            took = time.monotonic() - started
-            release.set()
-            assert r.status_code == 200 and r.json()["items"] and took < 5, (r.status_code, took)
-            assert {f.result().status_code for f in held} == {200}
+        yield release
     finally:
         release.set()
+
+
+def test_one_tenants_searches_in_flight_do_not_hold_another_tenants_search(served, monkeypatch):
+    # Searches ran unbounded on the shared threads: one tenant's 64 concurrent searches queued another tenant's
+    # search behind all of them (2.4 s in a real service, 2026-12-07). They are bounded per tenant now.
+    client, headers, mapper = served
+    with acme_searches_held(mapper, monkeypatch) as release, ThreadPoolExecutor(24) as pool:
+        held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
+                            headers=headers["a-reader"]) for i in range(24)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        r = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["b-reader"])
+        took = time.monotonic() - started
+        release.set()
+        assert r.status_code == 200 and r.json()["items"] and took < 5, (r.status_code, took)
+        assert {f.result().status_code for f in held} == {200}
 
 
 def test_one_tenants_requests_in_flight_are_capped_and_another_tenants_still_answered(served, monkeypatch):
@@ -272,28 +280,16 @@ def test_one_tenants_requests_in_flight_are_capped_and_another_tenants_still_ans
 
     client, headers, mapper = served
     monkeypatch.setattr(gate, "TENANT_REQUESTS", 4)
-    release = threading.Event()
-    encode = mapper.encode
-
-    def slow_for_acme(texts):
-        if texts[0].startswith("acme searches"):
-            release.wait(20)
-        return encode(texts)
-
-    monkeypatch.setattr(mapper, "encode", slow_for_acme)
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
-                                headers=headers["a-reader"]) for i in range(4)]
-            time.sleep(0.5)
-            over = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["a-reader"])
-            other = client.post("/v1/map", json={"sentences": [SQL]}, headers=headers["b-reader"])
-            release.set()
-            assert over.status_code == 429 and "share" in over.json()["error"], over.text
-            assert other.status_code == 200
-            assert [f.result().status_code for f in held] == [200] * 4
-    finally:
+    with acme_searches_held(mapper, monkeypatch) as release, ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(client.get, "/v1/skills/search", params={"q": f"acme searches {i}"},
+                            headers=headers["a-reader"]) for i in range(4)]
+        time.sleep(0.5)
+        over = client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["a-reader"])
+        other = client.post("/v1/map", json={"sentences": [SQL]}, headers=headers["b-reader"])
         release.set()
+        assert over.status_code == 429 and "share" in over.json()["error"], over.text
+        assert other.status_code == 200
+        assert [f.result().status_code for f in held] == [200] * 4
     assert client.get("/v1/skills/search", params={"q": "SQL"}, headers=headers["a-reader"]).status_code == 200
 
 
