@@ -35,19 +35,18 @@ def store(request, tmp_path, encoder, small_skills):
 
 
 @pytest.fixture(scope="module")
-def other_encoder(encoder):
+def other_encoder(encoder, tmp_path_factory):
     """A second, real model: the bundled MiniLM run through sentence-transformers under another name would be the
     same vectors, so the test uses a genuinely different local model directory (MiniLM with its pooling switched
     to CLS), which changes every vector."""
     import json
     import shutil
-    import tempfile
-    from pathlib import Path
 
     from knnbe_qdrant.encoding import local_model_dir
 
     source = local_model_dir(encoder.name)
-    target = Path(tempfile.mkdtemp()) / "minilm-cls"
+    # In pytest's own temporary folders, which it prunes: a folder of tempfile's own stayed behind, 174 MB a run.
+    target = tmp_path_factory.mktemp("model") / "minilm-cls"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("onnx"))
     pooling = json.loads((target / "1_Pooling" / "config.json").read_text())
     pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
