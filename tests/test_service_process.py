@@ -488,3 +488,29 @@ def test_an_answer_left_unread_is_cut_over_tls_too(cli_store, tmp_path):
             sock.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_pipelined_request_is_answered_whole_however_long_it_takes(cli_store, tmp_path):
+    # The read deadline armed after an answer took the next request, already read from a pipelined connection, for
+    # one whose headers never came, and closed the connection while it was being answered (a 256-sentence map sent
+    # behind a /healthz on one connection, --read-timeout 2: closed at 2 s, no second answer; 2026-12-07).
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    secret = create_key(path, "--role", "reader", "--tenant", "acme")["secret"]
+    port = _free_port()
+    proc, _ = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "0.5")
+    body = json.dumps({"sentences": [f"Writing SQL queries and Python scripts, case {i}" for i in range(256)]})
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + (
+                f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+            sock.settimeout(60)
+            data = b""
+            while not (data.count(b"HTTP/1.1 200") == 2 and data.endswith(b"]}")):
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"closed after {data.count(b'HTTP/1.1 ')} answer(s)"
+                data += chunk
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

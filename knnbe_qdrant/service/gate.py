@@ -209,7 +209,10 @@ def read_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
             self._headers_due = self.loop.call_later(seconds, self._overdue, self.cycle)
 
         def _overdue(self, cycle: Any) -> None:
-            if self.cycle is cycle and not self.transport.is_closing():
+            # A pipelined request parsed before the last answer was sent is the current cycle already: it is not
+            # overdue while it is being answered.
+            answering = cycle is not None and not cycle.response_complete
+            if self.cycle is cycle and not answering and not self.transport.is_closing():
                 self.transport.close()
 
     return ReadDeadline
