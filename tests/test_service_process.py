@@ -4,6 +4,7 @@ by Playwright)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -363,6 +364,21 @@ def _trickle_until_closed(sock: socket.socket, seconds: float) -> float:
     return seconds
 
 
+@contextlib.contextmanager
+def _serving(cli_store: Path, tmp_path: Path, *args: str):
+    """A real `serve` with these arguments on a copy of the store: (port, base URL, a reader key of tenant acme)."""
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    secret = create_key(path, "--role", "reader", "--tenant", "acme")["secret"]
+    port = _free_port()
+    proc, base = start_service(path, port, tmp_path / "serve.log", *args)
+    try:
+        yield port, base, secret
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def _check_an_unread_answer_is_cut(port: int, secret: str, opened: list, wrap=lambda sock: sock) -> None:
     """An answer of several MB (256 sentences, top 100) that its client leaves unread: the connection is dropped at
     the timeout (2 s), with it the part of the answer the kernel had not taken. Read at once, it comes whole."""
@@ -469,48 +485,34 @@ def test_an_answer_left_unread_is_cut_over_tls_too(cli_store, tmp_path):
 
     ca = trustme.CA()
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
-    path = tmp_path / "store"
-    shutil.copytree(cli_store, path)
-    beta = create_key(path, "--role", "reader", "--tenant", "beta")["secret"]
-    port = _free_port()
     pem = str(tmp_path / "server.pem")
-    proc, base = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "2", "--ssl-certfile", pem,
-                               "--ssl-keyfile", pem)
     client = ssl.create_default_context()
     ca.configure_trust(client)
     opened: list = []
-    try:
-        assert base.startswith("https://")
-        _check_an_unread_answer_is_cut(port, beta, opened,
-                                       lambda sock: client.wrap_socket(sock, server_hostname="127.0.0.1"))
-    finally:
-        for sock in opened:
-            sock.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+    with _serving(cli_store, tmp_path, "--read-timeout", "2", "--ssl-certfile", pem, "--ssl-keyfile", pem) as (
+            port, base, secret):
+        try:
+            assert base.startswith("https://")
+            _check_an_unread_answer_is_cut(port, secret, opened,
+                                           lambda sock: client.wrap_socket(sock, server_hostname="127.0.0.1"))
+        finally:
+            for sock in opened:
+                sock.close()
 
 
 def test_a_pipelined_request_is_answered_whole_however_long_it_takes(cli_store, tmp_path):
     # The read deadline armed after an answer took the next request, already read from a pipelined connection, for
     # one whose headers never came, and closed the connection while it was being answered (a 256-sentence map sent
     # behind a /healthz on one connection, --read-timeout 2: closed at 2 s, no second answer; 2026-12-07).
-    path = tmp_path / "store"
-    shutil.copytree(cli_store, path)
-    secret = create_key(path, "--role", "reader", "--tenant", "acme")["secret"]
-    port = _free_port()
-    proc, _ = start_service(path, port, tmp_path / "serve.log", "--read-timeout", "0.5")
     body = json.dumps({"sentences": [f"Writing SQL queries and Python scripts, case {i}" for i in range(256)]})
-    try:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + (
-                f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: "
-                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
-            sock.settimeout(60)
-            data = b""
-            while not (data.count(b"HTTP/1.1 200") == 2 and data.endswith(b"]}")):
-                chunk = sock.recv(1 << 20)
-                assert chunk, f"closed after {data.count(b'HTTP/1.1 ')} answer(s)"
-                data += chunk
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with _serving(cli_store, tmp_path, "--read-timeout", "0.5") as (port, _, secret), \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + (
+            f"POST /v1/map HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        sock.settimeout(60)
+        data = b""
+        while not (data.count(b"HTTP/1.1 200") == 2 and data.endswith(b"]}")):
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {data.count(b'HTTP/1.1 ')} answer(s)"
+            data += chunk
