@@ -50,8 +50,9 @@ def curator_name(user: str | None, *, fallback: bool = True) -> str:
     """The name a curator's points record as `created_by`: `user`, else (with `fallback`) $KNNBE_USER, else the
     login name; checked (a visible text, short, and not the builder's)."""
     what = f"the user (--user, {ENV_USER} or the login name)" if fallback else "the curator's user"
-    user = check_text(user or (os.environ.get(ENV_USER) or _login_name() if fallback else user), what,
-                      max_chars=MAX_SOURCE)
+    if fallback:
+        user = user or os.environ.get(ENV_USER) or _login_name()
+    user = check_text(user, what, max_chars=MAX_SOURCE)
     if user == BUILDER:
         raise InvalidInputError(f"{what}: {BUILDER!r} is reserved for the points a build makes from its sources (a "
                                 "rebuild would not carry a curator's points made under it)")

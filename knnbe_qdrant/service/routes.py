@@ -39,7 +39,7 @@ from .models import (
     SkillRef,
     SkillUpdate,
 )
-from .state import ApiError, Service
+from .state import NO_KEY, ApiError, Service
 
 
 async def answered(request: Request, job: Future[Any]) -> Any:
@@ -71,7 +71,7 @@ def router(service: Service) -> APIRouter:
         async def check(request: Request) -> Key:
             key = request.scope.get(SCOPE_KEY)
             if key is None:  # the gate checks every /v1 request's key before its body is read (gate.RequestGate)
-                raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
+                raise ApiError(401, NO_KEY)
             if not key.allows(needed):
                 raise ApiError(403, f"this key's role is {key.role}; this needs {needed}")
             return key

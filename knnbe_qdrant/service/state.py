@@ -22,6 +22,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("knnbe_qdrant.service")
 EDIT_FENCE_WAIT_S = 1.0
+NO_KEY = "no key: send the header 'Authorization: Bearer <secret>'"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Service:
         _, _, keys, _ = self.require_ready()
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "no key: send the header 'Authorization: Bearer <secret>'")
+            raise ApiError(401, NO_KEY)
         key = keys.check(secret.strip())
         if key is None:
             raise ApiError(401, "unknown or revoked key")
