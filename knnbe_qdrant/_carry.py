@@ -125,7 +125,7 @@ def _carry_chunk(new: Store, collection: str, records: list[Record], encoder: En
         changes = {k: v for k, v in r.payload.items() if k.startswith(S.HIDE_PREFIX)}
         report.marks += len(changes)
         if S.F_UPDATED_AT in r.payload or r.payload.get(S.F_STATUS) == S.RETIRED:
-            fields = (S.F_UPDATED_AT, S.F_STATUS, S.F_LABEL, S.F_DESCRIPTION)
+            fields = (S.F_UPDATED_AT, S.F_STATUS, S.F_LABEL, S.F_DESCRIPTION, S.F_REVISION)
             changes.update({k: r.payload[k] for k in fields if k in r.payload})
             report.edits += 1
             label = r.payload.get(S.F_LABEL)

@@ -49,6 +49,10 @@ F_CREATED_AT = "created_at"
 F_CREATED_BY = "created_by"
 F_UPDATED_AT = "updated_at"
 F_STATUS = "status"
+F_REVISION = "revision"
+"""A skill's revision: 0 as built from the sources (absent), 1 as a curator adds it, raised by one by every change
+of its point (label, description, retirement, reinstatement; not a tenant's hide mark, which is the tenant's own).
+An edit that names the revision it read is refused when another edit came first: no curator overwrites unseen."""
 RETIRED = "retired"
 ACTIVE = "active"
 """A skill whose status is "retired" is never returned, for anyone; its memory sentences no longer vote for it.
@@ -140,6 +144,10 @@ def check_tenant(tenant: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def _is_tenant_name(name: str) -> bool:  # cached: mapping checks the tenant of every skill it may show
     return re.fullmatch(TENANT_PATTERN[1:-1], name) is not None
+
+
+def revision_of(payload: dict[str, Any]) -> int:
+    return int(payload.get(F_REVISION, 0))
 
 
 def utc_now(*, precise: bool = False) -> str:

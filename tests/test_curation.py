@@ -307,13 +307,24 @@ class _AnotherCuratorActsFirst:
 
 def test_renaming_a_skill_re_embeds_it_and_keeps_what_others_did_meanwhile(curator, mapper, store):
     """A new label re-encodes the skill, and only its vector and the changed fields are written, so a retirement
-    or a tenant's hide mark made by another curator between this one's read and its write both stay."""
+    or a tenant's hide mark made by another curator between this one's read and its write both stay. A retirement
+    of the tenant's own skill takes the skill's lock (it raises the revision): it waits, and lands after."""
     curator.add_skill("custom:etl", "extract transform load pipelines", tenant="acme")
-    racing = Curator(_AnotherCuratorActsFirst(store, lambda: curator.retire_skill("custom:etl", tenant="acme")),
-                     curator.encoder, user="bob")
-    racing.update_skill("custom:etl", label="Apache Airflow orchestration", description="DAGs", tenant="acme")
+    retiring: list[threading.Thread] = []
+
+    def retire_meanwhile():
+        retiring.append(threading.Thread(target=curator.retire_skill, args=("custom:etl",), kwargs={"tenant": "acme"}))
+        retiring[0].start()
+        retiring[0].join(0.3)
+        assert retiring[0].is_alive()  # it cannot get in while the rename holds the skill
+
+    racing = Curator(_AnotherCuratorActsFirst(store, retire_meanwhile), curator.encoder, user="bob")
+    assert racing.update_skill("custom:etl", label="Apache Airflow orchestration", description="DAGs",
+                               tenant="acme")["revision"] == 2
+    retiring[0].join()
     [point] = store.retrieve(SKILLS, [skill_point_id("acme", "custom:etl")], with_vectors=True)
     assert point.payload["status"] == "retired" and point.payload["label"] == "Apache Airflow orchestration"
+    assert point.payload["revision"] == 3
     expected = curator.encoder.encode(["Apache Airflow orchestration"])[0]
     assert float(point.vector @ expected / np.linalg.norm(point.vector)) > 0.999
 
@@ -387,7 +398,7 @@ def test_copies_of_a_curator_load_one_encoder_however_many_edit_at_once(store, m
     model once between them, and every copy edits with it."""
     import copy
 
-    import knnbe_qdrant._curation as curation
+    import knnbe_qdrant._skill_curation as curation
 
     loaded = []
 
@@ -412,3 +423,83 @@ def test_copies_of_a_curator_load_one_encoder_however_many_edit_at_once(store, m
     for t in threads:
         t.join()
     assert len(loaded) == 1 and all(e is loaded[0] for e in got) and shared.encoder is loaded[0]
+
+
+def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see(curator):
+    """Two curators read a skill, both change it: the second, naming the revision it read, is refused (409 over
+    HTTP) and changes nothing, where it silently overwrote the first's edit before revisions."""
+    added = curator.add_skill("custom:rev", "revision skill", description="first", tenant="acme")
+    assert added["revision"] == 1
+    [listed] = [p for p in curator.list_skills(tenant="acme", own_only=True) if p["skill_id"] == "custom:rev"]
+    assert listed["revision"] == 1
+    assert curator.update_skill("custom:rev", description="alice's", revision=1, tenant="acme")["revision"] == 2
+    with pytest.raises(ConflictError, match="'custom:rev' is at revision 2, not 1: another edit came first"):
+        curator.update_skill("custom:rev", description="bob's", label="bob's label", revision=1, tenant="acme")
+    [now] = [p for p in curator.list_skills(tenant="acme") if p["skill_id"] == "custom:rev"]
+    assert (now["description"], now["label"], now["revision"]) == ("alice's", "revision skill", 2)
+    with pytest.raises(ConflictError, match="at revision 2, not 1"):
+        curator.retire_skill("custom:rev", revision=1, tenant="acme")
+    retired = curator.retire_skill("custom:rev", revision=2, tenant="acme")
+    assert (retired, retired.skill, retired.revision) == ("retired", "custom:rev", 3)
+    with pytest.raises(ConflictError, match="at revision 3, not 2"):
+        curator.reinstate_skill("custom:rev", revision=2, tenant="acme")
+    assert curator.reinstate_skill("custom:rev", revision=3, tenant="acme").revision == 4
+    assert curator.reinstate_skill("custom:rev", revision=3, tenant="acme").revision == 4  # a retry: already active
+    for bad in (-1, True, "4", 2.0):
+        with pytest.raises(InvalidInputError, match="a whole number >= 0"):
+            curator.update_skill("custom:rev", description="x", revision=bad, tenant="acme")
+
+    # A built skill is at revision 0. A tenant's hiding is its own business: it names the revision it saw, and
+    # leaves it as it was.
+    sql = curator.resolve_skill("SQL")
+    [built] = [p for p in curator.list_skills(tenant="beta") if p["skill_id"] == sql["skill_id"]]
+    seen = built["revision"]
+    hidden = curator.retire_skill("SQL", revision=seen, tenant="beta")
+    assert (hidden, hidden.revision) == ("hidden", seen)
+    unhidden = curator.reinstate_skill("SQL", revision=seen, tenant="beta")
+    assert (unhidden, unhidden.revision) == ("unhidden", seen)
+    changed = curator.update_skill("SQL", description="the global layer's", revision=seen)
+    with pytest.raises(ConflictError):  # the global skill changed since beta read it
+        curator.retire_skill("SQL", revision=seen, tenant="beta")
+    assert changed["revision"] == seen + 1
+
+
+def test_curators_incrementing_one_skill_at_once_lose_no_increment(curator):
+    """The lost-update race itself: 4 curators each read a skill's counter (its description) and write it plus
+    one, naming the revision read, retrying when refused. Every increment lands, and the revision counts them.
+    Edits that name no revision still raise it once each, under the skill's lock."""
+    curator.add_skill("custom:counter", "counter skill", description="0", tenant="acme")
+    errors: list[BaseException] = []
+
+    def increment(times: int) -> None:
+        try:
+            for _ in range(times):
+                while True:
+                    [p] = [p for p in curator.list_skills(tenant="acme", own_only=True)
+                           if p["skill_id"] == "custom:counter"]
+                    try:
+                        curator.update_skill("custom:counter", description=str(int(p["description"]) + 1),
+                                             revision=p["revision"], tenant="acme")
+                        break
+                    except ConflictError:
+                        continue
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=increment, args=(5,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    [p] = [p for p in curator.list_skills(tenant="acme", own_only=True) if p["skill_id"] == "custom:counter"]
+    assert (p["description"], p["revision"]) == ("20", 21)
+
+    blind = [threading.Thread(target=curator.update_skill, args=("custom:counter",),
+                              kwargs={"description": f"blind {i}", "tenant": "acme"}) for i in range(6)]
+    for t in blind:
+        t.start()
+    for t in blind:
+        t.join()
+    [p] = [p for p in curator.list_skills(tenant="acme", own_only=True) if p["skill_id"] == "custom:counter"]
+    assert p["revision"] == 27

@@ -546,8 +546,12 @@ def test_a_forced_rebuild_carries_reinstated_skills(store_copy, cli_taxonomy):
     r = run("build", "--force", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=store_copy)
     assert r.returncode == 0, r.stderr.decode()
     listed = run("skill", "list", "--tenant", "acme", "--json", store=store_copy).stdout.decode()
-    labels = {json.loads(line)["label"] for line in listed.splitlines()}
-    assert {"Apache Kafka streaming", "SQL", "PostgreSQL"} <= labels, labels
+    revisions = {json.loads(line)["label"]: json.loads(line)["revision"] for line in listed.splitlines()}
+    assert {"Apache Kafka streaming", "SQL", "PostgreSQL"} <= set(revisions), revisions
+    # Revisions come along: a stale edit stays refused after the rebuild (acme's hiding is acme's, not PostgreSQL's).
+    assert [revisions[k] for k in ("Apache Kafka streaming", "SQL", "PostgreSQL")] == [3, 2, 0]
+    r = run("skill", "update", "SQL", "--description", "stale", "--revision", "1", store=store_copy)
+    assert r.returncode != 0 and "at revision 2, not 1" in r.stderr.decode()
 
 
 @pytest.mark.parametrize("kill_after", [1.0, pytest.param(3.0, marks=pytest.mark.slow)])  # the second: slow suite

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import _schema as S
 from .._tenancy import is_tenant
 from ..store.documents import TENANT_DELETE, record_edit, split_tenant_audit
 from ._common import open_curator
@@ -99,12 +100,15 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("skill", help="skill id or exact preferred label")
     p.add_argument("--label")
     p.add_argument("--description")
+    _revision_argument(p)
     p = _action(actions, parent, "retire", "never return a skill again (a tenant hides a global skill for itself)",
                 skill_retire)
     p.add_argument("skill")
+    _revision_argument(p)
     p = _action(actions, parent, "reinstate", "undo a retirement (a tenant shows a global skill it hid again)",
                 skill_reinstate)
     p.add_argument("skill", help="skill id or exact preferred label")
+    _revision_argument(p)
     p = _action(actions, parent, "list", "skills visible to the tenant", skill_list, edit=False)
     p.add_argument("--own", action="store_true", help="only the tenant's own skills")
     p.add_argument("--json", action="store_true")
@@ -186,32 +190,39 @@ def memory_export(curator: Curator, args: argparse.Namespace) -> int:
 
 
 # ---- skills ---------------------------------------------------------------------------------------------------
+def _revision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", type=int, help="the skill's revision as you read it (`skill list`): refused if "
+                   "another edit of the skill came first")
+
+
 def skill_add(curator: Curator, args: argparse.Namespace) -> int:
-    curator.add_skill(args.skill_id, args.label, description=args.description, tenant=args.tenant)
-    _recorded(curator, args.tenant, "skill add", skill=args.skill_id, label=args.label)
-    print(f"added {args.skill_id}")
+    added = curator.add_skill(args.skill_id, args.label, description=args.description, tenant=args.tenant)
+    _recorded(curator, args.tenant, "skill add", skill=args.skill_id, label=args.label, revision=added[S.F_REVISION])
+    print(f"added {args.skill_id} (revision {added[S.F_REVISION]})")
     return 0
 
 
 def skill_update(curator: Curator, args: argparse.Namespace) -> int:
-    curator.update_skill(args.skill, label=args.label, description=args.description, tenant=args.tenant)
-    _recorded(curator, args.tenant, "skill update", skill=args.skill, label=args.label)
-    print("updated")
+    done = curator.update_skill(args.skill, label=args.label, description=args.description, revision=args.revision,
+                                tenant=args.tenant)
+    changed = {k: v for k, v in (("label", args.label), ("description", args.description)) if v is not None}
+    _recorded(curator, args.tenant, "skill update", skill=args.skill, **changed, revision=done[S.F_REVISION])
+    print(f"updated (revision {done[S.F_REVISION]})")
     return 0
 
 
 def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
-    outcome = curator.retire_skill(args.skill, tenant=args.tenant)
-    _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill)
-    print(outcome)
+    outcome = curator.retire_skill(args.skill, revision=args.revision, tenant=args.tenant)
+    _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
+    print(f"{outcome} (revision {outcome.revision})")
     return 0
 
 
 def skill_reinstate(curator: Curator, args: argparse.Namespace) -> int:
-    outcome = curator.reinstate_skill(args.skill, tenant=args.tenant)
+    outcome = curator.reinstate_skill(args.skill, revision=args.revision, tenant=args.tenant)
     if outcome != "already active":
-        _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill)
-    print(outcome)
+        _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
+    print(f"{outcome} (revision {outcome.revision})")
     return 0
 
 
@@ -220,7 +231,7 @@ def skill_list(curator: Curator, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(p, ensure_ascii=False))
         else:
-            print(f"{p['skill_id']}\t{p['tenant']}\t{p['label']}")
+            print(f"{p['skill_id']}\t{p['tenant']}\t{p['label']}\trevision {p['revision']}")
     return 0
 
 

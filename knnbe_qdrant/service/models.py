@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from .._text import (
     MAX_DESCRIPTION,
@@ -47,6 +47,21 @@ Label = Annotated[str, _text(MAX_LABEL), _checked(MAX_LABEL)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), _checked(MAX_DESCRIPTION, optional=True)]
 Source = Annotated[str, _text(MAX_SOURCE), _checked(MAX_SOURCE)]
 Top = Annotated[int, Field(ge=1, le=MAX_TOP)]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" takes 3.0 (a generated client may send it), which pydantic's strict int refuses;
+    # its lax int would take "3" and true, which the schema does not allow.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError("a whole number (the skill's revision as read)")
+
+
+Revision = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_whole_number),
+                     Field(None, description="the skill's `revision` as you read it: the edit is refused (409) "
+                           "if another edit of the skill came first")]
 
 
 class _Body(BaseModel):
@@ -107,10 +122,12 @@ class SkillUpdate(_Body):
     skill: SkillName = Field(description="skill id or exact preferred label")
     label: Label | None = None
     description: Description | None = None
+    revision: Revision
 
 
 class SkillRef(_Body):
     skill: SkillName = Field(description="skill id or exact preferred label")
+    revision: Revision
 
 
 class MemoryAdd(_Body):
@@ -143,6 +160,12 @@ class Message(BaseModel):
 class Edited(Message):
     skill: str = Field(description="the skill's id: name it so in later calls (skills/update, skills/retire, ...)")
     text: str | None = Field(None, description="the memory sentence, as stored")
+
+
+class SkillEdited(Message):
+    skill: str = Field(description="the skill's id")
+    revision: int = Field(description="the skill's revision after the edit: name it in the next edit of the skill, "
+                          "and an edit made in between is never overwritten")
 
 
 class Listing(BaseModel):

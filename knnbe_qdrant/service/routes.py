@@ -36,6 +36,7 @@ from .models import (
     Message,
     PostingRequest,
     SkillCreate,
+    SkillEdited,
     SkillRef,
     SkillUpdate,
 )
@@ -225,36 +226,40 @@ def router(service: Service) -> APIRouter:
         entries = await bounded(key, tail)
         return {"items": entries[:limit], "truncated": len(entries) > limit}
 
-    @api.post("/skills", response_model=Edited, status_code=201, summary="Add a skill to the key's layer")
-    def add_skill(body: SkillCreate, key: Curator_) -> dict[str, str]:
+    @api.post("/skills", response_model=SkillEdited, status_code=201, summary="Add a skill to the key's layer")
+    def add_skill(body: SkillCreate, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
             added = curator.add_skill(body.id, body.label, description=body.description, tenant=key.tenant)
-            service.audit(key, "skill add", skill=body.id, label=body.label)
-        return {"result": "added", "skill": added[S.F_SKILL_ID]}
+            service.audit(key, "skill add", skill=body.id, label=body.label, revision=added[S.F_REVISION])
+        return {"result": "added", "skill": added[S.F_SKILL_ID], "revision": added[S.F_REVISION]}
 
-    @api.post("/skills/update", response_model=Message, summary="Change a skill of the key's layer")
-    def update_skill(body: SkillUpdate, key: Curator_) -> dict[str, str]:
+    @api.post("/skills/update", response_model=SkillEdited, summary="Change a skill of the key's layer (give the "
+              "`revision` you read, and an edit made since is never overwritten)")
+    def update_skill(body: SkillUpdate, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
-            curator.update_skill(body.skill, label=body.label, description=body.description, tenant=key.tenant)
-            service.audit(key, "skill update", skill=body.skill, label=body.label)
-        return {"result": "updated"}
+            done = curator.update_skill(body.skill, label=body.label, description=body.description,
+                                        revision=body.revision, tenant=key.tenant)
+            # The revision orders one skill's entries as its edits landed, whatever order they were logged in.
+            changed = {k: v for k, v in (("label", body.label), ("description", body.description)) if v is not None}
+            service.audit(key, "skill update", skill=body.skill, **changed, revision=done[S.F_REVISION])
+        return {"result": "updated", "skill": done[S.F_SKILL_ID], "revision": done[S.F_REVISION]}
 
-    @api.post("/skills/retire", response_model=Message, summary="Retire a skill of the key's layer, or hide a "
+    @api.post("/skills/retire", response_model=SkillEdited, summary="Retire a skill of the key's layer, or hide a "
               "global one")
-    def retire_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
+    def retire_skill(body: SkillRef, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
-            outcome = curator.retire_skill(body.skill, tenant=key.tenant)
-            service.audit(key, f"skill {outcome}", skill=body.skill)
-        return {"result": outcome}
+            outcome = curator.retire_skill(body.skill, revision=body.revision, tenant=key.tenant)
+            service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
+        return {"result": str(outcome), "skill": outcome.skill, "revision": outcome.revision}
 
-    @api.post("/skills/reinstate", response_model=Message, summary="Undo a retirement, or show a global skill the "
+    @api.post("/skills/reinstate", response_model=SkillEdited, summary="Undo a retirement, or show a global skill the "
               "key's tenant hid again")
-    def reinstate_skill(body: SkillRef, key: Curator_) -> dict[str, str]:
+    def reinstate_skill(body: SkillRef, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
-            outcome = curator.reinstate_skill(body.skill, tenant=key.tenant)
+            outcome = curator.reinstate_skill(body.skill, revision=body.revision, tenant=key.tenant)
             if outcome != "already active":
-                service.audit(key, f"skill {outcome}", skill=body.skill)
-        return {"result": outcome}
+                service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
+        return {"result": str(outcome), "skill": outcome.skill, "revision": outcome.revision}
 
     @api.post("/memory", response_model=Edited, status_code=201, summary="Teach the memory a labelled sentence")
     def add_memory(body: MemoryAdd, key: Curator_) -> dict[str, str]:
