@@ -21,6 +21,7 @@ from ._errors import (
     ModelMismatchError,
     NotFoundError,
     OnnxUnsupported,
+    QuotaExceededError,
     ServerError,
     StoreCorruptError,
     StoreError,
@@ -29,6 +30,7 @@ from ._errors import (
 )
 from ._importing import ImportReport
 from ._mapper import MODES, SkillMapper
+from ._quota import Quota
 from ._results import Evidence, SentenceResult, SkillMatch
 from ._scoring import ScoringParams
 from .encoding import BASE_MODEL, DEFAULT_MODEL, Encoder
@@ -66,6 +68,8 @@ __all__ = [
     "NotFoundError",
     "OnnxUnsupported",
     "QdrantClientStore",
+    "Quota",
+    "QuotaExceededError",
     "ScoringParams",
     "SentenceResult",
     "ServerError",

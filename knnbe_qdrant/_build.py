@@ -97,10 +97,11 @@ def memory_payload(sentence: LabelledSentence, tenant: str, created_at: str) -> 
 
 def upsert_missing(
     store: Store, collection: str, items: Sequence[TextPoint], encoder: Encoder, *, progress: bool, desc: str,
-    guard: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    guard: Callable[[int], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> int:
     """Encode and store the items whose point is not stored yet; each distinct text is encoded once. Each write is
-    made inside `guard()` (an import's tenant fence: held for the write, not for the encoding before it).
+    made inside `guard(n)`, n the points it adds (an import's tenant fence and quota: held for the write, not for the
+    encoding before it).
 
     Returns how many points were written.
     """
@@ -116,7 +117,7 @@ def upsert_missing(
                 texts = list(dict.fromkeys(it.text for it in todo))
                 vectors = encoder.encode(texts)
                 row = {t: i for i, t in enumerate(texts)}
-                with guard():
+                with guard(len(todo)):
                     store.upsert(collection, [it.id for it in todo], vectors[[row[it.text] for it in todo]],
                                  [it.payload for it in todo])
                 written += len(todo)

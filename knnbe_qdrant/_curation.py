@@ -19,6 +19,7 @@ from ._data import LabelledSentence
 from ._errors import NotFoundError
 from ._importing import ImportReport, store_rows
 from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
+from ._quota import room_for
 from ._skill_curation import SkillCurator, fenced_edit, own_layer
 from ._tenancy import delete_tenant_data, tenant_counts, visible_memory, visible_payload
 from ._text import check_text
@@ -46,7 +47,8 @@ class Curator(SkillCurator):
                 return False
             payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
                        **self._provenance(source)}
-            self.store.upsert(S.MEMORY, [point], vector, [payload])
+            with room_for(self.store, self.quota, owner, S.MEMORY, 1):
+                self.store.upsert(S.MEMORY, [point], vector, [payload])
         return True
 
     @fenced_edit
@@ -119,7 +121,9 @@ class Curator(SkillCurator):
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
         new_point = S.memory_point_id(owner, new_id, text)
-        self.store.upsert(S.MEMORY, [new_point], vectors_of([source_point]), [payload])
+        copied = source_point.payload[S.F_TENANT] != owner  # a tenant's own copy of a global sentence: one more
+        with room_for(self.store, self.quota, owner, S.MEMORY, int(copied)):
+            self.store.upsert(S.MEMORY, [new_point], vectors_of([source_point]), [payload])
         if source_point.payload[S.F_TENANT] == owner:
             if old_id != new_id:
                 if owner == S.GLOBAL_TENANT:  # marks tenants set on the old point since it was read come along
@@ -175,7 +179,7 @@ class Curator(SkillCurator):
         self._check_editable()
         return store_rows(self.store, lambda: self.encoder, lambda ref: self.resolve_skill(ref, tenant)[S.F_SKILL_ID],
                           self._provenance, rows, origin, owner=own_layer(tenant), source=source, progress=progress,
-                          chunk=chunk, fence=lambda: self.editing(tenant))
+                          chunk=chunk, fence=lambda: self.editing(tenant), quota=self.quota)
 
     def export(self, path: str | Path, *, tenant: str | None = None, skill: str | None = None) -> int:
         """Write the tenant's own sentences (the global layer's without a tenant) as JSONL, or CSV by suffix."""

@@ -5,6 +5,7 @@
     ├── InputFileError                          a file cannot be read; the message names file and line
     ├── NotFoundError (also a LookupError)      the skill or sentence named is not there for this tenant
     ├── ConflictError                           another edit of the same item came first (HTTP 409)
+    ├── QuotaExceededError                      the tenant holds as many skills or sentences as it may (HTTP 403)
     ├── ModelError                              a model cannot be loaded, patched or exported
     │   └── OnnxUnsupported                     its pipeline is not one the ONNX runtime reproduces
     └── StoreError                              the store cannot be used as asked
@@ -40,6 +41,11 @@ class NotFoundError(KnnbeError, LookupError):
 class ConflictError(KnnbeError):
     """Another edit of the same item (a skill id, a sentence, a key name) came first, or holds it right now: this
     one was not applied. Re-read and try again."""
+
+
+class QuotaExceededError(KnnbeError):
+    """The tenant holds as many skills or memory sentences of its own as its quota allows (`_quota.Quota`): the add
+    was not applied. Remove some first, or raise the quota."""
 
 
 class ModelError(KnnbeError):

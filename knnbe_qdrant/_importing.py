@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from . import _schema as S
 from ._build import TextPoint, memory_payload, upsert_missing
 from ._data import LabelledSentence
-from ._errors import ConflictError, KnnbeError, StoreError
+from ._errors import ConflictError, KnnbeError, QuotaExceededError, StoreError
 from ._labelled import row_problem
+from ._quota import Quota, room_for
 from .encoding import Encoder
 from .store.base import Store
 
@@ -36,11 +37,12 @@ class ImportReport:
 def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[str], str],
                provenance: Callable[[str], dict[str, Any]], rows: Iterable[tuple[int, dict[str, str], str | None]],
                origin: str, *, owner: str, source: str, progress: bool, chunk: int,
-               fence: Callable[[], AbstractContextManager[int]]) -> ImportReport:
+               fence: Callable[[], AbstractContextManager[int]], quota: Quota | None = None) -> ImportReport:
     """Store (line number, {text, skill[, source]}, problem) rows in `owner`'s layer, skill references resolved by
     `resolve` (once each) and the model loaded (by `encoder`) only if a row is stored. Each write holds the tenant's
     `fence`; when the tenant is deleted while the import runs, it stops (ConflictError) rather than make the tenant
-    anew with the rows that come after the deletion."""
+    anew with the rows that come after the deletion. Each write fits the tenant's `quota`, or the import stops there
+    (QuotaExceededError, saying how many rows it stored)."""
     report = ImportReport()
     resolved: dict[str, str | Exception] = {}
     batch: dict[str, TextPoint] = {}
@@ -49,12 +51,13 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
         report.epoch = started
 
     @contextlib.contextmanager
-    def same_tenant() -> Iterator[None]:
+    def same_tenant(adding: int) -> Iterator[None]:
         with fence() as epoch:
             if epoch != started:
                 raise _TenantDeleted(f"tenant {owner!r} was deleted while the import of {origin} ran: it stopped "
                                     f"after storing {report.stored} rows, which the deletion removed")
-            yield
+            with room_for(store, quota, owner, S.MEMORY, adding):
+                yield
 
     def flush() -> None:
         written = upsert_missing(store, S.MEMORY, list(batch.values()), encoder(), progress=False, desc="import",
@@ -93,6 +96,10 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
                 flush()
     except _TenantDeleted:
         raise
+    except QuotaExceededError as exc:
+        raise QuotaExceededError(f"import of {origin} stopped after storing {report.stored} rows "
+                                 f"({report.already_stored} were already stored, {len(report.errors)} bad): {exc}. "
+                                 "Nothing of the chunk that did not fit was stored.") from exc
     except ConflictError as exc:  # a fence held too long (a rebuild's carry): nothing is wrong with the rows
         raise ConflictError(f"import of {origin} stopped after storing {report.stored} rows ({report.already_stored} "
                             f"were already stored, {len(report.errors)} bad): {exc}. Run the same import again to "

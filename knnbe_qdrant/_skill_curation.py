@@ -19,6 +19,7 @@ from . import _text as T
 from ._build import curator_name, skill_payload
 from ._data import Skill
 from ._errors import ConflictError, InvalidInputError, NotFoundError, StoreError
+from ._quota import Quota, room_for
 from ._tenancy import is_tenant, layers, skill_is_visible, visible_payload, visible_skills
 from ._text import check_optional_text, check_text
 from .encoding import Encoder
@@ -85,6 +86,7 @@ class SkillCurator:
         self._user = curator_name(user)
         self._registered: set[str] = set()  # tenants this curator knows are in S.HIDERS
         self.fence_wait = LOCK_WAIT_S  # how long an edit waits for a deletion or a rebuild's carry, then ConflictError
+        self.quota: Quota | None = None  # how many skills and sentences of its own a tenant may add (_quota)
 
     @property
     def user(self) -> str:  # the name this curator's points record as `created_by`
@@ -149,7 +151,8 @@ class SkillCurator:
                         if not any(skill_is_visible(p, tenant) for p in existing) else "use `skill update`")
                 raise ConflictError(f"skill id {skill.id!r} already exists for this tenant: {hint}")
             payload = {**skill_payload(skill, owner), **self._provenance("curator"), S.F_REVISION: 1}
-            self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
+            with room_for(self.store, self.quota, owner, S.SKILLS, 1):
+                self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
         return payload
 
     @fenced_edit

@@ -8,7 +8,16 @@ import threading
 import numpy as np
 import pytest
 
-from knnbe_qdrant import ConflictError, Curator, InputFileError, InvalidInputError, NotFoundError, SkillMapper
+from knnbe_qdrant import (
+    ConflictError,
+    Curator,
+    InputFileError,
+    InvalidInputError,
+    NotFoundError,
+    Quota,
+    QuotaExceededError,
+    SkillMapper,
+)
 from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, hidden_tenants, memory_point_id, skill_point_id
 from tests.helpers import BACKENDS, build_small
 
@@ -503,3 +512,70 @@ def test_curators_incrementing_one_skill_at_once_lose_no_increment(curator):
         t.join()
     [p] = [p for p in curator.list_skills(tenant="acme", own_only=True) if p["skill_id"] == "custom:counter"]
     assert p["revision"] == 27
+
+
+def test_a_tenant_adds_no_more_than_its_quota_however_it_adds(curator, store, tmp_path):
+    """One tenant cannot fill the store the others map against: its own skills and sentences stop at its quota,
+    by any way of adding (one sentence, a relabelled copy of a global one, an import), and a refused add writes
+    nothing. Removing makes room; what is stored already is not refused again; other tenants and the global
+    layer are not counted against it."""
+    curator.quota = Quota(skills=2, sentences=3)
+    curator.add_skill("acme:q1", "quota skill one", tenant="acme")
+    curator.add_skill("acme:q2", "quota skill two", tenant="acme")
+    with pytest.raises(QuotaExceededError, match="'acme' holds 2 skills of its own and may hold 2"):
+        curator.add_skill("acme:q3", "quota skill three", tenant="acme")
+    texts = [f"Quota sentence number {i} about vector search." for i in range(6)]
+    for text in texts[:3]:
+        assert curator.add_sentence(text, "acme:q1", tenant="acme")
+    with pytest.raises(QuotaExceededError, match="holds 3 memory sentences of its own and may hold 3"):
+        curator.add_sentence(texts[3], "acme:q1", tenant="acme")
+    assert curator.add_sentence(texts[0], "acme:q1", tenant="acme") is False  # stored already: not an add
+    curator.relabel(texts[0], "acme:q1", "acme:q2", tenant="acme")  # its own sentence moves: no more of them
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    global_text = next(curator.list_memory(sql))["text"]
+    with pytest.raises(QuotaExceededError):  # a relabelled global sentence would be a copy of its own
+        curator.relabel(global_text, sql, "acme:q1", tenant="acme")
+    assert global_text in [p["text"] for p in curator.list_memory(sql, tenant="acme")]  # not hidden either
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": t, "skill": "acme:q2"}) + "\n" for t in texts[3:]))
+    with pytest.raises(QuotaExceededError, match="stopped after storing 0 rows"):
+        curator.import_file(rows, tenant="acme")
+    assert curator.tenants()["acme"]["memory"] == 3 and curator.tenants()["acme"]["skills"] == 2
+    assert curator.remove_sentence(texts[1], "acme:q1", tenant="acme") == "removed"
+    with pytest.raises(QuotaExceededError, match="stopped after storing 1 rows"):  # one chunk fits, the next not
+        curator.import_file(rows, tenant="acme", chunk=1)
+    assert curator.tenants()["acme"]["memory"] == 3
+    curator.add_skill("beta:q1", "beta quota skill", tenant="beta")
+    assert curator.add_sentence(texts[5], "beta:q1", tenant="beta")
+    assert curator.add_sentence("A global sentence, whatever the tenants' quota.", sql)
+    curator.remove_sentence("A global sentence, whatever the tenants' quota.", sql)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(InvalidInputError, match="a whole number >= 1"):
+            Quota(sentences=bad)
+
+
+def test_a_tenants_concurrent_adds_stop_exactly_at_its_quota(curator):
+    """The count and the write are one step under the tenant's quota lock: eight curators adding at once into room
+    for three get exactly three in."""
+    curator.quota = Quota(sentences=3)
+    curator.add_skill("acme:race", "quota race skill", tenant="acme")
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def add(i: int) -> None:
+        try:
+            result: object = curator.add_sentence(f"Racing for the last places in the quota, {i}.", "acme:race",
+                                                  tenant="acme")
+        except QuotaExceededError as exc:
+            result = exc
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(str, outcomes)).count("True") == 3, outcomes
+    assert sum(isinstance(o, QuotaExceededError) for o in outcomes) == 5
+    assert curator.tenants()["acme"]["memory"] == 3

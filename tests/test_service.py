@@ -194,6 +194,42 @@ def test_a_curator_naming_the_revision_it_read_never_overwrites_an_edit_it_did_n
     assert schema["SkillEdited"]["required"] == ["result", "skill", "revision"]
 
 
+def test_a_tenant_at_its_quota_gets_403_and_another_tenant_still_adds(served):
+    """serve --tenant-max-skills / --tenant-max-sentences: a tenant's adds past its quota are refused with 403 and
+    a message that says what to do; its status shows the quota; another tenant is not counted against it."""
+    from knnbe_qdrant import Quota
+
+    client, keys, _, _ = served
+    service = client.app.state.service
+    own = client.get("/v1/status", headers=auth(keys, "acme-reader")).json()["own"]
+    assert client.get("/v1/status", headers=auth(keys, "acme-reader")).json()["quota"] == {
+        "skills": service.limits.quota.skills, "memory": service.limits.quota.sentences}
+    service.curator.quota = Quota(skills=own["skills"] + 1, sentences=own["memory"] + 1)
+    try:
+        h = auth(keys, "acme-curator")
+        assert client.post("/v1/skills", json={"id": "acme:quota", "label": "quota over http"},
+                           headers=h).status_code == 201
+        r = client.post("/v1/skills", json={"id": "acme:quota2", "label": "quota over http 2"}, headers=h)
+        assert r.status_code == 403 and "may hold" in r.json()["error"] and "raise the quota" in r.json()["error"]
+        text = "A sentence that fills acme's quota."
+        assert client.post("/v1/memory", json={"skill": "acme:quota", "text": text}, headers=h).status_code == 201
+        r = client.post("/v1/memory", json={"skill": "acme:quota", "text": "One too many."}, headers=h)
+        assert r.status_code == 403 and "memory sentences of its own" in r.json()["error"]
+        assert client.get("/v1/status", headers=h).json()["quota"] == {"skills": own["skills"] + 1,
+                                                                       "memory": own["memory"] + 1}
+        hb = auth(keys, "beta-curator")
+        r = client.post("/v1/skills", json={"id": "beta:quota", "label": "beta quota"}, headers=hb)
+        assert r.status_code == 201
+        assert client.post("/v1/memory", json={"skill": "beta:quota", "text": text}, headers=hb).status_code == 201
+        assert client.post("/v1/memory/remove", json={"skill": "acme:quota", "text": text}, headers=h).json() == {
+            "result": "removed"}
+        assert client.post("/v1/memory", json={"skill": "acme:quota", "text": "Room again."},
+                           headers=h).status_code == 201
+        assert "quota" not in client.get("/v1/status", headers=auth(keys, "root")).json()  # the global layer: none
+    finally:
+        service.curator.quota = service.limits.quota
+
+
 def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
     client, keys, _, _ = served
     h = auth(keys, "beta-curator")

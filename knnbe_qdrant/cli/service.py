@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from .._errors import InvalidInputError, KnnbeError
+from .._quota import DEFAULT_QUOTA, Quota
 from ._common import connection
 
 
@@ -26,6 +27,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv.add_argument("--read-timeout", type=_ranged(float, 0.1, 3600), default=30.0, help="seconds a request's "
                     "headers and then its body may take to arrive, and a client may leave its answer unread; then "
                     "the connection is closed (408 for a body) (default 30)")
+    sv.add_argument("--tenant-max-skills", type=_ranged(int, 0), default=DEFAULT_QUOTA.skills,
+                    help=f"skills of its own a tenant may add (default {DEFAULT_QUOTA.skills}; 0: no limit)")
+    sv.add_argument("--tenant-max-sentences", type=_ranged(int, 0), default=DEFAULT_QUOTA.sentences,
+                    help=f"memory sentences of its own a tenant may add (default {DEFAULT_QUOTA.sentences}; 0: no "
+                    "limit)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable; default: none, CORS off)")
     sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
@@ -97,7 +103,8 @@ def serve(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None) and args.ssl_keyfile is not None:
         raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
-                    batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout)
+                    batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout,
+                    quota=Quota(skills=args.tenant_max_skills or None, sentences=args.tenant_max_sentences or None))
     app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             http=read_deadline_protocol(limits.read_timeout_s),

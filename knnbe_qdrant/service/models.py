@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from .._errors import InvalidInputError
 from .._text import (
     MAX_DESCRIPTION,
     MAX_LABEL,
@@ -56,7 +57,7 @@ def _whole_number(value: Any) -> Any:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise ValueError("a whole number (the skill's revision as read)")
+    raise InvalidInputError("a whole number (the skill's revision as read)")  # a ValueError: pydantic's 422
 
 
 Revision = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_whole_number),

@@ -92,7 +92,8 @@ def router(service: Service) -> APIRouter:
     Admin = Annotated[Key, Depends(role("admin"))]
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in (
         (400, "the body is not JSON"), (401, "no key, or an unknown or revoked one"),
-        (403, "the key's role does not allow this"),
+        (403, "the key's role does not allow this, or the tenant holds all the skills or sentences its quota "
+              "allows"),
         (404, "no such skill or sentence for this key's tenant"),
         (408, "the body did not arrive within the service's --read-timeout"),
         (409, "another edit of the same item came first: re-read and retry"),
@@ -176,6 +177,9 @@ def router(service: Service) -> APIRouter:
                                "decompose": mapper.decompose, "merge": mapper.merge_params.__dict__}
         owner = key.tenant or S.GLOBAL_TENANT
         out["own"] = {c: mapper.store.count(c, where={S.F_TENANT: owner}) for c in S.COLLECTIONS}
+        quota = service.curator.quota if service.curator is not None else None
+        if key.tenant is not None and quota is not None:  # what its own may grow to (the global layer has none)
+            out["quota"] = {S.SKILLS: quota.skills, S.MEMORY: quota.sentences}
         if key.role == "admin":
             out["store"] = mapper.store.status()
         return out

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._curation import Curator
-from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, StoreError
+from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, QuotaExceededError, StoreError
 from .._mapper import SkillMapper
+from .._quota import DEFAULT_QUOTA, Quota
 from ..store.connection import Connection
 from ..store.documents import record_edit, split_tenant_audit
 from .batching import MapBatcher
@@ -33,6 +34,7 @@ class Limits:
     max_top: int = 100
     batch_wait_ms: float = 3.0
     read_timeout_s: float = 30.0
+    quota: Quota = DEFAULT_QUOTA  # skills and sentences of its own a tenant may add (_quota)
 
 
 class ApiError(KnnbeError):
@@ -49,7 +51,7 @@ def status_of(exc: KnnbeError) -> int:
     if isinstance(exc, ApiError):
         return exc.status
     return next((code for kind, code in ((InvalidInputError, 422), (NotFoundError, 404), (ConflictError, 409),
-                                         (StoreError, 503)) if isinstance(exc, kind)), 400)
+                                         (QuotaExceededError, 403), (StoreError, 503)) if isinstance(exc, kind)), 400)
 
 
 class Service:
@@ -82,6 +84,7 @@ class Service:
             # every thread, and with them the key checks of other requests (another tenant's map took 9.5 s; 0.5 s
             # with the second).
             self.curator.fence_wait = EDIT_FENCE_WAIT_S
+            self.curator.quota = self.limits.quota
             try:
                 split_tenant_audit(mapper.store.documents(), self.curator.tenants)
             except (OSError, KnnbeError) as exc:  # the tenants then see their edits from now on: no reason not to serve
