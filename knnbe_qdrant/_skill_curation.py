@@ -3,7 +3,7 @@
 A tenant edits only its own layer; on the global layer it can only hide a skill for itself (a payload key of its own
 on that point, `_schema.hide_key`), which changes nothing for anyone else. Each skill carries a revision, which
 every change of its own point raises under the item's lock: an edit that names the revision it read is refused when
-another came first (`_revision`).
+another came first (`_schema.F_REVISION`).
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ class Outcome(str):
         return outcome
 
 
-def check_revision(revision: int | None) -> int | None:
+def _check_revision(revision: int | None) -> None:
     if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int) or revision < 0):
         raise InvalidInputError(f"revision {revision!r}: a whole number >= 0 (the skill's `revision` as read)")
-    return revision
 
 
 def _at_revision(payload: dict[str, Any], revision: int | None, ref: str) -> int:
@@ -163,7 +162,7 @@ class SkillCurator:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else. With
         `revision` (the one read), refused with ConflictError if the skill changed since. The payload as written."""
         self._check_editable()
-        check_revision(revision)
+        _check_revision(revision)
         label = None if label is None or not label.strip() else check_text(label, "the label", max_chars=T.MAX_LABEL)
         changes: dict[str, Any] = {}
         if description is not None:
@@ -171,9 +170,8 @@ class SkillCurator:
         vector = self.encoder.encode([label]) if label is not None else None
         payload = self._own_skill(ref, tenant, "update")
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):  # label and vector agree
-            payload = self._own_skill(ref, tenant, "update")
+            point, payload = self._active_now(payload, ref)
             changes[S.F_REVISION] = _at_revision(payload, revision, ref) + 1
-            point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
             if vector is not None and label != payload[S.F_LABEL]:
                 # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
                 # would undo what another curator did in between (a retirement, a tenant's hide mark).
@@ -190,16 +188,15 @@ class SkillCurator:
 
         Returns "retired" or "hidden", with the skill's revision after it."""
         self._check_editable()
-        check_revision(revision)
+        _check_revision(revision)
         payload = self.resolve_skill(ref, tenant)
         if payload[S.F_TENANT] != own_layer(tenant):
             now = _at_revision(payload, revision, ref)
             self._hide(S.SKILLS, S.skill_point_id(S.GLOBAL_TENANT, payload[S.F_SKILL_ID]), own_layer(tenant))
             return Outcome("hidden", payload, now)
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
-            payload = self.resolve_skill(payload[S.F_SKILL_ID], tenant)  # as it is now: retired meanwhile is 404
+            point, payload = self._active_now(payload, ref)
             now = _at_revision(payload, revision, ref) + 1
-            point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
             self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.RETIRED, S.F_UPDATED_AT: S.utc_now(precise=True),
                                                        S.F_REVISION: now})
         return Outcome("retired", payload, now)
@@ -213,7 +210,7 @@ class SkillCurator:
         Returns "reinstated", "unhidden", or "already active" (a retry of a reinstatement that went through), with
         the skill's revision after it."""
         self._check_editable()
-        check_revision(revision)
+        _check_revision(revision)
         payload = self.resolve_skill(ref, tenant, include_retired=True)
         if skill_is_visible(payload, tenant):
             return Outcome("already active", payload, S.revision_of(payload))
@@ -240,6 +237,7 @@ class SkillCurator:
             where = Where(must={S.F_TENANT: own_layer(tenant)}, must_not=where.must_not)
         for r in self.store.scroll(S.SKILLS, where=where):
             yield {**visible_payload(r.payload, tenant), S.F_REVISION: S.revision_of(r.payload)}
+
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:
         return {S.F_CREATED_BY: self.user, S.F_CREATED_AT: S.utc_now(), S.F_SOURCE: source}
@@ -258,6 +256,15 @@ class SkillCurator:
             raise InvalidInputError(f"skill {ref!r} belongs to the global layer: a tenant cannot {action} it (retire "
                                     "it to hide it for yourself, then add your own)")
         return payload
+
+    def _active_now(self, payload: dict[str, Any], ref: str) -> tuple[str, dict[str, Any]]:
+        """The point of the skill `payload` was read from, and its payload as it is now (the caller holds the skill's
+        lock): an edit that landed since is seen, and one that retired it makes this edit NotFoundError."""
+        point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
+        now = [r.payload for r in self.store.retrieve(S.SKILLS, [point])]
+        if not now or now[0].get(S.F_STATUS) == S.RETIRED:
+            raise NotFoundError(f"skill {ref!r} was retired by another edit meanwhile")
+        return point, now[0]
 
     def _hide(self, collection: str, point: str, tenant: str) -> None:
         if tenant not in self._registered:
