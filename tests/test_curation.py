@@ -473,7 +473,20 @@ def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see
     assert changed["revision"] == seen + 1
 
 
-def test_curators_incrementing_one_skill_at_once_lose_no_increment(curator):
+@pytest.fixture(params=["process", "lease"])
+def item_locks(request, store, monkeypatch):
+    """The item locks edits take: this process's (embedded, local mode) or, on qdrant-client, the leases a server
+    store uses across processes and replicas (local mode implements the same conditional upsert)."""
+    if request.param == "lease":
+        if store.backend != "qdrant-local":
+            pytest.skip("leases are qdrant-client's")
+        from knnbe_qdrant.store.locks import lease
+
+        monkeypatch.setattr(store, "item_lock", lambda *key: lease(store, tuple(key)))
+    return request.param
+
+
+def test_curators_incrementing_one_skill_at_once_lose_no_increment(curator, item_locks):
     """The lost-update race itself: 4 curators each read a skill's counter (its description) and write it plus
     one, naming the revision read, retrying when refused. Every increment lands, and the revision counts them.
     Edits that name no revision still raise it once each, under the skill's lock."""
@@ -554,7 +567,7 @@ def test_a_tenant_adds_no_more_than_its_quota_however_it_adds(curator, store, tm
             Quota(sentences=bad)
 
 
-def test_a_tenants_concurrent_adds_stop_exactly_at_its_quota(curator):
+def test_a_tenants_concurrent_adds_stop_exactly_at_its_quota(curator, item_locks):
     """The count and the write are one step under the tenant's quota lock: eight curators adding at once into room
     for three get exactly three in."""
     curator.quota = Quota(sentences=3)
