@@ -52,15 +52,18 @@ def test_health_readiness_and_metrics(served):
     text = client.get("/metrics").text
     assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="200"}' in text
     assert "knnbe_http_request_seconds_bucket" in text and "knnbe_map_batch_sentences_count" in text
-    # Refusals are counted too, by what they answered: a bad body (422), a body over the limit (413, refused before
-    # any route sees it) and a path no route has.
+    # Refusals are counted too, by what they answered and under their endpoint: a bad body (422), a body over the
+    # limit and a request without a key (413 and 401 from the gate, before any route sees them), and a path no
+    # route has.
     h = auth(keys, "acme-reader")
     assert client.post("/v1/map", json={"sentences": [""]}, headers=h).status_code == 422
     assert client.post("/v1/map", content=b"x" * (LIMITS.max_body_bytes + 1), headers=h).status_code == 413
+    assert client.post("/v1/map", json={"sentences": [SQL]}).status_code == 401
     assert client.get("/v1/nowhere", headers=h).status_code == 404
     text = client.get("/metrics").text
     assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="422"}' in text
-    assert 'knnbe_http_requests_total{endpoint="unmatched",method="POST",status="413"}' in text
+    assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="413"}' in text
+    assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="401"}' in text
     assert 'knnbe_http_errors_total{endpoint="unmatched",kind="404"}' in text
     assert client.get("/docs").status_code == 200 and "/v1/map" in client.get("/openapi.json").text
     # Made-up methods and paths are counted under one label each: a client cannot add series without bound.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import InvalidInputError, KnnbeError
@@ -43,9 +43,10 @@ class Measured:
     middleware: Starlette's `@app.middleware("http")` runs each request in a task of its own behind memory streams,
     which cost more of the event loop's time than the map endpoint's own work around the batcher."""
 
-    def __init__(self, app: ASGIApp, service: Service) -> None:
+    def __init__(self, app: ASGIApp, service: Service, routes: Callable[[], list[BaseRoute]] = list) -> None:
         self.app = app
         self.metrics = service.metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,8 +64,11 @@ class Measured:
         try:
             await self.app(scope, receive, sending)
         finally:
-            # The router sets the matched route in the request's scope, which is this one.
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            # The router sets the matched route in the request's scope, which is this one. A /v1 request the gate
+            # answered never reached the router: its route is found here, so that it is counted under its endpoint.
+            route = scope.get("route") or next(
+                (r for r in self.routes() if r.matches(scope)[0] == Match.FULL), None)
+            endpoint = getattr(route, "path", "unmatched")
             # The method as a label only when it is one of HTTP's: any token is a method to the server, and one
             # series per made-up method let a client grow the metrics (and this process) without bound.
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
@@ -155,7 +159,8 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(routes.router(service))
+    v1 = routes.router(service)
+    app.include_router(v1)
     page.mount(app)
     page.mount_docs(app)
     app.add_middleware(RequestGate, service=service)
@@ -164,7 +169,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(Measured, service=service)  # outermost: a request the gate refuses is counted too
+    app.add_middleware(Measured, service=service, routes=lambda: v1.routes)  # outermost: the gate's answers too
     app.openapi = lambda: openapi_with_limits(app, service.limits)  # type: ignore[method-assign]
     return app
 
