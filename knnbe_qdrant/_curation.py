@@ -20,7 +20,7 @@ from ._errors import NotFoundError
 from ._importing import ImportReport, store_rows
 from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
 from ._quota import room_for
-from ._skill_curation import SkillCurator, fenced_edit, own_layer
+from ._skill_curation import SkillCurator, check_cursor, fenced_edit, own_layer, page_of
 from ._tenancy import delete_tenant_data, tenant_counts, visible_memory, visible_payload
 from ._text import check_text
 from .store.base import Where, vectors_of
@@ -139,14 +139,25 @@ class Curator(SkillCurator):
 
     def list_memory(self, skill: str | None = None, *, tenant: str | None = None,
                     own_only: bool = False) -> Iterator[dict[str, Any]]:
+        return (row for _, row in self._memory_rows(skill, tenant, own_only, None, 1000))
+
+    def page_memory(self, limit: int, skill: str | None = None, *, tenant: str | None = None, own_only: bool = False,
+                    after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """At most `limit` of the sentences `list_memory` gives, from the cursor `after` on, and the next page's
+        cursor (None: this is the last); as `page_skills`."""
+        return page_of(self._memory_rows(skill, tenant, own_only, after, limit + 1), limit)
+
+    def _memory_rows(self, skill: str | None, tenant: str | None, own_only: bool, after: str | None,
+                     batch: int) -> Iterator[tuple[str, dict[str, Any]]]:
         where = visible_memory(tenant)
         must = dict(where.must)
         if own_only:
             must[S.F_TENANT] = own_layer(tenant)
         if skill is not None:
             must[S.F_SKILL_ID] = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
-        for r in self.store.scroll(S.MEMORY, where=Where(must=must, must_not=where.must_not)):
-            yield visible_payload(r.payload, tenant)
+        for r in self.store.scroll(S.MEMORY, where=Where(must=must, must_not=where.must_not), batch=min(batch, 1000),
+                                   start=check_cursor(after)):
+            yield r.id, visible_payload(r.payload, tenant)
 
     def import_file(self, path: str | Path, *, tenant: str | None = None, source: str | None = None,
                     progress: bool = False, chunk: int = 4096) -> ImportReport:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -68,6 +69,28 @@ def _at_revision(payload: dict[str, Any], revision: int | None, ref: str) -> int
         raise ConflictError(f"skill {ref!r} is at revision {now}, not {revision}: another edit came first; read it "
                             "again and retry")
     return now
+
+
+def check_cursor(after: str | None) -> str | None:
+    """A page's cursor is a point id, which a listing gave as `next`."""
+    if after is None:
+        return None
+    try:
+        return str(uuid.UUID(after))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidInputError(f"after {after!r}: not a cursor a listing gave (its `next`)") from None
+
+
+def page_of(rows: Iterator[tuple[str, dict[str, Any]]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The first `limit` rows, and the cursor (point id) of the row after them; None when there is none."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(f"limit {limit!r}: a whole number >= 1")
+    items: list[dict[str, Any]] = []
+    for point, row in rows:
+        if len(items) == limit:
+            return items, point
+        items.append(row)
+    return items, None
 
 
 class SkillCurator:
@@ -232,11 +255,22 @@ class SkillCurator:
         return Outcome("unhidden", payload, now)
 
     def list_skills(self, *, tenant: str | None = None, own_only: bool = False) -> Iterator[dict[str, Any]]:
+        return (row for _, row in self._skill_rows(tenant, own_only, None, 1000))
+
+    def page_skills(self, limit: int, *, tenant: str | None = None, own_only: bool = False,
+                    after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """At most `limit` of the skills `list_skills` gives, from the cursor `after` on (None: the first); and the
+        cursor of the next page (None: this is the last). Pages follow the store's point order, so a skill that
+        exists throughout is listed once, whatever is added or retired meanwhile."""
+        return page_of(self._skill_rows(tenant, own_only, after, limit + 1), limit)
+
+    def _skill_rows(self, tenant: str | None, own_only: bool, after: str | None,
+                    batch: int) -> Iterator[tuple[str, dict[str, Any]]]:
         where = visible_skills(tenant)
         if own_only:
             where = Where(must={S.F_TENANT: own_layer(tenant)}, must_not=where.must_not)
-        for r in self.store.scroll(S.SKILLS, where=where):
-            yield {**visible_payload(r.payload, tenant), S.F_REVISION: S.revision_of(r.payload)}
+        for r in self.store.scroll(S.SKILLS, where=where, batch=min(batch, 1000), start=check_cursor(after)):
+            yield r.id, {**visible_payload(r.payload, tenant), S.F_REVISION: S.revision_of(r.payload)}
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _provenance(self, source: str) -> dict[str, Any]:

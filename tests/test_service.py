@@ -233,6 +233,55 @@ def test_a_tenant_at_its_quota_gets_403_and_another_tenant_still_adds(served):
         service.curator.quota = service.limits.quota
 
 
+def test_listings_page_through_every_item_once_while_others_edit(served):
+    """`truncated` came with no way to the rest: a key seeing more than 10,000 skills could not list them all. Now
+    each page gives `next`, passed back as `after`; following it lists every item once, and one that exists
+    throughout is listed once even when items are added and retired between pages."""
+    client, keys, _, _ = served
+    h = auth(keys, "beta-curator")
+    for i in range(7):
+        assert client.post("/v1/skills", json={"id": f"beta:page{i}", "label": f"paged skill {i}"},
+                           headers=h).status_code == 201
+
+    def pages(path, params, edit=None):
+        seen, after, turns = [], None, 0
+        while True:
+            r = client.get(path, params={**params, **({"after": after} if after else {})}, headers=h)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["truncated"] == (body["next"] is not None) and len(body["items"]) <= params["limit"]
+            seen += body["items"]
+            after, turns = body["next"], turns + 1
+            if edit and turns == 1:
+                edit()
+            if after is None:
+                return seen, turns
+
+    everything = [p["skill_id"] for p in client.get("/v1/skills", params={"own": "true", "limit": 100},
+                                                     headers=h).json()["items"]]
+    seen, turns = pages("/v1/skills", {"own": "true", "limit": 2})
+    assert [p["skill_id"] for p in seen] == everything and turns == (len(everything) + 1) // 2
+    assert {f"beta:page{i}" for i in range(7)} <= set(everything)
+
+    def edit():
+        client.post("/v1/skills", json={"id": "beta:page-late", "label": "a skill added between pages"}, headers=h)
+        client.post("/v1/skills/retire", json={"skill": everything[-1]}, headers=h)
+
+    seen, _ = pages("/v1/skills", {"own": "true", "limit": 2}, edit)
+    ids = [p["skill_id"] for p in seen]
+    assert len(ids) == len(set(ids)) and set(everything[:-1]) <= set(ids) and everything[-1] not in ids
+
+    texts = [f"Paged sentence {i} about writing SQL reports." for i in range(5)]
+    for text in texts:
+        client.post("/v1/memory", json={"skill": "beta:page0", "text": text}, headers=h)
+    seen, turns = pages("/v1/memory", {"skill": "beta:page0", "limit": 2})
+    assert sorted(p["text"] for p in seen) == sorted(texts) and turns == 3
+    for bad in ("nonsense", "' OR 1=1", "0" * 36):
+        r = client.get("/v1/skills", params={"after": bad}, headers=h)
+        assert r.status_code == 422 and "after" in r.json()["error"], r.text
+    assert "next" not in client.get("/v1/audit", headers=h).json()  # a log's tail: no pages
+
+
 def test_hiding_a_global_sentence_is_the_tenants_own_business(served):
     client, keys, _, _ = served
     h = auth(keys, "beta-curator")

@@ -169,6 +169,16 @@ class SkillEdited(Message):
                           "and an edit made in between is never overwritten")
 
 
-class Listing(BaseModel):
+CURSOR = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+"""A listing's page cursor: the id of the first point of the next page."""
+
+
+class Tail(BaseModel):
     items: list[dict[str, Any]]
     truncated: bool = Field(description="true when there were more than `limit`")
+
+
+class Listing(Tail):
+    next: str | None = Field(None, pattern=CURSOR, description="where there are more: pass it as `after` for the "
+                             "next page (a listing's pages follow the store's point order, so an item that exists "
+                             "throughout is listed once)")

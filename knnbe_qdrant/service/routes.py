@@ -7,9 +7,8 @@ dependencies (Reader, Curator_, Admin) are local to `router`."""
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
-from itertools import islice
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -25,6 +24,7 @@ from ..store.documents import AUDIT, TENANT_DELETE, tenant_audit
 from .gate import SCOPE_KEY
 from .keys import Key
 from .models import (
+    CURSOR,
     Edited,
     ErrorOut,
     Listing,
@@ -39,6 +39,7 @@ from .models import (
     SkillEdited,
     SkillRef,
     SkillUpdate,
+    Tail,
 )
 from .state import NO_KEY, ApiError, Service
 
@@ -197,27 +198,33 @@ def router(service: Service) -> APIRouter:
         return {"items": [{"id": s.id, "label": s.label, "similarity": s.bi_encoder} for s in result.skills],
                 "truncated": False}
 
-    def listing(rows: Iterable[dict[str, Any]], limit: int) -> dict[str, Any]:
-        """At most `limit` rows (the curator's listings are already the tenant's view: no `hidden_for`)."""
-        it: Iterator[dict[str, Any]] = iter(rows)
-        items = list(islice(it, limit))
-        return {"items": items, "truncated": next(it, None) is not None}
+    def listing(page: tuple[list[dict[str, Any]], str | None]) -> dict[str, Any]:
+        """A page of rows (the curator's listings are already the tenant's view: no `hidden_for`) and the cursor
+        of the next one."""
+        items, after = page
+        return {"items": items, "truncated": after is not None, "next": after}
 
-    @api.get("/skills", response_model=Listing, summary="Skills visible to the key (or only its own layer's)")
-    async def list_skills(key: Reader, own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
-                          ) -> dict[str, Any]:
+    Limit = Annotated[int, Query(ge=1, le=10_000)]
+    After = Annotated[str | None, Query(pattern=CURSOR, description="the `next` of the page before (none: the first "
+                                        "page)")]
+
+    @api.get("/skills", response_model=Listing, summary="Skills visible to the key (or only its own layer's), a page "
+             "at a time")
+    async def list_skills(key: Reader, own: bool = False, limit: Limit = 100, after: After = None) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return await bounded(key, lambda: listing(curator.list_skills(tenant=key.tenant, own_only=own), limit))
+        return await bounded(key, lambda: listing(curator.page_skills(limit, tenant=key.tenant, own_only=own,
+                                                                      after=after)))
 
     @api.get("/memory", response_model=Listing, summary="A skill's memory sentences visible to the key, with "
-             "provenance")
+             "provenance, a page at a time")
     async def list_memory(key: Reader, skill: Annotated[str, Query(min_length=1, max_length=MAX_SKILL_REF,
                                                                     pattern=VISIBLE)],
-                          own: bool = False, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+                          own: bool = False, limit: Limit = 200, after: After = None) -> dict[str, Any]:
         _, curator, _, _ = service.require_ready()
-        return await bounded(key, lambda: listing(curator.list_memory(skill, tenant=key.tenant, own_only=own), limit))
+        return await bounded(key, lambda: listing(curator.page_memory(limit, skill, tenant=key.tenant, own_only=own,
+                                                                      after=after)))
 
-    @api.get("/audit", response_model=Listing, summary="Recent edits of the key's tenant (all, for an admin)")
+    @api.get("/audit", response_model=Tail, summary="Recent edits of the key's tenant (all, for an admin)")
     async def audit(key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
         mapper, _, _, _ = service.require_ready()
         documents = mapper.store.documents()

@@ -315,7 +315,7 @@ class Store(ABC):
         *,
         where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
-        batch: int = 1000,
+        batch: int = 1000, start: str | None = None,  # from the first point whose id is `start` or after
     ) -> Iterator[Record]: ...
 
     @abstractmethod

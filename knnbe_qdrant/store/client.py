@@ -228,9 +228,9 @@ class QdrantClientStore(Store):
         *,
         where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
-        batch: int = 1000,
+        batch: int = 1000, start: str | None = None,
     ) -> Iterator[Record]:
-        offset = None
+        offset: Any = start
         while True:
             records, offset = self._call(
                 self.client.scroll,

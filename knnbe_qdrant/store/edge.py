@@ -254,10 +254,10 @@ class EdgeStore(Store):
         *,
         where: WhereLike | None = None,
         payload: bool | Sequence[str] = True,
-        batch: int = 1000,
+        batch: int = 1000, start: str | None = None,
     ) -> Iterator[Record]:
         shard = self._shard(collection)
-        offset = None
+        offset: Any = start
         while True:
             with self._reading(collection):
                 page, offset = shard.scroll(
