@@ -195,6 +195,46 @@ def test_curator_flow_in_a_real_browser(served):
 
 @pytest.mark.skipif(_browser_missing() and not os.environ.get("CI"),
                     reason="needs Debian's chromium (scripts/install-browser.sh); CI installs it")
+def test_the_curator_page_pages_through_a_skills_memory(served):
+    """The page lists a skill's memory 200 at a time (the API's pages): 'show more' adds the next page below, until
+    every sentence is shown once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from playwright.sync_api import expect, sync_playwright
+
+    base, path, _ = served
+    curator = create_key(path, "--role", "curator", "--tenant", "paging", "--name", "carol@paging")
+    h = {"Authorization": f"Bearer {curator['secret']}"}
+    assert httpx.post(f"{base}/v1/skills", json={"id": "paging:many", "label": "a skill with many sentences"},
+                      headers=h).status_code == 201
+    texts = [f"Sentence number {i} that teaches the skill with many sentences." for i in range(205)]
+    with httpx.Client(base_url=base, headers=h, timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda t: client.post("/v1/memory", json={"skill": "paging:many", "text": t}).status_code,
+                              texts))
+    assert codes == [201] * len(texts)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.fill("#key", curator["secret"])
+        page.click("#signin")
+        expect(page.locator("#whoami")).to_contain_text("carol@paging")
+        page.fill("#memory-skill", "paging:many")
+        page.click("#browse")
+        expect(page.locator("#memory-table tbody tr")).to_have_count(200)
+        expect(page.locator("#memory-count")).to_contain_text("200 sentence(s), more to come")
+        page.click("#memory-more")
+        expect(page.locator("#memory-table tbody tr")).to_have_count(205)
+        expect(page.locator("#memory-more")).to_have_count(0)
+        shown = page.locator("#memory-table tbody tr td:first-child").all_inner_texts()
+        assert sorted(shown) == sorted(texts)
+        page.click("#browse")  # browsing again starts from the first page
+        expect(page.locator("#memory-table tbody tr")).to_have_count(200)
+        browser.close()
+
+
+@pytest.mark.skipif(_browser_missing() and not os.environ.get("CI"),
+                    reason="needs Debian's chromium (scripts/install-browser.sh); CI installs it")
 def test_docs_render_from_this_origin_under_a_strict_policy(served):
     """Swagger UI's files come from the service itself (no CDN) and run under a CSP that names the page's one
     inline script by its hash: the page renders every operation and the browser reports no blocked script."""

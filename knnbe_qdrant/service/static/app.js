@@ -174,17 +174,26 @@ async function addSkill(ev) {
   }
 }
 
-async function browse(skill) {
+const MEMORY_PAGE = 200;
+
+async function browse(skill, after) {
   if (skill) $("#memory-skill").value = skill;
   const ref = $("#memory-skill").value.trim();
   if (!ref) return;
   try {
-    const { items, truncated } = await api("GET", "/v1/memory?limit=200&skill=" + encodeURIComponent(ref));
+    const query = `/v1/memory?limit=${MEMORY_PAGE}&skill=${encodeURIComponent(ref)}` + (after ? `&after=${encodeURIComponent(after)}` : "");
+    const { items, next } = await api("GET", query);
     const rows = items.map((p) => el("tr", {}, el("td", {}, p.text), el("td", {}, p.source || ""),
       el("td", {}, p.tenant === "_global" ? "global" : p.tenant), el("td", {}, p.created_by || ""), el("td", {}, p.created_at || "")));
-    $("#memory").replaceChildren(el("table", { id: "memory-table" }, el("thead", {}, el("tr", {}, el("th", {}, "sentence"),
-      el("th", {}, "source"), el("th", {}, "layer"), el("th", {}, "by"), el("th", {}, "at"))), el("tbody", {}, ...rows)),
-      el("div", { class: "muted" }, `${items.length} sentence(s)${truncated ? ", more not shown" : ""}`));
+    if (!after) {  // a first page: the table anew; a further one is added below the rows shown
+      $("#memory").replaceChildren(el("table", { id: "memory-table" }, el("thead", {}, el("tr", {}, el("th", {}, "sentence"),
+        el("th", {}, "source"), el("th", {}, "layer"), el("th", {}, "by"), el("th", {}, "at"))), el("tbody", {})),
+        el("div", { class: "muted", id: "memory-count" }));
+    }
+    $("#memory-table tbody").append(...rows);
+    const shown = $("#memory-table tbody").children.length;
+    const more = next ? el("button", { type: "button", id: "memory-more", onclick: () => browse(ref, next) }, "show more") : "";
+    $("#memory-count").replaceChildren(`${shown} sentence(s)${next ? ", more to come " : ""}`, more);
   } catch (e) {
     say(e.message, "error");
   }
