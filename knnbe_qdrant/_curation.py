@@ -19,7 +19,7 @@ from ._data import LabelledSentence
 from ._errors import NotFoundError
 from ._importing import ImportReport, store_rows
 from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
-from ._quota import room_for
+from ._quota import forget, released, room_for
 from ._skill_curation import SkillCurator, check_cursor, fenced_edit, own_layer, page_of
 from ._tenancy import delete_tenant_data, tenant_counts, visible_memory, visible_payload
 from ._text import check_text
@@ -62,6 +62,7 @@ class Curator(SkillCurator):
         with self.store.item_lock("memory", text):  # a relabel of this sentence is either before or after
             if self.store.retrieve(S.MEMORY, [own_point], payload=False):
                 self.store.delete(S.MEMORY, [own_point])
+                released(self.store, owner, S.MEMORY, 1)
                 if owner == S.GLOBAL_TENANT:  # a rebuild from the sources would make it anew: it removes it again
                     record_removal(self.store, S.MEMORY, own_point, self.user)
                 return "removed"
@@ -209,7 +210,10 @@ class Curator(SkillCurator):
         revoke its API keys: a tenant made later under the name starts with none of them. The keys revoked."""
         tenant = S.check_tenant(tenant)
         self._check_editable()
-        return delete_tenant_data(self.store, tenant)
+        try:
+            return delete_tenant_data(self.store, tenant)
+        finally:
+            forget(self.store, tenant)
 
     # ---- helpers --------------------------------------------------------------------------------------------
     @staticmethod
