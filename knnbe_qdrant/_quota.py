@@ -59,11 +59,7 @@ def room_for(store: Store, quota: Quota | None, owner: str, collection: str, add
         return
     key = (store.describe(), owner, collection)
     with store.item_lock("quota", owner, collection):
-        held = _recent(key)
-        if held is None:
-            held = store.count(collection, where={S.F_TENANT: owner})
-            with _counts_lock:
-                _counts[key] = (held, time.monotonic())
+        held = points_of(store, owner, collection)
         if held + adding > limit:
             what, flag = _WHAT[collection]
             raise QuotaExceededError(
@@ -71,6 +67,18 @@ def room_for(store: Store, quota: Quota | None, owner: str, collection: str, add
                 f"{adding:,} more do not fit; remove some first, or ask the operator to raise the quota")
         yield
         _adjust(key, adding)
+
+
+def points_of(store: Store, owner: str, collection: str) -> int:
+    """The points of `owner`'s own layer in `collection`, counted at most once a second (the count quotas keep):
+    what `/v1/status` shows, which a key could otherwise have counted, holding Python's lock, as often as it asked."""
+    key = (store.describe(), owner, collection)
+    held = _recent(key)
+    if held is None:
+        held = store.count(collection, where={S.F_TENANT: owner})
+        with _counts_lock:
+            _counts[key] = (held, time.monotonic())
+    return held
 
 
 def released(store: Store, owner: str, collection: str, removed: int) -> None:

@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from .. import _schema as S
 from .._decompose import fold, pieces_to_map
 from .._mapper import validate_sentences
+from .._quota import points_of
 from .._text import MAX_SKILL_REF, VISIBLE
 from ..postings.mapping import aggregate
 from ..postings.reading import Posting, split_sentences
@@ -177,7 +178,7 @@ def router(service: Service) -> APIRouter:
                                "state": m.state, "tenant": key.tenant, "params": mapper.params.__dict__,
                                "decompose": mapper.decompose, "merge": mapper.merge_params.__dict__}
         owner = key.tenant or S.GLOBAL_TENANT
-        out["own"] = {c: mapper.store.count(c, where={S.F_TENANT: owner}) for c in S.COLLECTIONS}
+        out["own"] = {c: points_of(mapper.store, owner, c) for c in S.COLLECTIONS}  # a second old at most
         quota = service.curator.quota if service.curator is not None else None
         if key.tenant is not None and quota is not None:  # what its own may grow to (the global layer has none)
             out["quota"] = {S.SKILLS: quota.skills, S.MEMORY: quota.sentences}
