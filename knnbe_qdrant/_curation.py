@@ -30,7 +30,6 @@ class Curator(SkillCurator):
     """Skills and memory edits on a store. `encoder` must be the store's model (it is checked); it is loaded on
     first need when not given."""
 
-
     # ---- memory ---------------------------------------------------------------------------------------------
     @fenced_edit
     def add_sentence(self, text: str, skill: str, *, tenant: str | None = None, source: str = "curator") -> bool:
