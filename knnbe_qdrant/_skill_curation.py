@@ -44,6 +44,13 @@ def fenced_edit(edit: F) -> F:
     return fenced  # type: ignore[return-value]
 
 
+class Updated(dict[str, Any]):
+    """The skill's payload after `update_skill`. `changed` is False when the skill already held what was asked (a
+    retry of an update that went through, say): nothing was written, and its revision stayed."""
+
+    changed: bool = True
+
+
 class Outcome(str):
     """What a skill edit did ("retired", "hidden", ...), a plain string, with the skill's id and its revision after
     the edit."""
@@ -181,9 +188,11 @@ class SkillCurator:
     def update_skill(
         self, ref: str, *, label: str | None = None, description: str | None = None, revision: int | None = None,
         tenant: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Updated:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else. With
-        `revision` (the one read), refused with ConflictError if the skill changed since. The payload as written."""
+        `revision` (the one read), refused with ConflictError if the skill changed since, unless it already holds
+        what is asked (`Updated.changed` False: a retry of an update that went through is not a conflict). The
+        payload as written."""
         self._check_editable()
         _check_revision(revision)
         label = None if label is None or not label.strip() else check_text(label, "the label", max_chars=T.MAX_LABEL)
@@ -194,6 +203,11 @@ class SkillCurator:
         payload = self._own_skill(ref, tenant, "update")
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):  # label and vector agree
             point, payload = self._active_now(payload, ref)
+            asked = {**changes, **({S.F_LABEL: label} if label is not None else {})}
+            if all(payload.get(k) == v for k, v in asked.items()):
+                unchanged = Updated(payload)
+                unchanged.changed = False
+                return unchanged
             changes[S.F_REVISION] = _at_revision(payload, revision, ref) + 1
             if vector is not None and label != payload[S.F_LABEL]:
                 # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
@@ -202,23 +216,35 @@ class SkillCurator:
                 changes[S.F_LABEL] = label
             changes[S.F_UPDATED_AT] = S.utc_now(precise=True)  # mapping's vector cache keys on it (_lookups)
             self.store.set_payload(S.SKILLS, [point], changes)
-        return {**payload, **changes}
+        return Updated({**payload, **changes})
 
     @fenced_edit
     def retire_skill(self, ref: str, *, revision: int | None = None, tenant: str | None = None) -> Outcome:
         """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant. With
         `revision` (the one read), refused with ConflictError if the skill changed since.
 
-        Returns "retired" or "hidden", with the skill's revision after it."""
+        Returns "retired" or "hidden", or "already retired" / "already hidden" (a retry of a retirement that went
+        through), with the skill's revision after it."""
         self._check_editable()
         _check_revision(revision)
-        payload = self.resolve_skill(ref, tenant)
+        try:
+            payload = self.resolve_skill(ref, tenant)
+        except NotFoundError:
+            gone = self.resolve_skill(ref, tenant, include_retired=True)
+            if gone[S.F_TENANT] == own_layer(tenant):  # retired: by this edit's first try, or another's
+                return Outcome("already retired", gone, S.revision_of(gone))
+            if S.hide_key(own_layer(tenant)) in gone:
+                return Outcome("already hidden", gone, S.revision_of(gone))
+            raise  # a global skill the global layer retired: none for this tenant
         if payload[S.F_TENANT] != own_layer(tenant):
             now = _at_revision(payload, revision, ref)
             self._hide(S.SKILLS, S.skill_point_id(S.GLOBAL_TENANT, payload[S.F_SKILL_ID]), own_layer(tenant))
             return Outcome("hidden", payload, now)
+        point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
-            point, payload = self._active_now(payload, ref)
+            [payload] = [r.payload for r in self.store.retrieve(S.SKILLS, [point])]  # as it is now
+            if payload.get(S.F_STATUS) == S.RETIRED:
+                return Outcome("already retired", payload, S.revision_of(payload))
             now = _at_revision(payload, revision, ref) + 1
             self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.RETIRED, S.F_UPDATED_AT: S.utc_now(precise=True),
                                                        S.F_REVISION: now})
@@ -293,7 +319,7 @@ class SkillCurator:
 
     def _active_now(self, payload: dict[str, Any], ref: str) -> tuple[str, dict[str, Any]]:
         """The point of the skill `payload` was read from, and its payload as it is now (the caller holds the skill's
-        lock): an edit that landed since is seen, and one that retired it makes this edit NotFoundError."""
+        lock): an edit that landed since is seen, and one that retired it makes an update NotFoundError."""
         point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
         now = [r.payload for r in self.store.retrieve(S.SKILLS, [point])]
         if not now or now[0].get(S.F_STATUS) == S.RETIRED:

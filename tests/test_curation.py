@@ -446,10 +446,17 @@ def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see
         curator.update_skill("custom:rev", description="bob's", label="bob's label", revision=1, tenant="acme")
     [now] = [p for p in curator.list_skills(tenant="acme") if p["skill_id"] == "custom:rev"]
     assert (now["description"], now["label"], now["revision"]) == ("alice's", "revision skill", 2)
+    # A retry of an update that went through (its answer lost, say) names the revision it read, now stale: the
+    # skill already holds what it asks, so it is answered as done, and nothing is written.
+    again = curator.update_skill("custom:rev", description="alice's", revision=1, tenant="acme")
+    assert (again.changed, again["revision"], again["description"]) == (False, 2, "alice's")
+    assert curator.update_skill("custom:rev", tenant="acme").changed is False  # nothing asked: nothing written
     with pytest.raises(ConflictError, match="at revision 2, not 1"):
         curator.retire_skill("custom:rev", revision=1, tenant="acme")
     retired = curator.retire_skill("custom:rev", revision=2, tenant="acme")
     assert (retired, retired.skill, retired.revision) == ("retired", "custom:rev", 3)
+    retry = curator.retire_skill("custom:rev", revision=2, tenant="acme")  # its first try went through
+    assert (retry, retry.revision) == ("already retired", 3)
     with pytest.raises(ConflictError, match="at revision 3, not 2"):
         curator.reinstate_skill("custom:rev", revision=2, tenant="acme")
     assert curator.reinstate_skill("custom:rev", revision=3, tenant="acme").revision == 4
@@ -465,6 +472,7 @@ def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see
     seen = built["revision"]
     hidden = curator.retire_skill("SQL", revision=seen, tenant="beta")
     assert (hidden, hidden.revision) == ("hidden", seen)
+    assert curator.retire_skill("SQL", tenant="beta") == "already hidden"
     unhidden = curator.reinstate_skill("SQL", revision=seen, tenant="beta")
     assert (unhidden, unhidden.revision) == ("unhidden", seen)
     changed = curator.update_skill("SQL", description="the global layer's", revision=seen)

@@ -205,15 +205,17 @@ def skill_add(curator: Curator, args: argparse.Namespace) -> int:
 def skill_update(curator: Curator, args: argparse.Namespace) -> int:
     done = curator.update_skill(args.skill, label=args.label, description=args.description, revision=args.revision,
                                 tenant=args.tenant)
-    changed = {k: v for k, v in (("label", args.label), ("description", args.description)) if v is not None}
-    _recorded(curator, args.tenant, "skill update", skill=args.skill, **changed, revision=done[S.F_REVISION])
-    print(f"updated (revision {done[S.F_REVISION]})")
+    if done.changed:
+        changed = {k: v for k, v in (("label", args.label), ("description", args.description)) if v is not None}
+        _recorded(curator, args.tenant, "skill update", skill=args.skill, **changed, revision=done[S.F_REVISION])
+    print(f"{'updated' if done.changed else 'unchanged'} (revision {S.revision_of(done)})")
     return 0
 
 
 def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
     outcome = curator.retire_skill(args.skill, revision=args.revision, tenant=args.tenant)
-    _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
+    if not outcome.startswith("already"):
+        _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
     print(f"{outcome} (revision {outcome.revision})")
     return 0
 

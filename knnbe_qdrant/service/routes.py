@@ -251,17 +251,19 @@ def router(service: Service) -> APIRouter:
         with service.editing(key) as curator:
             done = curator.update_skill(body.skill, label=body.label, description=body.description,
                                         revision=body.revision, tenant=key.tenant)
-            # The revision orders one skill's entries as its edits landed, whatever order they were logged in.
-            changed = {k: v for k, v in (("label", body.label), ("description", body.description)) if v is not None}
-            service.audit(key, "skill update", skill=body.skill, **changed, revision=done[S.F_REVISION])
-        return {"result": "updated", "skill": done[S.F_SKILL_ID], "revision": done[S.F_REVISION]}
+            if done.changed:  # the revision orders one skill's entries as its edits landed, whatever their log order
+                changed = {k: v for k, v in (("label", body.label), ("description", body.description)) if v is not None}
+                service.audit(key, "skill update", skill=body.skill, **changed, revision=done[S.F_REVISION])
+        return {"result": "updated" if done.changed else "unchanged", "skill": done[S.F_SKILL_ID],
+                "revision": S.revision_of(done)}
 
     @api.post("/skills/retire", response_model=SkillEdited, summary="Retire a skill of the key's layer, or hide a "
-              "global one")
+              "global one (a retry answers 'already retired' or 'already hidden')")
     def retire_skill(body: SkillRef, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
             outcome = curator.retire_skill(body.skill, revision=body.revision, tenant=key.tenant)
-            service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
+            if not outcome.startswith("already"):
+                service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
         return {"result": str(outcome), "skill": outcome.skill, "revision": outcome.revision}
 
     @api.post("/skills/reinstate", response_model=SkillEdited, summary="Undo a retirement, or show a global skill the "
