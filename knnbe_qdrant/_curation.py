@@ -92,9 +92,12 @@ class Curator(SkillCurator):
                             "removed sentence of one's own layer is gone: add it again)")
 
     @fenced_edit
-    def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> None:
+    def relabel(self, text: str, skill: str, new_skill: str, *, tenant: str | None = None) -> str:
         """Move a sentence to another skill, reusing its stored vector (no re-encoding). A tenant relabelling a
-        global sentence hides the global one and gets its own copy under the new skill."""
+        global sentence hides the global one and gets its own copy under the new skill.
+
+        Returns "relabelled", or "already relabelled" when the sentence is no longer under `skill` for this tenant
+        but is in its layer under `new_skill` (a retry of a relabel that went through)."""
         self._check_editable()
         text = self._check_text(text)
         old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
@@ -103,9 +106,9 @@ class Curator(SkillCurator):
         # Under the sentence's lock: of two relabels (or a relabel and a removal) at once, the second finds the
         # sentence where the first left it.
         with self.store.item_lock("memory", text):
-            self._relabel(text, old_id, new_id, owner)
+            return self._relabel(text, old_id, new_id, owner)
 
-    def _relabel(self, text: str, old_id: str, new_id: str, owner: str) -> None:
+    def _relabel(self, text: str, old_id: str, new_id: str, owner: str) -> str:
         source_point = None
         for layer in (owner, S.GLOBAL_TENANT):
             found = self.store.retrieve(S.MEMORY, [S.memory_point_id(layer, old_id, text)], with_vectors=True)
@@ -113,6 +116,8 @@ class Curator(SkillCurator):
                 source_point = found[0]
                 break
         if source_point is None:
+            if self.store.retrieve(S.MEMORY, [S.memory_point_id(owner, new_id, text)], payload=False):
+                return "already relabelled"
             raise NotFoundError(f"no memory sentence {text!r} labelled {old_id!r} visible to this tenant")
         # A tenant's copy starts unhidden; a global relabel keeps the tenants' marks (they hid this sentence).
         payload = {k: v for k, v in source_point.payload.items()
@@ -136,6 +141,7 @@ class Curator(SkillCurator):
                     record_removal(self.store, S.MEMORY, source_point.id, self.user)
         else:
             self._hide(S.MEMORY, source_point.id, owner)
+        return "relabelled"
 
     def list_memory(self, skill: str | None = None, *, tenant: str | None = None,
                     own_only: bool = False) -> Iterator[dict[str, Any]]:

@@ -199,7 +199,7 @@ def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     original = encoder.encode
     encoder.encode = lambda texts, **kw: (calls.append(texts), original(texts, **kw))[1]
     try:
-        curator.relabel(text, QDRANT, "SQL", tenant="acme")
+        assert curator.relabel(text, QDRANT, "SQL", tenant="acme") == "relabelled"
     finally:
         encoder.encode = original
     assert calls == []
@@ -208,6 +208,14 @@ def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     np.testing.assert_allclose(after.vector, before.vector, atol=1e-6)
     assert after.payload["relabelled_from"] == curator.resolve_skill(QDRANT)["skill_id"]
     assert not store.retrieve(MEMORY, [before.id])
+    # A retry of it (its answer lost) finds the sentence where it went: done, not 404.
+    assert curator.relabel(text, QDRANT, "SQL", tenant="acme") == "already relabelled"
+    with pytest.raises(NotFoundError):  # nowhere near: still no such sentence
+        curator.relabel(text, QDRANT, "PostgreSQL", tenant="acme")
+    # A tenant's relabel of a global sentence, retried: its copy is under the new skill, the global one hidden.
+    global_text = next(curator.list_memory(sql))["text"]
+    assert curator.relabel(global_text, sql, QDRANT, tenant="beta") == "relabelled"
+    assert curator.relabel(global_text, sql, QDRANT, tenant="beta") == "already relabelled"
 
 
 def test_import_reports_bad_rows_by_line_and_stores_the_good_ones(curator, tmp_path):

@@ -148,9 +148,10 @@ def memory_reinstate(curator: Curator, args: argparse.Namespace) -> int:
 
 
 def memory_relabel(curator: Curator, args: argparse.Namespace) -> int:
-    curator.relabel(args.text, args.skill, args.to, tenant=args.tenant)
-    _recorded(curator, args.tenant, "memory relabel", skill=args.skill, to=args.to, text=args.text)
-    print("relabelled")
+    outcome = curator.relabel(args.text, args.skill, args.to, tenant=args.tenant)
+    if outcome == "relabelled":
+        _recorded(curator, args.tenant, "memory relabel", skill=args.skill, to=args.to, text=args.text)
+    print(outcome)
     return 0
 
 

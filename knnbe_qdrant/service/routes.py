@@ -304,12 +304,14 @@ def router(service: Service) -> APIRouter:
                 service.audit(key, f"memory {outcome}", skill=body.skill, text=body.text)
         return {"result": outcome}
 
-    @api.post("/memory/relabel", response_model=Message, summary="Move a sentence to another skill (no re-encoding)")
+    @api.post("/memory/relabel", response_model=Message, summary="Move a sentence to another skill (no re-encoding; "
+              "a retry answers 'already relabelled')")
     def relabel_memory(body: MemoryRelabel, key: Curator_) -> dict[str, str]:
         with service.editing(key) as curator:
-            curator.relabel(body.text, body.skill, body.to, tenant=key.tenant)
-            service.audit(key, "memory relabel", skill=body.skill, to=body.to, text=body.text)
-        return {"result": "relabelled"}
+            outcome = curator.relabel(body.text, body.skill, body.to, tenant=key.tenant)
+            if outcome == "relabelled":
+                service.audit(key, "memory relabel", skill=body.skill, to=body.to, text=body.text)
+        return {"result": outcome}
 
     @api.get("/tenants", summary="Tenants and their own point counts (admin)")
     def tenants(key: Admin) -> dict[str, Any]:
