@@ -44,9 +44,9 @@ def fenced_edit(edit: F) -> F:
     return fenced  # type: ignore[return-value]
 
 
-class Updated(dict[str, Any]):
-    """The skill's payload after `update_skill`. `changed` is False when the skill already held what was asked (a
-    retry of an update that went through, say): nothing was written, and its revision stayed."""
+class Edited(dict[str, Any]):
+    """A skill's payload after `add_skill` or `update_skill`. `changed` is False when the store already held what
+    was asked (a retry of an edit that went through, say): nothing was written, and the revision stayed."""
 
     changed: bool = True
 
@@ -161,8 +161,10 @@ class SkillCurator:
 
     @fenced_edit
     def add_skill(self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
-                  tenant: str | None = None) -> dict[str, Any]:
-        """A skill the taxonomy lacks, in the tenant's own layer (or the global one)."""
+                  tenant: str | None = None) -> Edited:
+        """A skill the taxonomy lacks, in the tenant's own layer (or the global one). ConflictError if the id is
+        taken, unless by this very skill (same label and description, in the tenant's layer, active: a retry of an
+        add that went through; `Edited.changed` False)."""
         self._check_editable()
         owner = own_layer(tenant)
         skill = Skill(id=check_text(skill_id, "the new skill's id", max_chars=T.MAX_SKILL_ID),
@@ -175,6 +177,12 @@ class SkillCurator:
         with self.store.item_lock("skill", owner, skill.id):
             existing = [r.payload for r in self.store.scroll(
                 S.SKILLS, where={S.F_TENANT: layers(tenant), S.F_SKILL_ID: skill.id}, batch=4)]
+            same = [p for p in existing if p[S.F_TENANT] == owner and skill_is_visible(p, tenant)
+                    and (p[S.F_LABEL], p.get(S.F_DESCRIPTION, "")) == (skill.label, skill.description)]
+            if same:
+                done = Edited(same[0])
+                done.changed = False
+                return done
             if existing:
                 hint = ("it is retired or hidden for this tenant: `skill reinstate` brings it back"
                         if not any(skill_is_visible(p, tenant) for p in existing) else "use `skill update`")
@@ -182,16 +190,16 @@ class SkillCurator:
             payload = {**skill_payload(skill, owner), **self._provenance("curator"), S.F_REVISION: 1}
             with room_for(self.store, self.quota, owner, S.SKILLS, 1):
                 self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
-        return payload
+        return Edited(payload)
 
     @fenced_edit
     def update_skill(
         self, ref: str, *, label: str | None = None, description: str | None = None, revision: int | None = None,
         tenant: str | None = None,
-    ) -> Updated:
+    ) -> Edited:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else. With
         `revision` (the one read), refused with ConflictError if the skill changed since, unless it already holds
-        what is asked (`Updated.changed` False: a retry of an update that went through is not a conflict). The
+        what is asked (`Edited.changed` False: a retry of an update that went through is not a conflict). The
         payload as written."""
         self._check_editable()
         _check_revision(revision)
@@ -205,7 +213,7 @@ class SkillCurator:
             point, payload = self._active_now(payload, ref)
             asked = {**changes, **({S.F_LABEL: label} if label is not None else {})}
             if all(payload.get(k) == v for k, v in asked.items()):
-                unchanged = Updated(payload)
+                unchanged = Edited(payload)
                 unchanged.changed = False
                 return unchanged
             changes[S.F_REVISION] = _at_revision(payload, revision, ref) + 1
@@ -216,7 +224,7 @@ class SkillCurator:
                 changes[S.F_LABEL] = label
             changes[S.F_UPDATED_AT] = S.utc_now(precise=True)  # mapping's vector cache keys on it (_lookups)
             self.store.set_payload(S.SKILLS, [point], changes)
-        return Updated({**payload, **changes})
+        return Edited({**payload, **changes})
 
     @fenced_edit
     def retire_skill(self, ref: str, *, revision: int | None = None, tenant: str | None = None) -> Outcome:

@@ -446,7 +446,11 @@ def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see
     """Two curators read a skill, both change it: the second, naming the revision it read, is refused (409 over
     HTTP) and changes nothing, where it silently overwrote the first's edit before revisions."""
     added = curator.add_skill("custom:rev", "revision skill", description="first", tenant="acme")
-    assert added["revision"] == 1
+    assert added["revision"] == 1 and added.changed
+    retried = curator.add_skill("custom:rev", "revision skill", description="first", tenant="acme")  # answer lost
+    assert (retried.changed, retried["revision"]) == (False, 1)
+    with pytest.raises(ConflictError, match="already exists"):  # the id, taken by another skill
+        curator.add_skill("custom:rev", "another label", description="first", tenant="acme")
     [listed] = [p for p in curator.list_skills(tenant="acme", own_only=True) if p["skill_id"] == "custom:rev"]
     assert listed["revision"] == 1
     assert curator.update_skill("custom:rev", description="alice's", revision=1, tenant="acme")["revision"] == 2

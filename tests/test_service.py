@@ -169,6 +169,8 @@ def test_a_curator_naming_the_revision_it_read_never_overwrites_an_edit_it_did_n
     h = auth(keys, "acme-curator")
     added = client.post("/v1/skills", json={"id": "acme:rev", "label": "revision over http"}, headers=h)
     assert added.status_code == 201 and added.json() == {"result": "added", "skill": "acme:rev", "revision": 1}
+    again = client.post("/v1/skills", json={"id": "acme:rev", "label": "revision over http"}, headers=h)
+    assert again.status_code == 201 and again.json()["result"] == "already added"  # a retry: not logged again
     listed = client.get("/v1/skills", params={"own": "true"}, headers=h).json()["items"]
     assert [p["revision"] for p in listed if p["skill_id"] == "acme:rev"] == [1]
     first = client.post("/v1/skills/update", json={"skill": "acme:rev", "description": "alice's", "revision": 1},

@@ -198,8 +198,10 @@ def _revision_argument(p: argparse.ArgumentParser) -> None:
 
 def skill_add(curator: Curator, args: argparse.Namespace) -> int:
     added = curator.add_skill(args.skill_id, args.label, description=args.description, tenant=args.tenant)
-    _recorded(curator, args.tenant, "skill add", skill=args.skill_id, label=args.label, revision=added[S.F_REVISION])
-    print(f"added {args.skill_id} (revision {added[S.F_REVISION]})")
+    if added.changed:
+        _recorded(curator, args.tenant, "skill add", skill=args.skill_id, label=args.label,
+                  revision=added[S.F_REVISION])
+    print(f"{'added' if added.changed else 'already added'} {args.skill_id} (revision {S.revision_of(added)})")
     return 0
 
 

@@ -242,8 +242,10 @@ def router(service: Service) -> APIRouter:
     def add_skill(body: SkillCreate, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
             added = curator.add_skill(body.id, body.label, description=body.description, tenant=key.tenant)
-            service.audit(key, "skill add", skill=body.id, label=body.label, revision=added[S.F_REVISION])
-        return {"result": "added", "skill": added[S.F_SKILL_ID], "revision": added[S.F_REVISION]}
+            if added.changed:
+                service.audit(key, "skill add", skill=body.id, label=body.label, revision=added[S.F_REVISION])
+        return {"result": "added" if added.changed else "already added", "skill": added[S.F_SKILL_ID],
+                "revision": S.revision_of(added)}
 
     @api.post("/skills/update", response_model=SkillEdited, summary="Change a skill of the key's layer (give the "
               "`revision` you read, and an edit made since is never overwritten)")
