@@ -69,12 +69,16 @@ def _check_revision(revision: int | None) -> None:
         raise InvalidInputError(f"revision {revision!r}: a whole number >= 0 (the skill's `revision` as read)")
 
 
-def _at_revision(payload: dict[str, Any], revision: int | None, ref: str) -> int:
-    """The skill's revision now, if it is `revision` (or none was named); ConflictError otherwise."""
+def _at_revision(payload: dict[str, Any], revision: int | None, ref: str, *, holds: bool = False) -> int:
+    """The skill's revision now, if it is `revision` (or none was named); ConflictError otherwise, even when the
+    skill already `holds` what the edit asks: a client that names a revision asks for its edit to be the one applied
+    on what it read (two counters' "3 + 1" must not both pass), so it is told, and told what the skill holds."""
     now = S.revision_of(payload)
     if revision is not None and now != revision:
-        raise ConflictError(f"skill {ref!r} is at revision {now}, not {revision}: another edit came first; read it "
-                            "again and retry")
+        held = (" (it already holds what this edit asks: if an earlier try of this edit came first, nothing is left "
+                "to do)" if holds else "")
+        raise ConflictError(f"skill {ref!r} is at revision {now}, not {revision}: another edit came first{held}; "
+                            "read it again and retry")
     return now
 
 
@@ -198,9 +202,8 @@ class SkillCurator:
         tenant: str | None = None,
     ) -> Edited:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else. With
-        `revision` (the one read), refused with ConflictError if the skill changed since, unless it already holds
-        what is asked (`Edited.changed` False: a retry of an update that went through is not a conflict). The
-        payload as written."""
+        `revision` (the one read), refused with ConflictError if the skill changed since. When the skill already
+        holds what is asked, nothing is written (`Edited.changed` False). The payload as written."""
         self._check_editable()
         _check_revision(revision)
         label = None if label is None or not label.strip() else check_text(label, "the label", max_chars=T.MAX_LABEL)
@@ -212,11 +215,12 @@ class SkillCurator:
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):  # label and vector agree
             point, payload = self._active_now(payload, ref)
             asked = {**changes, **({S.F_LABEL: label} if label is not None else {})}
-            if all(payload.get(k) == v for k, v in asked.items()):
+            holds = all(payload.get(k) == v for k, v in asked.items())
+            changes[S.F_REVISION] = _at_revision(payload, revision, ref, holds=holds) + 1
+            if holds:  # nothing to write: no new revision, no vector
                 unchanged = Edited(payload)
                 unchanged.changed = False
                 return unchanged
-            changes[S.F_REVISION] = _at_revision(payload, revision, ref) + 1
             if vector is not None and label != payload[S.F_LABEL]:
                 # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
                 # would undo what another curator did in between (a retirement, a tenant's hide mark).
@@ -231,8 +235,8 @@ class SkillCurator:
         """Retire a skill of one's own layer (never returned again), or hide a global skill for this tenant. With
         `revision` (the one read), refused with ConflictError if the skill changed since.
 
-        Returns "retired" or "hidden", or "already retired" / "already hidden" (a retry of a retirement that went
-        through), with the skill's revision after it."""
+        Returns "retired" or "hidden", or "already retired" / "already hidden" (a retry, without a revision, of a
+        retirement that went through), with the skill's revision after it."""
         self._check_editable()
         _check_revision(revision)
         try:
@@ -240,9 +244,9 @@ class SkillCurator:
         except NotFoundError:
             gone = self.resolve_skill(ref, tenant, include_retired=True)
             if gone[S.F_TENANT] == own_layer(tenant):  # retired: by this edit's first try, or another's
-                return Outcome("already retired", gone, S.revision_of(gone))
+                return Outcome("already retired", gone, _at_revision(gone, revision, ref, holds=True))
             if S.hide_key(own_layer(tenant)) in gone:
-                return Outcome("already hidden", gone, S.revision_of(gone))
+                return Outcome("already hidden", gone, _at_revision(gone, revision, ref, holds=True))
             raise  # a global skill the global layer retired: none for this tenant
         if payload[S.F_TENANT] != own_layer(tenant):
             now = _at_revision(payload, revision, ref)
@@ -252,7 +256,7 @@ class SkillCurator:
         with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
             [payload] = [r.payload for r in self.store.retrieve(S.SKILLS, [point])]  # as it is now
             if payload.get(S.F_STATUS) == S.RETIRED:
-                return Outcome("already retired", payload, S.revision_of(payload))
+                return Outcome("already retired", payload, _at_revision(payload, revision, ref, holds=True))
             now = _at_revision(payload, revision, ref) + 1
             self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.RETIRED, S.F_UPDATED_AT: S.utc_now(precise=True),
                                                        S.F_REVISION: now})
@@ -264,19 +268,19 @@ class SkillCurator:
         is shown to it again. Its sentences never left, so its votes come back with it. With `revision` (the one
         read), refused with ConflictError if the skill changed since.
 
-        Returns "reinstated", "unhidden", or "already active" (a retry of a reinstatement that went through), with
-        the skill's revision after it."""
+        Returns "reinstated", "unhidden", or "already active" (a retry, without a revision, of a reinstatement that
+        went through), with the skill's revision after it."""
         self._check_editable()
         _check_revision(revision)
         payload = self.resolve_skill(ref, tenant, include_retired=True)
         if skill_is_visible(payload, tenant):
-            return Outcome("already active", payload, S.revision_of(payload))
+            return Outcome("already active", payload, _at_revision(payload, revision, ref, holds=True))
         point = S.skill_point_id(payload[S.F_TENANT], payload[S.F_SKILL_ID])
         if payload[S.F_TENANT] == own_layer(tenant):
             with self.store.item_lock("skill", payload[S.F_TENANT], payload[S.F_SKILL_ID]):
                 [payload] = [r.payload for r in self.store.retrieve(S.SKILLS, [point])]  # as it is now
                 if skill_is_visible(payload, tenant):
-                    return Outcome("already active", payload, S.revision_of(payload))
+                    return Outcome("already active", payload, _at_revision(payload, revision, ref, holds=True))
                 now = _at_revision(payload, revision, ref) + 1
                 self.store.set_payload(S.SKILLS, [point], {S.F_STATUS: S.ACTIVE,
                                                            S.F_UPDATED_AT: S.utc_now(precise=True), S.F_REVISION: now})

@@ -458,21 +458,28 @@ def test_an_edit_naming_the_revision_it_read_never_overwrites_one_it_did_not_see
         curator.update_skill("custom:rev", description="bob's", label="bob's label", revision=1, tenant="acme")
     [now] = [p for p in curator.list_skills(tenant="acme") if p["skill_id"] == "custom:rev"]
     assert (now["description"], now["label"], now["revision"]) == ("alice's", "revision skill", 2)
-    # A retry of an update that went through (its answer lost, say) names the revision it read, now stale: the
-    # skill already holds what it asks, so it is answered as done, and nothing is written.
-    again = curator.update_skill("custom:rev", description="alice's", revision=1, tenant="acme")
+    # A retry of an update that went through (its answer lost, say) names the revision it read, now stale. It is
+    # still refused: two counters' "3 + 1" would otherwise both pass. The refusal says the skill holds what it asks.
+    # Without a revision, the same retry is answered as done, and nothing is written.
+    with pytest.raises(ConflictError, match="already holds what this edit asks"):
+        curator.update_skill("custom:rev", description="alice's", revision=1, tenant="acme")
+    again = curator.update_skill("custom:rev", description="alice's", tenant="acme")
     assert (again.changed, again["revision"], again["description"]) == (False, 2, "alice's")
     assert curator.update_skill("custom:rev", tenant="acme").changed is False  # nothing asked: nothing written
     with pytest.raises(ConflictError, match="at revision 2, not 1"):
         curator.retire_skill("custom:rev", revision=1, tenant="acme")
     retired = curator.retire_skill("custom:rev", revision=2, tenant="acme")
     assert (retired, retired.skill, retired.revision) == ("retired", "custom:rev", 3)
-    retry = curator.retire_skill("custom:rev", revision=2, tenant="acme")  # its first try went through
+    with pytest.raises(ConflictError, match="already holds"):  # a retry naming the revision it read
+        curator.retire_skill("custom:rev", revision=2, tenant="acme")
+    retry = curator.retire_skill("custom:rev", tenant="acme")  # a retry naming none
     assert (retry, retry.revision) == ("already retired", 3)
     with pytest.raises(ConflictError, match="at revision 3, not 2"):
         curator.reinstate_skill("custom:rev", revision=2, tenant="acme")
     assert curator.reinstate_skill("custom:rev", revision=3, tenant="acme").revision == 4
-    assert curator.reinstate_skill("custom:rev", revision=3, tenant="acme").revision == 4  # a retry: already active
+    with pytest.raises(ConflictError, match="already holds"):  # a retry naming the revision it read
+        curator.reinstate_skill("custom:rev", revision=3, tenant="acme")
+    assert curator.reinstate_skill("custom:rev", tenant="acme") == "already active"  # a retry naming none
     for bad in (-1, True, "4", 2.0):
         with pytest.raises(InvalidInputError, match="a whole number >= 0"):
             curator.update_skill("custom:rev", description="x", revision=bad, tenant="acme")

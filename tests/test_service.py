@@ -182,15 +182,17 @@ def test_a_curator_naming_the_revision_it_read_never_overwrites_an_edit_it_did_n
     [now] = [p for p in client.get("/v1/skills", params={"own": "true"}, headers=h).json()["items"]
              if p["skill_id"] == "acme:rev"]
     assert (now["description"], now["revision"]) == ("alice's", 2)
-    # The first update retried (its answer lost): the skill already holds it, so it is done, not a conflict, and
-    # neither written nor logged again.
+    # The first update retried (its answer lost): with its stale revision still 409, saying the skill holds what it
+    # asks; without one, done: neither written nor logged again.
     retry = client.post("/v1/skills/update", json={"skill": "acme:rev", "description": "alice's", "revision": 1},
                         headers=h)
+    assert retry.status_code == 409 and "already holds what this edit asks" in retry.json()["error"]
+    retry = client.post("/v1/skills/update", json={"skill": "acme:rev", "description": "alice's"}, headers=h)
     assert retry.json() == {"result": "unchanged", "skill": "acme:rev", "revision": 2}
     # Named by its label, the answer still gives the id.
     retired = client.post("/v1/skills/retire", json={"skill": "revision over http", "revision": 2}, headers=h)
     assert retired.json() == {"result": "retired", "skill": "acme:rev", "revision": 3}
-    retry = client.post("/v1/skills/retire", json={"skill": "acme:rev", "revision": 2}, headers=h)
+    retry = client.post("/v1/skills/retire", json={"skill": "acme:rev"}, headers=h)
     assert retry.json() == {"result": "already retired", "skill": "acme:rev", "revision": 3}
     for bad in ("3", -1, True, 1.5):
         r = client.post("/v1/skills/reinstate", json={"skill": "acme:rev", "revision": bad}, headers=h)
