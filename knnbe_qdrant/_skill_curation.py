@@ -44,11 +44,15 @@ def fenced_edit(edit: F) -> F:
     return fenced  # type: ignore[return-value]
 
 
-class Edited(dict[str, Any]):
+class EditedSkill(dict[str, Any]):
     """A skill's payload after `add_skill` or `update_skill`. `changed` is False when the store already held what
-    was asked (a retry of an edit that went through, say): nothing was written, and the revision stayed."""
+    was asked (a retry of an edit that went through, say): nothing was written, and the revision stayed. `asked`:
+    the fields an update set, as stored (what its audit entry records)."""
 
-    changed: bool = True
+    def __init__(self, payload: dict[str, Any], *, changed: bool = True, asked: dict[str, Any] | None = None) -> None:
+        super().__init__(payload)
+        self.changed = changed
+        self.asked = asked or {}
 
 
 class Outcome(str):
@@ -62,6 +66,11 @@ class Outcome(str):
         outcome = super().__new__(cls, what)
         outcome.skill, outcome.revision = payload[S.F_SKILL_ID], revision
         return outcome
+
+    @property
+    def changed(self) -> bool:
+        """False for "already retired", "already active", ...: a retry of an edit that went through wrote nothing."""
+        return not self.startswith("already")
 
 
 def _check_revision(revision: int | None) -> None:
@@ -165,10 +174,10 @@ class SkillCurator:
 
     @fenced_edit
     def add_skill(self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),
-                  tenant: str | None = None) -> Edited:
+                  tenant: str | None = None) -> EditedSkill:
         """A skill the taxonomy lacks, in the tenant's own layer (or the global one). ConflictError if the id is
         taken, unless by this very skill (same label and description, in the tenant's layer, active: a retry of an
-        add that went through; `Edited.changed` False)."""
+        add that went through; `EditedSkill.changed` False)."""
         self._check_editable()
         owner = own_layer(tenant)
         skill = Skill(id=check_text(skill_id, "the new skill's id", max_chars=T.MAX_SKILL_ID),
@@ -184,9 +193,7 @@ class SkillCurator:
             same = [p for p in existing if p[S.F_TENANT] == owner and skill_is_visible(p, tenant)
                     and (p[S.F_LABEL], p.get(S.F_DESCRIPTION, "")) == (skill.label, skill.description)]
             if same:
-                done = Edited(same[0])
-                done.changed = False
-                return done
+                return EditedSkill(same[0], changed=False)
             if existing:
                 hint = ("it is retired or hidden for this tenant: `skill reinstate` brings it back"
                         if not any(skill_is_visible(p, tenant) for p in existing) else "use `skill update`")
@@ -194,16 +201,16 @@ class SkillCurator:
             payload = {**skill_payload(skill, owner), **self._provenance("curator"), S.F_REVISION: 1}
             with room_for(self.store, self.quota, owner, S.SKILLS, 1):
                 self.store.upsert(S.SKILLS, [S.skill_point_id(owner, skill.id)], vector, [payload])
-        return Edited(payload)
+        return EditedSkill(payload)
 
     @fenced_edit
     def update_skill(
         self, ref: str, *, label: str | None = None, description: str | None = None, revision: int | None = None,
         tenant: str | None = None,
-    ) -> Edited:
+    ) -> EditedSkill:
         """Change a skill of the tenant's own layer; a new label re-encodes that one skill, nothing else. With
         `revision` (the one read), refused with ConflictError if the skill changed since. When the skill already
-        holds what is asked, nothing is written (`Edited.changed` False). The payload as written."""
+        holds what is asked, nothing is written (`EditedSkill.changed` False). The payload as written."""
         self._check_editable()
         _check_revision(revision)
         label = None if label is None or not label.strip() else check_text(label, "the label", max_chars=T.MAX_LABEL)
@@ -218,9 +225,7 @@ class SkillCurator:
             holds = all(payload.get(k) == v for k, v in asked.items())
             changes[S.F_REVISION] = _at_revision(payload, revision, ref, holds=holds) + 1
             if holds:  # nothing to write: no new revision, no vector
-                unchanged = Edited(payload)
-                unchanged.changed = False
-                return unchanged
+                return EditedSkill(payload, changed=False, asked=asked)
             if vector is not None and label != payload[S.F_LABEL]:
                 # The vector and the changed fields, each one atomic update: rewriting the whole payload read above
                 # would undo what another curator did in between (a retirement, a tenant's hide mark).
@@ -228,7 +233,7 @@ class SkillCurator:
                 changes[S.F_LABEL] = label
             changes[S.F_UPDATED_AT] = S.utc_now(precise=True)  # mapping's vector cache keys on it (_lookups)
             self.store.set_payload(S.SKILLS, [point], changes)
-        return Edited({**payload, **changes})
+        return EditedSkill({**payload, **changes}, asked=asked)
 
     @fenced_edit
     def retire_skill(self, ref: str, *, revision: int | None = None, tenant: str | None = None) -> Outcome:

@@ -209,15 +209,14 @@ def skill_update(curator: Curator, args: argparse.Namespace) -> int:
     done = curator.update_skill(args.skill, label=args.label, description=args.description, revision=args.revision,
                                 tenant=args.tenant)
     if done.changed:
-        changed = {k: v for k, v in (("label", args.label), ("description", args.description)) if v is not None}
-        _recorded(curator, args.tenant, "skill update", skill=args.skill, **changed, revision=done[S.F_REVISION])
+        _recorded(curator, args.tenant, "skill update", skill=args.skill, **done.asked, revision=done[S.F_REVISION])
     print(f"{'updated' if done.changed else 'unchanged'} (revision {S.revision_of(done)})")
     return 0
 
 
 def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
     outcome = curator.retire_skill(args.skill, revision=args.revision, tenant=args.tenant)
-    if not outcome.startswith("already"):
+    if outcome.changed:
         _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
     print(f"{outcome} (revision {outcome.revision})")
     return 0
@@ -225,7 +224,7 @@ def skill_retire(curator: Curator, args: argparse.Namespace) -> int:
 
 def skill_reinstate(curator: Curator, args: argparse.Namespace) -> int:
     outcome = curator.reinstate_skill(args.skill, revision=args.revision, tenant=args.tenant)
-    if outcome != "already active":
+    if outcome.changed:
         _recorded(curator, args.tenant, f"skill {outcome}", skill=args.skill, revision=outcome.revision)
     print(f"{outcome} (revision {outcome.revision})")
     return 0

@@ -172,16 +172,15 @@ def router(service: Service) -> APIRouter:
 
     @api.get("/status", summary="The store's model and schema, and the key's tenant's own counts")
     def status(key: Reader) -> dict[str, Any]:
-        mapper, _, _, _ = service.require_ready()
+        mapper, curator, _, _ = service.require_ready()
         m = mapper.store.manifest
         out: dict[str, Any] = {"model": m.model, "dimension": m.dimension, "schema_version": m.schema_version,
                                "state": m.state, "tenant": key.tenant, "params": mapper.params.__dict__,
                                "decompose": mapper.decompose, "merge": mapper.merge_params.__dict__}
         owner = key.tenant or S.GLOBAL_TENANT
         out["own"] = {c: points_of(mapper.store, owner, c) for c in S.COLLECTIONS}  # a second old at most
-        quota = service.curator.quota if service.curator is not None else None
-        if key.tenant is not None and quota is not None:  # what its own may grow to (the global layer has none)
-            out["quota"] = {S.SKILLS: quota.skills, S.MEMORY: quota.sentences}
+        if key.tenant is not None and curator.quota is not None:  # what its own may grow to (the global layer: none)
+            out["quota"] = {S.SKILLS: curator.quota.skills, S.MEMORY: curator.quota.sentences}
         if key.role == "admin":
             out["store"] = mapper.store.status()
         return out
@@ -254,8 +253,7 @@ def router(service: Service) -> APIRouter:
             done = curator.update_skill(body.skill, label=body.label, description=body.description,
                                         revision=body.revision, tenant=key.tenant)
             if done.changed:  # the revision orders one skill's entries as its edits landed, whatever their log order
-                changed = {k: v for k, v in (("label", body.label), ("description", body.description)) if v is not None}
-                service.audit(key, "skill update", skill=body.skill, **changed, revision=done[S.F_REVISION])
+                service.audit(key, "skill update", skill=body.skill, **done.asked, revision=done[S.F_REVISION])
         return {"result": "updated" if done.changed else "unchanged", "skill": done[S.F_SKILL_ID],
                 "revision": S.revision_of(done)}
 
@@ -264,7 +262,7 @@ def router(service: Service) -> APIRouter:
     def retire_skill(body: SkillRef, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
             outcome = curator.retire_skill(body.skill, revision=body.revision, tenant=key.tenant)
-            if not outcome.startswith("already"):
+            if outcome.changed:
                 service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
         return {"result": str(outcome), "skill": outcome.skill, "revision": outcome.revision}
 
@@ -273,7 +271,7 @@ def router(service: Service) -> APIRouter:
     def reinstate_skill(body: SkillRef, key: Curator_) -> dict[str, Any]:
         with service.editing(key) as curator:
             outcome = curator.reinstate_skill(body.skill, revision=body.revision, tenant=key.tenant)
-            if outcome != "already active":
+            if outcome.changed:
                 service.audit(key, f"skill {outcome}", skill=body.skill, revision=outcome.revision)
         return {"result": str(outcome), "skill": outcome.skill, "revision": outcome.revision}
 
