@@ -75,6 +75,22 @@ def build_small(backend: str, directory, encoder, skills, memory=None):
 SMALL_BUILD = ["--memory-sources", "esco_alt_labels,esco_descriptions", "--no-progress"]
 
 
+def add_unindexed(path: Path, n: int = 7000) -> int:
+    """Add `n` memory points of tenant acme to the embedded store at `path` (random unit vectors, under one of its
+    skills), as a curator's large import leaves them: past Qdrant's indexing threshold (10,000 KB, ~6,500 of 384
+    dimensions), unindexed until something indexes them. Returns the store's unindexed points after."""
+    from knnbe_qdrant._schema import MEMORY, SKILLS, memory_point_id
+
+    with EdgeStore(path) as store:
+        skill = next(iter(store.scroll(SKILLS, batch=1))).payload["skill_id"]
+        vectors = np.random.default_rng(0).normal(size=(n, store.manifest.dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        texts = [f"Unindexed sentence number {i}" for i in range(n)]
+        store.upsert(MEMORY, [memory_point_id("acme", skill, t) for t in texts], vectors,
+                     [{"tenant": "acme", "skill_id": skill, "text": t, "source": "test"} for t in texts])
+        return store.unindexed()
+
+
 def run(*args, store: Path | None = None, stdin: bytes | None = None, env: dict | None = None):
     cmd = [sys.executable, "-m", "knnbe_qdrant", *map(str, args)]
     full_env = {**os.environ, **(env or {})}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from tests.helpers import SMALL_BUILD, run
+from tests.helpers import SMALL_BUILD, add_unindexed, run
 
 
 def test_map_arguments_prints_a_table(cli_store):
@@ -246,3 +247,21 @@ def test_build_without_model_keeps_the_model_a_store_was_built_with(tmp_path, cl
     r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, "--model", "knnbe-qdrant/all-MiniLM-L6-v2-esco",
             store=path)
     assert r.returncode == 1 and "refusing" in r.stderr.decode()
+
+
+def test_an_import_indexes_what_curators_added_once_past_the_indexing_threshold(cli_store, tmp_path):
+    # The embedded engine indexes only when told: until then every query searches these points one by one.
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    r = run("status", "--json", store=path)
+    small = json.loads(r.stdout)["unindexed"]  # a small store's collections stay under the threshold: unindexed
+    assert add_unindexed(path) == small + 7000
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": "We assemble widgets daily", "skill": "English"}) + "\n", encoding="utf-8")
+    r = run("memory", "import", rows, "--tenant", "acme", "--no-progress", store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"stored 1," in r.stdout and b"points added since the store was last indexed" in r.stderr
+    left = json.loads(run("status", "--json", store=path).stdout)["unindexed"]
+    assert left < small, left  # the memory collection is indexed whole now; the small skills collection is not
+    r = run("memory", "import", rows, "--tenant", "acme", "--no-progress", store=path)
+    assert b"already stored 1" in r.stdout and b"indexed" not in r.stderr  # nothing to index: nothing said

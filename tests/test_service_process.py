@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from knnbe_qdrant import Connection
+from knnbe_qdrant import Connection, EdgeStore
 from knnbe_qdrant.service.loadtest import _free_port, run_loadtest
-from tests.helpers import run, start_service
+from tests.helpers import add_unindexed, run, start_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROBE = "You will administer our Qdrant vector database and tune its HNSW indexes."
@@ -556,3 +556,16 @@ def test_a_pipelined_request_is_answered_whole_however_long_it_takes(cli_store, 
             chunk = sock.recv(1 << 20)
             assert chunk, f"closed after {data.count(b'HTTP/1.1 ')} answer(s)"
             data += chunk
+
+
+def test_serve_indexes_what_curators_added_before_it_opens_its_port(cli_store, tmp_path):
+    # Indexing holds Python's lock for its whole run (30 s for 100,000 points), so it cannot run beside requests.
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    assert add_unindexed(path) >= 7000
+    proc, _ = start_service(path, _free_port(), tmp_path / "serve.log")
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert "points added since the store was last indexed" in (tmp_path / "serve.log").read_text()
+    with EdgeStore(path) as store:
+        assert store.unindexed() < 7000

@@ -4,6 +4,8 @@ curator from those flags, and checked lists of shipped memory sources."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidInputError
@@ -12,6 +14,7 @@ from ..store.connection import Connection
 if TYPE_CHECKING:
     from .._curation import Curator
     from .._mapper import SkillMapper
+    from ..store.base import Store
 
 
 def add_store_args(parser: argparse.ArgumentParser, default: Any = None) -> None:
@@ -67,3 +70,21 @@ def shipped_sources(value: str | None, default: tuple[str, ...] | None = None) -
     if unknown:
         raise InvalidInputError(f"unknown memory sources {sorted(unknown)}; known: {', '.join(MEMORY_SOURCES)}")
     return sources
+
+
+def index_new_points(store: Store) -> None:
+    """Index the points curators added to an embedded store since it was last indexed, once they pass Qdrant's
+    indexing threshold (10,000 KB of vectors: about 6,500 of the shipped model's). Until then every query searches
+    them one by one: with 100,000 such points, a tenant's one-sentence maps took 2.5x as long. A server indexes by
+    itself.
+    Edge holds Python's lock while it indexes, so this runs where nothing waits on the process: at the end of an
+    import, and before `serve` opens its port."""
+    before = store.unindexed()
+    if not before:
+        return
+    started = time.perf_counter()
+    store.optimize()
+    done = before - (store.unindexed() or 0)
+    if done > 0:
+        print(f"indexed {done} points added since the store was last indexed ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)

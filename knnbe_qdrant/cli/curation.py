@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _schema as S
 from .._tenancy import is_tenant
 from ..store.documents import TENANT_DELETE, record_edit, split_tenant_audit
-from ._common import open_curator
+from ._common import index_new_points, open_curator
 
 if TYPE_CHECKING:
     from .._curation import Curator
@@ -182,6 +182,7 @@ def memory_import(curator: Curator, args: argparse.Namespace) -> int:
     for error in report.errors:
         print(error, file=sys.stderr)
     print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
+    index_new_points(curator.store)
     return 1 if report.errors else 0
 
 

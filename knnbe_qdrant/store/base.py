@@ -29,10 +29,8 @@ MANIFEST_RECOVERY = ("restore a backup into a new location (`knnbe-qdrant --stor
 
 @dataclass(frozen=True)
 class Where:
-    """A filter: every `must` field holds the value (or one of the values); no `must_not` field does.
-
-    A plain mapping stands for `Where(must=mapping)`.
-    """
+    """A filter: every `must` field holds the value (or one of the values); no `must_not` field does. A plain
+    mapping stands for `Where(must=mapping)`."""
 
     must: Mapping[str, Value] = field(default_factory=dict)
     must_not: Mapping[str, Value] = field(default_factory=dict)
@@ -235,8 +233,8 @@ class Store(ABC):
             "dimension": m.dimension,
             "state": m.state,
             "collections": {self.collection_name(c): self.count(c) for c in COLLECTIONS},
-            "generation": m.generation,
-            "pending_reembed": m.pending_reembed,
+            "unindexed": self.unindexed(),  # None where the backend indexes by itself (a server)
+            "generation": m.generation, "pending_reembed": m.pending_reembed,
             "migrations": [x["id"] for x in m.migrations],
             "built_at": m.created_at,
             "updated_at": m.updated_at,
@@ -344,9 +342,8 @@ class Store(ABC):
         return [*KEYWORD_INDEXES[collection], *(hide_key(t) for t in sorted(hiders))]
 
     def register_hider(self, tenant: str) -> None:
-        """Record that `tenant` may have hide marks, and index its hide key in every collection. Done before its
-        first mark: a crash in between leaves a registration without marks, never a mark that the mapper, `tenant
-        list` or `tenant delete` would not look for. Idempotent."""
+        """Record that `tenant` may have hide marks, and index its hide key in every collection. Done before its first
+        mark: a crash in between leaves a registration without marks, never a mark no reader looks for. Idempotent."""
         self.documents().put(HIDERS, tenant, {"since": utc_now()})
         for collection in COLLECTIONS:
             self.create_keyword_index(collection, hide_key(tenant))
@@ -369,6 +366,10 @@ class Store(ABC):
 
     def optimize(self) -> None:  # noqa: B027  (optional: only backends that index explicitly override it)
         """Build indexes after a bulk load, where the backend does this explicitly."""
+
+    def unindexed(self) -> int | None:  # a server indexes in the background: only the embedded store says
+        """Points no vector index covers yet, which every query searches one by one."""
+        return None
 
     @abstractmethod
     def at_generation(self, generation: int) -> Store:

@@ -1,8 +1,7 @@
 """Embedded backend: Qdrant's own engine in-process (Qdrant Edge), one shard per collection, in one directory.
 
 Layout: store.layout. Writes go through Edge's write-ahead log, so an acknowledged upsert survives a crash. Edge
-holds an exclusive lock on each shard's WAL: one process at a time.
-"""
+holds an exclusive lock on each shard's WAL: one process at a time."""
 
 from __future__ import annotations
 
@@ -315,10 +314,13 @@ class EdgeStore(Store):
             )
         return {str(hit.value): hit.count for hit in response.hits if hit.count > 0}  # Edge keeps emptied values
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # Edge holds Python's lock throughout: 30 s for 100,000 new memory points
         with self._lock:
             for shard in self._shards.values():
                 shard.optimize()
+
+    def unindexed(self) -> int:  # indexed at `optimize` once past Qdrant's threshold (10,000 KB of vectors)
+        return sum(i.points_count - i.indexed_vectors_count for i in (s.info() for s in self._shards.values()))
 
     def at_generation(self, generation: int) -> EdgeStore:
         return EdgeStore(self.path, create=True, generation=generation)
