@@ -46,9 +46,13 @@ class CarryReport:
         return text
 
 
-def record_removal(store: Store, collection: str, point_id: str, user: str) -> None:
-    """Remember that a curator removed a global point, so that a rebuild from the sources removes it again."""
-    store.documents().put(S.TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user})
+def record_removal(store: Store, collection: str, point_id: str, user: str, payload: dict[str, Any] | None = None
+                   ) -> None:
+    """Remember that a curator removed a global point, so that a rebuild from the sources removes it again, and which
+    tenants had hidden it (its `payload`'s marks), so that adding it again hides it from them again
+    (`_tenancy.marks_of_removed`)."""
+    hidden = {S.F_HIDDEN_FOR: S.hidden_tenants(payload)} if payload and S.hidden_tenants(payload) else {}
+    store.documents().put(S.TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user, **hidden})
 
 
 def _curated(payload: dict[str, Any]) -> bool:

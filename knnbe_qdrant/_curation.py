@@ -21,7 +21,7 @@ from ._importing import ImportReport, store_rows
 from ._labelled import check_readable, hf_rows, read_labelled, write_labelled
 from ._quota import forget, released, room_for
 from ._skill_curation import SkillCurator, check_cursor, fenced_edit, own_layer, page_of
-from ._tenancy import delete_tenant_data, tenant_counts, visible_memory, visible_payload
+from ._tenancy import delete_tenant_data, marks_of_removed, tenant_counts, visible_memory, visible_payload
 from ._text import check_text
 from .store.base import Where, vectors_of
 
@@ -46,6 +46,8 @@ class Curator(SkillCurator):
                 return False
             payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
                        **self._provenance(source)}
+            if owner == S.GLOBAL_TENANT:  # removed once: the tenants that had hidden it keep it hidden
+                payload.update(marks_of_removed(self.store.documents().all(S.TOMBSTONES), point))
             with room_for(self.store, self.quota, owner, S.MEMORY, 1):
                 self.store.upsert(S.MEMORY, [point], vector, [payload])
         return True
@@ -59,11 +61,11 @@ class Curator(SkillCurator):
         owner = own_layer(tenant)
         own_point = S.memory_point_id(owner, skill_id, text)
         with self.store.item_lock("memory", text):  # a relabel of this sentence is either before or after
-            if self.store.retrieve(S.MEMORY, [own_point], payload=False):
+            if found := self.store.retrieve(S.MEMORY, [own_point]):
+                if owner == S.GLOBAL_TENANT:  # a rebuild from the sources would make it anew: it removes it again
+                    record_removal(self.store, S.MEMORY, own_point, self.user, found[0].payload)
                 self.store.delete(S.MEMORY, [own_point])
                 released(self.store, owner, S.MEMORY, 1)
-                if owner == S.GLOBAL_TENANT:  # a rebuild from the sources would make it anew: it removes it again
-                    record_removal(self.store, S.MEMORY, own_point, self.user)
                 return "removed"
             global_point = S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
             if owner != S.GLOBAL_TENANT and self.store.retrieve(S.MEMORY, [global_point], payload=False):

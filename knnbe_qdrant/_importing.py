@@ -18,6 +18,7 @@ from ._data import LabelledSentence
 from ._errors import ConflictError, KnnbeError, QuotaExceededError, StoreError
 from ._labelled import row_problem
 from ._quota import Quota, room_for
+from ._tenancy import marks_of_removed
 from .encoding import Encoder
 from .store.base import Store
 
@@ -49,6 +50,8 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
     now = S.utc_now()
     with fence() as started:
         report.epoch = started
+    # A global sentence removed once and imported again stays hidden from the tenants that had hidden it.
+    removed = store.documents().all(S.TOMBSTONES) if owner == S.GLOBAL_TENANT else {}
 
     @contextlib.contextmanager
     def same_tenant(adding: int) -> Iterator[None]:
@@ -88,7 +91,7 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
                 row_source = (row.get("source") or "").strip() or source
                 point = S.memory_point_id(owner, skill_id, text)
                 payload = {**memory_payload(LabelledSentence(text, skill_id, row_source), owner, now),
-                           **provenance(row_source)}
+                           **provenance(row_source), **marks_of_removed(removed, point)}
                 batch[point] = TextPoint(point, text, payload)
                 if len(batch) >= chunk:
                     flush()

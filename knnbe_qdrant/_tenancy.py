@@ -59,6 +59,25 @@ def skill_is_visible(payload: dict, tenant: str | None) -> bool:
     )
 
 
+def marks_of_removed(tombstones: dict[str, dict[str, Any]], point_id: str) -> dict[str, str]:
+    """The hide marks a removed global point had, from its tombstone (`_carry.record_removal`), for a curator who adds
+    it again: a tenant's hiding is not undone by another curator's removal and re-adding of the point."""
+    return {S.hide_key(t): t for t in tombstones.get(point_id, {}).get(S.F_HIDDEN_FOR, [])}
+
+
+def _removed_marks(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
+    """The tombstones that keep a mark of `tenant`: a deleted tenant's marks leave them too (`_forget`), so that a
+    later tenant of the name hides nothing it did not."""
+    return {point_id: tombstone for point_id, tombstone in documents.all(S.TOMBSTONES).items()
+            if tenant in tombstone.get(S.F_HIDDEN_FOR, [])}
+
+
+def _forget(documents: Documents, tenant: str, tombstones: dict[str, dict[str, Any]]) -> None:
+    for point_id, tombstone in tombstones.items():
+        kept = [t for t in tombstone[S.F_HIDDEN_FOR] if t != tenant]
+        documents.put(S.TOMBSTONES, point_id, {**tombstone, S.F_HIDDEN_FOR: kept})
+
+
 _DELETE_CHUNK = 5000
 
 
@@ -95,8 +114,8 @@ def delete_tenant_data(store: Store, tenant: str) -> list[str]:
     revoked."""
     documents = store.documents()
     with store.tenant_deletion(tenant):
-        live = _live_keys(documents, tenant)
-        if not live and tenant not in tenant_counts(store) and tenant_audit(tenant) not in documents.logs():
+        live, removed = _live_keys(documents, tenant), _removed_marks(documents, tenant)
+        if not (live or removed or tenant in tenant_counts(store) or tenant_audit(tenant) in documents.logs()):
             raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks, audit log or live "
                                 "keys")
         # The keys first: a key left live would edit the tenant back into being after its deletion, or read a later
@@ -112,6 +131,7 @@ def delete_tenant_data(store: Store, tenant: str) -> list[str]:
             marked = [r.id for r in store.scroll(collection, where={key: tenant}, payload=False)]
             for start in range(0, len(marked), 1000):
                 store.delete_payload(collection, marked[start : start + 1000], [key])
+        _forget(documents, tenant, _removed_marks(documents, tenant))  # read again: a removal may have come since
         documents.clear_log(tenant_audit(tenant))
         # And again at the end: a key created meanwhile (`keys create` takes no fence, and may run in another
         # process) was made for the tenant being deleted, so it goes with it; one created after this belongs to the

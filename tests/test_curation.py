@@ -190,6 +190,39 @@ def test_a_tenant_shows_a_global_sentence_it_hid_again_and_only_to_itself(curato
     assert curator.reinstate_sentence(text, QDRANT) == "already active"  # the global layer sees its own sentence
 
 
+def test_a_tenants_hiding_outlives_a_global_removal_and_re_adding(curator, store, tmp_path):
+    # The re-added global sentence was a new point without the tenants' marks: acme's hiding and beta's relabelled
+    # copy were undone by another curator's removal and re-adding.
+    python_id = curator.resolve_skill(QDRANT)["skill_id"]
+    text = next(p for p in curator.list_memory(QDRANT) if p["source"] == "esco_alt_labels")["text"]
+    point = memory_point_id(GLOBAL_TENANT, python_id, text)
+
+    def sees(tenant):
+        return sorted(p["skill_id"] for p in curator.list_memory(tenant=tenant) if p["text"] == text)
+
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    assert curator.remove_sentence(text, QDRANT, tenant="acme") == "hidden"
+    assert curator.relabel(text, QDRANT, "SQL", tenant="beta") == "relabelled"
+    assert curator.remove_sentence(text, QDRANT, tenant="gone") == "hidden"
+    assert curator.remove_sentence(text, QDRANT) == "removed"
+    curator.delete_tenant("gone")  # its marks go with it, the removed point's included
+    assert curator.add_sentence(text, QDRANT)
+    assert (sees("acme"), sees("beta"), sees("gamma"), sees("gone")) == ([], [sql], [python_id], [python_id])
+    [again] = store.retrieve(MEMORY, [point])
+    assert hidden_tenants(again.payload) == ["acme", "beta"]
+    # The same through an import of global rows.
+    assert curator.remove_sentence(text, QDRANT) == "removed"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": text, "skill": python_id}) + "\n", encoding="utf-8")
+    assert curator.import_file(rows).stored == 1
+    assert (sees("acme"), sees("beta"), sees("gamma")) == ([], [sql], [python_id])
+    # A tenant that hides nothing when the point is removed gets no mark when it comes back.
+    assert curator.reinstate_sentence(text, QDRANT, tenant="acme") == "unhidden"
+    assert curator.remove_sentence(text, QDRANT) == "removed"
+    assert curator.add_sentence(text, QDRANT)
+    assert (sees("acme"), sees("beta")) == ([python_id], [sql])
+
+
 def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     text = "Writing Python scripts for SQL reporting."
     curator.add_sentence(text, QDRANT, tenant="acme")
