@@ -558,14 +558,22 @@ def test_a_pipelined_request_is_answered_whole_however_long_it_takes(cli_store, 
             data += chunk
 
 
-def test_serve_indexes_what_curators_added_before_it_opens_its_port(cli_store, tmp_path):
-    # Indexing holds Python's lock for its whole run (30 s for 100,000 points), so it cannot run beside requests.
+def test_serve_says_when_points_wait_for_an_index_and_the_index_command_builds_it(cli_store, tmp_path):
+    # Indexing holds Python's lock for its whole run (30 s for 100,000 points), so the service cannot do it while it
+    # answers: it says so, and `knnbe-qdrant index` does it (the store is one process's at a time).
     path = tmp_path / "store"
     shutil.copytree(cli_store, path)
     assert add_unindexed(path) >= 7000
     proc, _ = start_service(path, _free_port(), tmp_path / "serve.log")
     proc.terminate()
     proc.wait(timeout=30)
-    assert "points added since the store was last indexed" in (tmp_path / "serve.log").read_text()
+    assert "points curators added are not indexed" in (tmp_path / "serve.log").read_text()
+    r = run("index", store=path)
+    assert r.returncode == 0 and b"points added since the store was last indexed" in r.stderr, r.stderr
+    assert b"points left unindexed" in r.stdout  # the small skills collection, under the threshold
     with EdgeStore(path) as store:
         assert store.unindexed() < 7000
+    proc, _ = start_service(path, _free_port(), tmp_path / "again.log")
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert "not indexed" not in (tmp_path / "again.log").read_text()

@@ -73,12 +73,8 @@ def shipped_sources(value: str | None, default: tuple[str, ...] | None = None) -
 
 
 def index_new_points(store: Store) -> None:
-    """Index the points curators added to an embedded store since it was last indexed, once they pass Qdrant's
-    indexing threshold (10,000 KB of vectors: about 6,500 of the shipped model's). Until then every query searches
-    them one by one: with 100,000 such points, a tenant's one-sentence maps took 2.5x as long. A server indexes by
-    itself.
-    Edge holds Python's lock while it indexes, so this runs where nothing waits on the process: at the end of an
-    import, and before `serve` opens its port."""
+    """Index what curators added to an embedded store (store.indexing), saying so when there was something to index.
+    Edge holds Python's lock while it indexes, so this runs where nothing else waits on the process."""
     before = store.unindexed()
     if not before:
         return

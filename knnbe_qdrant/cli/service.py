@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 from typing import Any
 
 from .._errors import InvalidInputError, KnnbeError
 from .._quota import DEFAULT_QUOTA, Quota
-from ._common import connection, index_new_points
+from ._common import connection
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -106,11 +105,7 @@ def serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
                     batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout,
                     quota=Quota(skills=args.tenant_max_skills or None, sentences=args.tenant_max_sentences or None))
-    where = connection(args)
-    if where.url is None:
-        with contextlib.suppress(KnnbeError), where.open() as store:  # a store that does not open: /readyz says why
-            index_new_points(store)
-    app = create_app(where, limits=limits, cors_origins=tuple(args.cors_origin))
+    app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             http=read_deadline_protocol(limits.read_timeout_s),
                             ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, timeout_graceful_shutdown=30,

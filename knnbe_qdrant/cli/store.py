@@ -10,7 +10,7 @@ from typing import Any
 from .._data import DEFAULT_MEMORY_SOURCES, MEMORY_SOURCES
 from .._errors import InvalidInputError
 from ..store.base import Store
-from ._common import connection, shipped_sources
+from ._common import connection, index_new_points, shipped_sources
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -52,6 +52,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     rs.add_argument("--force", action="store_true", help="replace the existing store: the backup is loaded beside it "
                     "and swapped in atomically")
     rs.set_defaults(func=restore)
+
+    ix = sub.add_parser("index", parents=[parent], help="index the points curators added since the store was last "
+                        "indexed (embedded store: `serve` cannot while it answers; a server indexes by itself)")
+    ix.set_defaults(func=index)
 
     st = sub.add_parser("status", parents=[parent], help="backend, collections and counts, model, schema version")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -134,6 +138,15 @@ def restore(args: argparse.Namespace) -> int:
         manifest = load_backup(store, args.folder, force=args.force)
     print(f"restored {store.describe()} from {args.folder}: {manifest.counts.get('skills', 0)} skills, "
           f"{manifest.counts.get('memory', 0)} memory sentences")
+    return 0
+
+
+def index(args: argparse.Namespace) -> int:
+    with connection(args).open() as store:
+        index_new_points(store)
+        left = store.unindexed()
+    print("a server indexes by itself" if left is None else f"{left} points left unindexed (collections under "
+          "Qdrant's indexing threshold, searched without an index at no cost)" if left else "every point is indexed")
     return 0
 
 

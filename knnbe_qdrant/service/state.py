@@ -17,6 +17,7 @@ from .._mapper import SkillMapper
 from .._quota import DEFAULT_QUOTA, Quota
 from ..store.connection import Connection
 from ..store.documents import record_edit, split_tenant_audit
+from ..store.indexing import due_for_index
 from .batching import MapBatcher
 from .keys import Key, KeyRing
 from .metrics import Metrics
@@ -92,6 +93,9 @@ class Service:
             self.keys = KeyRing(mapper.store.documents())
             self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000,
                                       on_batch=self.metrics.on_batch)
+            if waiting := due_for_index(mapper.store):  # indexing holds Python's lock: not while serving
+                log.warning("%d points curators added are not indexed, and every query searches them one by one; "
+                            "stop the service and run `knnbe-qdrant index` (about 30 s per 100,000 points)", waiting)
             self.mapper = mapper
             self.ready_after = time.perf_counter() - self.started
             log.info("ready in %.2f s: %s", self.ready_after, mapper.store.describe())
