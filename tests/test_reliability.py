@@ -5,8 +5,10 @@ in a correct store or one line on stderr (no traceback)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +21,7 @@ from knnbe_qdrant import Curator, EdgeStore, Encoder, QdrantClientStore, SkillMa
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant._tenancy import visible_memory
 from knnbe_qdrant.store.base import Where
-from tests.helpers import SMALL_BUILD, kill_a_rebuild_after, one_clear_line, run
+from tests.helpers import SMALL_BUILD, add_unindexed, kill_a_rebuild_after, one_clear_line, run
 
 
 def mapped(store: Path) -> list[str]:
@@ -345,3 +347,27 @@ def test_import_reports_each_bad_row_and_stores_every_good_one(store_copy, tmp_p
     one_clear_line(r, "not UTF-8")
     r = run("memory", "list", "--tenant", "beta", "--own", "--json", store=store_copy)
     assert r.stdout == b""  # refused before anything was stored
+
+
+def test_an_index_build_killed_half_way_leaves_nothing_behind(cli_store, tmp_path):
+    # Edge builds the new segment under temp_segments/ and never removed one a kill left unfinished: 0.4-0.5 GB a
+    # kill on the default store, kept through later opens and indexings.
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
+    add_unindexed(path, 30_000)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}, "KNNBE_STORE": str(path)}
+    proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "index"], env=env, stderr=subprocess.DEVNULL)
+    started = time.perf_counter()
+    while not list(path.glob("memory_g*/temp_segments/*")) and time.perf_counter() - started < 60:
+        assert proc.poll() is None, "the index finished before it could be killed"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert list(path.glob("memory_g*/temp_segments/*"))  # what the kill left
+    r = run("status", "--json", store=path)
+    assert r.returncode == 0 and json.loads(r.stdout)["unindexed"] >= 30_000
+    assert not list(path.glob("*/temp_segments/*"))
+    assert run("index", store=path).returncode == 0
+    assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 30_000
+    r = run("map", "--json", "Strong programming skills in Python.", store=path)
+    assert r.returncode == 0 and json.loads(r.stdout)["skills"], r.stderr.decode()

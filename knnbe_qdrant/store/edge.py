@@ -66,7 +66,7 @@ class EdgeStore(Store):
 
     def _load_shard(self, name: str) -> qe.EdgeShard:
         try:
-            return qe.EdgeShard.load(str(self._dir(name)))
+            shard = qe.EdgeShard.load(str(self._dir(name)))
         except Exception as exc:  # Edge raises a bare Exception whose text says what failed
             text = str(exc)
             if "WouldBlock" in text or "lock" in text.lower():
@@ -78,6 +78,8 @@ class EdgeStore(Store):
             self.close()
             raise self.damaged(f"cannot load collection {name!r} ({text.splitlines()[0][:300] if text else '?'})"
                                ) from exc
+        layout.clear_unfinished_segments(self._dir(name))  # the shard's lock, now held, keeps other processes out
+        return shard
 
     # ---- manifest -----------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest | None:
@@ -139,10 +141,9 @@ class EdgeStore(Store):
             raise self.damaged(f"reading {collection!r} failed ({str(exc).splitlines()[0][:300]})") from exc
 
     def _shard(self, collection: str) -> qe.EdgeShard:
-        try:
-            return self._shards[collection]
-        except KeyError:
-            raise StoreCorruptError(f"{self.describe()} has no collection {collection!r}") from None
+        if (shard := self._shards.get(collection)) is None:
+            raise StoreCorruptError(f"{self.describe()} has no collection {collection!r}")
+        return shard
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def upsert(
@@ -151,10 +152,8 @@ class EdgeStore(Store):
         with self._lock:
             for start in range(0, len(ids), _UPSERT_CHUNK):
                 end = start + _UPSERT_CHUNK
-                points = [
-                    qe.Point(id=pid, vector=vec, payload=pl)
-                    for pid, vec, pl in zip(ids[start:end], vectors[start:end], payloads[start:end])
-                ]
+                points = [qe.Point(id=pid, vector=vec, payload=pl)
+                          for pid, vec, pl in zip(ids[start:end], vectors[start:end], payloads[start:end])]
                 self._update(collection, qe.UpdateOperation.upsert_points(points), ids[start:end])
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
