@@ -133,7 +133,7 @@ TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 def check_tenant(tenant: str) -> str:
     """Tenant names are plain identifiers; the global layer's reserved name is not one of them."""
-    if not isinstance(tenant, str) or not _is_tenant_name(tenant):
+    if not isinstance(tenant, str) or not is_tenant_name(tenant):
         raise InvalidInputError(
             f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting "
             "with '_' or another sign)"
@@ -142,7 +142,7 @@ def check_tenant(tenant: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_tenant_name(name: str) -> bool:  # cached: mapping checks the tenant of every skill it may show
+def is_tenant_name(name: str) -> bool:  # cached: mapping checks the tenant of every skill it may show
     return re.fullmatch(TENANT_PATTERN[1:-1], name) is not None
 
 

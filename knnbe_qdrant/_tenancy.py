@@ -59,22 +59,28 @@ def skill_is_visible(payload: dict, tenant: str | None) -> bool:
     )
 
 
-def marks_of_removed(tombstones: dict[str, dict[str, Any]], point_id: str) -> dict[str, str]:
+def marks_of_removed(tombstones: dict[str, Any], point_id: str) -> dict[str, str]:
     """The hide marks a removed global point had, from its tombstone (`_carry.record_removal`), for a curator who adds
     it again: a tenant's hiding is not undone by another curator's removal and re-adding of the point."""
-    return {S.hide_key(t): t for t in tombstones.get(point_id, {}).get(S.F_HIDDEN_FOR, [])}
+    return {S.hide_key(t): t for t in _hiders(tombstones.get(point_id))}
+
+
+def _hiders(tombstone: Any) -> list[str]:
+    """The tenants a tombstone names as having hidden its point; none from one edited into another shape by hand."""
+    hidden = tombstone.get(S.F_HIDDEN_FOR) if isinstance(tombstone, dict) else None
+    return [t for t in hidden if isinstance(t, str) and S.is_tenant_name(t)] if isinstance(hidden, list) else []
 
 
 def _removed_marks(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
     """The tombstones that keep a mark of `tenant`: a deleted tenant's marks leave them too (`_forget`), so that a
     later tenant of the name hides nothing it did not."""
     return {point_id: tombstone for point_id, tombstone in documents.all(S.TOMBSTONES).items()
-            if tenant in tombstone.get(S.F_HIDDEN_FOR, [])}
+            if tenant in _hiders(tombstone)}
 
 
 def _forget(documents: Documents, tenant: str, tombstones: dict[str, dict[str, Any]]) -> None:
     for point_id, tombstone in tombstones.items():
-        kept = [t for t in tombstone[S.F_HIDDEN_FOR] if t != tenant]
+        kept = [t for t in _hiders(tombstone) if t != tenant]
         documents.put(S.TOMBSTONES, point_id, {**tombstone, S.F_HIDDEN_FOR: kept})
 
 

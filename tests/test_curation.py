@@ -18,7 +18,15 @@ from knnbe_qdrant import (
     QuotaExceededError,
     SkillMapper,
 )
-from knnbe_qdrant._schema import GLOBAL_TENANT, MEMORY, SKILLS, hidden_tenants, memory_point_id, skill_point_id
+from knnbe_qdrant._schema import (
+    GLOBAL_TENANT,
+    MEMORY,
+    SKILLS,
+    TOMBSTONES,
+    hidden_tenants,
+    memory_point_id,
+    skill_point_id,
+)
 from tests.helpers import BACKENDS, build_small
 
 QDRANT = "Python (computer programming)"
@@ -221,6 +229,20 @@ def test_a_tenants_hiding_outlives_a_global_removal_and_re_adding(curator, store
     assert curator.remove_sentence(text, QDRANT) == "removed"
     assert curator.add_sentence(text, QDRANT)
     assert (sees("acme"), sees("beta")) == ([python_id], [sql])
+
+
+def test_a_tombstone_edited_by_hand_into_another_shape_hides_nothing(curator, store):
+    python_id = curator.resolve_skill(QDRANT)["skill_id"]
+    text = "A global sentence removed once, its tombstone then edited by hand"
+    point = memory_point_id(GLOBAL_TENANT, python_id, text)
+    for hidden in ("acme", ["../x", 3, "acme"], None):
+        assert curator.add_sentence(text, QDRANT)
+        assert curator.remove_sentence(text, QDRANT) == "removed"
+        store.documents().put(TOMBSTONES, point, {"collection": MEMORY, "hidden_for": hidden})
+        assert curator.add_sentence(text, QDRANT)
+        [again] = store.retrieve(MEMORY, [point])
+        assert hidden_tenants(again.payload) == (["acme"] if isinstance(hidden, list) else []), hidden
+        curator.remove_sentence(text, QDRANT)
 
 
 def test_relabel_reuses_the_stored_vector(curator, store, encoder):
