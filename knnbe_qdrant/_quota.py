@@ -25,6 +25,8 @@ from ._errors import InvalidInputError, QuotaExceededError
 from .store.base import Store
 
 _WHAT = {S.SKILLS: ("skills", "--tenant-max-skills"), S.MEMORY: ("memory sentences", "--tenant-max-sentences")}
+_WAY_OUT = {S.SKILLS: "retired skills count too, as they stay stored: ask the operator to raise the quota",
+            S.MEMORY: "remove some first, or ask the operator to raise the quota"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def room_for(store: Store, quota: Quota | None, owner: str, collection: str, add
             what, flag = _WHAT[collection]
             raise QuotaExceededError(
                 f"tenant {owner!r} holds {held:,} {what} of its own and may hold {limit:,} (the service's {flag}): "
-                f"{adding:,} more do not fit; remove some first, or ask the operator to raise the quota")
+                f"{adding:,} more do not fit; {_WAY_OUT[collection]}")
         yield
         _adjust(key, adding)
 

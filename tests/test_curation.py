@@ -619,6 +619,10 @@ def test_a_tenant_adds_no_more_than_its_quota_however_it_adds(curator, store, tm
     curator.add_skill("acme:q2", "quota skill two", tenant="acme")
     with pytest.raises(QuotaExceededError, match="'acme' holds 2 skills of its own and may hold 2"):
         curator.add_skill("acme:q3", "quota skill three", tenant="acme")
+    curator.retire_skill("acme:q2", tenant="acme")
+    with pytest.raises(QuotaExceededError, match="retired skills count too"):  # a retired skill stays stored
+        curator.add_skill("acme:q3", "quota skill three", tenant="acme")
+    curator.reinstate_skill("acme:q2", tenant="acme")
     texts = [f"Quota sentence number {i} about vector search." for i in range(6)]
     for text in texts[:3]:
         assert curator.add_sentence(text, "acme:q1", tenant="acme")
