@@ -371,3 +371,43 @@ def test_an_index_build_killed_half_way_leaves_nothing_behind(cli_store, tmp_pat
     assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 30_000
     r = run("map", "--json", "Strong programming skills in Python.", store=path)
     assert r.returncode == 0 and json.loads(r.stdout)["skills"], r.stderr.decode()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 MB file system of its own (a tmpfs: needs root, as CI's container has), so that a store can fill it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(mount)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_said_as_one_not_as_damage(cli_store, small_disk):
+    # Opening a store on a full disk was "damaged: restore it or build --force", two ways out that need more room
+    # still; an index without room for its new segment was a traceback.
+    path = small_disk / "store"
+    # A whole copy (310 MB; Edge's files are sparse): the engine maps its files, and writing into a hole of one on a
+    # full tmpfs is a SIGBUS, which would take the test session with it. Every write comes before the disk fills.
+    shutil.copytree(cli_store, path)
+    add_unindexed(path, 7000)
+    free = shutil.disk_usage(small_disk).free
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (free - 4096))
+    try:
+        r = run("status", store=path)
+        if r.returncode == 0:  # the engine saved what it needed into the last pages: use them up
+            with open(filler, "ab") as f:
+                f.write(b"\0" * (shutil.disk_usage(small_disk).free))
+            r = run("index", store=path)
+        line = one_clear_line(r, "the disk is full", "free space and try again")
+        assert "is damaged" not in line and "build --force" not in line and r.returncode == 1
+    finally:
+        filler.unlink()
+    r = run("index", store=path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 7000

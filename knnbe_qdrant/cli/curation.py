@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _schema as S
+from .._errors import StoreError
 from .._tenancy import is_tenant
 from ..store.documents import TENANT_DELETE, record_edit, split_tenant_audit
 from ._common import index_new_points, open_curator
@@ -182,7 +183,10 @@ def memory_import(curator: Curator, args: argparse.Namespace) -> int:
     for error in report.errors:
         print(error, file=sys.stderr)
     print(f"stored {report.stored}, already stored {report.already_stored}, bad rows {len(report.errors)}")
-    index_new_points(curator.store)
+    try:
+        index_new_points(curator.store)
+    except StoreError as exc:  # the rows are stored: only their index waits
+        print(f"warning: {exc}; run `knnbe-qdrant index` then", file=sys.stderr)
     return 1 if report.errors else 0
 
 

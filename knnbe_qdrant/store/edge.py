@@ -22,6 +22,7 @@ from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
 from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
 from .documents import FileDocuments, fsync_dir, is_document_file
+from .edge_errors import disk_full, engine_failure
 from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
 from .payloads import PayloadCache
 from .translate import build_filter, payload_selector, to_record
@@ -68,6 +69,9 @@ class EdgeStore(Store):
         try:
             shard = qe.EdgeShard.load(str(self._dir(name)))
         except Exception as exc:  # Edge raises a bare Exception whose text says what failed
+            if full := disk_full(exc, f"opening {self.describe()}"):
+                self.close()
+                raise full from exc
             text = str(exc)
             if "WouldBlock" in text or "lock" in text.lower():
                 self.close()
@@ -108,18 +112,7 @@ class EdgeStore(Store):
                 if name in self._shards:
                     self._create_indexes(name)  # a store from an older schema may lack some
                     continue
-                config = qe.EdgeConfig(
-                    vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
-                    # Measured on the full ESCO memory (README, Performance): int8 vectors in RAM for the HNSW walk
-                    # and payload kept in RAM cut a kNN query by about a quarter at the same recall.
-                    quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
-                                                                    always_ram=True),
-                    payload_memory=qe.Memory.Cached,
-                    # One search thread per query: mapping sends batches, and on few cores the per-segment fan-out
-                    # of a single query costs more in hand-offs than it gains (measured: -20% per kNN query).
-                    max_search_threads=1,
-                )
-                layout.create_whole(self._dir(name), qe.EdgeShard.create, config)
+                layout.create_whole(self._dir(name), qe.EdgeShard.create, layout.collection_config(dimension))
                 self._shards[name] = self._load_shard(name)
                 if name in self._payloads:
                     self._payloads[name].clear()
@@ -167,7 +160,10 @@ class EdgeStore(Store):
         cache = self._payloads.get(collection)
         keys = None if ids is None or cache is None else [point_key(i) for i in ids]
         with cache.writing(keys) if cache is not None else nullcontext():
-            shard.update(operation)
+            try:
+                shard.update(operation)
+            except Exception as exc:  # Edge raises a bare Exception: a full disk, say, which stops its log
+                raise engine_failure(exc, f"writing to {collection!r} of {self.describe()}") from exc
 
     def retrieve(
         self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
@@ -315,8 +311,11 @@ class EdgeStore(Store):
 
     def optimize(self) -> None:  # Edge holds Python's lock throughout: 30 s for 100,000 new memory points
         with self._lock:
-            for shard in self._shards.values():
-                shard.optimize()
+            for name, shard in self._shards.items():
+                try:
+                    shard.optimize()
+                except Exception as exc:  # the store is as it was, its new points searched without an index
+                    raise engine_failure(exc, f"indexing {name!r} of {self.describe()}") from exc
 
     def unindexed(self) -> int:  # indexed at `optimize` once past Qdrant's threshold (10,000 KB of vectors)
         return sum(i.points_count - i.indexed_vectors_count for i in (s.info() for s in self._shards.values()))
