@@ -411,3 +411,24 @@ def test_a_full_disk_is_said_as_one_not_as_damage(cli_store, small_disk):
     r = run("index", store=path)
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 7000
+
+
+def test_a_write_on_a_nearly_full_disk_is_refused_before_it_can_crash_the_process(cli_store, small_disk):
+    # The engine maps its files: a page it cannot back on a full disk is a SIGBUS, which ended an import (and would
+    # end a service) instead of failing the write. Under 64 MB free, a write is refused before it starts.
+    path = small_disk / "store"
+    shutil.copytree(cli_store, path)
+    before = json.loads(run("status", "--json", store=path).stdout)["collections"]
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (32 << 20)))
+    try:
+        r = run("memory", "add", "--skill", "English", "--text", "Written on a nearly full disk", "--tenant", "acme",
+                store=path)
+        one_clear_line(r, "MB free", "free space and try again", "nothing was written")
+        assert r.returncode == 1
+        assert json.loads(run("status", "--json", store=path).stdout)["collections"] == before
+    finally:
+        filler.unlink()
+    r = run("memory", "add", "--skill", "English", "--text", "Written on a nearly full disk", "--tenant", "acme",
+            store=path)
+    assert r.returncode == 0 and b"added" in r.stdout, r.stderr.decode()

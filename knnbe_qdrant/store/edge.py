@@ -22,7 +22,7 @@ from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
 from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
 from .documents import FileDocuments, fsync_dir, is_document_file
-from .edge_errors import disk_full, engine_failure
+from .edge_errors import check_room, disk_full, engine_failure
 from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
 from .payloads import PayloadCache
 from .translate import build_filter, payload_selector, to_record
@@ -143,6 +143,7 @@ class EdgeStore(Store):
         self, collection: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
     ) -> None:
         with self._lock:
+            check_room(self.path)
             for start in range(0, len(ids), _UPSERT_CHUNK):
                 end = start + _UPSERT_CHUNK
                 points = [qe.Point(id=pid, vector=vec, payload=pl)

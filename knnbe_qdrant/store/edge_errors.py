@@ -6,6 +6,9 @@ device (os error 28)"), an index that checks its room first ("Not enough space a
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from .._errors import StoreError
 
 _NO_SPACE = ("No space left on device", "os error 28", "Not enough space")
@@ -29,3 +32,20 @@ def engine_failure(exc: BaseException, doing: str) -> StoreError:
     """A write or an indexing that failed for another reason than space: said, with what the store still holds."""
     return disk_full(exc, doing) or StoreError(f"{doing} failed ({first_line(exc)}); nothing that failed was "
                                                "acknowledged, and what was acknowledged before is kept")
+
+
+MIN_FREE_BYTES = 64 << 20
+"""What a write leaves free at least: the engine maps its files, and a page of one that a full disk cannot back is a
+SIGBUS, which ends the process (a service with it) instead of failing the write; its log grows by 32 MB segments."""
+
+
+def check_room(path: Path) -> None:
+    """Refuse a write, before it starts, when the disk holding the store is nearly full."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:  # the store's own reads and writes say what is wrong with the path
+        return
+    if free < MIN_FREE_BYTES:
+        raise StoreError(f"the disk holding {path} has {free >> 20} MB free, under the {MIN_FREE_BYTES >> 20} MB a "
+                         "write needs (on a full disk the engine would crash): free space and try again; nothing "
+                         "was written")
