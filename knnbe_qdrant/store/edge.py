@@ -71,7 +71,7 @@ class EdgeStore(Store):
         except Exception as exc:  # Edge raises a bare Exception whose text says what failed
             if full := disk_full(exc, f"opening {self.describe()}"):
                 self.close()
-                raise full from exc
+                raise StoreError(full) from exc
             text = str(exc)
             if "WouldBlock" in text or "lock" in text.lower():
                 self.close()
@@ -164,7 +164,7 @@ class EdgeStore(Store):
             try:
                 shard.update(operation)
             except Exception as exc:  # Edge raises a bare Exception: a full disk, say, which stops its log
-                raise engine_failure(exc, f"writing to {collection!r} of {self.describe()}") from exc
+                raise StoreError(engine_failure(exc, f"writing to {collection!r} of {self.describe()}")) from exc
 
     def retrieve(
         self, collection: str, ids: Sequence[str], *, with_vectors: bool = False, payload: bool | Sequence[str] = True
@@ -316,7 +316,7 @@ class EdgeStore(Store):
                 try:
                     shard.optimize()
                 except Exception as exc:  # the store is as it was, its new points searched without an index
-                    raise engine_failure(exc, f"indexing {name!r} of {self.describe()}") from exc
+                    raise StoreError(engine_failure(exc, f"indexing {name!r} of {self.describe()}")) from exc
 
     def unindexed(self) -> int:  # indexed at `optimize` once past Qdrant's threshold (10,000 KB of vectors)
         return sum(i.points_count - i.indexed_vectors_count for i in (s.info() for s in self._shards.values()))

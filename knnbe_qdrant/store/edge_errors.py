@@ -19,19 +19,19 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def disk_full(exc: BaseException, doing: str) -> StoreError | None:
-    """The error to raise when `exc` says the disk is full (`doing`: what failed, e.g. "opening the embedded store at
-    X"); None when it says something else."""
+def disk_full(exc: BaseException, doing: str) -> str | None:
+    """What to say when `exc` says the disk is full (`doing`: what failed, e.g. "opening the embedded store at X");
+    None when it says something else."""
     if not any(sign in str(exc) for sign in _NO_SPACE):
         return None
-    return StoreError(f"{doing} failed: the disk is full ({first_line(exc)}); free space and try again (the store is "
-                      "not damaged, and nothing that failed was acknowledged)")
+    return (f"{doing} failed: the disk is full ({first_line(exc)}); free space and try again (the store is not "
+            "damaged, and nothing that failed was acknowledged)")
 
 
-def engine_failure(exc: BaseException, doing: str) -> StoreError:
-    """A write or an indexing that failed for another reason than space: said, with what the store still holds."""
-    return disk_full(exc, doing) or StoreError(f"{doing} failed ({first_line(exc)}); nothing that failed was "
-                                               "acknowledged, and what was acknowledged before is kept")
+def engine_failure(exc: BaseException, doing: str) -> str:
+    """What to say of a write or an indexing that failed, for lack of space or another reason."""
+    return disk_full(exc, doing) or (f"{doing} failed ({first_line(exc)}); nothing that failed was acknowledged, and "
+                                     "what was acknowledged before is kept")
 
 
 MIN_FREE_BYTES = 64 << 20
