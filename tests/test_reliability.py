@@ -354,7 +354,7 @@ def test_an_index_build_killed_half_way_leaves_nothing_behind(cli_store, tmp_pat
     # kill on the default store, kept through later opens and indexings.
     path = tmp_path / "store"
     shutil.copytree(cli_store, path)
-    add_unindexed(path, 30_000)
+    add_unindexed(path, 15_000)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}, "KNNBE_STORE": str(path)}
     proc = subprocess.Popen([sys.executable, "-m", "knnbe_qdrant", "index"], env=env, stderr=subprocess.DEVNULL)
     started = time.perf_counter()
@@ -365,10 +365,10 @@ def test_an_index_build_killed_half_way_leaves_nothing_behind(cli_store, tmp_pat
     proc.wait()
     assert list(path.glob("memory_g*/temp_segments/*"))  # what the kill left
     r = run("status", "--json", store=path)
-    assert r.returncode == 0 and json.loads(r.stdout)["unindexed"] >= 30_000
+    assert r.returncode == 0 and json.loads(r.stdout)["unindexed"] >= 15_000
     assert not list(path.glob("*/temp_segments/*"))
     assert run("index", store=path).returncode == 0
-    assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 30_000
+    assert json.loads(run("status", "--json", store=path).stdout)["unindexed"] < 15_000
     r = run("map", "--json", "Strong programming skills in Python.", store=path)
     assert r.returncode == 0 and json.loads(r.stdout)["skills"], r.stderr.decode()
 
