@@ -975,6 +975,35 @@ def test_a_backup_naming_a_log_outside_the_store_is_refused_before_anything_is_w
     assert not (target / "manifest.json").exists()
 
 
+def test_a_backup_keeps_the_whole_audit_log_however_long(racing, tmp_path, monkeypatch):
+    # A backup read each log through `tail`, which reads at most TAIL_BYTES (4 MB) of a log file: a store with a
+    # longer audit log was backed up, and restored, with its newest 4 MB only.
+    from knnbe_qdrant import EdgeStore
+    from knnbe_qdrant.store import documents as docs_module
+    from knnbe_qdrant.store.backup import backup, restore
+    from knnbe_qdrant.store.documents import record_edit, tenant_audit
+
+    monkeypatch.setattr(docs_module, "TAIL_BYTES", 4096)  # the bound, small: a tail reads one 64 KB block
+    store, _ = racing
+    documents = store.documents()
+    record_edit(documents, "acme", "test", "memory add", text="sentence number 0 " + "x" * 100)
+    for kind in ("audit", tenant_audit("acme")):  # and 999 more, 180 KB a log, in one write each
+        documents.extend(kind, [{"tenant": "acme", "key": "test", "action": "memory add",
+                                 "text": f"sentence number {i} " + "x" * 100} for i in range(1, 1000)])
+    if store.backend == "embedded":  # the bound bites: a tail of the file sees the newest entries only
+        assert len(documents.tail("audit", 10**9)) < 1000
+    backup(store, tmp_path / "bk")
+    target = EdgeStore(tmp_path / "restored", create=True)
+    try:
+        restore(target, tmp_path / "bk")
+        restored = target.documents()
+        for kind in ("audit", tenant_audit("acme")):
+            texts = [e["text"] for e in restored.entries(kind) if e.get("action") == "memory add"]
+            assert texts == [f"sentence number {i} " + "x" * 100 for i in range(1000)], (kind, len(texts))
+    finally:
+        target.close()
+
+
 # ---- a tenant's deletion and its edits: nothing begun before the deletion lands after it -----------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_import_running_while_its_tenant_is_deleted_stops_and_leaves_nothing(backend, built_stores, encoder,

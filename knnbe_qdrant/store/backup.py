@@ -97,7 +97,7 @@ def _write_points_and_documents(store: Store, tmp: Path) -> dict[str, dict[str, 
         files[name] = {"sha256": _sha256(tmp / name), "points": n}
     documents = store.documents()
     docs: dict[str, Any] = {kind: documents.all(kind) for kind in KEYED_DOCUMENTS}
-    docs.update({kind: documents.tail(kind, 10**9)[::-1] for kind in {*LOG_DOCUMENTS, *documents.logs()}})
+    docs.update({kind: documents.entries(kind) for kind in {*LOG_DOCUMENTS, *documents.logs()}})
     (tmp / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
     files["documents.json"] = {"sha256": _sha256(tmp / "documents.json")}
     return files
@@ -226,5 +226,4 @@ def _restore_documents(store: Store, docs: dict[str, Any]) -> None:
             documents.put(kind, doc_id, document)
     for kind in sorted({*LOG_DOCUMENTS, *docs} - set(KEYED_DOCUMENTS)):
         if not documents.tail(kind, 1):
-            for entry in docs.get(kind) or []:
-                documents.append(kind, entry)
+            documents.extend(kind, docs.get(kind) or [])

@@ -84,7 +84,7 @@ def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]
     if documents.all(AUDIT_SPLIT):
         return
     own: dict[str, list[dict[str, Any]]] = {}
-    for entry in reversed(documents.tail(AUDIT, 10**9)):  # oldest first
+    for entry in documents.entries(AUDIT):  # oldest first
         if entry.get("action") == TENANT_DELETE:
             own.pop(str(entry.get("tenant_deleted")), None)
         elif entry.get("tenant"):
@@ -92,8 +92,7 @@ def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]
     present, existing = set(documents.logs()), set(tenants()) if own else set()
     for tenant, entries in own.items():
         if tenant in existing and tenant_audit(tenant) not in present:
-            for entry in entries:
-                documents.append(tenant_audit(tenant), entry)
+            documents.extend(tenant_audit(tenant), entries)
     documents.put(AUDIT_SPLIT, "done", {"at": _now(), "tenants": len(own)})
 
 
@@ -131,6 +130,15 @@ class Documents(ABC):
     @abstractmethod
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         """The last `n` entries of the log `kind`, newest first."""
+
+    def entries(self, kind: str) -> list[dict[str, Any]]:
+        """Every entry of the log `kind`, oldest first (a backup's read): not bounded as a `tail` may be."""
+        return self.tail(kind, 10**12)[::-1]
+
+    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:
+        """`append` each entry, in order (a restore's write); returns once all are durable."""
+        for entry in entries:
+            self.append(kind, entry)
 
     @abstractmethod
     def logs(self) -> list[str]:
@@ -194,7 +202,13 @@ class FileDocuments(Documents):
         fsync_dir(self.root)
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
-        line = json.dumps({"at": _now(), **entry}, ensure_ascii=False) + "\n"  # a restored entry keeps its time
+        self.extend(kind, [entry])
+
+    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:
+        # One write and one fsync for a restore's whole log, not one per entry.
+        line = "".join(json.dumps({"at": _now(), **e}, ensure_ascii=False) + "\n" for e in entries)  # `at` kept
+        if not line:
+            return
         with self._locked(), open(self.root / f"{kind}.jsonl", "a+b") as f:
             # A line torn by a crash (or cut by a damaged disk) ends the file without its newline: the next entry
             # would join it and be unreadable too, so it starts a line of its own.
@@ -235,6 +249,19 @@ class FileDocuments(Documents):
             if len(entries) == n:
                 break
         return entries
+
+    def entries(self, kind: str) -> list[dict[str, Any]]:
+        out = []
+        try:
+            with open(self.root / f"{kind}.jsonl", "rb") as f:
+                for raw in f:
+                    try:
+                        out.append(json.loads(raw))
+                    except ValueError:
+                        continue  # a line torn by a crash
+        except FileNotFoundError:
+            return []
+        return out
 
     def logs(self) -> list[str]:
         return sorted(p.name[: -len(".jsonl")] for p in self.root.iterdir()
