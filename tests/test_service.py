@@ -44,7 +44,7 @@ def auth(keys, name):
 
 
 def test_health_readiness_and_metrics(served):
-    client, keys, _, _ = served
+    client, keys, mapper, _ = served
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
@@ -52,6 +52,9 @@ def test_health_readiness_and_metrics(served):
     text = client.get("/metrics").text
     assert 'knnbe_http_requests_total{endpoint="/v1/map",method="POST",status="200"}' in text
     assert "knnbe_http_request_seconds_bucket" in text and "knnbe_map_batch_sentences_count" in text
+    [gauge] = [line for line in text.splitlines() if line.startswith("knnbe_store_unindexed_points ")]
+    waiting = mapper.store.unindexed()
+    assert gauge.split()[1] == ("NaN" if waiting is None else str(float(waiting))), (gauge, waiting)
     # Refusals are counted too, by what they answered and under their endpoint: a bad body (422), a body over the
     # limit and a request without a key (413 and 401 from the gate, before any route sees them), and a path no
     # route has.

@@ -64,6 +64,7 @@ class Service:
         self._given = mapper  # a mapper opened by the caller (tests, embedding the app): served as it is
         self.limits = limits
         self.metrics = Metrics()
+        self.metrics.unindexed.set_function(self._unindexed)
         self.mapper: SkillMapper | None = None
         self.curator: Curator | None = None
         self.keys: KeyRing | None = None
@@ -109,6 +110,11 @@ class Service:
     @property
     def ready(self) -> bool:
         return self.mapper is not None
+
+    def _unindexed(self) -> float:
+        mapper = self.mapper
+        waiting = mapper.store.unindexed() if mapper is not None else None
+        return float("nan") if waiting is None else float(waiting)
 
     def require_ready(self) -> tuple[SkillMapper, Curator, KeyRing, MapBatcher]:
         if self.mapper is None or self.curator is None or self.keys is None or self.batcher is None:
