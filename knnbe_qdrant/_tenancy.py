@@ -79,9 +79,8 @@ def _removed_marks(documents: Documents, tenant: str) -> dict[str, dict[str, Any
 
 
 def _forget(documents: Documents, tenant: str, tombstones: dict[str, dict[str, Any]]) -> None:
-    for point_id, tombstone in tombstones.items():
-        kept = [t for t in _hiders(tombstone) if t != tenant]
-        documents.put(S.TOMBSTONES, point_id, {**tombstone, S.F_HIDDEN_FOR: kept})
+    kept = {pid: {**t, S.F_HIDDEN_FOR: [h for h in _hiders(t) if h != tenant]} for pid, t in tombstones.items()}
+    documents.put_many(S.TOMBSTONES, kept)  # one write for them all
 
 
 _DELETE_CHUNK = 5000

@@ -222,8 +222,8 @@ def _restore_documents(store: Store, docs: dict[str, Any]) -> None:
     does not repeat it."""
     documents = store.documents()
     for kind in KEYED_DOCUMENTS:
-        for doc_id, document in (docs.get(kind) or {}).items():
-            documents.put(kind, doc_id, document)
+        if docs.get(kind):
+            documents.put_many(kind, docs[kind])
     for kind in sorted({*LOG_DOCUMENTS, *docs} - set(KEYED_DOCUMENTS)):
         if not documents.tail(kind, 1):
             documents.extend(kind, docs.get(kind) or [])
