@@ -427,8 +427,14 @@ def test_a_write_on_a_nearly_full_disk_is_refused_before_it_can_crash_the_proces
         one_clear_line(r, "MB free", "free space and try again", "nothing was written")
         assert r.returncode == 1
         assert json.loads(run("status", "--json", store=path).stdout)["collections"] == before
+        with open(filler, "ab") as f:  # and full: the documents beside the store (keys, audit) say so too
+            f.write(b"\0" * shutil.disk_usage(small_disk).free)
+        r = run("keys", "create", "--role", "reader", "--tenant", "acme", store=path)
+        one_clear_line(r, "cannot write the documents", "No space left on device", "free space")
+        assert r.returncode == 1
     finally:
         filler.unlink()
+    assert run("keys", "create", "--role", "reader", "--tenant", "acme", store=path).returncode == 0
     r = run("memory", "add", "--skill", "English", "--text", "Written on a nearly full disk", "--tenant", "acme",
             store=path)
     assert r.returncode == 0 and b"added" in r.stdout, r.stderr.decode()

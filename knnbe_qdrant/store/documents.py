@@ -126,8 +126,7 @@ class Documents(ABC):
 
     @abstractmethod
     def put_many(self, kind: str, documents: dict[str, dict[str, Any]]) -> None:
-        """Insert or replace these documents, by id (on files, in one write: a restore's thousands of tombstones
-        rewrote the whole file once each); returns once they are durable."""
+        """Insert or replace these documents, by id, in one write on files; returns once they are durable."""
 
     @abstractmethod
     def put_new(self, kind: str, doc_id: str, document: dict[str, Any]) -> bool:
@@ -146,8 +145,7 @@ class Documents(ABC):
         """Every entry of the log `kind`, oldest first (a backup's read): not bounded as a `tail` may be."""
         return self.tail(kind, 10**12)[::-1]
 
-    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:
-        """`append` each entry, in order (a restore's write); returns once all are durable."""
+    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:  # a restore's write, in order
         for entry in entries:
             self.append(kind, entry)
 
@@ -172,10 +170,14 @@ class FileDocuments(Documents):
         self.root = root
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.root / ".documents.lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-            yield
+    def _locked(self) -> Iterator[None]:  # a write the disk refuses is one clear error (`keys create` was a traceback)
+        try:
+            with open(self.root / ".documents.lock", "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+                yield
+        except OSError as exc:
+            raise StoreError(f"cannot write the documents in {self.root} ({exc.strerror or exc}): free space or "
+                             "fix the folder's permissions, and try again") from exc
 
     def all(self, kind: str) -> dict[str, dict[str, Any]]:
         path = self.root / f"{kind}.json"
