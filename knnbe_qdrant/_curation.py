@@ -128,6 +128,8 @@ class Curator(SkillCurator):
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
         new_point = S.memory_point_id(owner, new_id, text)
+        if owner == S.GLOBAL_TENANT:  # moved onto a point removed once: hidden again from those that had hidden it
+            payload.update(marks_of_removed(self.store.documents().all(S.TOMBSTONES), new_point))
         copied = source_point.payload[S.F_TENANT] != owner  # a tenant's own copy of a global sentence: one more
         with room_for(self.store, self.quota, owner, S.MEMORY, int(copied)):
             self.store.upsert(S.MEMORY, [new_point], vectors_of([source_point]), [payload])

@@ -224,6 +224,11 @@ def test_a_tenants_hiding_outlives_a_global_removal_and_re_adding(curator, store
     rows.write_text(json.dumps({"text": text, "skill": python_id}) + "\n", encoding="utf-8")
     assert curator.import_file(rows).stored == 1
     assert (sees("acme"), sees("beta"), sees("gamma")) == ([], [sql], [python_id])
+    # A global relabel onto the removed point brings it back too: hidden from acme again.
+    assert curator.remove_sentence(text, QDRANT) == "removed"
+    assert curator.add_sentence(text, "SQL")
+    assert curator.relabel(text, "SQL", QDRANT) == "relabelled"
+    assert (sees("acme"), sees("beta"), sees("gamma")) == ([], [sql], [python_id])
     # A tenant that hides nothing when the point is removed gets no mark when it comes back.
     assert curator.reinstate_sentence(text, QDRANT, tenant="acme") == "unhidden"
     assert curator.remove_sentence(text, QDRANT) == "removed"
