@@ -113,7 +113,10 @@ class Service:
 
     def _unindexed(self) -> float:
         mapper = self.mapper
-        waiting = mapper.store.unindexed() if mapper is not None else None
+        try:
+            waiting = mapper.store.unindexed() if mapper is not None else None
+        except Exception:  # a scrape while the store closes (draining): unknown, and /metrics still answers
+            waiting = None
         return float("nan") if waiting is None else float(waiting)
 
     def require_ready(self) -> tuple[SkillMapper, Curator, KeyRing, MapBatcher]:

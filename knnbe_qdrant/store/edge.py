@@ -319,7 +319,7 @@ class EdgeStore(Store):
                     raise StoreError(engine_failure(exc, f"indexing {name!r} of {self.describe()}")) from exc
 
     def unindexed(self) -> int:  # indexed at `optimize` once past Qdrant's threshold (10,000 KB of vectors)
-        return sum(i.points_count - i.indexed_vectors_count for i in (s.info() for s in self._shards.values()))
+        return sum(i.points_count - i.indexed_vectors_count for i in (s.info() for s in list(self._shards.values())))
 
     def at_generation(self, generation: int) -> EdgeStore:
         return EdgeStore(self.path, create=True, generation=generation)
