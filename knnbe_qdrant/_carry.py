@@ -51,8 +51,9 @@ def record_removal(store: Store, collection: str, point_id: str, user: str, payl
     """Remember that a curator removed a global point, so that a rebuild from the sources removes it again, and which
     tenants had hidden it (its `payload`'s marks), so that adding it again hides it from them again
     (`_tenancy.marks_of_removed`)."""
-    hidden = {S.F_HIDDEN_FOR: S.hidden_tenants(payload)} if payload and S.hidden_tenants(payload) else {}
-    store.documents().put(S.TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user, **hidden})
+    hidden = S.hidden_tenants(payload or {})
+    store.documents().put(S.TOMBSTONES, point_id, {"collection": collection, "at": S.utc_now(), "by": user,
+                                                   **({S.F_HIDDEN_FOR: hidden} if hidden else {})})
 
 
 def _curated(payload: dict[str, Any]) -> bool:

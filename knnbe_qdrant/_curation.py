@@ -46,8 +46,7 @@ class Curator(SkillCurator):
                 return False
             payload = {**memory_payload(LabelledSentence(text, skill_id, source), owner, S.utc_now()),
                        **self._provenance(source)}
-            if owner == S.GLOBAL_TENANT:  # removed once: the tenants that had hidden it keep it hidden
-                payload.update(marks_of_removed(self.store.documents().all(S.TOMBSTONES), point))
+            payload.update(self._hidden_again(owner, point))
             with room_for(self.store, self.quota, owner, S.MEMORY, 1):
                 self.store.upsert(S.MEMORY, [point], vector, [payload])
         return True
@@ -128,8 +127,7 @@ class Curator(SkillCurator):
                         "relabelled_by": self.user, "relabelled_from": old_id})
         # New point first, then the old one goes: a crash in between leaves both, never neither.
         new_point = S.memory_point_id(owner, new_id, text)
-        if owner == S.GLOBAL_TENANT:  # moved onto a point removed once: hidden again from those that had hidden it
-            payload.update(marks_of_removed(self.store.documents().all(S.TOMBSTONES), new_point))
+        payload.update(self._hidden_again(owner, new_point))
         copied = source_point.payload[S.F_TENANT] != owner  # a tenant's own copy of a global sentence: one more
         with room_for(self.store, self.quota, owner, S.MEMORY, int(copied)):
             self.store.upsert(S.MEMORY, [new_point], vectors_of([source_point]), [payload])
@@ -225,6 +223,13 @@ class Curator(SkillCurator):
             forget(self.store, tenant)
 
     # ---- helpers --------------------------------------------------------------------------------------------
+    def _hidden_again(self, owner: str, point: str) -> dict[str, str]:
+        """The hide marks a global point made again (added, or relabelled onto) gets back from its removal's tombstone:
+        the tenants that had hidden it keep it hidden. None for a tenant's own point."""
+        if owner != S.GLOBAL_TENANT:
+            return {}
+        return marks_of_removed(self.store.documents().all(S.TOMBSTONES), point)
+
     @staticmethod
     def _check_text(text: str) -> str:
         return check_text(text, "the memory sentence", max_chars=T.MAX_MEMORY_TEXT)

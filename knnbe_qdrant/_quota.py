@@ -24,9 +24,12 @@ from . import _schema as S
 from ._errors import InvalidInputError, QuotaExceededError
 from .store.base import Store
 
-_WHAT = {S.SKILLS: ("skills", "--tenant-max-skills"), S.MEMORY: ("memory sentences", "--tenant-max-sentences")}
-_WAY_OUT = {S.SKILLS: "retired skills count too, as they stay stored: ask the operator to raise the quota",
-            S.MEMORY: "remove some first, or ask the operator to raise the quota"}
+_WHAT = {  # what a refusal calls the points, the service's flag, and the way out
+    S.SKILLS: ("skills", "--tenant-max-skills",
+               "retired skills count too, as they stay stored: ask the operator to raise the quota"),
+    S.MEMORY: ("memory sentences", "--tenant-max-sentences",
+               "remove some first, or ask the operator to raise the quota"),
+}
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,10 @@ def room_for(store: Store, quota: Quota | None, owner: str, collection: str, add
     with store.item_lock("quota", owner, collection):
         held = points_of(store, owner, collection)
         if held + adding > limit:
-            what, flag = _WHAT[collection]
+            what, flag, way_out = _WHAT[collection]
             raise QuotaExceededError(
                 f"tenant {owner!r} holds {held:,} {what} of its own and may hold {limit:,} (the service's {flag}): "
-                f"{adding:,} more do not fit; {_WAY_OUT[collection]}")
+                f"{adding:,} more do not fit; {way_out}")
         yield
         _adjust(key, adding)
 

@@ -72,15 +72,17 @@ def shipped_sources(value: str | None, default: tuple[str, ...] | None = None) -
     return sources
 
 
-def index_new_points(store: Store) -> None:
-    """Index what curators added to an embedded store (store.indexing), saying so when there was something to index.
-    Edge holds Python's lock while it indexes, so this runs where nothing else waits on the process."""
+def index_new_points(store: Store) -> int | None:
+    """Index what curators added to an embedded store (store.indexing), saying so when there was something to index;
+    the points left unindexed (None on a server, which indexes by itself). Edge holds Python's lock while it indexes,
+    so this runs where nothing else waits on the process."""
     before = store.unindexed()
     if not before:
-        return
+        return before
     started = time.perf_counter()
     store.optimize()
-    done = before - (store.unindexed() or 0)
-    if done > 0:
+    left = store.unindexed() or 0
+    if (done := before - left) > 0:
         print(f"indexed {done} points added since the store was last indexed ({time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
+    return left

@@ -143,10 +143,14 @@ def restore(args: argparse.Namespace) -> int:
 
 def index(args: argparse.Namespace) -> int:
     with connection(args).open() as store:
-        index_new_points(store)
-        left = store.unindexed()
-    print("a server indexes by itself" if left is None else f"{left} points left unindexed (collections under "
-          "Qdrant's indexing threshold, searched without an index at no cost)" if left else "every point is indexed")
+        left = index_new_points(store)
+    if left is None:
+        print("a server indexes by itself")
+    elif left:
+        print(f"{left} points left unindexed (collections under Qdrant's indexing threshold, searched without an "
+              "index at no cost)")
+    else:
+        print("every point is indexed")
     return 0
 
 

@@ -22,7 +22,7 @@ from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
 from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
 from .documents import FileDocuments, fsync_dir, is_document_file
-from .edge_errors import check_room, disk_full, engine_failure
+from .edge_errors import check_room, disk_full, engine_failure, first_line
 from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
 from .payloads import PayloadCache
 from .translate import build_filter, payload_selector, to_record
@@ -80,8 +80,7 @@ class EdgeStore(Store):
                     "(close the other one, or share a Qdrant server between processes)"
                 ) from exc
             self.close()
-            raise self.damaged(f"cannot load collection {name!r} ({text.splitlines()[0][:300] if text else '?'})"
-                               ) from exc
+            raise self.damaged(f"cannot load collection {name!r} ({first_line(exc)})") from exc
         layout.clear_unfinished_segments(self._dir(name))  # the shard's lock, now held, keeps other processes out
         return shard
 
@@ -131,7 +130,7 @@ class EdgeStore(Store):
         except KnnbeError:
             raise
         except Exception as exc:
-            raise self.damaged(f"reading {collection!r} failed ({str(exc).splitlines()[0][:300]})") from exc
+            raise self.damaged(f"reading {collection!r} failed ({first_line(exc)})") from exc
 
     def _shard(self, collection: str) -> qe.EdgeShard:
         if (shard := self._shards.get(collection)) is None:
