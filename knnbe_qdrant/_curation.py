@@ -55,9 +55,9 @@ class Curator(SkillCurator):
     def remove_sentence(self, text: str, skill: str, *, tenant: str | None = None) -> str:
         """Remove a sentence of one's own layer, or hide a global one for this tenant. Returns "removed"/"hidden"."""
         self._check_editable()
-        text = self._check_text(text)
         skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         owner = own_layer(tenant)
+        text = self._stored_text(text, skill_id, owner)
         own_point = S.memory_point_id(owner, skill_id, text)
         with self.store.item_lock("memory", text):  # a relabel of this sentence is either before or after
             if found := self.store.retrieve(S.MEMORY, [own_point]):
@@ -77,9 +77,10 @@ class Curator(SkillCurator):
         """Undo a tenant's hiding of a global sentence (`remove_sentence` answered "hidden"): it votes for the tenant
         again. Returns "unhidden", or "already active" (the tenant sees it: a retry that went through)."""
         self._check_editable()
-        text = self._check_text(text)
         skill_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
-        owner, point = own_layer(tenant), S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
+        owner = own_layer(tenant)
+        text = self._stored_text(text, skill_id, owner)
+        point = S.memory_point_id(S.GLOBAL_TENANT, skill_id, text)
         with self.store.item_lock("memory", text):
             if self.store.retrieve(S.MEMORY, [S.memory_point_id(owner, skill_id, text)], payload=False):
                 return "already active"
@@ -100,10 +101,10 @@ class Curator(SkillCurator):
         Returns "relabelled", or "already relabelled" when the sentence is no longer under `skill` for this tenant
         but is in its layer under `new_skill` (a retry of a relabel that went through)."""
         self._check_editable()
-        text = self._check_text(text)
         old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         new_id = self.resolve_skill(new_skill, tenant)[S.F_SKILL_ID]
         owner = own_layer(tenant)
+        text = self._stored_text(text, old_id, owner)
         # Under the sentence's lock: of two relabels (or a relabel and a removal) at once, the second finds the
         # sentence where the first left it.
         with self.store.item_lock("memory", text):
@@ -233,3 +234,15 @@ class Curator(SkillCurator):
     @staticmethod
     def _check_text(text: str) -> str:
         return check_text(text, "the memory sentence", max_chars=T.MAX_MEMORY_TEXT)
+
+    def _stored_text(self, text: str, skill_id: str, owner: str) -> str:
+        """The sentence checked and normalized, or as given where only that form is stored under `skill_id` (in the
+        layer or the global one): a point stored before texts were normalized (NFC) keeps the spelling it has."""
+        checked = self._check_text(text)
+        given = text.strip()
+        if given == checked:
+            return checked
+        def stored(t: str) -> bool:
+            return bool(self.store.retrieve(S.MEMORY, [S.memory_point_id(layer, skill_id, t)
+                                                       for layer in {owner, S.GLOBAL_TENANT}], payload=False))
+        return given if not stored(checked) and stored(given) else checked

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ._errors import InputFileError, InvalidInputError
+from ._text import normalized
 
 TAXONOMY = "ESCO"
 TAXONOMY_VERSION = "v1.1.0"
@@ -158,18 +159,19 @@ def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
         for key in ("id", "label"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise InputFileError(f"{path}:{line_no}: field {key!r} is missing or empty")
-        if row["id"] in seen:
+        skill_id = normalized(row["id"])  # as stored: "x" and "x " (or two spellings of "é") are one id
+        if skill_id in seen:
             raise InputFileError(f"{path}:{line_no}: duplicate skill id {row['id']!r}")
-        seen.add(row["id"])
+        seen.add(skill_id)
         alts = row.get("alt_labels") or []
         if not isinstance(alts, list) or not all(isinstance(a, str) for a in alts):
             raise InputFileError(f"{path}:{line_no}: field 'alt_labels' must be a list of strings")
         skills.append(
             Skill(
-                id=row["id"].strip(),
-                label=row["label"].strip(),
-                alt_labels=tuple(a.strip() for a in alts if a.strip()),
-                description=str(row.get("description") or "").strip(),
+                id=skill_id,
+                label=normalized(row["label"]),
+                alt_labels=tuple(normalized(a) for a in alts if a.strip()),
+                description=normalized(str(row.get("description") or "")),
                 skill_type=str(row.get("skill_type") or ""),
                 reuse_level=str(row.get("reuse_level") or ""),
                 taxonomy=str(row.get("taxonomy") or TAXONOMY),

@@ -19,6 +19,7 @@ from ._errors import ConflictError, KnnbeError, QuotaExceededError, StoreError
 from ._labelled import row_problem
 from ._quota import Quota, room_for
 from ._tenancy import marks_of_removed
+from ._text import normalized
 from .encoding import Encoder
 from .store.base import Store
 
@@ -81,7 +82,7 @@ def store_rows(store: Store, encoder: Callable[[], Encoder], resolve: Callable[[
         with tqdm(desc="import", unit="row", disable=not progress) as bar:
             for line_no, row, read_problem in rows:
                 bar.update(1)
-                text, ref = (row.get("text") or "").strip(), (row.get("skill") or "").strip()
+                text, ref = normalized(row.get("text") or ""), normalized(row.get("skill") or "")
                 problem = read_problem or ("empty 'text'" if not text else "empty 'skill'" if not ref else
                                            row_problem(text, ref, row.get("source") or ""))
                 skill_id = skill_of(ref) if problem is None else None

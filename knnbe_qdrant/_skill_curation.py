@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,11 +155,13 @@ class SkillCurator:
     # ---- skills ---------------------------------------------------------------------------------------------
     def resolve_skill(self, ref: str, tenant: str | None = None, *, include_retired: bool = False) -> dict[str, Any]:
         """The payload of the skill `ref` names for this tenant: a skill id, else an exact preferred label."""
-        ref = check_text(ref, "the skill (its id or exact preferred label)", max_chars=T.MAX_SKILL_REF)
+        checked = check_text(ref, "the skill (its id or exact preferred label)", max_chars=T.MAX_SKILL_REF)
         where = Where(must={S.F_TENANT: layers(tenant)})
-        for key in (S.F_SKILL_ID, S.F_LABEL):
+        # the normalized form first; a skill stored before texts were normalized (NFC) is found as it is spelled
+        spellings = dict.fromkeys((checked, ref.strip()))
+        for key, spelling in itertools.product((S.F_SKILL_ID, S.F_LABEL), spellings):
             found = [
-                r.payload for r in self.store.scroll(S.SKILLS, where=Where({**where.must, key: ref}), batch=16)
+                r.payload for r in self.store.scroll(S.SKILLS, where=Where({**where.must, key: spelling}), batch=16)
                 if include_retired or skill_is_visible(r.payload, tenant)
             ]
             if len(found) > 1:  # the tenant's own skill shadows a global one of the same id or label
@@ -168,9 +171,9 @@ class SkillCurator:
                 return found[0]
             if len(found) > 1:
                 ids = ", ".join(sorted(p[S.F_SKILL_ID] for p in found))
-                raise InvalidInputError(f"{ref!r} names several skills ({ids}): use the skill id")
+                raise InvalidInputError(f"{spelling!r} names several skills ({ids}): use the skill id")
         who = f"tenant {tenant!r}" if tenant else "the global layer"
-        raise NotFoundError(f"no skill {ref!r} (by id or exact preferred label) visible to {who}")
+        raise NotFoundError(f"no skill {checked!r} (by id or exact preferred label) visible to {who}")
 
     @fenced_edit
     def add_skill(self, skill_id: str, label: str, *, description: str = "", alt_labels: tuple[str, ...] = (),

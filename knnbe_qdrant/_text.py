@@ -1,6 +1,9 @@
 """Which texts the package accepts, checked once at every door (the library, the command line, the service) before
 a text reaches a shared batch or the store: a string, valid Unicode that UTF-8 can carry, not empty once control
-characters are taken out, and no longer than what is stored for that kind of field.
+characters are taken out, and no longer than what is stored for that kind of field. It comes back stripped and in
+Unicode NFC: "café" typed with a combining accent (as macOS and some editors give it) and with the composed letter
+look the same and encode the same, and were two memory points voting twice, with a label findable in one spelling
+only.
 
 A lone surrogate (JSON's "\\ud800", or a byte that is not UTF-8 in a command-line argument, which Python decodes as
 one) cannot be tokenized or stored; one such text used to fail the whole micro-batch it travelled in.
@@ -9,6 +12,7 @@ one) cannot be tokenized or stored; one such text used to fail the whole micro-b
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from ._errors import InvalidInputError
@@ -31,8 +35,13 @@ Python and an OpenAPI client's JSON Schema (ECMA-262) read the same pattern: a t
 _VISIBLE = re.compile(VISIBLE)
 
 
+def normalized(value: str) -> str:
+    """`value` stripped and in Unicode NFC, the one form texts are stored and looked up in."""
+    return unicodedata.normalize("NFC", value.strip())
+
+
 def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
-    """`value` stripped, or InvalidInputError naming `what` and the problem."""
+    """`value` normalized, or InvalidInputError naming `what` and the problem."""
     if not isinstance(value, str):
         raise InvalidInputError(f"{what} is a {type(value).__name__}, not a string")
     bad = _SURROGATE.search(value)
@@ -41,7 +50,7 @@ def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
             f"{what} is not valid Unicode: a lone surrogate (U+{ord(bad.group()):04X}) at character {bad.start()}; "
             "in a command-line argument this is a byte that is not UTF-8"
         )
-    text = value.strip()
+    text = normalized(value)
     if _VISIBLE.search(text) is None:
         raise InvalidInputError(f"{what} is empty once whitespace and control characters are taken out")
     if max_chars is not None and len(text) > max_chars:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import unicodedata
 
 import numpy as np
 import pytest
@@ -17,7 +18,10 @@ from knnbe_qdrant import (
     Quota,
     QuotaExceededError,
     SkillMapper,
+    load_taxonomy,
 )
+from knnbe_qdrant._build import memory_payload
+from knnbe_qdrant._data import LabelledSentence
 from knnbe_qdrant._schema import (
     GLOBAL_TENANT,
     MEMORY,
@@ -356,6 +360,58 @@ def test_bad_curation_input_is_refused(curator):
         curator.add_skill(curator.resolve_skill("SQL")["skill_id"], "dup", tenant="acme")
     with pytest.raises(InvalidInputError, match="global layer"):
         curator.update_skill("SQL", label="x", tenant="acme")
+
+
+def _nfd(text: str) -> str:
+    decomposed = unicodedata.normalize("NFD", text)
+    assert decomposed != text
+    return decomposed
+
+
+def test_a_text_in_another_unicode_spelling_is_the_same_text(curator, mapper, store, encoder, tmp_path):
+    # "é" as one letter (NFC) or as "e" and a combining accent (NFD, as macOS pastes it) looks and encodes the same:
+    # it was two points voting twice, and a label findable in one spelling only.
+    composed = "Run the café's espresso machine and plan the crème brûlée menu."
+    assert curator.add_sentence(composed, QDRANT, tenant="acme")
+    assert not curator.add_sentence(_nfd(composed), QDRANT, tenant="acme")
+    f = tmp_path / "nfd.jsonl"
+    f.write_text(json.dumps({"text": _nfd(composed), "skill": QDRANT}) + "\n", encoding="utf-8")
+    report = curator.import_file(f, tenant="acme")
+    assert (report.stored, report.already_stored) == (0, 1)
+    assert [p["text"] for p in curator.list_memory(QDRANT, tenant="acme", own_only=True)] == [composed]
+    [result] = mapper.map([_nfd(composed)], top=3, tenant="acme")
+    assert result.text == composed
+    assert [e.text for s in result.skills for e in s.evidence].count(composed) <= 1
+    assert curator.relabel(_nfd(composed), QDRANT, "SQL", tenant="acme") == "relabelled"
+    assert curator.remove_sentence(composed, "SQL", tenant="acme") == "removed"
+    # a global sentence hidden, and shown again, by a tenant that types it decomposed
+    global_text = next(p["text"] for p in curator.list_memory(QDRANT))
+    assert curator.remove_sentence(global_text + " ", QDRANT, tenant="acme") == "hidden"
+    assert curator.reinstate_sentence(global_text, QDRANT, tenant="acme") == "unhidden"
+    # a skill's id and label, in either spelling
+    curator.add_skill("custom:pâtisserie", _nfd("Pâtisserie de café"), tenant="acme")
+    assert curator.add_skill(_nfd("custom:pâtisserie"), "Pâtisserie de café", tenant="acme").changed is False
+    assert curator.resolve_skill("Pâtisserie de café", "acme")["skill_id"] == "custom:pâtisserie"
+    assert curator.resolve_skill(_nfd("custom:pâtisserie"), "acme")["label"] == "Pâtisserie de café"
+
+
+def test_a_point_stored_decomposed_before_texts_were_normalized_is_still_found(curator, store, encoder):
+    legacy = _nfd("Bake a crème brûlée for the café.")
+    skill = curator.resolve_skill(QDRANT)["skill_id"]
+    point = memory_point_id("acme", skill, legacy)
+    store.upsert(MEMORY, [point], encoder.encode([legacy]),
+                 [memory_payload(LabelledSentence(legacy, skill, "curator"), "acme", "2026-01-01T00:00:00+00:00")])
+    assert curator.relabel(legacy, QDRANT, "SQL", tenant="acme") == "relabelled"
+    assert curator.remove_sentence(legacy, "SQL", tenant="acme") == "removed"
+    assert not list(curator.list_memory(tenant="acme", own_only=True))
+
+
+def test_a_taxonomy_naming_one_id_twice_in_two_spellings_is_refused_by_line(tmp_path):
+    f = tmp_path / "skills.jsonl"
+    f.write_text(json.dumps({"id": "custom:café", "label": "a"}) + "\n"
+                 + json.dumps({"id": _nfd("custom:café") + " ", "label": "b"}) + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=f"{f}:2: duplicate skill id"):
+        load_taxonomy(f)
 
 
 class _AnotherCuratorActsFirst:
