@@ -1366,3 +1366,51 @@ def test_an_edit_made_while_a_restore_loads_lands_in_the_restored_store(racing, 
     assert added.is_set()
     texts = {p["text"] for p in curator.list_memory(skill, tenant="acme", own_only=True)}
     assert "an edit made while the restore loaded" in texts
+
+
+def test_tenants_whose_names_differ_only_in_case_have_their_own_audit_files(racing, tmp_path):
+    # Tenants "Acme" and "acme" are two, and their logs were files audit@Acme.jsonl and audit@acme.jsonl: one file
+    # on the file systems macOS and Windows use by default, where each read the other's edits and the deletion of
+    # one removed the other's history. No two of a store's document files may be one name but for case.
+    from knnbe_qdrant import Curator, EdgeStore
+    from knnbe_qdrant.store.backup import backup, restore
+    from knnbe_qdrant.store.document_files import is_document_file
+    from knnbe_qdrant.store.documents import FileDocuments, record_edit, tenant_audit
+
+    store, encoder = racing
+    curator = Curator(store, encoder)
+    for tenant in ("Acme", "acme", "ACME"):
+        curator.add_sentence(f"{tenant} writes SQL every day", "SQL", tenant=tenant)
+        record_edit(store.documents(), tenant, "test", "memory add", text=f"{tenant} writes SQL every day")
+    documents = store.documents()
+    if isinstance(documents, FileDocuments):
+        names = [p.name for p in documents.root.iterdir() if is_document_file(p.name)]
+        assert len({n.casefold() for n in names}) == len(names), names
+    for tenant in ("Acme", "acme", "ACME"):
+        assert [e["text"] for e in documents.entries(tenant_audit(tenant))] == [f"{tenant} writes SQL every day"]
+    backup(store, tmp_path / "bk")
+    curator.delete_tenant("acme")
+    assert not documents.entries(tenant_audit("acme"))
+    assert [e["text"] for e in documents.entries(tenant_audit("Acme"))] == ["Acme writes SQL every day"]
+    target = EdgeStore(tmp_path / "restored", create=True)
+    try:
+        restore(target, tmp_path / "bk")
+        restored = target.documents()
+        for tenant in ("Acme", "acme", "ACME"):
+            assert [e["text"] for e in restored.entries(tenant_audit(tenant))] == [f"{tenant} writes SQL every day"]
+    finally:
+        target.close()
+
+
+def test_a_tenants_log_written_under_its_name_as_it_was_is_read_and_moved_to_its_case_safe_name(tmp_path):
+    from knnbe_qdrant.store.documents import FileDocuments, tenant_audit
+
+    (tmp_path / "audit@Acme.jsonl").write_text('{"tenant": "Acme", "action": "memory add", "text": "old"}\n',
+                                               encoding="utf-8")
+    documents = FileDocuments(tmp_path)
+    assert documents.logs() == [tenant_audit("Acme")]
+    assert [e["text"] for e in documents.tail(tenant_audit("Acme"), 10)] == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".jsonl") == ["audit@^acme.jsonl"]
+    documents.append(tenant_audit("Acme"), {"tenant": "Acme", "action": "memory add", "text": "new"})
+    assert [e["text"] for e in documents.entries(tenant_audit("Acme"))] == ["old", "new"]
+    assert documents.logs() == [tenant_audit("Acme")] and not documents.entries(tenant_audit("acme"))

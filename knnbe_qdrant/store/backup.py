@@ -26,7 +26,8 @@ import numpy as np
 from .._errors import InputFileError, InvalidInputError, StoreError
 from .._schema import COLLECTIONS, HIDERS, KEYS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
 from .base import Store
-from .documents import AUDIT_SPLIT, is_document_file
+from .document_files import is_document_file
+from .documents import AUDIT_SPLIT
 
 FORMAT = "knnbe-qdrant backup"
 VERSION = 1

@@ -1,8 +1,8 @@
 """Small JSON documents kept with a store, beside its collections: the service's API keys (a keyed set) and its
 audit log (an append-only log). Every replica of the service that reaches the store sees the same ones.
-- Embedded store: files in the store directory, `<kind>.json` (a keyed set, rewritten atomically) and
-  `<kind>.jsonl` (a log, appended with fsync), under an exclusive file lock. They are reached without opening the
-  Qdrant Edge shards, so `knnbe-qdrant keys create` works while a service holds the store.
+- Embedded store: files in the store directory (named by document_files), `<kind>.json` (a keyed set, rewritten
+  atomically) and `<kind>.jsonl` (a log, appended with fsync), under an exclusive file lock. They are reached
+  without opening the Qdrant Edge shards, so `knnbe-qdrant keys create` works while a service holds the store.
 - Server: points of the vectorless `<prefix>meta` collection (where the manifest lives), payload `kind`."""
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import KnnbeError, StoreCorruptError, StoreError
-from .._schema import TENANT_PATTERN
+from .document_files import AUDIT, file_stem, is_document_file, kind_of
 
 if TYPE_CHECKING:  # the client store makes these documents; this module needs nothing of it at import time
     from .client import QdrantClientStore
@@ -35,11 +34,6 @@ ORDERED_TAIL = 10_000
 """The longest tail a server's log gives from its `written_ns` index; a longer one (a backup's) reads the whole log."""
 TAIL_BYTES = 4 << 20
 """The most a `tail` of a log file reads: old entries beyond it are not shown (they stay in the file)."""
-FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", "audit_split.json", ".documents.lock")
-"""What FileDocuments may leave in a store directory besides the store itself (and the tenants' audit logs:
-`is_document_file`)."""
-AUDIT = "audit"
-"""The audit log of every edit, which admins read."""
 AUDIT_SPLIT = "audit_split"
 """A keyed document: present once the tenants' logs were filled from the shared log of a store that had only it
 (split_tenant_audit)."""
@@ -48,7 +42,7 @@ AUDIT_SPLIT = "audit_split"
 def tenant_audit(tenant: str) -> str:
     """The log of one tenant's edits, which its keys read. Its own log, not a filter over the shared one: another
     tenant's flood of edits cannot push this tenant's out of its view, nor make its reads longer. `tenant` is a
-    checked name (letters, digits, "_", ".", "-"), so the kind is a plain file name."""
+    checked name (letters, digits, "_", ".", "-"); its file's name is case-safe (document_files)."""
     return f"{AUDIT}@{tenant}"
 
 
@@ -93,13 +87,6 @@ def split_tenant_audit(documents: Documents, tenants: Callable[[], Iterable[str]
         if tenant in existing and tenant_audit(tenant) not in present:
             documents.extend(tenant_audit(tenant), entries)
     documents.put(AUDIT_SPLIT, "done", {"at": _now(), "tenants": len(own)})
-
-
-def is_document_file(name: str) -> bool:
-    """One of FILES, or a tenant's audit log (its name by the schema's rule for tenants' names)."""
-    tenant = name.removeprefix(f"{AUDIT}@").removesuffix(".jsonl")
-    is_tenant_log = name == f"{tenant_audit(tenant)}.jsonl" and re.fullmatch(TENANT_PATTERN, tenant) is not None
-    return name in FILES or is_tenant_log
 
 
 def _now() -> str:
@@ -169,6 +156,17 @@ class FileDocuments(Documents):
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _path(self, kind: str, suffix: str) -> Path:
+        path = self.root / f"{file_stem(kind)}{suffix}"
+        legacy = self.root / f"{kind}{suffix}"
+        # A log named before names were case-safe moves to its name once, read by its exact name: on a file system
+        # that ignores case, `legacy` may be another tenant's log. Not under the lock, which the caller may hold.
+        if legacy != path and not path.exists() and legacy.name in os.listdir(self.root):
+            with suppress(FileNotFoundError):  # another process moved it first
+                os.replace(legacy, path)
+                fsync_dir(self.root)
+        return path
+
     @contextmanager
     def _locked(self) -> Iterator[None]:  # a write the disk refuses is one clear error (`keys create` was a traceback)
         try:
@@ -180,7 +178,7 @@ class FileDocuments(Documents):
                              "fix the folder's permissions, and try again") from exc
 
     def all(self, kind: str) -> dict[str, dict[str, Any]]:
-        path = self.root / f"{kind}.json"
+        path = self._path(kind, ".json")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -204,7 +202,7 @@ class FileDocuments(Documents):
             return True
 
     def _write(self, kind: str, data: dict[str, Any]) -> None:
-        path = self.root / f"{kind}.json"
+        path = self._path(kind, ".json")
         tmp = path.with_suffix(".json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -222,7 +220,7 @@ class FileDocuments(Documents):
         line = "".join(json.dumps({"at": _now(), **e}, ensure_ascii=False) + "\n" for e in entries)  # `at` kept
         if not line:
             return
-        with self._locked(), open(self.root / f"{kind}.jsonl", "a+b") as f:
+        with self._locked(), open(self._path(kind, ".jsonl"), "a+b") as f:
             # A line torn by a crash (or cut by a damaged disk) ends the file without its newline: the next entry
             # would join it and be unreadable too, so it starts a line of its own.
             end = f.seek(0, os.SEEK_END)
@@ -235,7 +233,7 @@ class FileDocuments(Documents):
             os.fsync(f.fileno())
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
-        path = self.root / f"{kind}.jsonl"
+        path = self._path(kind, ".jsonl")
         try:
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -258,26 +256,26 @@ class FileDocuments(Documents):
 
     def entries(self, kind: str) -> list[dict[str, Any]]:
         try:
-            with open(self.root / f"{kind}.jsonl", "rb") as f:
+            with open(self._path(kind, ".jsonl"), "rb") as f:
                 return [e for raw in f if (e := _entry(raw)) is not None]  # a line torn by a crash is skipped
         except FileNotFoundError:
             return []
 
     def logs(self) -> list[str]:
-        return sorted(p.name[: -len(".jsonl")] for p in self.root.iterdir()
-                      if p.name.endswith(".jsonl") and is_document_file(p.name))
+        return sorted({kind_of(p.name[: -len(".jsonl")]) for p in self.root.iterdir()
+                       if p.name.endswith(".jsonl") and is_document_file(p.name)})
 
     def clear_log(self, kind: str) -> None:
         with self._locked():
             try:
-                (self.root / f"{kind}.jsonl").unlink()
+                self._path(kind, ".jsonl").unlink()
             except FileNotFoundError:
                 return
             fsync_dir(self.root)
 
     def version(self, kind: str) -> object:
         try:
-            st = os.stat(self.root / f"{kind}.json")
+            st = os.stat(self._path(kind, ".json"))
         except FileNotFoundError:
             return 0
         return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -21,7 +21,8 @@ from .._errors import KnnbeError, StoreCorruptError, StoreError, StoreLockedErro
 from .._schema import COLLECTIONS, SKILLS, TENANT_INDEX, Manifest
 from . import layout
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike, point_key
-from .documents import FileDocuments, fsync_dir, is_document_file
+from .document_files import is_document_file
+from .documents import FileDocuments, fsync_dir
 from .edge_errors import check_room, disk_full, engine_failure, first_line
 from .layout import MANIFEST_FILE, NEXT_MANIFEST_FILE, generations_on_disk, prepare, read_next_generation
 from .payloads import PayloadCache

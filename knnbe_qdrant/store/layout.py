@@ -16,7 +16,8 @@ import qdrant_edge as qe
 
 from .._errors import StoreCorruptError, StoreError, StoreNotFoundError
 from .._schema import Manifest
-from .documents import fsync_dir, is_document_file
+from .document_files import is_document_file
+from .documents import fsync_dir
 
 MANIFEST_FILE = "manifest.json"
 NEXT_MANIFEST_FILE = "manifest.next.json"
