@@ -29,15 +29,24 @@ MAX_SKILL_REF = max(MAX_SKILL_ID, MAX_LABEL)
 """A skill named by its id or its exact preferred label."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-VISIBLE = "[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-"""A character that is neither whitespace (str.isspace) nor a control character (Unicode Cc), spelled out so that
-Python and an OpenAPI client's JSON Schema (ECMA-262) read the same pattern: a text must hold one."""
+_FORMAT = ("\\xad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e"
+           "\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb")
+"""The format characters (Unicode Cf) of the Basic Multilingual Plane: invisible, and dropped by the tokenizer."""
+VISIBLE = "[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000" + _FORMAT + "]"
+"""A character that is neither whitespace (str.isspace), a control character (Unicode Cc) nor a format character,
+spelled out so that Python and an OpenAPI client's JSON Schema (ECMA-262) read the same pattern: a text must hold
+one. "\\u200b" alone was a sentence: stored, encoded as the empty text, and mapped to skills."""
 _VISIBLE = re.compile(VISIBLE)
+_BREAK_HINTS = re.compile("[\xad\u200b\u2060\ufeff]")
+"""Soft hyphen, zero-width space, word joiner, byte-order mark: where a line may break or not, nothing more (text
+copied from web pages and PDFs carries them). Taken out of stored texts: "Python\u200b scripting" was a second
+point beside "Python scripting", with the same vector. Joiners (U+200C, U+200D) and direction marks stay: they
+change how some scripts and emoji read."""
 
 
 def normalized(value: str) -> str:
-    """`value` stripped and in Unicode NFC, the one form texts are stored and looked up in."""
-    return unicodedata.normalize("NFC", value.strip())
+    """`value` without line-break hints, stripped, in Unicode NFC: the one form texts are stored and looked up in."""
+    return unicodedata.normalize("NFC", _BREAK_HINTS.sub("", value).strip())
 
 
 def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
@@ -52,7 +61,7 @@ def check_text(value: Any, what: str, *, max_chars: int | None = None) -> str:
         )
     text = normalized(value)
     if _VISIBLE.search(text) is None:
-        raise InvalidInputError(f"{what} is empty once whitespace and control characters are taken out")
+        raise InvalidInputError(f"{what} is empty once whitespace, control and format characters are taken out")
     if max_chars is not None and len(text) > max_chars:
         raise InvalidInputError(f"{what} has {len(text)} characters, at most {max_chars}")
     return text

@@ -388,6 +388,14 @@ def test_a_text_in_another_unicode_spelling_is_the_same_text(curator, mapper, st
     global_text = next(p["text"] for p in curator.list_memory(QDRANT))
     assert curator.remove_sentence(global_text + " ", QDRANT, tenant="acme") == "hidden"
     assert curator.reinstate_sentence(global_text, QDRANT, tenant="acme") == "unhidden"
+    # a zero-width space, soft hyphen or byte-order mark copied in with it: the same sentence (the tokenizer drops
+    # them: the same vector), and nothing but them is no sentence
+    assert curator.add_sentence("\ufeffPython\u200b scripting for ETL jobs\u00ad", QDRANT, tenant="acme")
+    assert not curator.add_sentence("Python scripting for ETL jobs", QDRANT, tenant="acme")
+    with pytest.raises(InvalidInputError, match="format characters"):
+        curator.add_sentence("\u200b\u2060", QDRANT)
+    with pytest.raises(InvalidInputError, match="format characters"):
+        mapper.map(["\u200d"])
     # a skill's id and label, in either spelling
     curator.add_skill("custom:pâtisserie", _nfd("Pâtisserie de café"), tenant="acme")
     assert curator.add_skill(_nfd("custom:pâtisserie"), "Pâtisserie de café", tenant="acme").changed is False

@@ -57,7 +57,9 @@ def served(request, tmp_path_factory, encoder, small_skills, small_memory):
     store.close()
 
 
-BAD_TEXTS = ["x \ud800", "\udcff", "\x00\x00", " \x07\x1b\x85 ", ""]
+BAD_TEXTS = ["x \ud800", "\udcff", "\x00\x00", " \x07\x1b\x85 ", "", "\u200b", "\ufeff\u00ad \u2060\u200d"]
+"""... and texts of nothing but format characters (zero-width space, byte-order mark, soft hyphen, joiners), which
+were stored and mapped as the empty text."""
 
 
 @pytest.mark.parametrize("text", BAD_TEXTS)

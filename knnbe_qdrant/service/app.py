@@ -121,7 +121,7 @@ def create_app(connection: Connection | None = None, *, mapper: SkillMapper | No
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             msg = e.get("msg", "invalid")
             if e.get("type") == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == VISIBLE:
-                msg = "empty once whitespace and control characters are taken out"
+                msg = "empty once whitespace, control and format characters are taken out"
             problems.append(f"{where or 'body'}: {msg}")
         return error(422, "; ".join(problems))
 
