@@ -29,12 +29,17 @@ def _padded(lists: list[list[Any]], fill: Any, dtype: Any) -> tuple[np.ndarray, 
 
 def one_hit_per_skill(hits: list[Hit]) -> list[Hit]:
     """The hits with each skill id once, at its best-scored hit: a tenant's skill and a global one may share an id
-    (the global one added later), and both come back from one skills query."""
-    if len({h.payload[S.F_SKILL_ID] for h in hits}) == len(hits):
+    (the global one added later), and both come back from one skills query. A hit without a text id and label (a
+    point another program wrote into the collection, or a damaged one) is left out: nothing can be shown for it,
+    and one such point failed every map that met it, every tenant's."""
+    ids = [h.payload.get(S.F_SKILL_ID) for h in hits]
+    if len(set(ids)) == len(hits) and all(type(i) is str and type(h.payload.get(S.F_LABEL)) is str
+                                          for i, h in zip(ids, hits)):
         return hits
     first: dict[str, Hit] = {}
-    for h in hits:
-        first.setdefault(h.payload[S.F_SKILL_ID], h)
+    for skill_id, h in zip(ids, hits):
+        if type(skill_id) is str and type(h.payload.get(S.F_LABEL)) is str:
+            first.setdefault(skill_id, h)
     return list(first.values())
 
 

@@ -130,8 +130,9 @@ class MemoryPayloads:
         if len(misses):
             wanted = {keys[i] for i in misses.tolist()}
             records = self.store.retrieve(S.MEMORY, [key_id(k) for k in wanted], payload=list(self.FIELDS))
-            fetched = [(point_key(r.id), str(r.payload.get(S.F_SKILL_ID)), str(r.payload.get(S.F_TEXT)))
-                       for r in records if r.payload.get(S.F_SKILL_ID) is not None]
+            # A point without a text skill id and sentence (another program's, or damaged) does not vote.
+            fetched = [(point_key(r.id), r.payload[S.F_SKILL_ID], r.payload[S.F_TEXT]) for r in records
+                       if type(r.payload.get(S.F_SKILL_ID)) is str and type(r.payload.get(S.F_TEXT)) is str]
             with self._lock:
                 table = self._table
                 if len(table.texts) + len(fetched) > self.capacity:

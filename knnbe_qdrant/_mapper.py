@@ -384,5 +384,6 @@ class SkillMapper:
         # Payloads only: the vectors come from the skill-vector cache (most of a batch's kNN-only skills were an
         # earlier batch's too), keyed by label and stamp, so a skill renamed since is read afresh.
         records = self.store.retrieve(S.SKILLS, ids, payload=fields)
-        return {r.payload[S.F_SKILL_ID]: SkillVectors.key(r.id, r.payload)
-                for r in records if skill_is_visible(r.payload, tenant)}
+        return {r.payload[S.F_SKILL_ID]: SkillVectors.key(r.id, r.payload) for r in records
+                if skill_is_visible(r.payload, tenant) and type(r.payload.get(S.F_SKILL_ID)) is str
+                and type(r.payload.get(S.F_LABEL)) is str}

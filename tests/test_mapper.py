@@ -259,3 +259,42 @@ def test_building_again_with_a_new_source_adds_it_and_names_it(backend, tmp_path
         assert store.manifest.sources["memory"] == f"{ESCO_ALT_LABELS},{ESCO_TRANSVERSAL}"
     finally:
         store.close()
+
+
+def test_points_another_program_wrote_without_the_fields_are_passed_over_not_a_failure(built_store, encoder):
+    # A skill point without a label (or with a number for it, or no id) written into the collection by hand or by
+    # another program failed every map that met it, every tenant's, with a KeyError; a memory point without its
+    # sentence voted with "None" as its evidence.
+    import uuid
+
+    from knnbe_qdrant._schema import F_LABEL, F_SKILL_ID, F_TENANT, F_TEXT, GLOBAL_TENANT, skill_point_id
+
+    mapper = SkillMapper(built_store, encoder, exact=True)
+    sentence = SENTENCES[0]
+    before = [(s.id, s.label) for s in mapper.map([sentence], top=10)[0].skills]
+    python = next(sid for sid, label in before if label == "Python (computer programming)")
+    vector = encoder.encode([sentence])
+    foreign = {SKILLS: [{F_TENANT: GLOBAL_TENANT, F_SKILL_ID: "custom:no-label"},
+                        {F_TENANT: GLOBAL_TENANT, F_SKILL_ID: "custom:number", F_LABEL: 7},
+                        {F_TENANT: GLOBAL_TENANT, F_SKILL_ID: None, F_LABEL: "no id"}],
+               MEMORY: [{F_TENANT: GLOBAL_TENANT, F_SKILL_ID: python},
+                        {F_TENANT: GLOBAL_TENANT, F_SKILL_ID: 5, F_TEXT: "a number for a skill"}]}
+    ids = {c: [str(uuid.uuid4()) for _ in payloads] for c, payloads in foreign.items()}
+    # and a sound sentence voting for a skill whose point, at that skill's own id, lost its label
+    damaged, voter = skill_point_id(GLOBAL_TENANT, "custom:damaged"), str(uuid.uuid4())
+    try:
+        for collection, payloads in foreign.items():
+            built_store.upsert(collection, ids[collection], np.repeat(vector, len(payloads), axis=0), payloads)
+        [result] = mapper.map([sentence], top=10)
+        assert [(s.id, s.label) for s in result.skills] == before
+        assert all(isinstance(e.text, str) and e.text != "None" for s in result.skills for e in s.evidence)
+        built_store.upsert(SKILLS, [damaged], vector, [{F_TENANT: GLOBAL_TENANT}])
+        built_store.upsert(MEMORY, [voter], vector, [{F_TENANT: GLOBAL_TENANT, F_SKILL_ID: "custom:damaged",
+                                                      F_TEXT: "a sentence voting for a damaged skill"}])
+        [result] = mapper.map([sentence], top=10)
+        assert python in [s.id for s in result.skills] and "custom:damaged" not in [s.id for s in result.skills]
+    finally:
+        for collection in foreign:
+            built_store.delete(collection, ids[collection])
+        built_store.delete(SKILLS, [damaged])
+        built_store.delete(MEMORY, [voter])
