@@ -99,7 +99,8 @@ class Curator(SkillCurator):
         global sentence hides the global one and gets its own copy under the new skill.
 
         Returns "relabelled", or "already relabelled" when the sentence is no longer under `skill` for this tenant
-        but is in its layer under `new_skill` (a retry of a relabel that went through)."""
+        but is in its layer under `new_skill` (a retry of a relabel that went through), or "unchanged" when the two
+        name one skill."""
         self._check_editable()
         old_id = self.resolve_skill(skill, tenant, include_retired=True)[S.F_SKILL_ID]
         new_id = self.resolve_skill(new_skill, tenant)[S.F_SKILL_ID]
@@ -121,6 +122,8 @@ class Curator(SkillCurator):
             if self.store.retrieve(S.MEMORY, [S.memory_point_id(owner, new_id, text)], payload=False):
                 return "already relabelled"
             raise NotFoundError(f"no memory sentence {text!r} labelled {old_id!r} visible to this tenant")
+        if old_id == new_id:  # a tenant's copy of a global sentence under its own skill would only use its quota
+            return "unchanged"
         # A tenant's copy starts unhidden; a global relabel keeps the tenants' marks (they hid this sentence).
         payload = {k: v for k, v in source_point.payload.items()
                    if not k.startswith(S.HIDE_PREFIX) or owner == S.GLOBAL_TENANT}

@@ -305,7 +305,7 @@ def router(service: Service) -> APIRouter:
         return {"result": outcome}
 
     @api.post("/memory/relabel", response_model=Message, summary="Move a sentence to another skill (no re-encoding; "
-              "a retry answers 'already relabelled')")
+              "a retry answers 'already relabelled', a move to its own skill 'unchanged')")
     def relabel_memory(body: MemoryRelabel, key: Curator_) -> dict[str, str]:
         with service.editing(key) as curator:
             outcome = curator.relabel(body.text, body.skill, body.to, tenant=key.tenant)
