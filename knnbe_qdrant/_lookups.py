@@ -148,11 +148,28 @@ class MemoryPayloads:
         return self._rows(results, slots, table)
 
     @staticmethod
+    def _copies(row: np.ndarray, slots: np.ndarray, scores: np.ndarray, table: _PayloadTable) -> np.ndarray:
+        """Which points repeat, under the same skill, a sentence just before them in their row: a tenant's own copy
+        of a global sentence (added, or imported, by the tenant; or added globally after the tenant's) is another
+        point with the same text and vector, and voted twice. The one sentence votes once. Equal vectors score
+        alike, so a copy sits next to the point it repeats: only such neighbours' texts are compared."""
+        copies = np.zeros(len(slots), dtype=bool)
+        if len(slots) < 2:
+            return copies
+        skill = table.skill_of_slot[np.maximum(slots, 0)]
+        alike = np.flatnonzero((row[1:] == row[:-1]) & (slots[1:] >= 0) & (slots[:-1] >= 0)
+                               & (skill[1:] == skill[:-1]) & (np.abs(scores[1:] - scores[:-1]) <= 1e-5)) + 1
+        for i in alike.tolist():
+            copies[i] = table.texts[slots[i]] == table.texts[slots[i - 1]]
+        return copies
+
+    @staticmethod
     def _rows(results: list[tuple[list[int], list[float]]], slots: np.ndarray, table: _PayloadTable) -> Voters:
         lengths = np.fromiter((len(ks) for ks, _ in results), dtype=np.int64, count=len(results))
         scores = np.fromiter(chain.from_iterable(ss for _, ss in results), dtype=np.float64, count=len(slots))
         row = np.repeat(np.arange(len(results)), lengths)
-        kept = slots >= 0  # points found; one deleted since the query is left out, the rest keep their order
+        # Points found (one deleted since the query is left out, the rest keep their order), each sentence once.
+        kept = (slots >= 0) & ~MemoryPayloads._copies(row, slots, scores, table)
         counts = np.bincount(row[kept], minlength=len(results))
         width = int(counts.max(initial=0))
         column = np.arange(int(kept.sum())) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -254,6 +254,29 @@ def test_a_tombstone_edited_by_hand_into_another_shape_hides_nothing(curator, st
         curator.remove_sentence(text, QDRANT)
 
 
+def test_a_sentence_in_two_layers_votes_once(curator, mapper, tmp_path):
+    # A tenant's own copy of a global sentence (added or imported by the tenant, or added globally after the
+    # tenant's) has the same text and vector: it voted twice, and was the evidence twice.
+    tenant_first = "Tune slow PostgreSQL queries and design database indexes."
+    global_text = next(p["text"] for p in curator.list_memory("SQL"))
+    before = mapper.map([global_text, tenant_first], top=5, tenant="acme")
+    curator.add_sentence(global_text, "SQL", tenant="acme")
+    f = tmp_path / "copy.jsonl"
+    f.write_text(json.dumps({"text": global_text, "skill": "SQL"}) + "\n", encoding="utf-8")
+    curator.import_file(f, tenant="beta")
+    curator.add_sentence(tenant_first, "SQL", tenant="acme")
+    curator.add_sentence(tenant_first, "SQL")
+    try:
+        for tenant in ("acme", "beta"):
+            after = mapper.map([global_text, tenant_first], top=5, tenant=tenant)
+            for text, result in zip((global_text, tenant_first), after):
+                evidence = [e.text for s in result.skills for e in s.evidence]
+                assert evidence.count(text) == 1, (tenant, text, evidence)
+        assert [(s.id, s.knn) for s in after[0].skills] == [(s.id, s.knn) for s in before[0].skills]
+    finally:
+        curator.remove_sentence(tenant_first, "SQL")
+
+
 def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     text = "Writing Python scripts for SQL reporting."
     curator.add_sentence(text, QDRANT, tenant="acme")
@@ -280,6 +303,16 @@ def test_relabel_reuses_the_stored_vector(curator, store, encoder):
     global_text = next(curator.list_memory(sql))["text"]
     assert curator.relabel(global_text, sql, QDRANT, tenant="beta") == "relabelled"
     assert curator.relabel(global_text, sql, QDRANT, tenant="beta") == "already relabelled"
+    # To the skill it has (named by id and by label): nothing moves. A tenant's copy of a global sentence was made,
+    # the global one hidden, and the copy counted against the tenant's quota.
+    other = next(p["text"] for p in curator.list_memory(sql) if p["text"] != global_text)
+    counts = curator.tenants()
+    assert curator.relabel(other, sql, "SQL", tenant="gamma") == "unchanged"
+    assert curator.relabel(text, "SQL", sql, tenant="acme") == "unchanged"
+    assert curator.tenants() == counts and "gamma" not in counts
+    assert any(p["text"] == other and p["tenant"] == GLOBAL_TENANT for p in curator.list_memory(sql, tenant="gamma"))
+    with pytest.raises(NotFoundError):
+        curator.relabel("no such sentence anywhere", sql, sql, tenant="gamma")
 
 
 def test_import_reports_bad_rows_by_line_and_stores_the_good_ones(curator, tmp_path):
