@@ -1,9 +1,8 @@
 """Which texts the package accepts, checked once at every door (the library, the command line, the service) before
 a text reaches a shared batch or the store: a string, valid Unicode that UTF-8 can carry, not empty once control
-characters are taken out, and no longer than what is stored for that kind of field. It comes back stripped and in
-Unicode NFC: "café" typed with a combining accent (as macOS and some editors give it) and with the composed letter
-look the same and encode the same, and were two memory points voting twice, with a label findable in one spelling
-only.
+characters are taken out, and no longer than what is stored for that kind of field. It comes back `normalized`:
+"café" typed with a combining accent (as macOS and some editors give it) and with the composed letter look the same
+and encode the same, and were two memory points voting twice, with a label findable in one spelling only.
 
 A lone surrogate (JSON's "\\ud800", or a byte that is not UTF-8 in a command-line argument, which Python decodes as
 one) cannot be tokenized or stored; one such text used to fail the whole micro-batch it travelled in.
