@@ -156,10 +156,12 @@ def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
     skills: list[Skill] = []
     seen: set[str] = set()
     for line_no, row in iter_jsonl(path):
-        for key in ("id", "label"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
+        # As stored: "x" and "x " (or two spellings of "é") are one id, and "\u200b" is an empty label.
+        fields = {key: normalized(row[key]) if isinstance(row.get(key), str) else "" for key in ("id", "label")}
+        for key, value in fields.items():
+            if not value:
                 raise InputFileError(f"{path}:{line_no}: field {key!r} is missing or empty")
-        skill_id = normalized(row["id"])  # as stored: "x" and "x " (or two spellings of "é") are one id
+        skill_id, label = fields["id"], fields["label"]
         if skill_id in seen:
             raise InputFileError(f"{path}:{line_no}: duplicate skill id {row['id']!r}")
         seen.add(skill_id)
@@ -169,8 +171,8 @@ def load_taxonomy(path: str | Path | None = None) -> list[Skill]:
         skills.append(
             Skill(
                 id=skill_id,
-                label=normalized(row["label"]),
-                alt_labels=tuple(normalized(a) for a in alts if a.strip()),
+                label=label,
+                alt_labels=tuple(a for a in map(normalized, alts) if a),
                 description=normalized(str(row.get("description") or "")),
                 skill_type=str(row.get("skill_type") or ""),
                 reuse_level=str(row.get("reuse_level") or ""),

@@ -453,6 +453,9 @@ def test_a_taxonomy_naming_one_id_twice_in_two_spellings_is_refused_by_line(tmp_
                  + json.dumps({"id": _nfd("custom:café") + " ", "label": "b"}) + "\n", encoding="utf-8")
     with pytest.raises(InputFileError, match=f"{f}:2: duplicate skill id"):
         load_taxonomy(f)
+    f.write_text(json.dumps({"id": "custom:blank", "label": "\u200b\u00ad"}) + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=f"{f}:1: field 'label' is missing or empty"):
+        load_taxonomy(f)  # nothing but break hints: empty once normalized, as the service would refuse it
 
 
 class _AnotherCuratorActsFirst:
