@@ -32,14 +32,12 @@ def one_hit_per_skill(hits: list[Hit]) -> list[Hit]:
     (the global one added later), and both come back from one skills query. A hit without a text id and label (a
     point another program wrote into the collection, or a damaged one) is left out: nothing can be shown for it,
     and one such point failed every map that met it, every tenant's."""
-    ids = [h.payload.get(S.F_SKILL_ID) for h in hits]
-    if len(set(ids)) == len(hits) and all(type(i) is str and type(h.payload.get(S.F_LABEL)) is str
-                                          for i, h in zip(ids, hits)):
+    shown = [h for h in hits if S.has_texts(h.payload, S.F_SKILL_ID, S.F_LABEL)]
+    if len({h.payload[S.F_SKILL_ID] for h in shown}) == len(hits):
         return hits
     first: dict[str, Hit] = {}
-    for skill_id, h in zip(ids, hits):
-        if type(skill_id) is str and type(h.payload.get(S.F_LABEL)) is str:
-            first.setdefault(skill_id, h)
+    for h in shown:
+        first.setdefault(h.payload[S.F_SKILL_ID], h)
     return list(first.values())
 
 

@@ -132,7 +132,7 @@ class MemoryPayloads:
             records = self.store.retrieve(S.MEMORY, [key_id(k) for k in wanted], payload=list(self.FIELDS))
             # A point without a text skill id and sentence (another program's, or damaged) does not vote.
             fetched = [(point_key(r.id), r.payload[S.F_SKILL_ID], r.payload[S.F_TEXT]) for r in records
-                       if type(r.payload.get(S.F_SKILL_ID)) is str and type(r.payload.get(S.F_TEXT)) is str]
+                       if S.has_texts(r.payload, S.F_SKILL_ID, S.F_TEXT)]
             with self._lock:
                 table = self._table
                 if len(table.texts) + len(fetched) > self.capacity:

@@ -385,5 +385,4 @@ class SkillMapper:
         # earlier batch's too), keyed by label and stamp, so a skill renamed since is read afresh.
         records = self.store.retrieve(S.SKILLS, ids, payload=fields)
         return {r.payload[S.F_SKILL_ID]: SkillVectors.key(r.id, r.payload) for r in records
-                if skill_is_visible(r.payload, tenant) and type(r.payload.get(S.F_SKILL_ID)) is str
-                and type(r.payload.get(S.F_LABEL)) is str}
+                if skill_is_visible(r.payload, tenant) and S.has_texts(r.payload, S.F_SKILL_ID, S.F_LABEL)}

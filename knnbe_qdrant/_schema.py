@@ -146,6 +146,12 @@ def is_tenant_name(name: str) -> bool:  # cached: mapping checks the tenant of e
     return re.fullmatch(TENANT_PATTERN[1:-1], name) is not None
 
 
+def has_texts(payload: dict[str, Any], *fields: str) -> bool:
+    """Whether each of `fields` holds a string: a point another program wrote into a collection (or a damaged one)
+    may lack one, and mapping passes over it rather than fail on it."""
+    return all(type(payload.get(f)) is str for f in fields)
+
+
 def revision_of(payload: dict[str, Any]) -> int:
     return int(payload.get(F_REVISION, 0))
 

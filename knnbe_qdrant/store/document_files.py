@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .._schema import TENANT_PATTERN
+from .._schema import is_tenant_name
 
 FILES = ("keys.json", "hiders.json", "removed.json", "audit.jsonl", "audit_split.json", ".documents.lock")
 """What FileDocuments may leave in a store directory besides the store itself (and the tenants' audit logs:
@@ -39,4 +39,4 @@ def is_document_file(name: str) -> bool:
     rest = stem.removeprefix(f"{AUDIT}@")
     tenant = kind_of(rest)
     return (name.endswith(".jsonl") and stem != rest and rest in (file_stem(tenant), tenant)
-            and re.fullmatch(TENANT_PATTERN, tenant) is not None)
+            and is_tenant_name(tenant))
