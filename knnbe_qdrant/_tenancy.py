@@ -104,7 +104,7 @@ def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
 
 def _live_keys(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
     return {name: k for name, k in sorted(documents.all(S.KEYS).items())
-            if k.get("tenant") == tenant and not k.get("revoked_at")}
+            if isinstance(k, dict) and k.get("tenant") == tenant and not k.get("revoked_at")}
 
 
 def _revoke(documents: Documents, keys: dict[str, dict[str, Any]]) -> list[str]:

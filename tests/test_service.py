@@ -10,7 +10,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from knnbe_qdrant import EdgeStore, SkillMapper
+from knnbe_qdrant import EdgeStore, NotFoundError, SkillMapper
 from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.keys import Key
@@ -109,6 +109,49 @@ def test_keys_are_required_and_roles_enforced(served):
     ring.revoke("short-lived")
     r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 401 and r.json() == {"error": "unknown or revoked key"}
+
+
+def test_a_damaged_key_record_or_log_line_fails_no_other_keys_request(served, caplog):
+    """A key record edited by hand into another shape made every request to the service a 500, every key's; a log
+    line that is JSON but no object made the log's tail a 500. The damaged record now authenticates nobody and is
+    named in the log; the other keys work; the line is skipped like a torn one."""
+    from knnbe_qdrant.store.documents import tenant_audit
+
+    client, keys, mapper, ring = served
+    documents = mapper.store.documents()
+    _, secret = ring.create(role="curator", tenant="acme", name="tampered")
+    tampered = documents.all("keys")["tampered"]
+    variants = {"tampered-number": 5, "tampered-role": {**tampered, "name": "tampered-role", "role": "root"},
+                "tampered-tenant": {**tampered, "name": "tampered-tenant", "tenant": ["acme"]},
+                "tampered-empty-tenant": {**tampered, "name": "tampered-empty-tenant", "tenant": ""},
+                "tampered-admin-of-a-tenant": {**tampered, "name": "tampered-admin-of-a-tenant", "role": "admin"},
+                "tampered-name": {**tampered, "name": "someone-else"},
+                "tampered-digest": {**tampered, "name": "tampered-digest", "sha256": None}}
+    documents.put_many("keys", variants)
+    documents.put("keys", "tampered", {**tampered, "role": "superuser"})  # the same secret, now no role we know
+    with caplog.at_level("ERROR", logger="knnbe_qdrant.keys"):
+        assert client.get("/v1/whoami", headers=auth(keys, "acme-reader")).status_code == 200
+        r = client.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401 and r.json() == {"error": "unknown or revoked key"}
+    assert "tampered, tampered-admin-of-a-tenant, tampered-digest" in caplog.text and "tampered-role" in caplog.text
+    assert {k.name for k in ring.list()}.isdisjoint({"tampered", *variants})
+    with pytest.raises(NotFoundError, match="not in the shape"):
+        ring.revoke("tampered-number")
+    # A tenant's deletion revokes its keys past the damaged records (it failed on them).
+    _, leaving = ring.create(role="reader", tenant="leaving", name="leaving-reader")
+    assert client.delete("/v1/tenants/leaving", headers=auth(keys, "root")).status_code == 200
+    assert client.get("/v1/whoami", headers={"Authorization": f"Bearer {leaving}"}).status_code == 401
+    # A line of the tenant's log that is JSON but no entry: skipped, the entries around it read.
+    documents.append(tenant_audit("acme"), {"action": "before the damage"})
+    if hasattr(documents, "root"):
+        with open(documents._path(tenant_audit("acme"), ".jsonl"), "ab") as f:
+            f.write(b'5\n["x"]\n"text"\n')
+    documents.append(tenant_audit("acme"), {"action": "after the damage"})
+    r = client.get("/v1/audit", params={"limit": 2}, headers=auth(keys, "acme-reader"))
+    assert r.status_code == 200 and [e["action"] for e in r.json()["items"]] == ["after the damage",
+                                                                               "before the damage"]
+    documents.put_many("keys", {name: {**tampered, "name": name, "revoked_at": "2026-12-07"}
+                                for name in ["tampered", *variants]})  # the module's other tests see no damage
 
 
 def test_a_curator_edits_its_tenant_only_and_is_recorded(served):

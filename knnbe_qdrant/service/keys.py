@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._errors import ConflictError, InvalidInputError, NotFoundError
-from .._schema import GLOBAL_TENANT, KEYS, check_tenant, revoked_key, utc_now
+from .._schema import GLOBAL_TENANT, KEYS, check_tenant, is_tenant_name, revoked_key, utc_now
 from ..store.documents import Documents
 
 ROLES = ("reader", "curator", "admin")
@@ -29,6 +30,19 @@ _PREFIX = "knq_"
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def is_key_record(name: str, record: Any) -> bool:
+    """Whether a stored key record has the shape `create` gives it. One edited by hand into another (or damaged:
+    `5`, a role no code knows, a tenant that is no tenant's name) made every request to the service a 500, every
+    key's; now it is left out, authenticates nobody, and is named in the service's log and by `keys list`."""
+    if not isinstance(record, dict):
+        return False
+    tenant, role = record.get("tenant"), record.get("role")
+    scoped = isinstance(tenant, str) and tenant != GLOBAL_TENANT and is_tenant_name(tenant)
+    return (record.get("name") == name and role in ROLES and isinstance(record.get("created_at"), str)
+            and isinstance(record.get("sha256"), str) and re.fullmatch("[0-9a-f]{64}", record["sha256"]) is not None
+            and (scoped if role != "admin" else tenant in (None, GLOBAL_TENANT)))
 
 
 @dataclass(frozen=True)
@@ -54,14 +68,22 @@ class KeyRing:
         self.documents = documents
         self._cache: tuple[object, dict[str, dict[str, Any]]] | None = None
         self._lock = threading.Lock()
+        self.damaged: list[str] = []  # names of the stored records `is_key_record` left out
 
     def _records(self) -> dict[str, dict[str, Any]]:
         version = self.documents.version(KIND)
         with self._lock:
             if version is not None and self._cache is not None and self._cache[0] == version:
                 return self._cache[1]
-        records = self.documents.all(KIND)
+        stored = self.documents.all(KIND)
+        records = {name: r for name, r in stored.items() if is_key_record(name, r)}
+        damaged = sorted(set(stored) - set(records))
         with self._lock:
+            if damaged and damaged != self.damaged:  # said once, not at every request
+                logging.getLogger("knnbe_qdrant.keys").error(
+                    "key records left out, not in the shape `keys create` gives them (fix or remove them): %s",
+                    ", ".join(damaged))
+            self.damaged = damaged
             self._cache = (version, records) if version is not None else None
         return records
 
@@ -94,7 +116,9 @@ class KeyRing:
     def revoke(self, name: str) -> Key:
         record = self._records().get(name)
         if record is None:
-            raise NotFoundError(f"no key named {name!r}")
+            raise NotFoundError(f"the record of key {name!r} is not in the shape `keys create` gives it (it "
+                                "authenticates nobody): fix or remove it" if name in self.damaged
+                                else f"no key named {name!r}")
         if record.get("revoked_at"):
             return _key(record)
         record = revoked_key(record)

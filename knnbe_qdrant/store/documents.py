@@ -93,11 +93,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _entry(raw: bytes) -> Any:
+def _entry(raw: bytes) -> dict[str, Any] | None:  # None: torn by a crash, or damaged (`5` made /v1/audit a 500)
     try:
-        return json.loads(raw)
+        entry = json.loads(raw)
     except ValueError:
         return None
+    return entry if isinstance(entry, dict) else None
 
 
 class Documents(ABC):
@@ -359,18 +360,19 @@ class MetaDocuments(Documents):
                                           with_payload=["entry"], with_vectors=False)
         except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
             return self._sorted_tail(kind, n)
-        entries = [r.payload["entry"] for r in records if r.payload and "entry" in r.payload]
+        entries = [e for r in records if isinstance(e := (r.payload or {}).get("entry"), dict)]  # not damaged
         if len(records) < n:  # entries appended before `written_ns` existed: older than every one that has it
             unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
                 is_empty=models.PayloadField(key="written_ns"))])
-            older = sorted((p["entry"] for p in self._payloads(unclocked, ["entry"]) if "entry" in p),
-                           key=lambda e: e.get("at", ""), reverse=True)
+            found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
+            older = sorted((e for e in found if isinstance(e, dict)),
+                           key=lambda e: str(e.get("at", "")), reverse=True)
             entries += older[: n - len(records)]
         return entries
 
     def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
-        points = [p for p in self._scroll(kind) if "entry" in p]
-        points.sort(key=lambda p: (p["entry"].get("at", ""), p.get("written_ns", 0)), reverse=True)
+        points = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict)]
+        points.sort(key=lambda p: (str(p["entry"].get("at", "")), p.get("written_ns", 0)), reverse=True)
         return [p["entry"] for p in points[:n]]
 
     def logs(self) -> list[str]:
