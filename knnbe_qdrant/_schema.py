@@ -153,7 +153,10 @@ def has_texts(payload: dict[str, Any], *fields: str) -> bool:
 
 
 def revision_of(payload: dict[str, Any]) -> int:
-    return int(payload.get(F_REVISION, 0))
+    """0 for a skill without a revision (from before them) or with something else in its place (a point another
+    program wrote: `"x"` failed every listing of the skills, every tenant's); the next edit writes a number there."""
+    value = payload.get(F_REVISION, 0)
+    return value if type(value) is int and value >= 0 else 0
 
 
 def utc_now(*, precise: bool = False) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from knnbe_qdrant import (
+    Curator,
     InvalidInputError,
     ModelMismatchError,
     ScoringParams,
@@ -267,9 +268,10 @@ def test_points_another_program_wrote_without_the_fields_are_passed_over_not_a_f
     # sentence voted with "None" as its evidence.
     import uuid
 
-    from knnbe_qdrant._schema import F_LABEL, F_SKILL_ID, F_TENANT, F_TEXT, GLOBAL_TENANT, skill_point_id
+    from knnbe_qdrant._schema import F_LABEL, F_REVISION, F_SKILL_ID, F_TENANT, F_TEXT, GLOBAL_TENANT, skill_point_id
 
     mapper = SkillMapper(built_store, encoder, exact=True)
+    curator = Curator(built_store, encoder, user="test")  # opened first: its check of a sample calls these damage
     sentence = SENTENCES[0]
     before = [(s.id, s.label) for s in mapper.map([sentence], top=10)[0].skills]
     python = next(sid for sid, label in before if label == "Python (computer programming)")
@@ -293,6 +295,11 @@ def test_points_another_program_wrote_without_the_fields_are_passed_over_not_a_f
                                                       F_TEXT: "a sentence voting for a damaged skill"}])
         [result] = mapper.map([sentence], top=10)
         assert python in [s.id for s in result.skills] and "custom:damaged" not in [s.id for s in result.skills]
+        # Listing and editing meet them too: a revision that is no number failed every listing of the skills.
+        built_store.set_payload(SKILLS, [damaged], {F_REVISION: "x", F_SKILL_ID: "custom:damaged", F_LABEL: "d"})
+        listed = {p[F_SKILL_ID]: p for p in curator.list_skills() if isinstance(p.get(F_SKILL_ID), str)}
+        assert listed["custom:damaged"][F_REVISION] == 0 and python in listed
+        assert curator.update_skill("custom:damaged", label="damaged, then edited")[F_REVISION] == 1
     finally:
         for collection in foreign:
             built_store.delete(collection, ids[collection])
