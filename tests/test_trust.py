@@ -185,7 +185,7 @@ def test_a_sentence_stored_as_its_skill_is_retired_is_answered_as_stored(served,
 def test_an_audit_log_that_cannot_be_written_says_the_edit_was_made_and_keeps_the_entry(served, monkeypatch, caplog):
     # The edit is stored before its audit entry: a full disk (or a server refusing the meta write) answered a bare
     # 500 "internal error", and a client retrying got "already stored", with the entry nowhere.
-    from knnbe_qdrant.store.documents import MetaDocuments
+    from knnbe_qdrant.store.meta_documents import MetaDocuments
 
     client, headers, mapper = served
 

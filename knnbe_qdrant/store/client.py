@@ -18,9 +18,9 @@ from qdrant_client import QdrantClient, models
 from .._errors import ServerError, StoreCorruptError, StoreError
 from .._schema import COLLECTIONS, DEFAULT_PREFIX, TENANT_INDEX, Manifest
 from .base import MANIFEST_RECOVERY, Hit, Record, Store, WhereLike
-from .documents import MetaDocuments
 from .fences import ALL, Held, lease_alone, lease_edit, lease_tenant_deletion
 from .locks import LOCK_WAIT_S, lease
+from .meta_documents import MetaDocuments
 from .retry import RetryPolicy, call_with_retries, describe_fault
 from .translate import build_filter, payload_selector, to_record
 

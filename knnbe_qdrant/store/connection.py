@@ -116,7 +116,7 @@ class Connection:
         this works while another process (a running service) holds the shards. Close it when done."""
         if self.url is not None:
             from .client import QdrantClientStore
-            from .documents import MetaDocuments
+            from .meta_documents import MetaDocuments
 
             store = QdrantClientStore.connect(
                 self.url, api_key=self.api_key, prefix=self.prefix, timeout=self.timeout, prefer_grpc=self.prefer_grpc

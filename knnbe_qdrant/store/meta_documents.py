@@ -1,0 +1,131 @@
+"""The store's small documents (documents.Documents) on a server: points of the vectorless `<prefix>meta` collection
+(where the manifest lives), payload `kind`; a keyed document's id is its point's, a log's entries are points of
+their own ordered by the write's clock (`written_ns`)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .._errors import StoreError
+from .documents import Documents, entry_time
+
+if TYPE_CHECKING:  # the client store makes these documents; this module needs nothing of it at import time
+    from .client import QdrantClientStore
+
+_NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
+ORDERED_TAIL = 10_000
+"""The longest tail a server's log gives from its `written_ns` index; a longer one (a backup's) reads the whole log."""
+
+
+class MetaDocuments(Documents):
+    """Documents as points of the server store's meta collection."""
+
+    def __init__(self, store: QdrantClientStore, *, owned: bool = False) -> None:
+        self.store = store
+        self.owned = owned  # opened for these documents alone: closed with them
+
+    def close(self) -> None:
+        if self.owned:
+            self.store.close()
+
+    def _point_id(self, kind: str, doc_id: str) -> str:
+        return str(uuid.uuid5(_NAMESPACE, json.dumps([kind, doc_id])))
+
+    def _scroll(self, kind: str) -> list[dict[str, Any]]:
+        from qdrant_client import models
+
+        return self._payloads(models.Filter(must=[models.FieldCondition(key="kind",
+                                                                         match=models.MatchValue(value=kind))]))
+
+    def _payloads(self, where: Any, fields: bool | list[str] = True) -> list[dict[str, Any]]:
+        """The payloads of the meta points `where` selects, page after page."""
+        if not self.store.meta_exists():
+            return []
+        out, offset = [], None
+        while True:
+            records, offset = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                               scroll_filter=where, limit=1000, offset=offset, with_payload=fields,
+                                               with_vectors=False)
+            out += [dict(r.payload or {}) for r in records]
+            if offset is None:
+                return out
+
+    def _put(self, point_id: str, payload: dict[str, Any], *, new: bool = False) -> bool:
+        """Upsert one meta point; with `new`, only where no point has this id (one conditional upsert, so of two
+        writers racing for one id one wins), telling whether this call inserted it."""
+        from qdrant_client import models
+
+        meta, token = self.store.meta_collection(), uuid.uuid4().hex
+        mode = models.UpdateMode.INSERT_ONLY if new else None
+        point = models.PointStruct(id=point_id, vector={}, payload={**payload, "_write": token})
+        self.store._call(self.store.client.upsert, meta, points=[point], update_mode=mode, wait=True)
+        if not new:
+            return True
+        found = self.store._call(self.store.client.retrieve, meta, [point_id], with_payload=["_write"])
+        return bool(found) and (found[0].payload or {}).get("_write") == token
+
+    def all(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {p["doc_id"]: p["document"] for p in self._scroll(kind) if "doc_id" in p}
+
+    def put_many(self, kind: str, documents: dict[str, dict[str, Any]]) -> None:
+        for doc_id, document in documents.items():
+            self._put(self._point_id(kind, doc_id), {"kind": kind, "doc_id": doc_id, "document": document})
+
+    def put_new(self, kind: str, doc_id: str, document: dict[str, Any]) -> bool:
+        return self._put(self._point_id(kind, doc_id), {"kind": kind, "doc_id": doc_id, "document": document},
+                         new=True)
+
+    def append(self, kind: str, entry: dict[str, Any]) -> None:
+        # Points come back in id order: the write's clock orders entries of one millisecond (or a restored entry,
+        # which keeps its time) as they were appended.
+        stamped = {"at": entry_time(), **entry}
+        self._put(str(uuid.uuid4()), {"kind": kind, "entry": stamped, "written_ns": time.time_ns()})
+
+    def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
+        from qdrant_client import models
+
+        if n > ORDERED_TAIL or not self.store.meta_exists():  # a backup's read of everything
+            return self._sorted_tail(kind, n)
+        # The newest n by the write's clock, which an integer index serves: not the whole log read and sorted on
+        # every read of its tail, as until 2026-12-06.
+        of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
+        newest = models.OrderBy(key="written_ns", direction=models.Direction.DESC)
+        try:
+            records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                          scroll_filter=models.Filter(must=[of_kind]), limit=n, order_by=newest,
+                                          with_payload=["entry"], with_vectors=False)
+        except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
+            return self._sorted_tail(kind, n)
+        entries = [e for r in records if isinstance(e := (r.payload or {}).get("entry"), dict)]  # not damaged
+        if len(records) < n:  # entries appended before `written_ns` existed: older than every one that has it
+            unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
+                is_empty=models.PayloadField(key="written_ns"))])
+            found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
+            older = sorted((e for e in found if isinstance(e, dict)),
+                           key=lambda e: str(e.get("at", "")), reverse=True)
+            entries += older[: n - len(records)]
+        return entries
+
+    def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
+        points = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict)]
+        points.sort(key=lambda p: (str(p["entry"].get("at", "")), p.get("written_ns", 0)), reverse=True)
+        return [p["entry"] for p in points[:n]]
+
+    def logs(self) -> list[str]:
+        from qdrant_client import models
+
+        has_entry = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+        return sorted({str(p.get("kind")) for p in self._payloads(has_entry, ["kind"])})
+
+    def clear_log(self, kind: str) -> None:
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return
+        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))],
+                              must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+        self.store._call(self.store.client.delete, self.store.meta_collection(),
+                         points_selector=models.FilterSelector(filter=where), wait=True)
