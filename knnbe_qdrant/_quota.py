@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from . import _schema as S
 from ._errors import InvalidInputError, QuotaExceededError
 from .store.base import Store
+from .store.documents import Documents, tenant_audit
 
 _WHAT = {  # what a refusal calls the points, the service's flag, and the way out
     S.SKILLS: ("skills", "--tenant-max-skills",
@@ -34,13 +35,15 @@ _WHAT = {  # what a refusal calls the points, the service's flag, and the way ou
 
 @dataclass(frozen=True)
 class Quota:
-    """At most `skills` skills and `sentences` memory sentences of its own per tenant; None: no limit."""
+    """At most `skills` skills and `sentences` memory sentences of its own per tenant, and `audit_entries` in its
+    audit log (the service's and the command line's edits each add one); None: no limit."""
 
     skills: int | None = None
     sentences: int | None = None
+    audit_entries: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("skills", "sentences"):
+        for name in ("skills", "sentences", "audit_entries"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidInputError(f"quota {name}: {value!r}; a whole number >= 1, or None for no limit")
@@ -49,9 +52,27 @@ class Quota:
         return self.skills if collection == S.SKILLS else self.sentences
 
 
-DEFAULT_QUOTA = Quota(skills=10_000, sentences=100_000)
+DEFAULT_QUOTA = Quota(skills=10_000, sentences=100_000, audit_entries=1_000_000)
 """The service's default: about as many sentences as the shipped memory's ESCO layer has (129,831), a tenant's
-own taxonomy of 10,000 skills. `serve --tenant-max-skills 0 --tenant-max-sentences 0` lifts them."""
+own taxonomy of 10,000 skills, and a million edits in its audit log (an entry is 0.2 to 0.6 KB, and the log of
+every edit keeps a copy: at most about 1 GB of disk a tenant). `serve --tenant-max-skills 0 --tenant-max-sentences
+0 --tenant-max-audit-entries 0` lifts them."""
+
+
+def audit_room(documents: Documents, quota: Quota | None, tenant: str | None) -> None:
+    """QuotaExceededError where the tenant's audit log holds its quota of entries. Every edit adds an entry and a
+    removal frees none (the log is the tenant's history, nothing is dropped from it), so a tenant adding and
+    removing one sentence over and over, within its quotas of points, grew its log, and the log of every edit,
+    until the disk that every tenant's edits need was full."""
+    limit = quota.audit_entries if quota is not None and tenant not in (None, S.GLOBAL_TENANT) else None
+    if limit is None or tenant is None:
+        return
+    held = documents.log_length(tenant_audit(tenant))
+    if held >= limit:
+        raise QuotaExceededError(
+            f"tenant {tenant!r}'s audit log holds {held:,} entries and may hold {limit:,} (the service's "
+            "--tenant-max-audit-entries): no more edits are taken; ask the operator to raise the quota (nothing is "
+            "dropped from a tenant's history of edits)")
 
 
 @contextmanager

@@ -263,7 +263,8 @@ def test_a_tenant_at_its_quota_gets_403_and_another_tenant_still_adds(served):
     service = client.app.state.service
     own = client.get("/v1/status", headers=auth(keys, "acme-reader")).json()["own"]
     assert client.get("/v1/status", headers=auth(keys, "acme-reader")).json()["quota"] == {
-        "skills": service.limits.quota.skills, "memory": service.limits.quota.sentences}
+        "skills": service.limits.quota.skills, "memory": service.limits.quota.sentences,
+        "audit": service.limits.quota.audit_entries}
     service.curator.quota = Quota(skills=own["skills"] + 1, sentences=own["memory"] + 1)
     try:
         h = auth(keys, "acme-curator")
@@ -276,7 +277,7 @@ def test_a_tenant_at_its_quota_gets_403_and_another_tenant_still_adds(served):
         r = client.post("/v1/memory", json={"skill": "acme:quota", "text": "One too many."}, headers=h)
         assert r.status_code == 403 and "memory sentences of its own" in r.json()["error"]
         assert client.get("/v1/status", headers=h).json()["quota"] == {"skills": own["skills"] + 1,
-                                                                       "memory": own["memory"] + 1}
+                                                                       "memory": own["memory"] + 1, "audit": None}
         hb = auth(keys, "beta-curator")
         r = client.post("/v1/skills", json={"id": "beta:quota", "label": "beta quota"}, headers=hb)
         assert r.status_code == 201
@@ -299,6 +300,64 @@ def test_a_tenant_at_its_quota_gets_403_and_another_tenant_still_adds(served):
         assert len(counted) <= 4, len(counted)  # two collections, at most twice each within the loop
     finally:
         service.curator.quota = service.limits.quota
+
+
+def test_a_tenant_whose_audit_log_is_at_its_quota_gets_403_and_another_tenant_still_edits(served):
+    """serve --tenant-max-audit-entries: every edit adds an entry to the tenant's audit log and a removal frees
+    none, so a tenant adding and removing one sentence over and over, within its quotas of points, grew its log
+    (and the log of every edit) until the disk every tenant needs was full. At its quota its edits are refused
+    with 403, nothing written, nothing dropped from its log; another tenant edits on."""
+    from knnbe_qdrant import Quota
+
+    client, keys, _, _ = served
+    service = client.app.state.service
+    h, hb = auth(keys, "acme-curator"), auth(keys, "beta-curator")
+    held = client.get("/v1/status", headers=h).json()["own"]["audit"]
+    assert held >= len(client.get("/v1/audit", params={"limit": 1000}, headers=h).json()["items"])  # lines
+    before, service.curator.quota = service.curator.quota, Quota(audit_entries=held + 2)
+    text = "A sentence added and removed over and over, to fill the audit log."
+    try:
+        assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=h).status_code == 201
+        assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=h).status_code == 200
+        for edit in (("/v1/memory", {"skill": "SQL", "text": text}),
+                     ("/v1/skills", {"id": "acme:audit-full", "label": "an audit log at its quota"})):
+            r = client.post(edit[0], json=edit[1], headers=h)
+            assert r.status_code == 403 and "audit log holds" in r.json()["error"], r.text
+            assert "raise the quota" in r.json()["error"]
+        status = client.get("/v1/status", headers=h).json()
+        assert status["own"]["audit"] == held + 2 and status["quota"]["audit"] == held + 2
+        assert text not in client.get("/v1/memory", params={"skill": "SQL"}, headers=h).text
+        assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=hb).status_code == 201
+        assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=hb).status_code == 200
+        assert client.get("/v1/audit", params={"limit": 1}, headers=h).json()["items"][0]["action"] == "memory removed"
+    finally:
+        service.curator.quota = before
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=h).status_code == 201  # raised
+    assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=h).status_code == 200
+
+
+def test_a_logs_length_is_counted_once_then_by_what_was_appended(tmp_path):
+    """FileDocuments.log_length, which each edit of a tenant at its audit quota asks: the lines appended since the
+    last count are read, not the whole log; a log cleared or replaced since (a tenant's deletion, a restore) is
+    counted afresh."""
+    from knnbe_qdrant.store.documents import FileDocuments, tenant_audit
+
+    kind = tenant_audit("Acme")
+    documents = FileDocuments(tmp_path)
+    assert documents.log_length(kind) == 0
+    documents.extend(kind, [{"n": i} for i in range(3)])
+    assert documents.log_length(kind) == 3
+    documents.append(kind, {"n": 3})
+    assert FileDocuments(tmp_path).log_length(kind) == 4  # another instance, the same count
+    documents.clear_log(kind)
+    assert documents.log_length(kind) == 0
+    documents.extend(kind, [{"n": i} for i in range(5)])
+    [path] = tmp_path.glob("audit@*.jsonl")
+    replaced = tmp_path / "replaced"
+    replaced.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]) + b'{"n": "a restored one"}\n' * 4)
+    assert documents.log_length(kind) == 5
+    replaced.replace(path)  # another file, longer than what was counted
+    assert documents.log_length(kind) == 6
 
 
 def test_listings_page_through_every_item_once_while_others_edit(served):

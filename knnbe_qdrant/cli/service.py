@@ -32,6 +32,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv.add_argument("--tenant-max-sentences", type=_ranged(int, 0), default=DEFAULT_QUOTA.sentences,
                     help=f"memory sentences of its own a tenant may add (default {DEFAULT_QUOTA.sentences}; 0: no "
                     "limit)")
+    sv.add_argument("--tenant-max-audit-entries", type=_ranged(int, 0), default=DEFAULT_QUOTA.audit_entries,
+                    help=f"entries a tenant's audit log may hold, one an edit; at the quota its edits are refused "
+                    f"(default {DEFAULT_QUOTA.audit_entries}; 0: no limit)")
     sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                     help="allow browser calls from this origin (repeatable; default: none, CORS off)")
     sv.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (or terminate TLS at a reverse proxy)")
@@ -104,7 +107,8 @@ def serve(args: argparse.Namespace) -> int:
         raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
                     batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout,
-                    quota=Quota(skills=args.tenant_max_skills or None, sentences=args.tenant_max_sentences or None))
+                    quota=Quota(skills=args.tenant_max_skills or None, sentences=args.tenant_max_sentences or None,
+                                audit_entries=args.tenant_max_audit_entries or None))
     app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             http=read_deadline_protocol(limits.read_timeout_s),

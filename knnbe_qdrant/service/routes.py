@@ -180,7 +180,9 @@ def router(service: Service) -> APIRouter:
         owner = key.tenant or S.GLOBAL_TENANT
         out["own"] = {c: points_of(mapper.store, owner, c) for c in S.COLLECTIONS}  # a second old at most
         if key.tenant is not None and curator.quota is not None:  # what its own may grow to (the global layer: none)
-            out["quota"] = {S.SKILLS: curator.quota.skills, S.MEMORY: curator.quota.sentences}
+            out["quota"] = {S.SKILLS: curator.quota.skills, S.MEMORY: curator.quota.sentences,
+                            "audit": curator.quota.audit_entries}
+            out["own"]["audit"] = mapper.store.documents().log_length(tenant_audit(key.tenant))
         if key.role == "admin":
             out["store"] = mapper.store.status()
         return out

@@ -14,7 +14,7 @@ from typing import Any
 from .._curation import Curator
 from .._errors import ConflictError, InvalidInputError, KnnbeError, NotFoundError, QuotaExceededError, StoreError
 from .._mapper import SkillMapper
-from .._quota import DEFAULT_QUOTA, Quota
+from .._quota import DEFAULT_QUOTA, Quota, audit_room
 from ..store.connection import Connection
 from ..store.documents import record_edit, split_tenant_audit
 from ..store.indexing import due_for_index
@@ -152,6 +152,7 @@ class Service:
             if self.keys is not None and not self.keys.live(key.name):
                 raise ApiError(401, f"key {key.name!r} was revoked while this edit waited (its tenant deleted, or the "
                                     "key revoked): nothing was changed")
+            audit_room(curator.store.documents(), curator.quota, key.tenant)
             yield curator
 
     def audit(self, key: Key, action: str, **details: Any) -> None:

@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -128,6 +129,10 @@ class Documents(ABC):
     def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:  # a restore's write, in order
         for entry in entries:
             self.append(kind, entry)
+
+    @abstractmethod
+    def log_length(self, kind: str) -> int:
+        """How many entries the log of `kind` holds (on files: its lines, a torn or damaged one included)."""
 
     @abstractmethod
     def logs(self) -> list[str]:
@@ -254,6 +259,24 @@ class FileDocuments(Documents):
         except FileNotFoundError:
             return []
 
+    def log_length(self, kind: str) -> int:
+        # Counted once, then only what was appended since: each edit of a tenant at its audit quota asks.
+        try:
+            with open(self._path(kind, ".jsonl"), "rb") as f:
+                st = os.fstat(f.fileno())
+                with _lengths_lock:
+                    inode, counted, lines = _lengths.get((self.root, kind), (None, 0, 0))
+                if inode != st.st_ino or st.st_size < counted:  # another file since (cleared, restored)
+                    counted, lines = 0, 0
+                f.seek(counted)
+                while block := f.read(1 << 20):
+                    lines, counted = lines + block.count(b"\n"), counted + len(block)
+        except FileNotFoundError:
+            return 0
+        with _lengths_lock:
+            _lengths[(self.root, kind)] = (st.st_ino, counted, lines)
+        return lines
+
     def logs(self) -> list[str]:
         return sorted({kind_of(p.name[: -len(".jsonl")]) for p in self.root.iterdir()
                        if p.name.endswith(".jsonl") and is_document_file(p.name)})
@@ -272,6 +295,10 @@ class FileDocuments(Documents):
         except FileNotFoundError:
             return 0
         return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+_lengths: dict[tuple[Path, str], tuple[int, int, int]] = {}  # (store, log) -> (inode, bytes counted, lines in them)
+_lengths_lock = threading.Lock()
 
 
 def fsync_dir(path: Path) -> None:

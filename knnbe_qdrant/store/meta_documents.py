@@ -114,6 +114,16 @@ class MetaDocuments(Documents):
         points.sort(key=lambda p: (str(p["entry"].get("at", "")), p.get("written_ns", 0)), reverse=True)
         return [p["entry"] for p in points[:n]]
 
+    def log_length(self, kind: str) -> int:
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return 0
+        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))],
+                              must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+        return int(self.store._call(self.store.client.count, self.store.meta_collection(), count_filter=where,
+                                    exact=True).count)
+
     def logs(self) -> list[str]:
         from qdrant_client import models
 
