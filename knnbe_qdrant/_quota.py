@@ -64,8 +64,8 @@ def audit_room(documents: Documents, quota: Quota | None, tenant: str | None) ->
     removal frees none (the log is the tenant's history, nothing is dropped from it), so a tenant adding and
     removing one sentence over and over, within its quotas of points, grew its log, and the log of every edit,
     until the disk that every tenant's edits need was full."""
-    limit = quota.audit_entries if quota is not None and tenant not in (None, S.GLOBAL_TENANT) else None
-    if limit is None or tenant is None:
+    limit = quota.audit_entries if quota is not None else None
+    if limit is None or tenant is None or tenant == S.GLOBAL_TENANT:  # the global layer has no quota
         return
     held = documents.log_length(tenant_audit(tenant))
     if held >= limit:

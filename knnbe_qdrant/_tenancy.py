@@ -95,10 +95,21 @@ def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
                 out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})[collection] = n
     # Hide marks are one key per tenant, which no facet lists: the tenants that ever hid something are
     # registered when they do, and their marks counted.
-    for tenant in [*store.documents().all(S.HIDERS), *out]:
+    documents = store.documents()
+    for tenant in [*documents.all(S.HIDERS), *out]:
         hidden = sum(store.count(c, where={S.hide_key(tenant): tenant}) for c in S.COLLECTIONS)
         if hidden or tenant in out:
             out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})["hidden"] = hidden
+    # And a tenant whose only trace is a live key, its audit log (a rebuild that discarded the edits keeps it), or a
+    # mark kept in the tombstone of a global point removed since: `tenant delete` finds and removes those, so the
+    # list shows them.
+    keyed = [k["tenant"] for k in documents.all(S.KEYS).values()
+             if isinstance(k, dict) and isinstance(k.get("tenant"), str) and not k.get("revoked_at")]
+    logged = [kind.removeprefix(tenant_audit("")) for kind in documents.logs() if kind.startswith(tenant_audit(""))]
+    marked = [t for tombstone in documents.all(S.TOMBSTONES).values() for t in _hiders(tombstone)]
+    for tenant in [*keyed, *logged, *marked]:
+        if is_tenant(tenant) and S.is_tenant_name(tenant):  # not an admin key's "global", nor a hand-made name
+            out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})
     return dict(sorted(out.items()))
 
 

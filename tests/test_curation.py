@@ -380,6 +380,20 @@ def test_tenant_list_and_delete_remove_exactly_that_tenant(curator, store):
     [sql] = store.retrieve(SKILLS, [skill_point_id(GLOBAL_TENANT, curator.resolve_skill("SQL")["skill_id"])])
     assert hidden_tenants(sql.payload) == ["b"]
     assert {c: store.count(c, where={"tenant": GLOBAL_TENANT}) for c in (SKILLS, MEMORY)} == before_global
+    # A tenant whose only trace is a mark kept in a removed global point's tombstone, or its audit log, is listed
+    # too (the list missed them, where `tenant delete` found them), and goes with its deletion.
+    from knnbe_qdrant.store.documents import tenant_audit
+
+    [text] = [p["text"] for p in curator.list_memory("SQL") if p["tenant"] == GLOBAL_TENANT][:1]
+    curator.remove_sentence(text, "SQL", tenant="c")  # c hides the global sentence
+    curator.remove_sentence(text, "SQL")  # which the global layer then removes: c's mark is in its tombstone
+    store.documents().append(tenant_audit("D"), {"action": "an edit that left nothing else"})
+    assert curator.tenants() == {"D": {"skills": 0, "memory": 0, "hidden": 0},
+                                 "b": {"skills": 0, "memory": 1, "hidden": 1},
+                                 "c": {"skills": 0, "memory": 0, "hidden": 0}}
+    curator.delete_tenant("c")
+    curator.delete_tenant("D")
+    assert curator.tenants() == {"b": {"skills": 0, "memory": 1, "hidden": 1}}
 
 
 def test_bad_curation_input_is_refused(curator):

@@ -142,12 +142,13 @@ def test_a_damaged_key_record_or_log_line_fails_no_other_keys_request(served, ca
     assert client.delete("/v1/tenants/leaving", headers=auth(keys, "root")).status_code == 200
     assert client.get("/v1/whoami", headers={"Authorization": f"Bearer {leaving}"}).status_code == 401
     # A line of the tenant's log that is JSON but no entry: skipped, the entries around it read.
-    documents.append(tenant_audit("acme"), {"action": "before the damage"})
+    _, reader = ring.create(role="reader", tenant="damaged", name="damaged-reader")
+    documents.append(tenant_audit("damaged"), {"action": "before the damage"})
     if hasattr(documents, "root"):
-        with open(documents._path(tenant_audit("acme"), ".jsonl"), "ab") as f:
+        with open(documents._path(tenant_audit("damaged"), ".jsonl"), "ab") as f:
             f.write(b'5\n["x"]\n"text"\n')
-    documents.append(tenant_audit("acme"), {"action": "after the damage"})
-    r = client.get("/v1/audit", params={"limit": 2}, headers=auth(keys, "acme-reader"))
+    documents.append(tenant_audit("damaged"), {"action": "after the damage"})
+    r = client.get("/v1/audit", params={"limit": 2}, headers={"Authorization": f"Bearer {reader}"})
     assert r.status_code == 200 and [e["action"] for e in r.json()["items"]] == ["after the damage",
                                                                                "before the damage"]
     documents.put_many("keys", {name: {**tampered, "name": name, "revoked_at": "2026-12-07"}
@@ -549,7 +550,8 @@ def test_a_tenants_audit_is_its_own_and_no_neighbour_floods_it_out(served, tmp_p
 def test_a_store_from_before_the_tenants_logs_gets_them_from_the_shared_one_once(backend, tmp_path, encoder,
                                                                                   small_skills):
     # Its shared log only: each existing tenant's entries go to its own log when a service first opens it, those
-    # from before a tenant's deletion excepted; a second start adds nothing.
+    # from before a tenant's deletion excepted; a second start adds nothing. A tenant with no data now but a live
+    # key exists too (it is listed, and `tenant delete` finds it): its keys read its history.
     from knnbe_qdrant import Curator
     from knnbe_qdrant.store.documents import AUDIT, tenant_audit
 
@@ -571,8 +573,8 @@ def test_a_store_from_before_the_tenants_logs_gets_them_from_the_shared_one_once
         with TestClient(app) as client:
             seen = {t: [e["text"] for e in client.get("/v1/audit", headers={"Authorization": f"Bearer {k}"}).json()[
                 "items"]] for t, k in keys.items()}
-        assert seen == {"acme": ["acme 2", "acme 1"], "gone": ["gone after"], "left": []}, seen
-    assert len(documents.tail(AUDIT, 100)) == 6 and not documents.tail(tenant_audit("left"), 1)
+        assert seen == {"acme": ["acme 2", "acme 1"], "gone": ["gone after"], "left": ["a tenant with no data now"]}
+    assert len(documents.tail(AUDIT, 100)) == 6 and len(documents.tail(tenant_audit("left"), 9)) == 1
     store.close()
 
 

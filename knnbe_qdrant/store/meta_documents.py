@@ -127,8 +127,13 @@ class MetaDocuments(Documents):
     def logs(self) -> list[str]:
         from qdrant_client import models
 
+        if not self.store.meta_exists():
+            return []
+        # The kinds by the index on `kind` (a facet), not every entry of every log read for its kind.
         has_entry = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
-        return sorted({str(p.get("kind")) for p in self._payloads(has_entry, ["kind"])})
+        found = self.store._call(self.store.client.facet, self.store.meta_collection(), key="kind",
+                                 facet_filter=has_entry, limit=1_000_000, exact=True)
+        return sorted(str(hit.value) for hit in found.hits if hit.count > 0)
 
     def clear_log(self, kind: str) -> None:
         from qdrant_client import models
