@@ -282,6 +282,8 @@ class FileDocuments(Documents):
                        if p.name.endswith(".jsonl") and is_document_file(p.name)})
 
     def clear_log(self, kind: str) -> None:
+        with _lengths_lock:  # a new log may get the old one's inode number: count it afresh
+            _lengths.pop((self.root, kind), None)
         with self._locked():
             try:
                 self._path(kind, ".jsonl").unlink()
