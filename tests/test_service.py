@@ -337,6 +337,36 @@ def test_a_tenant_whose_audit_log_is_at_its_quota_gets_403_and_another_tenant_st
     assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=h).status_code == 200
 
 
+def test_a_tenants_log_that_cannot_be_read_refuses_its_edits_with_a_clear_error_and_no_one_elses(served):
+    """Counted before every edit (the audit quota), a log that cannot be read (its permissions, a disk error; here
+    a directory in its place) made each of its tenant's edits a bare 500; now a 503 naming the file and the way
+    out, nothing written, and another tenant's edits go on."""
+    from knnbe_qdrant.store.documents import tenant_audit
+
+    client, keys, mapper, ring = served
+    documents = mapper.store.documents()
+    if not hasattr(documents, "root"):
+        pytest.skip("a log file of the embedded store")
+    _, secret = ring.create(role="curator", tenant="unreadable", name="unreadable-curator")
+    h = {"Authorization": f"Bearer {secret}"}
+    path = documents._path(tenant_audit("unreadable"), ".jsonl")
+    path.mkdir()
+    text = "A sentence whose tenant's audit log cannot be read."
+    try:
+        for r in (client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=h),
+                  client.get("/v1/audit", headers=h), client.get("/v1/status", headers=h)):
+            assert r.status_code == 503 and "cannot read the log" in r.json()["error"], r.text
+            assert str(path) in r.json()["error"] and "permissions" in r.json()["error"]
+        assert text not in client.get("/v1/memory", params={"skill": "SQL"}, headers=h).text
+        hb = auth(keys, "beta-curator")
+        assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=hb).status_code == 201
+        assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=hb).status_code == 200
+    finally:
+        path.rmdir()
+    assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=h).status_code == 201
+    assert client.delete("/v1/tenants/unreadable", headers=auth(keys, "root")).status_code == 200
+
+
 def test_a_logs_length_is_counted_once_then_by_what_was_appended(tmp_path):
     """FileDocuments.log_length, which each edit of a tenant at its audit quota asks: the lines appended since the
     last count are read, not the whole log; a log cleared or replaced since (a tenant's deletion, a restore) is

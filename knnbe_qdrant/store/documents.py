@@ -249,6 +249,8 @@ class FileDocuments(Documents):
                 data = b"".join(reversed(blocks))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise self._unreadable(kind, exc) from exc
         # A line that is no JSON is a torn last line from a crash, or the cut at the start of the block.
         return list(islice((e for raw in reversed(data.splitlines()) if (e := _entry(raw)) is not None), n))
 
@@ -258,9 +260,17 @@ class FileDocuments(Documents):
                 return [e for raw in f if (e := _entry(raw)) is not None]  # a line torn by a crash is skipped
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise self._unreadable(kind, exc) from exc
+
+    def _unreadable(self, kind: str, exc: OSError) -> StoreError:
+        # A log that cannot be read (its permissions, a disk error) was a 500 with no word of why on every edit of
+        # its tenant once the audit quota counted it, and on every read of its tail.
+        return StoreError(f"cannot read the log {self._path(kind, '.jsonl')} ({exc.strerror or exc}): fix its "
+                          f"permissions, or {_RESTORE}")
 
     def log_length(self, kind: str) -> int:
-        # Counted once, then only what was appended since: each edit of a tenant at its audit quota asks.
+        # Counted once, then only what was appended since: every edit under an audit quota asks.
         try:
             with open(self._path(kind, ".jsonl"), "rb") as f:
                 st = os.fstat(f.fileno())
@@ -273,6 +283,8 @@ class FileDocuments(Documents):
                     lines, counted = lines + block.count(b"\n"), counted + len(block)
         except FileNotFoundError:
             return 0
+        except OSError as exc:
+            raise self._unreadable(kind, exc) from exc
         with _lengths_lock:
             _lengths[(self.root, kind)] = (st.st_ino, counted, lines)
         return lines
