@@ -10,7 +10,7 @@ from typing import Any, TypeGuard
 from . import _schema as S
 from ._errors import NotFoundError
 from .store.base import Store, Where
-from .store.documents import Documents, tenant_audit
+from .store.documents import Documents, audit_tenant, tenant_audit
 
 
 def layers(tenant: str | None) -> list[str]:
@@ -103,19 +103,24 @@ def tenant_counts(store: Store) -> dict[str, dict[str, int]]:
     # And a tenant whose only trace is a live key, its audit log (a rebuild that discarded the edits keeps it), or a
     # mark kept in the tombstone of a global point removed since: `tenant delete` finds and removes those, so the
     # list shows them.
-    keyed = [k["tenant"] for k in documents.all(S.KEYS).values()
-             if isinstance(k, dict) and isinstance(k.get("tenant"), str) and not k.get("revoked_at")]
-    logged = [kind.removeprefix(tenant_audit("")) for kind in documents.logs() if kind.startswith(tenant_audit(""))]
+    keyed = [k.get("tenant") for k in _live_key_records(documents).values()]
+    logged = [audit_tenant(kind) for kind in documents.logs()]
     marked = [t for tombstone in documents.all(S.TOMBSTONES).values() for t in _hiders(tombstone)]
-    for tenant in [*keyed, *logged, *marked]:
-        if is_tenant(tenant) and S.is_tenant_name(tenant):  # not an admin key's "global", nor a hand-made name
-            out.setdefault(tenant, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})
+    for name in [*keyed, *logged, *marked]:
+        # Not an admin key's (none, or "global"), not the log of every edit, nor a name made by hand.
+        if isinstance(name, str) and is_tenant(name) and S.is_tenant_name(name):
+            out.setdefault(name, {S.SKILLS: 0, S.MEMORY: 0, "hidden": 0})
     return dict(sorted(out.items()))
 
 
-def _live_keys(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
+def _live_key_records(documents: Documents) -> dict[str, dict[str, Any]]:
+    """The stored key records not revoked, by name; a record that is no object (damaged) is none."""
     return {name: k for name, k in sorted(documents.all(S.KEYS).items())
-            if isinstance(k, dict) and k.get("tenant") == tenant and not k.get("revoked_at")}
+            if isinstance(k, dict) and not k.get("revoked_at")}
+
+
+def _live_keys(documents: Documents, tenant: str) -> dict[str, dict[str, Any]]:
+    return {name: k for name, k in _live_key_records(documents).items() if k.get("tenant") == tenant}
 
 
 def _revoke(documents: Documents, keys: dict[str, dict[str, Any]]) -> list[str]:
@@ -130,13 +135,12 @@ def delete_tenant_data(store: Store, tenant: str) -> list[str]:
     revoked."""
     documents = store.documents()
     with store.tenant_deletion(tenant):
-        live, removed = _live_keys(documents, tenant), _removed_marks(documents, tenant)
-        if not (live or removed or tenant in tenant_counts(store) or tenant_audit(tenant) in documents.logs()):
+        if tenant not in tenant_counts(store):  # its points, marks (live or in tombstones), audit log or live keys
             raise NotFoundError(f"no tenant {tenant!r}: it has no skills, sentences, hide marks, audit log or live "
                                 "keys")
         # The keys first: a key left live would edit the tenant back into being after its deletion, or read a later
         # tenant of the same name (the service checks an edit's key again once it holds the fence).
-        revoked = _revoke(documents, live)
+        revoked = _revoke(documents, _live_keys(documents, tenant))
         for collection in S.COLLECTIONS:
             # In chunks, not one delete by filter: the embedded engine answers no query while it deletes, and a
             # tenant of 50,000 sentences held every other tenant's mapping for 0.6 s.

@@ -39,6 +39,12 @@ def tenant_audit(tenant: str) -> str:
     return f"{AUDIT}@{tenant}"
 
 
+def audit_tenant(kind: str) -> str | None:
+    """The tenant whose own log `kind` is (tenant_audit's inverse); None for any other kind."""
+    tenant = kind.removeprefix(f"{AUDIT}@")
+    return tenant if tenant != kind else None
+
+
 TENANT_DELETE = "tenant delete"
 """The action of the audit entry a tenant's deletion leaves (`tenant_deleted` names it): its history ends there."""
 AUDIT_TEXT = 300

@@ -115,24 +115,17 @@ class MetaDocuments(Documents):
         return [p["entry"] for p in points[:n]]
 
     def log_length(self, kind: str) -> int:
-        from qdrant_client import models
-
         if not self.store.meta_exists():
             return 0
-        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))],
-                              must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
-        return int(self.store._call(self.store.client.count, self.store.meta_collection(), count_filter=where,
-                                    exact=True).count)
+        return int(self.store._call(self.store.client.count, self.store.meta_collection(),
+                                    count_filter=_entries(kind), exact=True).count)
 
     def logs(self) -> list[str]:
-        from qdrant_client import models
-
         if not self.store.meta_exists():
             return []
         # The kinds by the index on `kind` (a facet), not every entry of every log read for its kind.
-        has_entry = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
         found = self.store._call(self.store.client.facet, self.store.meta_collection(), key="kind",
-                                 facet_filter=has_entry, limit=1_000_000, exact=True)
+                                 facet_filter=_entries(None), limit=1_000_000, exact=True)
         return sorted(str(hit.value) for hit in found.hits if hit.count > 0)
 
     def clear_log(self, kind: str) -> None:
@@ -140,7 +133,13 @@ class MetaDocuments(Documents):
 
         if not self.store.meta_exists():
             return
-        where = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=kind))],
-                              must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
         self.store._call(self.store.client.delete, self.store.meta_collection(),
-                         points_selector=models.FilterSelector(filter=where), wait=True)
+                         points_selector=models.FilterSelector(filter=_entries(kind)), wait=True)
+
+
+def _entries(kind: str | None) -> Any:
+    """The filter of the log entries of `kind` (None: of every log), not the keyed documents of that kind."""
+    from qdrant_client import models
+
+    of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind)) if kind is not None else None
+    return models.Filter(must=of_kind, must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
