@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from . import _schema as S
 from ._errors import InvalidInputError, QuotaExceededError
 from .store.base import Store
-from .store.documents import Documents, tenant_audit
+from .store.documents import tenant_audit
 
 _WHAT = {  # what a refusal calls the points, the service's flag, and the way out
     S.SKILLS: ("skills", "--tenant-max-skills",
@@ -59,20 +59,38 @@ every edit keeps a copy: at most about 1 GB of disk a tenant). `serve --tenant-m
 0 --tenant-max-audit-entries 0` lifts them."""
 
 
-def audit_room(documents: Documents, quota: Quota | None, tenant: str | None) -> None:
-    """QuotaExceededError where the tenant's audit log holds its quota of entries. Every edit adds an entry and a
-    removal frees none (the log is the tenant's history, nothing is dropped from it), so a tenant adding and
-    removing one sentence over and over, within its quotas of points, grew its log, and the log of every edit,
-    until the disk that every tenant's edits need was full."""
+@contextmanager
+def audit_room(store: Store, quota: Quota | None, tenant: str | None) -> Iterator[None]:
+    """Hold a place in the tenant's audit log across an edit and its entry; QuotaExceededError, nothing written,
+    where the log and the edits under way fill its quota. Every edit adds an entry and a removal frees none (the
+    log is the tenant's history, nothing is dropped from it), so a tenant adding and removing one sentence over and
+    over, within its quotas of points, grew its log, and the log of every edit, until the disk that every tenant's
+    edits need was full. The places held count too, so that edits sent at once stop at the quota, not past it by
+    their number (in one process: replicas on a server see each other's entries once written)."""
     limit = quota.audit_entries if quota is not None else None
     if limit is None or tenant is None or tenant == S.GLOBAL_TENANT:  # the global layer has no quota
+        yield
         return
-    held = documents.log_length(tenant_audit(tenant))
-    if held >= limit:
-        raise QuotaExceededError(
-            f"tenant {tenant!r}'s audit log holds {held:,} entries and may hold {limit:,} (the service's "
-            "--tenant-max-audit-entries): no more edits are taken; ask the operator to raise the quota (nothing is "
-            "dropped from a tenant's history of edits)")
+    key = (store.describe(), tenant)
+    held = store.documents().log_length(tenant_audit(tenant))  # read outside the lock: a first count takes a while
+    with _counts_lock:
+        # An edit whose entry is written but whose place is not yet given back counts twice for that moment: an
+        # edit at the very edge may then be refused, never one past it let in.
+        under_way = _audit_places.get(key, 0)
+        if held + under_way >= limit:
+            under = f" and {under_way:,} edits under way" if under_way else ""
+            raise QuotaExceededError(
+                f"tenant {tenant!r}'s audit log holds {held:,} entries{under} and may hold {limit:,} (the "
+                "service's --tenant-max-audit-entries): no more edits are taken; ask the operator to raise the "
+                "quota (nothing is dropped from a tenant's history of edits)")
+        _audit_places[key] = under_way + 1
+    try:
+        yield
+    finally:
+        with _counts_lock:
+            left = _audit_places.pop(key) - 1
+            if left:
+                _audit_places[key] = left
 
 
 @contextmanager
@@ -121,6 +139,7 @@ def forget(store: Store, owner: str) -> None:
 
 _RECOUNT_S = 1.0
 _counts: dict[tuple[str, str, str], tuple[int, float]] = {}  # (store, tenant, collection) -> (points, counted at)
+_audit_places: dict[tuple[str, str], int] = {}  # (store, tenant) -> edits under way that hold a place in its log
 _counts_lock = threading.Lock()
 
 

@@ -5,6 +5,8 @@ ASGI stack); tests/test_service_process.py runs it as a real server on loopback.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 import pytest
@@ -335,6 +337,47 @@ def test_a_tenant_whose_audit_log_is_at_its_quota_gets_403_and_another_tenant_st
         service.curator.quota = before
     assert client.post("/v1/memory", json={"skill": "SQL", "text": text}, headers=h).status_code == 201  # raised
     assert client.post("/v1/memory/remove", json={"skill": "SQL", "text": text}, headers=h).status_code == 200
+
+
+def test_edits_sent_at_once_stop_at_the_audit_quota_not_past_it(served, monkeypatch):
+    """The quota counts the edits under way, not only the entries written: six edits at once, room for two, held
+    inside their edit until all have been answered or are waiting, gave four entries (a tenant's four edit threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from knnbe_qdrant import Quota
+
+    client, keys, _, _ = served
+    service = client.app.state.service
+    h = auth(keys, "acme-curator")
+    held = client.get("/v1/status", headers=h).json()["own"]["audit"]
+    encoder = service.curator.encoder
+    encode, release = encoder.encode, threading.Event()
+
+    def held_inside(texts, **kw):
+        if texts[0].startswith("at once"):
+            release.wait(30)
+        return encode(texts, **kw)
+
+    monkeypatch.setattr(encoder, "encode", held_inside)
+    before, service.curator.quota = service.curator.quota, Quota(audit_entries=held + 2)
+    texts = [f"at once {i}: a sentence sent with five others" for i in range(6)]
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            sent = [pool.submit(client.post, "/v1/memory", json={"skill": "SQL", "text": t}, headers=h)
+                    for t in texts]
+            deadline = time.monotonic() + 30
+            while sum(f.done() for f in sent) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            release.set()
+            answers = [f.result() for f in sent]
+        assert sorted(r.status_code for r in answers) == [201, 201, 403, 403, 403, 403], [r.text for r in answers]
+        assert all("audit log holds" in r.json()["error"] for r in answers if r.status_code == 403)
+        assert client.get("/v1/status", headers=h).json()["own"]["audit"] == held + 2
+    finally:
+        release.set()
+        service.curator.quota = before
+        for t in texts:
+            client.post("/v1/memory/remove", json={"skill": "SQL", "text": t}, headers=h)
 
 
 def test_a_tenants_log_that_cannot_be_read_refuses_its_edits_with_a_clear_error_and_no_one_elses(served):

@@ -152,8 +152,8 @@ class Service:
             if self.keys is not None and not self.keys.live(key.name):
                 raise ApiError(401, f"key {key.name!r} was revoked while this edit waited (its tenant deleted, or the "
                                     "key revoked): nothing was changed")
-            audit_room(curator.store.documents(), curator.quota, key.tenant)
-            yield curator
+            with audit_room(curator.store, curator.quota, key.tenant):
+                yield curator
 
     def audit(self, key: Key, action: str, **details: Any) -> None:
         mapper, _, _, _ = self.require_ready()
