@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -976,6 +977,13 @@ def test_a_backup_naming_a_log_outside_the_store_is_refused_before_anything_is_w
         restore(EdgeStore(target, create=True), tmp_path / "bk")
     assert not (tmp_path / "target" / "escaped.jsonl").exists() and not (tmp_path / "escaped.jsonl").exists()
     assert not (target / "manifest.json").exists()
+    # A log of its own (format 2) under such a name, and a file no backup holds, are refused as well.
+    files = index["files"]
+    for name in ("logs/../../escaped.jsonl.gz", "logs/keys.jsonl.gz", "../outside.jsonl.gz"):
+        index_path.write_text(json.dumps({**index, "files": {**files, name: {"sha256": "0", "entries": 1}}}))
+        with pytest.raises(InputFileError, match=f"names '{re.escape(name)}', which is no file a backup holds"):
+            restore(EdgeStore(target, create=True), tmp_path / "bk")
+        assert not (target / "manifest.json").exists()
 
 
 def test_a_backup_keeps_the_whole_audit_log_however_long(racing, tmp_path, monkeypatch):
@@ -1004,6 +1012,112 @@ def test_a_backup_keeps_the_whole_audit_log_however_long(racing, tmp_path, monke
             texts = [e["text"] for e in restored.entries(kind) if e.get("action") == "memory add"]
             assert texts == [f"sentence number {i} " + "x" * 100 for i in range(1000)], (kind, len(texts))
     finally:
+        target.close()
+
+
+def _long_logs(store, n):
+    from knnbe_qdrant.store.documents import record_edit, tenant_audit
+
+    documents = store.documents()
+    record_edit(documents, "acme", "test", "memory add", text="sentence number 0")
+    for kind in ("audit", tenant_audit("acme")):
+        documents.extend(kind, [{"tenant": "acme", "key": "test", "action": "memory add",
+                                 "text": f"sentence number {i}"} for i in range(1, n)])
+    return {kind: documents.entries(kind) for kind in ("audit", tenant_audit("acme"))}
+
+
+def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_still_restores(racing, tmp_path,
+                                                                                              monkeypatch):
+    """Format 1 kept every log inside documents.json: a backup read each log whole into memory, and a restore the
+    whole file (about 1 GB of Python objects per million entries, a tenant's audit quota). Format 2 streams each
+    log to logs/<log>.jsonl.gz and back."""
+    import hashlib
+
+    from knnbe_qdrant import EdgeStore
+    from knnbe_qdrant.store.backup import KEYED_DOCUMENTS, backup, restore
+    from knnbe_qdrant.store.documents import Documents, FileDocuments
+
+    store, _ = racing
+    logs = _long_logs(store, 2000)
+    if store.backend == "embedded":  # read as it is written, never whole (a server sorts its log first)
+        monkeypatch.setattr(FileDocuments, "entries", Documents.entries)
+        monkeypatch.setattr(Documents, "tail", lambda *a: pytest.fail("a backup read a whole log"))
+    backup(store, tmp_path / "bk")
+    monkeypatch.undo()
+    index = json.loads((tmp_path / "bk" / "backup.json").read_text())
+    assert index["version"] == 2
+    assert {k: v["entries"] for k, v in index["files"].items() if k.startswith("logs/")} == {
+        f"logs/{kind}.jsonl.gz": len(entries) for kind, entries in logs.items()}
+    assert set(json.loads((tmp_path / "bk" / "documents.json").read_text())) <= set(KEYED_DOCUMENTS)
+    target = EdgeStore(tmp_path / "restored", create=True)
+    try:
+        restore(target, tmp_path / "bk")
+        assert {kind: target.documents().entries(kind) for kind in logs} == logs
+    finally:
+        target.close()
+    # The same backup as format 1 wrote it: its logs inside documents.json.
+    old = tmp_path / "bk"
+    docs = json.loads((old / "documents.json").read_text())
+    for kind in logs:
+        with gzip.open(old / "logs" / f"{kind}.jsonl.gz", "rt", encoding="utf-8") as f:
+            docs[kind] = [json.loads(line) for line in f]
+        (old / "logs" / f"{kind}.jsonl.gz").unlink()
+        del index["files"][f"logs/{kind}.jsonl.gz"]
+    (old / "documents.json").write_text(json.dumps(docs))
+    index["version"] = 1
+    index["files"]["documents.json"]["sha256"] = hashlib.sha256((old / "documents.json").read_bytes()).hexdigest()
+    (old / "backup.json").write_text(json.dumps(index))
+    target = EdgeStore(tmp_path / "restored-1", create=True)
+    try:
+        restore(target, old)
+        assert {kind: target.documents().entries(kind) for kind in logs} == logs
+    finally:
+        target.close()
+
+
+def test_a_restore_stopped_while_it_writes_a_log_writes_it_whole_and_once_when_run_again(racing, tmp_path,
+                                                                                        monkeypatch):
+    """A log of a restore is written only into a store where it is empty (a store edited since keeps its own
+    history). Written in pieces, a restore stopped half-way left part of a log, which the next restore took for
+    the store's own and kept: the rest of the history was lost. On files the log is renamed into place whole; on a
+    server a mark says the log is being written, and the next restore writes it again over the same points."""
+    from knnbe_qdrant import EdgeStore
+    from knnbe_qdrant.store import backup as backup_module
+    from knnbe_qdrant.store.backup import backup, restore
+    from knnbe_qdrant.store.documents import tenant_audit
+
+    store, _ = racing
+    logs = _long_logs(store, 2000)
+    backup(store, tmp_path / "bk")
+    read, reads = backup_module._log_entries, []
+
+    def stopped_half_way(path):
+        reads.append(path.name)
+        for i, entry in enumerate(read(path)):
+            if i == 1000 and reads.count(path.name) == 2 and "@" in path.name:  # its write, after its check
+                raise KeyboardInterrupt  # as a kill would, in the middle of the tenant's log
+            yield entry
+
+    target = store if store.backend != "embedded" else EdgeStore(tmp_path / "restored", create=True)
+    if target is store:  # a server store: restored over itself, its logs emptied first (a new server store's)
+        for kind in logs:
+            store.documents().clear_log(kind)
+    monkeypatch.setattr(backup_module, "_log_entries", stopped_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        restore(target, tmp_path / "bk", force=target is store)
+    documents = target.documents()
+    if target.backend == "embedded":
+        assert documents.entries(tenant_audit("acme")) == [] and documents.logs() == ["audit"]
+    monkeypatch.undo()
+    if target.backend == "embedded":  # what a kill leaves beside the log: not a log, and written over
+        (target.path / ".audit@acme.jsonl.restoring").write_text('{"left": "by a kill"}\n')
+        assert documents.logs() == ["audit"]
+    restore(target, tmp_path / "bk", force=True)
+    assert {kind: documents.entries(kind) for kind in logs} == logs
+    assert documents.logs() == sorted(logs)
+    restore(target, tmp_path / "bk", force=True)  # once: a restore into a store whose logs hold entries keeps them
+    assert {kind: documents.entries(kind) for kind in logs} == logs
+    if target is not store:
         target.close()
 
 

@@ -1,23 +1,29 @@
 """`knnbe-qdrant backup` / `restore`: a whole store, curated data included, as a folder that any backend can load
 back without re-encoding anything.
 
-A backup folder holds `backup.json` (the format, the store's manifest, and the SHA-256 and point count of every
-other file), one `<collection>.jsonl.gz` per collection (a point a line: id, payload, the float32 vector in
-base64) and `documents.json` (the service's keys, the tenants that hide points, the tombstones of removed points,
-the audit log). It is written under a temporary name and renamed when complete, so a killed backup never looks
-whole; a restore checks every checksum before it writes anything, and replaces an existing store only with
+A backup folder holds `backup.json` (the format, the store's manifest, and the SHA-256 and point or entry count of
+every other file), one `<collection>.jsonl.gz` per collection (a point a line: id, payload, the float32 vector in
+base64), `documents.json` (the service's keys, the tenants that hide points, the tombstones of removed points) and
+`logs/<log>.jsonl.gz` (the audit log of every edit and each tenant's, an entry a line). It is written under a
+temporary name and renamed when complete, so a killed backup never looks whole; a restore checks every checksum
+and every line of the documents and logs before it writes anything, and replaces an existing store only with
 `--force`, building beside it and swapping in atomically, as `build --force` does.
+
+Logs are streamed, both ways: a tenant's audit log may hold a million entries (its quota), and format version 1,
+which kept the logs in documents.json, read them all into memory to write a backup and to restore one (about 1 GB
+of Python objects per million entries). A restore still reads version 1.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +33,14 @@ from .._errors import InputFileError, InvalidInputError, StoreError
 from .._schema import COLLECTIONS, HIDERS, KEYS, SCHEMA_VERSION, TOMBSTONES, Manifest, utc_now
 from .base import Store
 from .document_files import is_document_file
-from .documents import AUDIT_SPLIT
+from .documents import AUDIT_SPLIT, fsync_dir
 
 FORMAT = "knnbe-qdrant backup"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The format versions a restore reads: 1 kept the logs inside documents.json."""
+LOGS = "logs"
+"""The backup's folder of logs."""
 KEYED_DOCUMENTS = (KEYS, HIDERS, TOMBSTONES, AUDIT_SPLIT)
 LOG_DOCUMENTS = ("audit",)
 _CHUNK = 1000
@@ -73,9 +83,11 @@ def _backup(store: Store, target: Path) -> dict[str, int]:
     index = {"format": FORMAT, "version": VERSION, "created_at": utc_now(), "source": store.describe(),
              "manifest": manifest.__dict__, "files": files}
     (tmp / "backup.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    for path in tmp.iterdir():  # durable before the rename makes it a backup
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
+    for path in [*tmp.iterdir(), *(tmp / LOGS).iterdir()]:  # durable before the rename makes it a backup
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp / LOGS)
     os.replace(tmp, target)
     return {c: files[f"{c}.jsonl.gz"]["points"] for c in COLLECTIONS}
 
@@ -98,9 +110,17 @@ def _write_points_and_documents(store: Store, tmp: Path) -> dict[str, dict[str, 
         files[name] = {"sha256": _sha256(tmp / name), "points": n}
     documents = store.documents()
     docs: dict[str, Any] = {kind: documents.all(kind) for kind in KEYED_DOCUMENTS}
-    docs.update({kind: documents.entries(kind) for kind in {*LOG_DOCUMENTS, *documents.logs()}})
     (tmp / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
     files["documents.json"] = {"sha256": _sha256(tmp / "documents.json")}
+    (tmp / LOGS).mkdir()
+    for kind in sorted({*LOG_DOCUMENTS, *documents.logs()}):
+        name, n = f"{LOGS}/{kind}.jsonl.gz", 0
+        with gzip.open(tmp / name, "wt", encoding="utf-8", compresslevel=1) as f:
+            for entry in documents.iter_entries(kind):
+                f.write(json.dumps(entry, ensure_ascii=False))
+                f.write("\n")
+                n += 1
+        files[name] = {"sha256": _sha256(tmp / name), "entries": n}
     return files
 
 
@@ -116,10 +136,14 @@ def read_index(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise InputFileError(f"{root / 'backup.json'} is damaged: {exc}") from exc
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("files"), dict):
         raise InputFileError(f"{root / 'backup.json'} is not a knnbe-qdrant backup index")
-    if index.get("version") != VERSION:
+    if index.get("version") not in READS:
         raise InputFileError(f"{root} is a backup of format version {index.get('version')}; this knnbe-qdrant "
-                             f"reads version {VERSION}")
+                             f"reads versions {', '.join(map(str, READS))}")
     for name, meta in index["files"].items():
+        if name not in _POINT_FILES and name != "documents.json" and _log_kind(name) is None:
+            raise InputFileError(f"{root / 'backup.json'} names {name!r}, which is no file a backup holds")
+        if not isinstance(meta, dict):
+            raise InputFileError(f"{root / 'backup.json'}: the entry of {name!r} is damaged")
         path = root / name
         if not path.is_file():
             raise InputFileError(f"{path} is missing from the backup")
@@ -130,6 +154,44 @@ def read_index(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     except ValueError as exc:
         raise InputFileError(f"{root / 'backup.json'}: its manifest is damaged: {exc}") from exc
     return root, index
+
+
+_POINT_FILES = {f"{c}.jsonl.gz" for c in COLLECTIONS}
+
+
+def _log_kind(name: str) -> str | None:
+    """The log a backup's file `logs/<log>.jsonl.gz` holds; None for any other name (or a log no store has)."""
+    kind = name.removeprefix(f"{LOGS}/").removesuffix(".jsonl.gz")
+    return kind if f"{LOGS}/{kind}.jsonl.gz" == name and is_document_file(f"{kind}.jsonl") else None
+
+
+def _log_entries(path: Path) -> Iterator[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+            except ValueError as exc:
+                raise InputFileError(f"{path}:{line_no}: not a log entry ({exc})") from exc
+            if not isinstance(entry, dict):
+                raise InputFileError(f"{path}:{line_no}: not a log entry (a JSON {type(entry).__name__})")
+            yield entry
+
+
+def _logs(root: Path, index: dict[str, Any], docs: dict[str, Any]) -> dict[str, Callable[[], Iterable[Any]]]:
+    """Each log of the backup, as a way to read its entries in order: from `logs/` (format 2), each line checked
+    here, before anything is written, and counted against the index; or from documents.json (format 1)."""
+    logs: dict[str, Callable[[], Iterable[Any]]] = {
+        kind: functools.partial(iter, entries) for kind, entries in docs.items() if kind not in KEYED_DOCUMENTS}
+    for name, meta in index["files"].items():
+        kind = _log_kind(name)
+        if kind is None:
+            continue
+        path = root / name
+        counted = sum(1 for _ in _log_entries(path))
+        if counted != meta.get("entries"):
+            raise InputFileError(f"{path} holds {counted} entries where the backup recorded {meta.get('entries')}")
+        logs[kind] = functools.partial(_log_entries, path)
+    return logs
 
 
 def _points(path: Path) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
@@ -158,16 +220,17 @@ def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False
         raise StoreError(f"{store.describe()} exists: `knnbe-qdrant restore --force` replaces it with the backup "
                          "(built beside it and swapped in atomically)")
     docs = _read_documents(root / "documents.json")
+    logs = _logs(root, index, docs)
     if not store.exists():
-        return _load(store, store, saved, root, docs)
+        return _load(store, store, saved, root, docs, logs)
     # Edits wait until the swap: one made meanwhile went to the collections the swap then left behind (on a server,
     # other processes edit the store while it is restored).
     with store.edits_paused() as paused:
-        return _load(store, store.rebuild_view(), saved, root, docs, before_swap=paused.check)
+        return _load(store, store.rebuild_view(), saved, root, docs, logs, before_swap=paused.check)
 
 
-def _load(store: Store, target: Store, saved: Manifest, root: Path, docs: dict[str, Any], *,
-          before_swap: Callable[[], None] = lambda: None) -> Manifest:
+def _load(store: Store, target: Store, saved: Manifest, root: Path, docs: dict[str, Any],
+          logs: dict[str, Callable[[], Iterable[Any]]], *, before_swap: Callable[[], None] = lambda: None) -> Manifest:
     try:
         fields = {k: getattr(saved, k) for k in ("schema_version", "skill_text", "sources", "migrations", "params",
                                                  "previous", "created_at")}
@@ -187,7 +250,7 @@ def _load(store: Store, target: Store, saved: Manifest, root: Path, docs: dict[s
             stray = [r.id for r in target.scroll(collection, payload=False) if r.id not in restored]
             for start in range(0, len(stray), _CHUNK):
                 target.delete(collection, stray[start : start + _CHUNK])
-        _restore_documents(target, docs)
+        _restore_documents(target, docs, logs)
         target.optimize()
         target.mark_ready(counts={c: target.count(c) for c in COLLECTIONS}, build_seconds=saved.build_seconds)
         if target is not store:
@@ -214,17 +277,19 @@ def _read_documents(path: Path) -> dict[str, Any]:
         keyed = kind in KEYED_DOCUMENTS
         if not (keyed or is_document_file(f"{kind}.jsonl")) or not isinstance(value, dict if keyed else list):
             raise InputFileError(f"{path}: {kind!r} is not a document kind a backup holds (or not in its shape)")
+        bad = next((i for i, e in enumerate(value) if not isinstance(e, dict)), None) if not keyed else None
+        if bad is not None:
+            raise InputFileError(f"{path}: entry {bad} of the log {kind!r} is not a log entry")
     return docs
 
 
-def _restore_documents(store: Store, docs: dict[str, Any]) -> None:
+def _restore_documents(store: Store, docs: dict[str, Any], logs: dict[str, Callable[[], Iterable[Any]]]) -> None:
     """The backup's keys, hiders and tombstones join the store's (a key made since the backup stays); each of its
-    logs (the audit log, each tenant's) is written only into a store where that log is empty, so restoring twice
-    does not repeat it."""
+    logs (the audit log, each tenant's) is written only into a store where that log is empty, whole or not at all
+    (Documents.restore_log), so restoring twice does not repeat it and a killed restore leaves no part of one."""
     documents = store.documents()
     for kind in KEYED_DOCUMENTS:
         if docs.get(kind):
             documents.put_many(kind, docs[kind])
-    for kind in sorted({*LOG_DOCUMENTS, *docs} - set(KEYED_DOCUMENTS)):
-        if not documents.tail(kind, 1):
-            documents.extend(kind, docs.get(kind) or [])
+    for kind in sorted(logs):
+        documents.restore_log(kind, logs[kind]())

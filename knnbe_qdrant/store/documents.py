@@ -132,9 +132,20 @@ class Documents(ABC):
         """Every entry of the log `kind`, oldest first (a backup's read): not bounded as a `tail` may be."""
         return self.tail(kind, 10**12)[::-1]
 
-    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:  # a restore's write, in order
+    def iter_entries(self, kind: str) -> Iterator[dict[str, Any]]:
+        """`entries`, read as they are used (a backup's read: a tenant's log may hold a million entries); on a
+        server the log is read whole and sorted first."""
+        return iter(self.entries(kind))
+
+    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:  # entries kept in their order
         for entry in entries:
             self.append(kind, entry)
+
+    @abstractmethod
+    def restore_log(self, kind: str, entries: Iterable[dict[str, Any]]) -> bool:
+        """A restore's write of the whole log `kind`, in order, where that log holds no entry: all of it or none
+        of it, so that a restore killed half-way and run again writes it once, whole. False where the log held
+        entries (a store edited since the backup keeps its own history): nothing written."""
 
     @abstractmethod
     def log_length(self, kind: str) -> int:
@@ -236,6 +247,48 @@ class FileDocuments(Documents):
             f.flush()
             os.fsync(f.fileno())
 
+    def restore_log(self, kind: str, entries: Iterable[dict[str, Any]]) -> bool:
+        path = self._path(kind, ".jsonl")
+        if self.log_length(kind):
+            return False
+        # Written beside the log under a name no log has, then renamed into place: a killed restore leaves no
+        # half log (which the next restore would take for the store's own history and keep).
+        partial = path.with_name(f".{path.name}.restoring")
+        try:
+            written = 0
+            with open(partial, "w", encoding="utf-8") as f:
+                for entry in entries:
+                    f.write(json.dumps({"at": entry_time(), **entry}, ensure_ascii=False) + "\n")
+                    written += 1
+                f.flush()
+                os.fsync(f.fileno())
+            if not written:  # no file for an empty log: a tenant's would list the tenant
+                return True
+            with self._locked():
+                if self.log_length(kind):  # an entry appended meanwhile: the log is the store's own now
+                    return False
+                os.replace(partial, path)
+                fsync_dir(self.root)
+            return True
+        except OSError as exc:
+            raise StoreError(f"cannot write the log {path} ({exc.strerror or exc}): the store is unchanged "
+                             "and the restore can be run again") from exc
+        finally:
+            with suppress(FileNotFoundError):
+                partial.unlink()
+
+    def iter_entries(self, kind: str) -> Iterator[dict[str, Any]]:
+        try:
+            with open(self._path(kind, ".jsonl"), "rb") as f:
+                for raw in f:
+                    entry = _entry(raw)
+                    if entry is not None:  # a line torn by a crash is skipped
+                        yield entry
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._unreadable(kind, exc) from exc
+
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         path = self._path(kind, ".jsonl")
         try:
@@ -261,13 +314,7 @@ class FileDocuments(Documents):
         return list(islice((e for raw in reversed(data.splitlines()) if (e := _entry(raw)) is not None), n))
 
     def entries(self, kind: str) -> list[dict[str, Any]]:
-        try:
-            with open(self._path(kind, ".jsonl"), "rb") as f:
-                return [e for raw in f if (e := _entry(raw)) is not None]  # a line torn by a crash is skipped
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise self._unreadable(kind, exc) from exc
+        return list(self.iter_entries(kind))
 
     def _unreadable(self, kind: str, exc: OSError) -> StoreError:
         # A log that cannot be read (its permissions, a disk error) was a 500 with no word of why on every edit of

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import StoreError
@@ -16,6 +17,10 @@ if TYPE_CHECKING:  # the client store makes these documents; this module needs n
     from .client import QdrantClientStore
 
 _NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
+RESTORING_LOGS = "restoring_logs"
+"""A keyed document per log a restore writes: `done` false while it writes (a server's log is written in batches)."""
+RESTORE_BATCH = 1_000
+"""Entries a restore writes in one request to the server."""
 ORDERED_TAIL = 10_000
 """The longest tail a server's log gives from its `written_ns` index; a longer one (a backup's) reads the whole log."""
 
@@ -83,6 +88,28 @@ class MetaDocuments(Documents):
         # which keeps its time) as they were appended.
         stamped = {"at": entry_time(), **entry}
         self._put(str(uuid.uuid4()), {"kind": kind, "entry": stamped, "written_ns": time.time_ns()})
+
+    def restore_log(self, kind: str, entries: Iterable[dict[str, Any]]) -> bool:
+        from qdrant_client import models
+
+        # A restore killed half-way left part of the log: its mark says so, and the next one writes it again over
+        # the same points (their ids are the entries' places), then takes the mark off.
+        restoring = self.all(RESTORING_LOGS).get(kind, {}).get("done") is False
+        if not restoring and self.log_length(kind):
+            return False
+        self.put(RESTORING_LOGS, kind, {"done": False})
+        meta, clock, batch = self.store.meta_collection(), time.time_ns(), []
+        for place, entry in enumerate(entries):
+            batch.append(models.PointStruct(
+                id=self._point_id(f"{kind} restored", str(place)), vector={},
+                payload={"kind": kind, "entry": {"at": entry_time(), **entry}, "written_ns": clock + place}))
+            if len(batch) == RESTORE_BATCH:
+                self.store._call(self.store.client.upsert, meta, points=batch, wait=True)
+                batch = []
+        if batch:
+            self.store._call(self.store.client.upsert, meta, points=batch, wait=True)
+        self.put(RESTORING_LOGS, kind, {"done": True})
+        return True
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         from qdrant_client import models
