@@ -1034,14 +1034,21 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     import hashlib
 
     from knnbe_qdrant import EdgeStore
+    from knnbe_qdrant.store import meta_documents
     from knnbe_qdrant.store.backup import KEYED_DOCUMENTS, backup, restore
     from knnbe_qdrant.store.documents import Documents, FileDocuments
+    from knnbe_qdrant.store.meta_documents import MetaDocuments
 
     store, _ = racing
-    logs = _long_logs(store, 2000)
-    if store.backend == "embedded":  # read as it is written, never whole (a server sorts its log first)
-        monkeypatch.setattr(FileDocuments, "entries", Documents.entries)
-        monkeypatch.setattr(Documents, "tail", lambda *a: pytest.fail("a backup read a whole log"))
+    logs = _long_logs(store, 400)
+    # read as it is written, never whole: on a server a page at a time by the write's clock (small pages here)
+    monkeypatch.setattr(FileDocuments, "entries", Documents.entries)
+    monkeypatch.setattr(Documents, "tail", lambda *a: pytest.fail("a backup read a whole log"))
+    monkeypatch.setattr(MetaDocuments, "_sorted_tail", lambda *a: pytest.fail("a backup read a whole log"))
+    scroll = MetaDocuments._scroll
+    monkeypatch.setattr(MetaDocuments, "_scroll", lambda self, kind: pytest.fail("a backup read a whole log")
+                        if kind in logs else scroll(self, kind))
+    monkeypatch.setattr(meta_documents, "LOG_PAGE", 50)
     backup(store, tmp_path / "bk")
     monkeypatch.undo()
     index = json.loads((tmp_path / "bk" / "backup.json").read_text())

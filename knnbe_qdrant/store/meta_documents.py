@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._errors import StoreError
@@ -19,8 +19,10 @@ if TYPE_CHECKING:  # the client store makes these documents; this module needs n
 _NAMESPACE = uuid.UUID("0f7c1f0e-8f0c-4a83-b2a6-4a1b7d3c9e21")
 RESTORING_LOGS = "restoring_logs"
 """A keyed document per log a restore writes: `done` false while it writes (a server's log is written in batches)."""
-RESTORE_BATCH = 1_000
-"""Entries a restore writes in one request to the server."""
+WRITE_BATCH = 1_000
+"""Entries a restore (or a store's first split of its log into the tenants') writes in one request."""
+LOG_PAGE = 1_000
+"""Entries a backup reads in one request to the server."""
 ORDERED_TAIL = 10_000
 """The longest tail a server's log gives from its `written_ns` index; a longer one (a backup's) reads the whole log."""
 
@@ -89,27 +91,35 @@ class MetaDocuments(Documents):
         stamped = {"at": entry_time(), **entry}
         self._put(str(uuid.uuid4()), {"kind": kind, "entry": stamped, "written_ns": time.time_ns()})
 
-    def restore_log(self, kind: str, entries: Iterable[dict[str, Any]]) -> bool:
-        from qdrant_client import models
+    def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:
+        self._write_entries(kind, entries, lambda _: str(uuid.uuid4()))
 
+    def restore_log(self, kind: str, entries: Iterable[dict[str, Any]]) -> bool:
         # A restore killed half-way left part of the log: its mark says so, and the next one writes it again over
         # the same points (their ids are the entries' places), then takes the mark off.
         restoring = self.all(RESTORING_LOGS).get(kind, {}).get("done") is False
         if not restoring and self.log_length(kind):
             return False
         self.put(RESTORING_LOGS, kind, {"done": False})
+        self._write_entries(kind, entries, lambda place: self._point_id(f"{kind} restored", str(place)))
+        self.put(RESTORING_LOGS, kind, {"done": True})
+        return True
+
+    def _write_entries(self, kind: str, entries: Iterable[dict[str, Any]], point_id: Callable[[int], str]) -> None:
+        """Entries appended in their order, WRITE_BATCH to a request (one a request took a million requests for a
+        tenant's log at its quota)."""
+        from qdrant_client import models
+
         meta, clock, batch = self.store.meta_collection(), time.time_ns(), []
         for place, entry in enumerate(entries):
             batch.append(models.PointStruct(
-                id=self._point_id(f"{kind} restored", str(place)), vector={},
+                id=point_id(place), vector={},
                 payload={"kind": kind, "entry": {"at": entry_time(), **entry}, "written_ns": clock + place}))
-            if len(batch) == RESTORE_BATCH:
+            if len(batch) == WRITE_BATCH:
                 self.store._call(self.store.client.upsert, meta, points=batch, wait=True)
                 batch = []
         if batch:
             self.store._call(self.store.client.upsert, meta, points=batch, wait=True)
-        self.put(RESTORING_LOGS, kind, {"done": True})
-        return True
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         from qdrant_client import models
@@ -135,6 +145,45 @@ class MetaDocuments(Documents):
                            key=lambda e: str(e.get("at", "")), reverse=True)
             entries += older[: n - len(records)]
         return entries
+
+    def iter_entries(self, kind: str) -> Iterator[dict[str, Any]]:
+        """Oldest first, a page at a time from the index on the write's clock (a backup's read: not the whole log
+        read and sorted in memory). Entries from before the clock come first, read whole: they are older."""
+        from qdrant_client import models
+
+        if not self.store.meta_exists():
+            return
+        of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
+        unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
+            is_empty=models.PayloadField(key="written_ns"))])
+        found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
+        yield from sorted((e for e in found if isinstance(e, dict)), key=lambda e: str(e.get("at", "")))
+        start: int | None = None
+        seen: set[Any] = set()  # the points of the clock a page starts at that the last page gave already
+        while True:
+            oldest = models.OrderBy(key="written_ns", direction=models.Direction.ASC, start_from=start)
+            try:
+                records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                              scroll_filter=models.Filter(must=[of_kind]), limit=LOG_PAGE,
+                                              order_by=oldest, with_payload=["entry", "written_ns"],
+                                              with_vectors=False)
+            except StoreError:
+                if start is not None:
+                    raise
+                # no index to order by (a read-only key could not make it): the clocked entries read whole
+                clocked = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict) and "written_ns" in p]
+                clocked.sort(key=lambda p: (str(p["entry"].get("at", "")), p["written_ns"]))
+                yield from (p["entry"] for p in clocked)
+                return
+            fresh = [r for r in records if r.id not in seen]
+            for r in fresh:
+                entry = (r.payload or {}).get("entry")
+                if isinstance(entry, dict):  # not damaged
+                    yield entry
+            if len(records) < LOG_PAGE or not fresh:
+                return
+            start = (records[-1].payload or {}).get("written_ns")
+            seen = {r.id for r in records if (r.payload or {}).get("written_ns") == start}
 
     def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         points = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict)]
