@@ -1033,7 +1033,7 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     log to logs/<log>.jsonl.gz and back."""
     import hashlib
 
-    from knnbe_qdrant import EdgeStore
+    from knnbe_qdrant import EdgeStore, InputFileError
     from knnbe_qdrant.store import meta_documents
     from knnbe_qdrant.store.backup import KEYED_DOCUMENTS, backup, restore
     from knnbe_qdrant.store.documents import Documents, FileDocuments
@@ -1062,6 +1062,18 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
         assert {kind: target.documents().entries(kind) for kind in logs} == logs
     finally:
         target.close()
+    # A log line that is no entry (checksums redone to match) is refused, naming the file and line, before anything
+    # is written.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "bk", damaged)
+    log = damaged / "logs" / "audit.jsonl.gz"
+    log.write_bytes(gzip.compress(b'{"action": "memory add"}\n[1, 2]\n'))
+    bad = json.loads((damaged / "backup.json").read_text())
+    bad["files"]["logs/audit.jsonl.gz"] = {"sha256": hashlib.sha256(log.read_bytes()).hexdigest(), "entries": 2}
+    (damaged / "backup.json").write_text(json.dumps(bad))
+    with pytest.raises(InputFileError, match=r"audit\.jsonl\.gz:2: not a log entry"):
+        restore(EdgeStore(tmp_path / "never", create=True), damaged)
+    assert not (tmp_path / "never" / "manifest.json").exists()
     # The same backup as format 1 wrote it: its logs inside documents.json.
     old = tmp_path / "bk"
     docs = json.loads((old / "documents.json").read_text())

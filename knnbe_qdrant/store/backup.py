@@ -166,15 +166,17 @@ def _log_kind(name: str) -> str | None:
 
 
 def _log_entries(path: Path) -> Iterator[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            try:
+    done = 0  # lines read whole: a fault, in a line or in reading it, is on the next
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
                 entry = json.loads(line)
-            except ValueError as exc:
-                raise InputFileError(f"{path}:{line_no}: not a log entry ({exc})") from exc
-            if not isinstance(entry, dict):
-                raise InputFileError(f"{path}:{line_no}: not a log entry (a JSON {type(entry).__name__})")
-            yield entry
+                if not isinstance(entry, dict):
+                    raise InputFileError(f"{path}:{done + 1}: not a log entry (a JSON {type(entry).__name__})")
+                done += 1
+                yield entry
+    except (ValueError, EOFError, OSError) as exc:  # not JSON, not UTF-8, not gzip, or cut short
+        raise InputFileError(f"{path}:{done + 1}: not a log entry ({exc})") from exc
 
 
 def _logs(root: Path, index: dict[str, Any], docs: dict[str, Any]) -> dict[str, Callable[[], Iterable[Any]]]:
@@ -195,14 +197,17 @@ def _logs(root: Path, index: dict[str, Any], docs: dict[str, Any]) -> dict[str, 
 
 
 def _points(path: Path) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            try:
+    done = 0  # lines read whole: a fault, in a line or in reading it, is on the next
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
                 row = json.loads(line)
                 vector = np.frombuffer(base64.b64decode(row["vector"]), dtype="<f4").astype(np.float32)
-                yield str(row["id"]), dict(row["payload"]), vector
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputFileError(f"{path}:{line_no}: not a backed-up point ({exc})") from exc
+                point = str(row["id"]), dict(row["payload"]), vector
+                done += 1
+                yield point
+    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:  # a gzip cut short or none: EOF, OSError
+        raise InputFileError(f"{path}:{done + 1}: not a backed-up point ({exc})") from exc
 
 
 def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False) -> Manifest:

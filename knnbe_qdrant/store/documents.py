@@ -133,8 +133,8 @@ class Documents(ABC):
         return self.tail(kind, 10**12)[::-1]
 
     def iter_entries(self, kind: str) -> Iterator[dict[str, Any]]:
-        """`entries`, read as they are used (a backup's read: a tenant's log may hold a million entries); on a
-        server the log is read whole and sorted first."""
+        """`entries`, read as they are used (a backup's read: a tenant's log may hold a million entries). Files and
+        a server's meta collection read a line or a page at a time; this default reads the log whole."""
         return iter(self.entries(kind))
 
     def extend(self, kind: str, entries: list[dict[str, Any]]) -> None:  # entries kept in their order
