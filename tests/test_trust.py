@@ -1033,7 +1033,7 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     log to logs/<log>.jsonl.gz and back."""
     import hashlib
 
-    from knnbe_qdrant import EdgeStore, InputFileError
+    from knnbe_qdrant import EdgeStore, InputFileError, StoreCorruptError
     from knnbe_qdrant.store import meta_documents
     from knnbe_qdrant.store.backup import KEYED_DOCUMENTS, backup, restore
     from knnbe_qdrant.store.documents import Documents, FileDocuments
@@ -1074,6 +1074,23 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     with pytest.raises(InputFileError, match=r"audit\.jsonl\.gz:2: not a log entry"):
         restore(EdgeStore(tmp_path / "never", create=True), damaged)
     assert not (tmp_path / "never" / "manifest.json").exists()
+    # A collection's file that is no gzip at all was a traceback, and the half-restored store said to run `build`.
+    skills = damaged / "skills.jsonl.gz"
+    skills.write_bytes(b"not gzip\n")
+    bad["files"]["skills.jsonl.gz"]["sha256"] = hashlib.sha256(skills.read_bytes()).hexdigest()
+    shutil.copy(tmp_path / "bk" / "logs" / "audit.jsonl.gz", log)
+    bad["files"]["logs/audit.jsonl.gz"] = index["files"]["logs/audit.jsonl.gz"]
+    (damaged / "backup.json").write_text(json.dumps(bad))
+    half = EdgeStore(tmp_path / "half", create=True)
+    try:
+        with pytest.raises(InputFileError, match=r"skills\.jsonl\.gz:1: not a backed-up point \(Not a gzipped"):
+            restore(half, damaged)
+        with pytest.raises(StoreCorruptError, match=r"half-built \(state 'restoring'\): run `knnbe-qdrant restore"):
+            half.check_ready()
+        restore(half, tmp_path / "bk", force=True)
+        assert {kind: half.documents().entries(kind) for kind in logs} == logs
+    finally:
+        half.close()
     # The same backup as format 1 wrote it: its logs inside documents.json.
     old = tmp_path / "bk"
     docs = json.loads((old / "documents.json").read_text())

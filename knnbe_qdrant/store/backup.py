@@ -241,7 +241,7 @@ def _load(store: Store, target: Store, saved: Manifest, root: Path, docs: dict[s
                                                  "previous", "created_at")}
         # A view left by a stopped rebuild or restore is resumed (initialize), then made exactly the backup.
         target.initialize(saved.model, saved.dimension, **fields)
-        target.update_manifest(**fields)
+        target.update_manifest(**fields, state="restoring")  # stopped half-way, it says what to run again
         for collection in COLLECTIONS:
             restored: set[str] = set()
             batch: list[tuple[str, dict[str, Any], np.ndarray]] = []

@@ -178,11 +178,10 @@ class Store(ABC):
                 f"{self.describe()}: the collections that serve are not those its manifest names: a rebuild stopped "
                 "during its swap; run `knnbe-qdrant build --force` again to finish it"
             )
-        if m.state != "ready":
-            raise StoreCorruptError(
-                f"{self.describe()} is half-built (state {m.state!r}): run `knnbe-qdrant build` again to finish it "
-                "(already stored points are kept and not re-encoded)"
-            )
+        if m.state != "ready":  # a build's, or a restore's into a new store
+            way = ("restore --force BACKUP_DIR` again" if m.state == "restoring" else "build` again to finish it "
+                   "(already stored points are kept and not re-encoded)")
+            raise StoreCorruptError(f"{self.describe()} is half-built (state {m.state!r}): run `knnbe-qdrant {way}")
         if verify:
             self.verify(m)
         return m
