@@ -25,7 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ LOGS = "logs"
 KEYED_DOCUMENTS = (KEYS, HIDERS, TOMBSTONES, AUDIT_SPLIT)
 LOG_DOCUMENTS = ("audit",)
 _CHUNK = 1000
+T = TypeVar("T")
 
 
 def _sha256(path: Path) -> str:
@@ -165,18 +166,27 @@ def _log_kind(name: str) -> str | None:
     return kind if f"{LOGS}/{kind}.jsonl.gz" == name and is_document_file(f"{kind}.jsonl") else None
 
 
-def _log_entries(path: Path) -> Iterator[dict[str, Any]]:
+def _json_lines(path: Path, what: str, read: Callable[[Any], T]) -> Iterator[T]:
+    """`read` of each line's JSON, in order; InputFileError naming the file and line where one is not `what`."""
     done = 0  # lines read whole: a fault, in a line or in reading it, is on the next
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:
-                entry = json.loads(line)
-                if not isinstance(entry, dict):
-                    raise InputFileError(f"{path}:{done + 1}: not a log entry (a JSON {type(entry).__name__})")
+                item = read(json.loads(line))
                 done += 1
-                yield entry
-    except (ValueError, EOFError, OSError) as exc:  # not JSON, not UTF-8, not gzip, or cut short
-        raise InputFileError(f"{path}:{done + 1}: not a log entry ({exc})") from exc
+                yield item
+    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:  # not JSON or UTF-8, no gzip, cut short
+        raise InputFileError(f"{path}:{done + 1}: not {what} ({exc})") from exc
+
+
+def _log_entry(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"a JSON {type(value).__name__}")
+    return value
+
+
+def _log_entries(path: Path) -> Iterator[dict[str, Any]]:
+    return _json_lines(path, "a log entry", _log_entry)
 
 
 def _logs(root: Path, index: dict[str, Any], docs: dict[str, Any]) -> dict[str, Callable[[], Iterable[Any]]]:
@@ -196,18 +206,13 @@ def _logs(root: Path, index: dict[str, Any], docs: dict[str, Any]) -> dict[str, 
     return logs
 
 
+def _point(row: Any) -> tuple[str, dict[str, Any], np.ndarray]:
+    vector = np.frombuffer(base64.b64decode(row["vector"]), dtype="<f4").astype(np.float32)
+    return str(row["id"]), dict(row["payload"]), vector
+
+
 def _points(path: Path) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
-    done = 0  # lines read whole: a fault, in a line or in reading it, is on the next
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                vector = np.frombuffer(base64.b64decode(row["vector"]), dtype="<f4").astype(np.float32)
-                point = str(row["id"]), dict(row["payload"]), vector
-                done += 1
-                yield point
-    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:  # a gzip cut short or none: EOF, OSError
-        raise InputFileError(f"{path}:{done + 1}: not a backed-up point ({exc})") from exc
+    return _json_lines(path, "a backed-up point", _point)
 
 
 def restore(store: Store, folder: str | os.PathLike[str], *, force: bool = False) -> Manifest:

@@ -44,8 +44,7 @@ class MetaDocuments(Documents):
     def _scroll(self, kind: str) -> list[dict[str, Any]]:
         from qdrant_client import models
 
-        return self._payloads(models.Filter(must=[models.FieldCondition(key="kind",
-                                                                         match=models.MatchValue(value=kind))]))
+        return self._payloads(models.Filter(must=[_of_kind(kind)]))
 
     def _payloads(self, where: Any, fields: bool | list[str] = True) -> list[dict[str, Any]]:
         """The payloads of the meta points `where` selects, page after page."""
@@ -128,53 +127,41 @@ class MetaDocuments(Documents):
             return self._sorted_tail(kind, n)
         # The newest n by the write's clock, which an integer index serves: not the whole log read and sorted on
         # every read of its tail, as until 2026-12-06.
-        of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
         newest = models.OrderBy(key="written_ns", direction=models.Direction.DESC)
         try:
             records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                          scroll_filter=models.Filter(must=[of_kind]), limit=n, order_by=newest,
+                                          scroll_filter=models.Filter(must=[_of_kind(kind)]), limit=n, order_by=newest,
                                           with_payload=["entry"], with_vectors=False)
         except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
             return self._sorted_tail(kind, n)
         entries = [e for r in records if isinstance(e := (r.payload or {}).get("entry"), dict)]  # not damaged
         if len(records) < n:  # entries appended before `written_ns` existed: older than every one that has it
-            unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
-                is_empty=models.PayloadField(key="written_ns"))])
-            found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
-            older = sorted((e for e in found if isinstance(e, dict)),
-                           key=lambda e: str(e.get("at", "")), reverse=True)
-            entries += older[: n - len(records)]
+            entries += self._unclocked(kind, newest_first=True)[: n - len(records)]
         return entries
+
+    def _unclocked(self, kind: str, *, newest_first: bool) -> list[dict[str, Any]]:
+        """The log's entries from before the write's clock (`written_ns`), read whole and sorted by time."""
+        from qdrant_client import models
+
+        unclocked = models.Filter(must=[_of_kind(kind), models.IsEmptyCondition(
+            is_empty=models.PayloadField(key="written_ns"))])
+        found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
+        return sorted((e for e in found if isinstance(e, dict)), key=lambda e: str(e.get("at", "")),
+                      reverse=newest_first)
 
     def iter_entries(self, kind: str) -> Iterator[dict[str, Any]]:
         """Oldest first, a page at a time from the index on the write's clock (a backup's read: not the whole log
         read and sorted in memory). Entries from before the clock come first, read whole: they are older."""
-        from qdrant_client import models
-
         if not self.store.meta_exists():
             return
-        of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
-        unclocked = models.Filter(must=[of_kind, models.IsEmptyCondition(
-            is_empty=models.PayloadField(key="written_ns"))])
-        found = (p.get("entry") for p in self._payloads(unclocked, ["entry"]))
-        yield from sorted((e for e in found if isinstance(e, dict)), key=lambda e: str(e.get("at", "")))
-        start: int | None = None
+        try:
+            records = self._page(kind, None)
+        except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
+            yield from self.entries(kind)
+            return
+        yield from self._unclocked(kind, newest_first=False)
         seen: set[Any] = set()  # the points of the clock a page starts at that the last page gave already
         while True:
-            oldest = models.OrderBy(key="written_ns", direction=models.Direction.ASC, start_from=start)
-            try:
-                records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                              scroll_filter=models.Filter(must=[of_kind]), limit=LOG_PAGE,
-                                              order_by=oldest, with_payload=["entry", "written_ns"],
-                                              with_vectors=False)
-            except StoreError:
-                if start is not None:
-                    raise
-                # no index to order by (a read-only key could not make it): the clocked entries read whole
-                clocked = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict) and "written_ns" in p]
-                clocked.sort(key=lambda p: (str(p["entry"].get("at", "")), p["written_ns"]))
-                yield from (p["entry"] for p in clocked)
-                return
             fresh = [r for r in records if r.id not in seen]
             for r in fresh:
                 entry = (r.payload or {}).get("entry")
@@ -184,6 +171,17 @@ class MetaDocuments(Documents):
                 return
             start = (records[-1].payload or {}).get("written_ns")
             seen = {r.id for r in records if (r.payload or {}).get("written_ns") == start}
+            records = self._page(kind, start)
+
+    def _page(self, kind: str, start: int | None) -> list[Any]:
+        """LOG_PAGE of the log's points, by the write's clock from `start` on."""
+        from qdrant_client import models
+
+        oldest = models.OrderBy(key="written_ns", direction=models.Direction.ASC, start_from=start)
+        records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
+                                      scroll_filter=models.Filter(must=[_of_kind(kind)]), limit=LOG_PAGE,
+                                      order_by=oldest, with_payload=["entry", "written_ns"], with_vectors=False)
+        return list(records)
 
     def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
         points = [p for p in self._scroll(kind) if isinstance(p.get("entry"), dict)]
@@ -213,9 +211,15 @@ class MetaDocuments(Documents):
                          points_selector=models.FilterSelector(filter=_entries(kind)), wait=True)
 
 
+def _of_kind(kind: str) -> Any:
+    from qdrant_client import models
+
+    return models.FieldCondition(key="kind", match=models.MatchValue(value=kind))
+
+
 def _entries(kind: str | None) -> Any:
     """The filter of the log entries of `kind` (None: of every log), not the keyed documents of that kind."""
     from qdrant_client import models
 
-    of_kind = models.FieldCondition(key="kind", match=models.MatchValue(value=kind)) if kind is not None else None
-    return models.Filter(must=of_kind, must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
+    return models.Filter(must=_of_kind(kind) if kind is not None else None,
+                         must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="entry"))])
