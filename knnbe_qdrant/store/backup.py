@@ -181,7 +181,7 @@ def _json_lines(path: Path, what: str, read: Callable[[Any], T]) -> Iterator[T]:
 
 def _log_entry(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise TypeError(f"a JSON {type(value).__name__}")
+        raise InvalidInputError(f"a JSON {type(value).__name__}")  # a ValueError: the reader names file and line
     return value
 
 
