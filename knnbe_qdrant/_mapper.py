@@ -97,9 +97,11 @@ class SkillMapper:
         device: str | None = None,
         memory_sources: Sequence[str] | None = None,
         decompose: bool | None = None,
+        threads: int | None = None,
     ) -> SkillMapper:
         """Open a built store with the model it was built with. `location` is a `Connection` (a server, or any
         setting spelled out), an embedded store path, or None: the environment, else the default directory.
+        `threads`: CPU threads one encoder call may use (None: every core; see `Encoder`).
 
         Naming another `model` than the store's is refused with ModelMismatchError before the model is loaded.
         """
@@ -109,7 +111,7 @@ class SkillMapper:
             manifest = store.check_ready(verify=False)
             if model is not None:
                 store.check_model(canonical_model_name(model), None)
-            return cls(store, Encoder(manifest.model, device=device), params, exact=exact,
+            return cls(store, Encoder(manifest.model, device=device, threads=threads), params, exact=exact,
                        memory_sources=memory_sources, decompose=decompose)
         except BaseException:
             store.close()

@@ -89,6 +89,21 @@ def test_texts_are_cut_before_tokenizing_without_changing_the_embedding(encoder)
     assert float(a @ b) > 0.99999
 
 
+def test_an_encoder_call_uses_the_threads_it_is_given_and_the_service_gives_each_worker_its_share():
+    from knnbe_qdrant.service.batching import worker_shape
+
+    one = Encoder(runtime="onnx", threads=1)
+    assert one._runtime.session.get_session_options().intra_op_num_threads == 1
+    assert Encoder(runtime="onnx")._runtime.session.get_session_options().intra_op_num_threads == 0  # every core
+    texts = ["Experience with Python and SQL databases.", "cook"]
+    assert np.allclose(one.encode(texts), Encoder(runtime="onnx").encode(texts), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="threads must be >= 1"):
+        Encoder(threads=0)
+    # (map workers, encoder threads per call): the workers' calls together use each core once.
+    assert [worker_shape(cpus=c) for c in (1, 2, 3, 16)] == [(1, 1), (2, 1), (2, 1), (2, 8)]
+    assert worker_shape(3, cpus=2) == (3, 1) and worker_shape(1, cpus=16) == (1, 16)
+
+
 def test_empty_text_is_refused(encoder):
     import pytest
 

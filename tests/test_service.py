@@ -81,6 +81,17 @@ def test_health_readiness_and_metrics(served):
     assert 'knnbe_http_requests_total{endpoint="/healthz",method="other",status="405"}' in text
 
 
+def test_the_service_maps_on_the_workers_its_limits_name(served, encoder, tmp_path):
+    from knnbe_qdrant.service.batching import worker_shape
+
+    client, _, mapper, _ = served
+    assert client.app.state.service.batcher.workers == worker_shape()[0]
+    app = create_app(mapper=mapper, limits=Limits(map_workers=3), load_in_background=False)
+    with TestClient(app) as other:
+        assert other.app.state.service.batcher.workers == 3
+        assert other.get("/readyz").status_code == 200
+
+
 def test_map_answers_what_the_library_answers(served):
     client, keys, mapper, _ = served
     sentences = [SQL, "You will lead a small team of nurses"]

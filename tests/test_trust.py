@@ -797,7 +797,7 @@ class _Gated(SkillMapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls: list[int] = []
-        self.first, self.go = threading.Event(), threading.Event()
+        self.first, self.go, self.released = threading.Event(), threading.Event(), threading.Event()
 
     def encode(self, texts):
         self.calls.append(len(texts))
@@ -805,6 +805,7 @@ class _Gated(SkillMapper):
         if len(self.calls) == 1:
             self.first.set()
             self.go.wait(30)
+            self.released.set()
         return out
 
 
@@ -837,6 +838,69 @@ def test_a_one_sentence_request_waits_for_one_chunk_of_a_big_pass_not_all_of_it(
     finally:
         mapper.go.set()
         batcher.close()
+
+
+def test_with_two_workers_a_one_sentence_request_is_answered_while_the_other_is_held_inside_a_big_pass(
+        built_stores, encoder):
+    """The second worker takes what comes while the first encodes: the one-sentence request is answered while the
+    big pass's first encoder call is still held (with one worker it waits for that call, the test above)."""
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    mapper = _Gated(built_stores["embedded"], encoder)
+    batcher = MapBatcher(mapper, chunk=4, workers=2)
+    try:
+        big = batcher.submit([SQL, "Python", "Writing SQL", "Python scripts", SQL + " daily", "Relational databases"],
+                             3, None)
+        assert mapper.first.wait(60)
+        small = batcher.submit(["Programming in Python"], 3, None)
+        assert small.result(timeout=25)[0].skills[0].id == PYTHON_ID
+        assert not mapper.released.is_set() and not big.done()  # the big pass's first call is held still
+        mapper.go.set()
+        assert [r.skills[0].id for r in big.result(timeout=120)][1] == PYTHON_ID
+    finally:
+        mapper.go.set()
+        batcher.close()
+    assert not any(t.is_alive() for t in batcher._threads)  # close ends every worker
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_workers_answer_every_request_with_its_own_results_for_its_own_tenant(backend, encoder, small_skills,
+                                                                                   tmp_path):
+    """Twelve clients, three tenants (one with a skill of its own that only its requests may rank), requests of one
+    to five sentences in random orders through two workers: each answer is what the library gives that request."""
+    import random
+
+    from knnbe_qdrant.service.batching import MapBatcher
+
+    store = build_small(backend, tmp_path, encoder, small_skills[:20])
+    curator = Curator(store, encoder)
+    curator.add_skill("acme:kafka", "Apache Kafka event streaming", tenant="acme")
+    curator.add_sentence("Building Kafka pipelines", "acme:kafka", tenant="acme")
+    mapper = SkillMapper(store, encoder, exact=True)
+    pool = [SQL, "Python", "Writing SQL", "Programming in Python", "Building Apache Kafka event streaming pipelines",
+            "Relational databases", "Python scripts for data analysis", "Kafka streaming"]
+    want = {(t, s): [x.id for x in r.skills] for t in (None, "acme", "beta")
+            for s, r in zip(pool, mapper.map(pool, top=5, tenant=t))}
+    assert "acme:kafka" in want[("acme", pool[4])] and "acme:kafka" not in want[("beta", pool[4])]
+    batcher = MapBatcher(mapper, workers=2, max_wait_s=0.002)
+    wrong: list[tuple] = []
+
+    def client(seed):
+        rng = random.Random(seed)
+        for _ in range(6):
+            tenant = rng.choice([None, "acme", "beta"])
+            sentences = rng.sample(pool, rng.randint(1, 5))
+            for s, r in zip(sentences, batcher.submit(sentences, 5, tenant).result(timeout=120)):
+                got = [x.id for x in r.skills]
+                if r.text != s or got[0] != want[(tenant, s)][0] or len(set(got) ^ set(want[(tenant, s)])) > 2:
+                    wrong.append((tenant, s, got, want[(tenant, s)]))
+
+    try:
+        _race(12, client)
+    finally:
+        batcher.close()
+        store.close()
+    assert not wrong, wrong[:3]
 
 
 def test_another_tenants_flood_in_the_same_pass_holds_a_lone_request_for_a_chunk_not_the_pass(built_stores, encoder):

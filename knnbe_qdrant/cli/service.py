@@ -24,6 +24,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     sv.add_argument("--max-chars", type=_ranged(int, 1), default=5_000, help="characters per sentence (default 5000)")
     sv.add_argument("--batch-wait-ms", type=_ranged(float, 0, 1000), default=3.0, help="how long a map request "
                     "waits for others to batch with (default 3; 0 to 1000)")
+    sv.add_argument("--map-workers", type=_ranged(int, 1, 64), default=None, help="threads that encode and map "
+                    "requests, each encoder call on its share of the cores (default: 2 on a machine of two cores or "
+                    "more, else 1)")
     sv.add_argument("--read-timeout", type=_ranged(float, 0.1, 3600), default=30.0, help="seconds a request's "
                     "headers and then its body may take to arrive, and a client may leave its answer unread; then "
                     "the connection is closed (408 for a body) (default 30)")
@@ -64,6 +67,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     lt.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     lt.add_argument("--seconds", type=float, default=60.0, help="how long to load (default 60)")
     lt.add_argument("--write-share", type=float, default=0.05, help="share of requests that are writes (default .05)")
+    lt.add_argument("--map-workers", type=_ranged(int, 1, 64), default=None,
+                    help="the service's --map-workers (default: its own default)")
     lt.add_argument("--json", action="store_true")
     lt.set_defaults(func=loadtest)
 
@@ -106,7 +111,7 @@ def serve(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None) and args.ssl_keyfile is not None:
         raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_sentences=args.max_sentences, max_chars=args.max_chars,
-                    batch_wait_ms=args.batch_wait_ms, read_timeout_s=args.read_timeout,
+                    batch_wait_ms=args.batch_wait_ms, map_workers=args.map_workers, read_timeout_s=args.read_timeout,
                     quota=Quota(skills=args.tenant_max_skills or None, sentences=args.tenant_max_sentences or None,
                                 audit_entries=args.tenant_max_audit_entries or None))
     app = create_app(connection(args), limits=limits, cors_origins=tuple(args.cors_origin))
@@ -176,6 +181,7 @@ def loadtest(args: argparse.Namespace) -> int:
     _server_extra()
     from ..service.loadtest import format_table, run_loadtest
 
-    report = run_loadtest(connection(args), clients=args.clients, seconds=args.seconds, write_share=args.write_share)
+    report = run_loadtest(connection(args), clients=args.clients, seconds=args.seconds, write_share=args.write_share,
+                          map_workers=args.map_workers)
     print(json.dumps(report) if args.json else format_table(report))
     return 0 if report["errors"] == 0 and report["lost_writes"] == 0 else 1

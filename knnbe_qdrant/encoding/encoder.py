@@ -104,10 +104,17 @@ class Encoder:
     within 0.71 RP points of bf16 on every validation split. It is opt-in and for queries: stored vectors are
     encoded with `precision="fp32"`, which no environment overrides.
     The `precision` attribute says which arithmetic encodes.
+
+    `threads` caps the CPU threads one encoder call uses (ONNX Runtime's intra-op threads, OpenVINO's inference
+    threads; None: the runtime's default, every core). A caller that encodes from several threads at once, as the
+    service's map workers do, gives each call its share of the cores rather than have the calls contend for all of
+    them. The torch runtime's threads are process-wide (`torch.set_num_threads`): it keeps its own.
     """
 
     def __init__(self, name_or_path: str | None = None, device: str | None = None, runtime: str = "auto",
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", threads: int | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise InvalidInputError(f"threads must be >= 1 (or None for every core), got {threads}")
         if precision == "auto":
             precision = os.environ.get(ENV_PRECISION) or "auto"
         if precision not in PRECISIONS:
@@ -136,12 +143,13 @@ class Encoder:
                     export_onnx(model_dir, path)
                 bf16 = precision in ("auto", "int8") and cpu_has_bf16_units()
                 if precision == "int8":
-                    self._runtime = int8.open_runtime(model_dir, path, "bf16" if bf16 else "fp32")
+                    self._runtime = int8.open_runtime(model_dir, path, "bf16" if bf16 else "fp32", threads)
                 elif runtime == "openvino" or (runtime == "auto" and device in (None, "cpu") and bf16
                                                and not _cuda_present() and openvino_available()):
-                    self._runtime = OpenVinoRuntime(model_dir, path, precision="bf16" if bf16 else "fp32")
+                    self._runtime = OpenVinoRuntime(model_dir, path, precision="bf16" if bf16 else "fp32",
+                                                    threads=threads)
                 else:
-                    self._runtime = OnnxRuntime(model_dir, path, device)
+                    self._runtime = OnnxRuntime(model_dir, path, device, threads)
             except OnnxUnsupported as exc:
                 if runtime in ("onnx", "openvino") or precision == "int8":
                     raise

@@ -168,7 +168,8 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str) -> OpenVinoRuntime:
+def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str, threads: int | None = None
+                 ) -> OpenVinoRuntime:
     """The int8 runtime of the exported model at `onnx_path`, quantizing it first where no whole one is cached; the
     layers left in floating point run in `float_precision` ("bf16" or "fp32")."""
     if not available():
@@ -181,7 +182,7 @@ def open_runtime(model_dir: Path, onnx_path: Path, float_precision: str) -> Open
             quantize(reference.inputs, reference.tokenizer, onnx_path, calibration_texts())
         except OSError as exc:
             raise ModelError(f"cannot write the int8 model into {folder.parent}: {exc}") from exc
-    runtime = OpenVinoRuntime(model_dir, folder / MODEL_FILE, precision=float_precision)
+    runtime = OpenVinoRuntime(model_dir, folder / MODEL_FILE, precision=float_precision, threads=threads)
     runtime.precision = "int8"
     if reference is not None:  # checked once, when made; is_whole keeps it the same file afterwards
         cosine = float(np.min(np.sum(runtime.encode(PROBES, len(PROBES)) * reference.encode(PROBES, len(PROBES)),

@@ -157,7 +157,7 @@ class TokenizedRuntime:
 class OnnxRuntime(TokenizedRuntime):
     name = "onnx"
 
-    def __init__(self, model_dir: Path, onnx_path: Path, device: str | None) -> None:
+    def __init__(self, model_dir: Path, onnx_path: Path, device: str | None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         super().__init__(model_dir)
@@ -169,6 +169,8 @@ class OnnxRuntime(TokenizedRuntime):
         # Worker threads that spin while waiting for work take the CPU from whatever else runs (a service's HTTP
         # loop, the query side of mapping); on few cores, yielding costs less than it saves.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:
+            options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.dimension = int(self.session.get_outputs()[0].shape[-1])

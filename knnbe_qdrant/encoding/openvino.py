@@ -53,7 +53,7 @@ def available() -> bool:
 class OpenVinoRuntime(TokenizedRuntime):
     name = "openvino"
 
-    def __init__(self, model_dir: Path, onnx_path: Path, precision: str = "bf16") -> None:
+    def __init__(self, model_dir: Path, onnx_path: Path, precision: str = "bf16", threads: int | None = None) -> None:
         import openvino as ov
 
         super().__init__(model_dir)
@@ -61,8 +61,10 @@ class OpenVinoRuntime(TokenizedRuntime):
         cache = user_cache("openvino")
         core.set_property({"CACHE_DIR": str(cache)})  # the compiled model is reused by later starts
         hint = {"bf16": "bf16", "fp32": "f32"}[precision]
-        self.compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         self.precision = precision
         self.align = AMX_ALIGN if "amx_tile" in _cpu_flags() else 1
         self._local = threading.local()

@@ -7,21 +7,26 @@ refuses, say) fails that request alone and every other one in the batch still ge
 client went away before its batch started is dropped, not computed. Requests queue per tenant and are taken
 round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
-One worker thread encodes and maps, pass after pass. Requests queue in two lanes by size, and passes alternate
-between them (`_Lanes`). A pass of larger requests is encoded in chunks of PREEMPT_CHUNK sentences, and between
-chunks the one-sentence requests that came meanwhile are encoded, mapped and answered: an interactive lookup waits
-for one chunk of a big pass, not the whole of it, so big passes can be large (LARGE_PASS), which is what makes
-them cheap per sentence. A request is never split across passes (its sentences are mapped together).
+Worker threads (two by default, `worker_shape`) each encode and map, pass after pass, from the same queues: while
+one maps a pass (Python and the engine's searches, one core), the other encodes the next (ONNX Runtime, which
+releases Python's lock), each encoder call on its share of the cores. Requests queue in two lanes by size, and
+passes alternate between them (`_Lanes`). A pass of larger requests is encoded in chunks of PREEMPT_CHUNK sentences,
+and between chunks the one-sentence requests that came meanwhile are encoded, mapped and answered: an interactive
+lookup waits for one chunk of a big pass, not the whole of it, so big passes can be large (LARGE_PASS), which is
+what makes them cheap per sentence. A request is never split across passes (its sentences are mapped together).
 
-Why not a pipeline (one thread encoding the next pass while another maps the last, as until 2026-12-06): on two
-cores the encoder's own two threads already fill the machine, so the mapping thread only slowed them down (and it
-holds the GIL through each Edge search). Alternating runs of the batcher alone, 16 closed-loop clients, 2-core AMD
-EPYC, 2026-12-06: the pipeline with passes of 16 gave 0.51-0.61x the library at a one-sentence p95 of 393-426 ms;
-one worker with chunks of 4 and passes of 64 gave 0.78-0.83x at 107-116 ms (docs/service.md).
+Why whole workers and not a pipeline (one thread encoding the next pass while another maps the last, as until
+2026-12-06): the pipeline's encoder kept two threads, which already fill two cores, so the mapping thread only
+slowed them down, and its stages handed passes over in order. Alternating runs of the batcher alone, 16 closed-loop
+clients, 2-core AMD EPYC, 2026-12-06: the pipeline with passes of 16 gave 0.51-0.61x the library at a one-sentence
+p95 of 393-426 ms; one worker with chunks of 4 and passes of 64 gave 0.78-0.83x at 107-116 ms. On 2026-12-07
+(night), the same batcher alone, four alternating runs of 15 s: two workers on one encoder thread each 66.2 / 57.9 /
+65.3 / 72.1 sentences/s against one worker on two threads 54.9 / 45.3 / 49.3 / 59.6 (docs/service.md).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .._errors import InvalidInputError
 from .._mapper import SkillMapper
 from .._results import SentenceResult
 from ..encoding import Encoded
@@ -174,6 +180,20 @@ def _chunks(lengths: Sequence[int], most: int, chars: int | None) -> Iterator[tu
         start = end
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system says, else every CPU)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def worker_shape(workers: int | None = None, cpus: int | None = None) -> tuple[int, int]:
+    """(map workers, encoder threads per call): by default two workers where there are two CPUs or more, each
+    encoder call on its share of them, so that the workers' encoder calls together use every core once."""
+    cpus = cpus or usable_cpus()
+    workers = workers or (2 if cpus >= 2 else 1)
+    return workers, max(1, cpus // workers)
+
+
 class MapBatcher:
     def __init__(
         self,
@@ -183,8 +203,11 @@ class MapBatcher:
         max_sentences: int = 256,
         large_pass: int = LARGE_PASS,
         chunk: int = PREEMPT_CHUNK,
+        workers: int = 1,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
+        if workers < 1:
+            raise InvalidInputError(f"workers must be >= 1, got {workers}")
         self.mapper = mapper
         self.max_wait_s = max_wait_s
         self.max_sentences = max_sentences
@@ -192,8 +215,14 @@ class MapBatcher:
         self.chunk = chunk
         self.on_batch = on_batch  # (requests, sentences) of each batch, for the metrics
         self._lanes = _Lanes()
-        self._thread = threading.Thread(target=self._loop, name="knnbe-map", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"knnbe-map-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def submit(self, sentences: Sequence[str], top: int, tenant: str | None) -> Future[list[SentenceResult]]:
         """Map already-validated sentences; the future holds one result per sentence, in order."""
@@ -202,8 +231,10 @@ class MapBatcher:
         return job.future
 
     def close(self) -> None:
+        """Every queued request is answered, then the workers end (10 s at most each)."""
         self._lanes.close()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _loop(self) -> None:
         while (taken := self._lanes.take(self.max_sentences, self.large_pass, self.max_wait_s)) is not None:

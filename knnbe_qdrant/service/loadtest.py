@@ -32,6 +32,7 @@ from .._errors import KnnbeError
 from ..evaluation.bench import Targets
 from ..evaluation.bench import format_table as format_measures
 from ..store.connection import Connection
+from .batching import worker_shape
 from .keys import KeyRing
 
 WRITE_SKILL = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"  # Python (programming)
@@ -69,10 +70,11 @@ def library_baseline(connection: Connection, sentences: list[str]) -> float:
         return len(sentences) / (time.perf_counter() - started)
 
 
-def _start_server(connection: Connection, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _start_server(connection: Connection, port: int, log: IO[bytes],
+                  map_workers: int | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "KNNBE_"))}
     cmd = [sys.executable, "-m", "knnbe_qdrant", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
+           "--log-level", "warning", *(["--map-workers", str(map_workers)] if map_workers else [])]
     # The log goes to a file, not a pipe: a pipe nobody reads would block the server once full.
     return subprocess.Popen(cmd, env={**env, **connection.environment()}, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -140,7 +142,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 60.0, write_share: float = 0.05,
-                 baseline: bool = True, seed: int = 0) -> dict[str, Any]:
+                 baseline: bool = True, seed: int = 0, map_workers: int | None = None) -> dict[str, Any]:
     sentences = [text for text, _ in skillskape_sentences("dev")]
     # Before and after the load: a shared machine's speed drifts by a fifth within minutes (2-core EPYC, 2026-12-06:
     # one 512-sentence baseline read 95 to 146 sentences/s between runs), and the ratio should not hang on one read.
@@ -157,7 +159,7 @@ def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in the finally below, after the server stops)
-        server = _start_server(connection, port, log)
+        server = _start_server(connection, port, log, map_workers)
         try:
             ready_s = _wait_ready(base, server, log)
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -188,6 +190,7 @@ def run_loadtest(connection: Connection, *, clients: int = 16, seconds: float = 
     return {
         "machine": f"{os.uname().machine}, {os.cpu_count()} CPUs",
         "clients": clients,
+        "map_workers": "{} x {} encoder thread(s)".format(*worker_shape(map_workers)),
         "seconds": round(out["elapsed"], 1),
         "start_to_ready_s": round(ready_s, 2),
         "map_requests": len(lat),

@@ -18,7 +18,7 @@ from .._quota import DEFAULT_QUOTA, Quota, audit_room
 from ..store.connection import Connection
 from ..store.documents import record_edit, split_tenant_audit
 from ..store.indexing import due_for_index
-from .batching import MapBatcher
+from .batching import MapBatcher, worker_shape
 from .keys import Key, KeyRing
 from .metrics import Metrics
 
@@ -34,6 +34,7 @@ class Limits:
     max_chars: int = 5_000
     max_top: int = 100
     batch_wait_ms: float = 3.0
+    map_workers: int | None = None  # None: batching.worker_shape's choice for this machine
     read_timeout_s: float = 30.0
     quota: Quota = DEFAULT_QUOTA  # skills and sentences of its own a tenant may add (_quota)
 
@@ -77,7 +78,9 @@ class Service:
     def load(self) -> None:
         where = self.connection.describe() if self.connection else "the given store"
         try:
-            mapper = self._given or SkillMapper.open(self.connection)
+            workers, threads = worker_shape(self.limits.map_workers)
+            # A mapper the caller opened keeps its encoder's threads; ours gives each worker's calls their share.
+            mapper = self._given or SkillMapper.open(self.connection, threads=threads)
             # Its own encoder, loaded at the first edit: stored vectors are encoded in full precision, queries
             # may be bf16 (see encoding.encoder).
             self.curator = Curator(mapper.store)
@@ -92,14 +95,16 @@ class Service:
             except (OSError, KnnbeError) as exc:  # the tenants then see their edits from now on: no reason not to serve
                 log.warning("could not fill the tenants' audit logs from the shared one: %s", exc)
             self.keys = KeyRing(mapper.store.documents())
-            self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000,
+            self.batcher = MapBatcher(mapper, max_wait_s=self.limits.batch_wait_ms / 1000, workers=workers,
                                       on_batch=self.metrics.on_batch)
             if waiting := due_for_index(mapper.store):  # indexing holds Python's lock: not while serving
                 log.warning("%d points curators added are not indexed, and every query searches them one by one; "
                             "stop the service and run `knnbe-qdrant index` (about 30 s per 100,000 points)", waiting)
             self.mapper = mapper
             self.ready_after = time.perf_counter() - self.started
-            log.info("ready in %.2f s: %s", self.ready_after, mapper.store.describe())
+            log.info("ready in %.2f s: %s; %d map worker%s, encoder threads %s", self.ready_after,
+                     mapper.store.describe(), workers, "" if workers == 1 else "s",
+                     "as given" if self._given else threads)
         except KnnbeError as exc:
             self.failure = str(exc)
             log.error("cannot serve %s: %s", where, exc)
