@@ -102,6 +102,8 @@ def test_an_encoder_call_uses_the_threads_it_is_given_and_the_service_gives_each
     # (map workers, encoder threads per call): the workers' calls together use each core once.
     assert [worker_shape(cpus=c) for c in (1, 2, 3, 16)] == [(1, 1), (2, 1), (2, 1), (2, 8)]
     assert worker_shape(3, cpus=2) == (3, 1) and worker_shape(1, cpus=16) == (1, 16)
+    with pytest.raises(InvalidInputError, match="map workers must be >= 1, got 0"):
+        worker_shape(0)
 
 
 def test_empty_text_is_refused(encoder):

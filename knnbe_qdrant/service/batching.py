@@ -7,13 +7,14 @@ refuses, say) fails that request alone and every other one in the batch still ge
 client went away before its batch started is dropped, not computed. Requests queue per tenant and are taken
 round-robin across tenants, so one tenant's flood does not hold another's request behind all of it.
 
-Worker threads (two by default, `worker_shape`) each encode and map, pass after pass, from the same queues: while
-one maps a pass (Python and the engine's searches, one core), the other encodes the next (ONNX Runtime, which
-releases Python's lock), each encoder call on its share of the cores. Requests queue in two lanes by size, and
-passes alternate between them (`_Lanes`). A pass of larger requests is encoded in chunks of PREEMPT_CHUNK sentences,
-and between chunks the one-sentence requests that came meanwhile are encoded, mapped and answered: an interactive
-lookup waits for one chunk of a big pass, not the whole of it, so big passes can be large (LARGE_PASS), which is
-what makes them cheap per sentence. A request is never split across passes (its sentences are mapped together).
+Worker threads (the service runs two by default, `worker_shape`) each encode and map, pass after pass, from the same
+queues: while one maps a pass (Python and the engine's searches, one core), the other encodes the next (ONNX
+Runtime, which releases Python's lock), each encoder call on its share of the cores. Requests queue in two lanes by
+size, and passes alternate between them (`_Lanes`). A pass of larger requests is encoded in chunks of PREEMPT_CHUNK
+sentences, and between chunks the one-sentence requests that came meanwhile are encoded, mapped and answered: an
+interactive lookup waits for one chunk of a big pass, not the whole of it, so big passes can be large (LARGE_PASS),
+which is what makes them cheap per sentence. A request is never split across passes (its sentences are mapped
+together).
 
 Why whole workers and not a pipeline (one thread encoding the next pass while another maps the last, as until
 2026-12-06): the pipeline's encoder kept two threads, which already fill two cores, so the mapping thread only
@@ -189,8 +190,10 @@ def usable_cpus() -> int:
 def worker_shape(workers: int | None = None, cpus: int | None = None) -> tuple[int, int]:
     """(map workers, encoder threads per call): by default two workers where there are two CPUs or more, each
     encoder call on its share of them, so that the workers' encoder calls together use every core once."""
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"map workers must be >= 1, got {workers}")
     cpus = cpus or usable_cpus()
-    workers = workers or (2 if cpus >= 2 else 1)
+    workers = workers if workers is not None else 2 if cpus >= 2 else 1
     return workers, max(1, cpus // workers)
 
 
