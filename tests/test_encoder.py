@@ -99,6 +99,9 @@ def test_an_encoder_call_uses_the_threads_it_is_given_and_the_service_gives_each
     assert np.allclose(one.encode(texts), Encoder(runtime="onnx").encode(texts), atol=1e-6)
     with pytest.raises(InvalidInputError, match="threads must be >= 1"):
         Encoder(threads=0)
+    vino = Encoder(runtime="openvino", threads=1)  # the dev extra installs OpenVINO
+    assert vino._runtime.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert np.allclose(vino.encode(texts), Encoder(runtime="openvino").encode(texts), atol=1e-6)
     # (map workers, encoder threads per call): the workers' calls together use each core once.
     assert [worker_shape(cpus=c) for c in (1, 2, 3, 16)] == [(1, 1), (2, 1), (2, 1), (2, 8)]
     assert worker_shape(3, cpus=2) == (3, 1) and worker_shape(1, cpus=16) == (1, 16)
