@@ -121,17 +121,12 @@ class MetaDocuments(Documents):
             self.store._call(self.store.client.upsert, meta, points=batch, wait=True)
 
     def tail(self, kind: str, n: int) -> list[dict[str, Any]]:
-        from qdrant_client import models
-
         if n > ORDERED_TAIL or not self.store.meta_exists():  # a backup's read of everything
             return self._sorted_tail(kind, n)
         # The newest n by the write's clock, which an integer index serves: not the whole log read and sorted on
         # every read of its tail, as until 2026-12-06.
-        newest = models.OrderBy(key="written_ns", direction=models.Direction.DESC)
         try:
-            records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                          scroll_filter=models.Filter(must=[_of_kind(kind)]), limit=n, order_by=newest,
-                                          with_payload=["entry"], with_vectors=False)
+            records = self._by_clock(kind, n, newest_first=True)
         except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
             return self._sorted_tail(kind, n)
         entries = [e for r in records if isinstance(e := (r.payload or {}).get("entry"), dict)]  # not damaged
@@ -155,7 +150,7 @@ class MetaDocuments(Documents):
         if not self.store.meta_exists():
             return
         try:
-            records = self._page(kind, None)
+            records = self._by_clock(kind, LOG_PAGE)
         except StoreError:  # no index to order by (a read-only key could not make it): the whole log, sorted
             yield from self.entries(kind)
             return
@@ -171,16 +166,18 @@ class MetaDocuments(Documents):
                 return
             start = (records[-1].payload or {}).get("written_ns")
             seen = {r.id for r in records if (r.payload or {}).get("written_ns") == start}
-            records = self._page(kind, start)
+            records = self._by_clock(kind, LOG_PAGE, start=start)
 
-    def _page(self, kind: str, start: int | None) -> list[Any]:
-        """LOG_PAGE of the log's points, by the write's clock from `start` on."""
+    def _by_clock(self, kind: str, limit: int, *, newest_first: bool = False, start: int | None = None) -> list[Any]:
+        """`limit` of the log's points in the order of the write's clock (from `start` on), which an integer index
+        serves; StoreError where there is none to order by."""
         from qdrant_client import models
 
-        oldest = models.OrderBy(key="written_ns", direction=models.Direction.ASC, start_from=start)
+        order = models.OrderBy(key="written_ns", start_from=start,
+                               direction=models.Direction.DESC if newest_first else models.Direction.ASC)
         records, _ = self.store._call(self.store.client.scroll, self.store.meta_collection(),
-                                      scroll_filter=models.Filter(must=[_of_kind(kind)]), limit=LOG_PAGE,
-                                      order_by=oldest, with_payload=["entry", "written_ns"], with_vectors=False)
+                                      scroll_filter=models.Filter(must=[_of_kind(kind)]), limit=limit,
+                                      order_by=order, with_payload=["entry", "written_ns"], with_vectors=False)
         return list(records)
 
     def _sorted_tail(self, kind: str, n: int) -> list[dict[str, Any]]:
