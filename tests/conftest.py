@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 
 import pytest
 
@@ -39,8 +40,6 @@ def _drop_server_stores():
                                       prefix=store.prefix).drop()
 
 
-
-
 @pytest.fixture(params=BACKENDS)
 def empty_store(request, tmp_path):
     store = make_store(request.param, tmp_path / "store")
@@ -65,6 +64,14 @@ def built_store(request, built_stores):
     return built_stores[request.param]
 
 
+@pytest.fixture(params=BACKENDS)
+def racing(request, tmp_path, encoder, small_skills):
+    """A store of the anchor skills alone (built in seconds) on each backend, for races and backups."""
+    store = build_small(request.param, tmp_path, encoder, small_skills[:20])
+    yield store, encoder
+    store.close()
+
+
 @pytest.fixture(scope="session")
 def cli_taxonomy(tmp_path_factory, small_skills):
     path = tmp_path_factory.mktemp("taxonomy") / "skills.jsonl"
@@ -80,4 +87,12 @@ def cli_store(tmp_path_factory, cli_taxonomy):
     r = run("build", "--taxonomy", cli_taxonomy, *SMALL_BUILD, store=path)
     assert r.returncode == 0, r.stderr.decode()
     assert b"store ready" in r.stdout
+    return path
+
+
+@pytest.fixture
+def store_copy(cli_store, tmp_path):
+    """A copy of the command line's small store, for a test that changes or damages it."""
+    path = tmp_path / "store"
+    shutil.copytree(cli_store, path)
     return path

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from knnbe_qdrant import EdgeStore, QdrantClientStore, build_store, default_memory
+from knnbe_qdrant import ConflictError, EdgeStore, NotFoundError, QdrantClientStore, build_store, default_memory
 
 # Skills the tests' sentences are about, so the slice is small (fast) yet the answers are meaningful.
 ANCHOR_LABELS = {
@@ -153,3 +155,23 @@ def kill_a_command_after(store: Path, seconds: float, *args) -> None:
     time.sleep(seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"  # ESCO's "Python" skill
+SQL = "Experience writing SQL queries against relational databases"
+
+
+def race(n: int, fn):
+    """fn(0) ... fn(n - 1) on n threads released at once; each one's result, or the ConflictError or NotFoundError
+    it raised (what a refused racer gets)."""
+    barrier = threading.Barrier(n)
+
+    def go(i):
+        barrier.wait()
+        try:
+            return fn(i)
+        except (ConflictError, NotFoundError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(go, range(n)))

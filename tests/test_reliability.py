@@ -30,13 +30,6 @@ def mapped(store: Path) -> list[str]:
     return [s["id"] for s in json.loads(r.stdout)["skills"]]
 
 
-@pytest.fixture
-def store_copy(cli_store, tmp_path):
-    path = tmp_path / "store"
-    shutil.copytree(cli_store, path)
-    return path
-
-
 # ---- destructive rebuilds ------------------------------------------------------------------------------------
 def test_force_with_a_mistyped_model_changes_nothing(store_copy, cli_taxonomy):
     before = (store_copy / "manifest.json").read_text()
