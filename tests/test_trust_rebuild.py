@@ -355,6 +355,7 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     import hashlib
 
     from knnbe_qdrant import EdgeStore, InputFileError, StoreCorruptError
+    from knnbe_qdrant.store import backup as backup_module
     from knnbe_qdrant.store import meta_documents
     from knnbe_qdrant.store.backup import KEYED_DOCUMENTS, backup, restore
     from knnbe_qdrant.store.documents import Documents, FileDocuments
@@ -402,10 +403,18 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
     shutil.copy(tmp_path / "bk" / "logs" / "audit.jsonl.gz", log)
     bad["files"]["logs/audit.jsonl.gz"] = index["files"]["logs/audit.jsonl.gz"]
     (damaged / "backup.json").write_text(json.dumps(bad))
+    # Every point is now checked before anything is written (as the logs are): nothing is left half-restored.
     half = EdgeStore(tmp_path / "half", create=True)
     try:
         with pytest.raises(InputFileError, match=r"skills\.jsonl\.gz:1: not a backed-up point \(Not a gzipped"):
             restore(half, damaged)
+        assert not half.exists()
+        # A restore that stops half-way for another reason (a full disk, a server gone) leaves the store marked,
+        # and opening it says what to run again.
+        with monkeypatch.context() as m:
+            m.setattr(backup_module, "_write", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+            with pytest.raises(OSError, match="No space left"):
+                restore(half, tmp_path / "bk")
         with pytest.raises(StoreCorruptError, match=r"half-built \(state 'restoring'\): run `knnbe-qdrant restore"):
             half.check_ready()
         restore(half, tmp_path / "bk", force=True)
@@ -430,6 +439,69 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
         assert {kind: target.documents().entries(kind) for kind in logs} == logs
     finally:
         target.close()
+
+
+def test_a_damaged_point_in_a_backup_is_refused_before_anything_is_written(racing, tmp_path):
+    """A collection's file damaged with its checksum redone to match (a wrong-length, non-unit or NaN vector, a
+    payload that is no object, an id that is no UUID, a line gone) is refused naming the file and line, before
+    anything is written: until 2026-12-08 it was found half-way through the load, which left a new store
+    half-restored and kept every edit of a forced restore's store paused until then."""
+    import base64
+    import hashlib
+
+    from knnbe_qdrant import EdgeStore, InputFileError
+    from knnbe_qdrant.store.backup import backup, restore
+
+    store, encoder = racing
+    backup(store, tmp_path / "bk")
+    with gzip.open(tmp_path / "bk" / "memory.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    dimension = len(np.frombuffer(base64.b64decode(rows[0]["vector"]), dtype="<f4"))
+
+    def vector(values):
+        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+    damages = [
+        ("a vector of 3 numbers", {"vector": vector([1.0, 0.0, 0.0])}),
+        ("a vector that is not a unit vector", {"vector": vector(np.full(dimension, 0.5))}),
+        ("a vector that is not a unit vector", {"vector": vector(np.full(dimension, np.nan))}),
+        ("a payload that is a JSON list", {"payload": ["skill_id"]}),
+        ("badly formed hexadecimal UUID", {"id": "not-a-point-id"}),
+        ("Only base64 data is allowed", {"vector": "AAAA!"}),
+    ]
+    curator = Curator(store, encoder)
+    sql = curator.resolve_skill("SQL")["skill_id"]
+    before = [[m.id for m in r.skills] for r in SkillMapper(store, encoder, exact=True).map([SQL])]
+    for n, (what, change) in enumerate([*damages, ("holds", None)]):
+        damaged = tmp_path / f"damaged-{n}"
+        shutil.copytree(tmp_path / "bk", damaged)
+        lines = [json.dumps({**row, **change}) if i == 2 and change else json.dumps(row) for i, row in enumerate(rows)
+                 if change is not None or i != 2]  # the last case: a line gone
+        path = damaged / "memory.jsonl.gz"
+        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+        index = json.loads((damaged / "backup.json").read_text())
+        index["files"]["memory.jsonl.gz"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (damaged / "backup.json").write_text(json.dumps(index))
+        where = (rf"memory\.jsonl\.gz:3: not a backed-up point \({what}" if change is not None
+                 else rf"memory\.jsonl\.gz holds {len(rows) - 1} points where the backup recorded {len(rows)}")
+        fresh = EdgeStore(tmp_path / f"new-{n}", create=True)
+        try:
+            with pytest.raises(InputFileError, match=where):
+                restore(fresh, damaged)
+            assert not fresh.exists()
+        finally:
+            fresh.close()
+        with pytest.raises(InputFileError, match=where):
+            restore(store, damaged, force=True)
+    # The store that a forced restore of each would have replaced serves as before, and takes edits at once.
+    assert [[m.id for m in r.skills] for r in SkillMapper(store, encoder, exact=True).map([SQL])] == before
+    assert curator.add_sentence("Tuning slow SQL joins", sql) is True
+    fresh = EdgeStore(tmp_path / "whole", create=True)
+    try:
+        restore(fresh, tmp_path / "bk")
+        assert fresh.count("memory") == len(rows)
+    finally:
+        fresh.close()
 
 
 def test_a_restore_stopped_while_it_writes_a_log_writes_it_whole_and_once_when_run_again(racing, tmp_path,
