@@ -17,10 +17,8 @@ from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.state import Limits
-from tests.helpers import BACKENDS, build_small, make_store
+from tests.helpers import BACKENDS, SQL, build_small, make_store
 
-SQL = "Experience writing SQL queries against relational databases"
-PYTHON_ID = "http://data.europa.eu/esco/skill/ccd0a1d9-afda-43d9-b901-96344886e14d"
 LIMITS = Limits(max_body_bytes=20_000, max_sentences=8, max_chars=300)
 
 
