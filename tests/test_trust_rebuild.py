@@ -496,10 +496,20 @@ def test_a_damaged_point_in_a_backup_is_refused_before_anything_is_written(racin
     # The store that a forced restore of each would have replaced serves as before, and takes edits at once.
     assert [[m.id for m in r.skills] for r in SkillMapper(store, encoder, exact=True).map([SQL])] == before
     assert curator.add_sentence("Tuning slow SQL joins", sql) is True
+    # An id in capitals (any spelling Python's uuid reads) is the same point: restored, not deleted as a stray.
+    capitals = tmp_path / "capitals"
+    shutil.copytree(tmp_path / "bk", capitals)
+    path = capitals / "memory.jsonl.gz"
+    path.write_bytes(gzip.compress("".join(json.dumps({**row, "id": row["id"].upper()} if i == 2 else row) + "\n"
+                                           for i, row in enumerate(rows)).encode()))
+    index = json.loads((capitals / "backup.json").read_text())
+    index["files"]["memory.jsonl.gz"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (capitals / "backup.json").write_text(json.dumps(index))
     fresh = EdgeStore(tmp_path / "whole", create=True)
     try:
-        restore(fresh, tmp_path / "bk")
+        restore(fresh, capitals)
         assert fresh.count("memory") == len(rows)
+        assert [r.id for r in fresh.retrieve("memory", [rows[2]["id"]], payload=False)] == [rows[2]["id"]]
     finally:
         fresh.close()
 

@@ -211,11 +211,16 @@ def _point(row: Any, dimension: int) -> tuple[str, dict[str, Any], np.ndarray]:
     """A point as the store will take it; a ValueError (the reader names file and line) for anything it would not:
     an id that is no UUID or unsigned integer, a payload that is no object, a vector of the wrong length, not
     finite or not of unit length (a store holding one is refused as damaged when it is next opened)."""
-    pid, payload = row["id"], row["payload"]
+    pid, payload = str(row["id"]), row["payload"]
     if not isinstance(payload, dict):
         raise InvalidInputError(f"a payload that is a JSON {type(payload).__name__}")
-    if not (isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0) and not str(pid).isdigit():
-        uuid.UUID(str(pid))  # a ValueError for any other id
+    if pid.isascii() and pid.isdigit():
+        if int(pid) >= 2**64:
+            raise InvalidInputError(f"a point id over 2**64 - 1 ({pid})")
+    else:
+        # In its one spelling: the load deletes every point of the store whose id it did not write, and the engine
+        # gives ids back in this one (an id written in capitals was written, then deleted as a stray).
+        pid = str(uuid.UUID(pid))  # a ValueError for any other id
     vector = np.frombuffer(base64.b64decode(row["vector"], validate=True), dtype="<f4").astype(np.float32)
     if vector.shape != (dimension,):
         raise InvalidInputError(f"a vector of {vector.size} numbers where the store's have {dimension}")
@@ -223,7 +228,7 @@ def _point(row: Any, dimension: int) -> tuple[str, dict[str, Any], np.ndarray]:
         squared = float(np.dot(vector, vector))
     if not 0.98**2 < squared < 1.02**2:  # the bounds of the store's own check; NaN and infinity fail this too
         raise InvalidInputError("a vector that is not a unit vector")
-    return str(pid), dict(payload), vector
+    return pid, dict(payload), vector
 
 
 def _points(path: Path, dimension: int) -> Iterator[tuple[str, dict[str, Any], np.ndarray]]:
