@@ -68,6 +68,7 @@ def test_two_key_creations_with_one_name_give_one_secret(tmp_path):
     assert list(FileDocuments(store).all("keys")) == ["ops"]
 
 
+# ---- what a caller gives is checked as it was made ------------------------------------------------------------
 def test_a_curators_user_set_after_it_is_made_is_checked_as_when_made(built_store, encoder):
     # Only the constructor checked the name: `curator.user = "knnbe-qdrant build"` was taken, and the sentences
     # written under it would be made anew from the sources by the next rebuild, so not carried (lost).
@@ -88,6 +89,7 @@ def test_library_texts_are_checked_before_the_tokenizer(built_store, encoder):
             mapper.map(["fine", bad])
 
 
+# ---- a server store's item locks ------------------------------------------------------------------------------
 def test_a_lease_on_a_server_store_has_one_holder_at_a_time_and_expires_when_its_holder_dies(built_stores,
                                                                                               monkeypatch):
     """The lease a server store uses for item locks, on qdrant-client's local mode (which implements the same

@@ -236,6 +236,7 @@ def test_bad_command_line_input_is_one_clear_line(store_copy, tmp_path, cli_taxo
         assert r.returncode == 2 and flag in r.stderr.decode() and b"Traceback" not in r.stderr, r.stderr.decode()
 
 
+# ---- the library's rebuild, backup and restore, on both backends ----------------------------------------------
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "embedded"])  # the CLI tests above: embedded
 def test_rebuild_carry_and_backup_restore_on_a_server_store(backend, tmp_path, encoder, small_skills):
     """The library path of both on qdrant-client (aliases, the meta collection): a rebuild keeps the curated data,
