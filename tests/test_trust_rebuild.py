@@ -444,8 +444,8 @@ def test_a_backup_streams_each_log_to_a_file_of_its_own_and_a_version_1_backup_s
 
 def test_a_damaged_point_in_a_backup_is_refused_before_anything_is_written(racing, tmp_path):
     """A collection's file damaged with its checksum redone to match (a wrong-length, non-unit or NaN vector, a
-    payload that is no object, an id that is no UUID, a line gone) is refused naming the file and line, before
-    anything is written: until 2026-12-08 it was found half-way through the load, which left a new store
+    payload that is no object or lacks its text, an id that is no UUID, a line gone) is refused naming the file and
+    line, before anything is written: until 2026-12-08 it was found half-way through the load, which left a new store
     half-restored and kept every edit of a forced restore's store paused until then."""
     import base64
     import hashlib
@@ -467,6 +467,9 @@ def test_a_damaged_point_in_a_backup_is_refused_before_anything_is_written(racin
         ("a vector that is not a unit vector", {"vector": vector(np.full(dimension, 0.5))}),
         ("a vector that is not a unit vector", {"vector": vector(np.full(dimension, np.nan))}),
         ("a payload that is a JSON list", {"payload": ["skill_id"]}),
+        # a skill's payload in memory's file (the two files swapped, say): the opened store would call it damage
+        (r"lost payload fields \(of \['tenant', 'skill_id', 'text'\]\)",
+         {"payload": {"tenant": S.GLOBAL_TENANT, "skill_id": "s", "label": "SQL"}}),
         ("badly formed hexadecimal UUID", {"id": "not-a-point-id"}),
         ("Only base64 data is allowed", {"vector": "AAAA!"}),
     ]

@@ -32,14 +32,13 @@ def verify(store: Store, manifest: Manifest, *, sample: int = 64) -> None:
             raise store.damaged(f"its manifest promises {promised} points in {collection!r}, the engine "
                                 f"holds {held}")
         ids = _sample_ids(store, collection, sample) if held else []
-        required = (F_TENANT, F_SKILL_ID, _TEXT_FIELDS[collection])
         records = store.retrieve(collection, ids, with_vectors=True)
-        suspect = [r.id for r in records if _problem(r, required)]
+        suspect = [r.id for r in records if point_problem(r, collection)]
         if suspect:  # read again: a point being rewritten or deleted right now is no damage; damage stays
             time.sleep(0.05)
             records = [r for r in records if r.id not in suspect] + store.retrieve(collection, suspect,
                                                                                    with_vectors=True)
-        problems = [p for r in records if (p := _problem(r, required))]
+        problems = [p for r in records if (p := point_problem(r, collection))]
         if problems:
             raise store.damaged(f"{len(problems)} of {len(records)} sampled points of {collection!r} have "
                                 f"{' or '.join(sorted(set(problems)))}")
@@ -73,14 +72,17 @@ def _vector(record: Record) -> np.ndarray:
     return record.vector
 
 
-def _problem(record: Record, required: tuple[str, ...]) -> str | None:
+def point_problem(record: Record, collection: str) -> str | None:
+    """What makes this point of `collection` damage, or None: the check of a store's sample when it is opened, and
+    of every point of a backup before a restore writes any."""
     vector = record.vector
     if vector is None or not vector.size:
         return "no vector"
     with np.errstate(all="ignore"):  # a damaged file's bytes may read as huge floats, inf or NaN
-        norm = float(np.linalg.norm(vector.astype(np.float64)))
-    if not 0.98 < norm < 1.02:  # NaN fails this too
+        squared = float(np.dot(vector, vector))
+    if not 0.98**2 < squared < 1.02**2:  # NaN fails this too
         return "a vector that is not a unit vector"
+    required = (F_TENANT, F_SKILL_ID, _TEXT_FIELDS[collection])
     if not all(isinstance(record.payload.get(f), str) for f in required):
         return f"lost payload fields (of {list(required)})"
     return None
