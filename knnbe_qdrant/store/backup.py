@@ -72,6 +72,9 @@ def backup(store: Store, folder: str | os.PathLike[str]) -> dict[str, int]:
     except OSError as exc:
         raise StoreError(f"cannot write the backup to {target}: {exc.strerror or exc}; the store is unchanged, and "
                          f"{target.name}.partial can be deleted") from exc
+    except StoreError:  # the store refused (damage found): what was written of the backup is of no use
+        shutil.rmtree(target.with_name(target.name + ".partial"), ignore_errors=True)
+        raise
 
 
 def _backup(store: Store, target: Path) -> dict[str, int]:
@@ -104,8 +107,10 @@ def _write_points_and_documents(store: Store, tmp: Path) -> dict[str, dict[str, 
             ids = [r.id for r in store.scroll(collection, payload=False)]
             for start in range(0, len(ids), _CHUNK):
                 for r in store.retrieve(collection, ids[start : start + _CHUNK], with_vectors=True):
-                    if r.vector is None:
-                        raise store.damaged(f"point {r.id} of {collection!r} came back without its vector")
+                    # What a restore would refuse is said now, while the store is there to mend, not at the restore.
+                    if (problem := point_problem(r, collection)) is not None:
+                        raise store.damaged(f"point {r.id} of {collection!r} has {problem}, which no restore of "
+                                            "the backup would take")
                     vector = base64.b64encode(np.asarray(r.vector, dtype="<f4").tobytes()).decode("ascii")
                     f.write(json.dumps({"id": r.id, "payload": r.payload, "vector": vector}, ensure_ascii=False))
                     f.write("\n")
