@@ -518,21 +518,27 @@ def test_a_damaged_point_in_a_backup_is_refused_before_anything_is_written(racin
         fresh.close()
 
 
-def test_a_backup_refuses_a_point_no_restore_would_take_and_names_it(racing, tmp_path):
+def test_a_backup_refuses_a_point_no_restore_would_take_and_names_it(racing, tmp_path, monkeypatch):
     """A point another program wrote into a collection without its text (mapping passes over it; the store's open
     check calls it damage when its sample meets it) made a backup that no restore takes: the backup says so now,
     naming the point, while the store is there to mend, and leaves no part of itself behind."""
     import uuid
 
     from knnbe_qdrant import EdgeStore, StoreCorruptError
+    from knnbe_qdrant.store import integrity
     from knnbe_qdrant.store.backup import backup, restore
 
     store, encoder = racing
     foreign = str(uuid.uuid4())
     store.upsert(S.MEMORY, [foreign], encoder.encode(["a sentence written without its text field"]),
                  [{S.F_TENANT: S.GLOBAL_TENANT, S.F_SKILL_ID: "custom:s"}])
-    with pytest.raises(StoreCorruptError, match=rf"point {foreign} of 'memory' has lost payload fields .* no restore"):
-        backup(store, tmp_path / "bk")
+    # The open check's sample of 64 points may meet it too, and then says so itself (about one run in ten here):
+    # kept out, so that what is tested is the backup's own check of every point.
+    with monkeypatch.context() as m:
+        m.setattr(integrity, "verify", lambda *a, **k: None)
+        with pytest.raises(StoreCorruptError, match=rf"point {foreign} of 'memory' has lost payload fields .* no "
+                                                    "restore"):
+            backup(store, tmp_path / "bk")
     assert not (tmp_path / "bk").exists() and not (tmp_path / "bk.partial").exists()
     store.delete(S.MEMORY, [foreign])
     backup(store, tmp_path / "bk")

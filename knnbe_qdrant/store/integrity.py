@@ -73,8 +73,8 @@ def _vector(record: Record) -> np.ndarray:
 
 
 def point_problem(record: Record, collection: str) -> str | None:
-    """What makes this point of `collection` damage, or None: the check of a store's sample when it is opened, and
-    of every point of a backup before a restore writes any."""
+    """What makes this point of `collection` damage, or None: the check of a store's sample when it is opened, of
+    every point a backup writes, and of every point of a backup before a restore writes any."""
     vector = record.vector
     if vector is None or not vector.size:
         return "no vector"
