@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -175,3 +176,24 @@ def race(n: int, fn):
 
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(go, range(n)))
+
+
+@contextmanager
+def small_service(backend: str, directory, encoder, skills, memory, keys, limits, **client_options):
+    """The service over a store built from the small slice (an exact mapper), with keys (name, role, tenant) made in
+    it, in a TestClient: yields (client, {name: secret}, mapper, ring); the store is closed after."""
+    from fastapi.testclient import TestClient
+
+    from knnbe_qdrant import SkillMapper
+    from knnbe_qdrant.service import KeyRing
+    from knnbe_qdrant.service.app import create_app
+
+    store = build_small(backend, directory, encoder, skills, memory)
+    try:
+        mapper = SkillMapper(store, encoder, exact=True)
+        ring = KeyRing(store.documents())
+        secrets = {name: ring.create(role=role, tenant=tenant, name=name)[1] for name, role, tenant in keys}
+        with TestClient(create_app(mapper=mapper, limits=limits, load_in_background=False), **client_options) as client:
+            yield client, secrets, mapper, ring
+    finally:
+        store.close()

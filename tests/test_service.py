@@ -17,26 +17,18 @@ from knnbe_qdrant.service import KeyRing
 from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.keys import Key
 from knnbe_qdrant.service.state import Limits
-from tests.helpers import BACKENDS, SQL, build_small, make_store
+from tests.helpers import BACKENDS, SQL, build_small, make_store, small_service
 
 LIMITS = Limits(max_body_bytes=20_000, max_sentences=8, max_chars=300)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(request, tmp_path_factory, encoder, small_skills, small_memory):
-    store = build_small(request.param, tmp_path_factory.mktemp(f"svc-{request.param}"), encoder, small_skills,
-                        small_memory)
-    mapper = SkillMapper(store, encoder, exact=True)
-    ring = KeyRing(store.documents())
-    keys = {}
-    for name, role, tenant in [("acme-reader", "reader", "acme"), ("acme-curator", "curator", "acme"),
-                               ("beta-curator", "curator", "beta"), ("beta-reader", "reader", "beta"),
-                               ("root", "admin", None)]:
-        keys[name] = ring.create(role=role, tenant=tenant, name=name)[1]
-    app = create_app(mapper=mapper, limits=LIMITS, load_in_background=False)
-    with TestClient(app) as client:
-        yield client, keys, mapper, ring
-    store.close()
+    keys = [("acme-reader", "reader", "acme"), ("acme-curator", "curator", "acme"), ("beta-curator", "curator", "beta"),
+            ("beta-reader", "reader", "beta"), ("root", "admin", None)]
+    with small_service(request.param, tmp_path_factory.mktemp(f"svc-{request.param}"), encoder, small_skills,
+                       small_memory, keys, LIMITS) as served:
+        yield served
 
 
 def auth(keys, name):

@@ -11,35 +11,25 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fastapi.testclient import TestClient
 
-from knnbe_qdrant import Curator, SkillMapper
+from knnbe_qdrant import Curator
 from knnbe_qdrant import _schema as S
 from knnbe_qdrant.service import KeyRing
-from knnbe_qdrant.service.app import create_app
 from knnbe_qdrant.service.state import Limits
 from knnbe_qdrant.store.documents import FileDocuments
-from tests.helpers import (
-    BACKENDS,
-    SQL,
-    build_small,
-)
+from tests.helpers import BACKENDS, SQL, small_service
 
 
 # ---- one request's bad input fails that request alone --------------------------------------------------------
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(request, tmp_path_factory, encoder, small_skills, small_memory):
-    store = build_small(request.param, tmp_path_factory.mktemp(f"trust-{request.param}"), encoder, small_skills,
-                        small_memory)
-    mapper = SkillMapper(store, encoder, exact=True)
-    ring = KeyRing(store.documents())
-    keys = {name: ring.create(role=role, tenant=tenant, name=name)[1]
-            for name, role, tenant in [("a-reader", "reader", "acme"), ("b-reader", "reader", "beta"),
-                                       ("a-curator", "curator", "acme"), ("b-curator", "curator", "beta")]}
-    app = create_app(mapper=mapper, limits=Limits(max_body_bytes=50_000), load_in_background=False)
-    with TestClient(app, raise_server_exceptions=False) as client:  # a 500 is an answer here, as a client sees it
-        yield client, {k: {"Authorization": f"Bearer {v}"} for k, v in keys.items()}, mapper
-    store.close()
+    keys = [("a-reader", "reader", "acme"), ("b-reader", "reader", "beta"), ("a-curator", "curator", "acme"),
+            ("b-curator", "curator", "beta")]
+    # raise_server_exceptions=False: a 500 is an answer here, as a client sees it
+    with small_service(request.param, tmp_path_factory.mktemp(f"trust-{request.param}"), encoder, small_skills,
+                       small_memory, keys, Limits(max_body_bytes=50_000), raise_server_exceptions=False) as served:
+        client, secrets, mapper, _ = served
+        yield client, {k: {"Authorization": f"Bearer {v}"} for k, v in secrets.items()}, mapper
 
 
 BAD_TEXTS = ["x \ud800", "\udcff", "\x00\x00", " \x07\x1b\x85 ", "", "\u200b", "\ufeff\u00ad \u2060\u200d"]
